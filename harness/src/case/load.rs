@@ -1,0 +1,500 @@
+//! Parse and check case files. Every problem is reported as
+//! `file:line:col: message` with the source line, and all problems of a file
+//! are reported at once, before any VM boots.
+
+use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
+use super::{
+    Action, Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT,
+};
+use crate::expect::{self, ExitExpect, RunExpect};
+use crate::machine::{MachineSpec, NvdimmSpec};
+use crate::size::{ByteSize, GIB, KIB, MIB};
+use crate::template::{self, NsField};
+use serde_saphyr::{Location, Spanned};
+use std::path::{Path, PathBuf};
+
+/// The outcome for one file under the cases root.
+pub struct Loaded {
+    pub path: PathBuf,
+    /// `namespaces/devdax-2m` for `cases/namespaces/devdax-2m.yaml`.
+    pub id: String,
+    pub case: Result<Case, Vec<CaseError>>,
+}
+
+/// Every `*.yaml` under `root`, sorted by path.
+pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
+    let mut files = Vec::new();
+    collect_yaml(root, &mut files)
+        .map_err(|e| format!("cannot read cases under {}: {e}", root.display()))?;
+    files.sort();
+    Ok(files
+        .into_iter()
+        .map(|path| load_file(root, &path))
+        .collect())
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+pub fn load_file(root: &Path, path: &Path) -> Loaded {
+    let id = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .with_extension("")
+        .to_string_lossy()
+        .into_owned();
+    let case = match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&id, path, &text),
+        Err(e) => Err(vec![CaseError {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+            snippet: String::new(),
+        }]),
+    };
+    Loaded {
+        path: path.to_path_buf(),
+        id,
+        case,
+    }
+}
+
+/// Parse and check one case from its text.
+pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError>> {
+    let file: CaseFile = serde_saphyr::from_str(text).map_err(|e| vec![parse_error(path, &e)])?;
+    let mut v = Checker {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let case = v.case(id, file);
+    if v.errors.is_empty() {
+        Ok(case)
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// serde-saphyr's message is "error: line L column C: MESSAGE" followed by a
+/// rendered snippet naming `<input>`; keep the message, name the real file.
+fn parse_error(path: &Path, e: &serde_saphyr::Error) -> CaseError {
+    let rendered = e.to_string();
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or_default();
+    let message = match first.split_once(": ") {
+        Some((_, rest)) if first.starts_with("error: line ") => {
+            rest.split_once(": ").map(|(_, m)| m).unwrap_or(rest)
+        }
+        _ => first,
+    };
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line() as u32, l.column() as u32))
+        .unwrap_or((0, 0));
+    let snippet = lines
+        .map(|l| l.replace("<input>", &path.display().to_string()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    CaseError {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: message.to_string(),
+        snippet,
+    }
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<CaseError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: &Location, message: impl Into<String>) {
+        let (line, column) = (at.line() as u32, at.column() as u32);
+        let snippet = self
+            .text
+            .lines()
+            .nth(line.saturating_sub(1) as usize)
+            .map(|src| {
+                let gutter = format!("{line} | ");
+                let pad = " ".repeat(gutter.len() + column.saturating_sub(1) as usize);
+                format!("{gutter}{src}\n{pad}^")
+            })
+            .unwrap_or_default();
+        self.errors.push(CaseError {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+            snippet,
+        });
+    }
+
+    fn case(&mut self, id: &str, file: CaseFile) -> Case {
+        let name = match &file.name {
+            Some(n) if n.value.trim().is_empty() => {
+                self.error(&n.referenced, "name must not be empty");
+                id.to_string()
+            }
+            Some(n) => n.value.clone(),
+            None => id.to_string(),
+        };
+        let machine = self.machine(&file.machine);
+        let namespaces = self.namespaces(&file.setup, &machine);
+        if file.steps.value.is_empty() {
+            self.error(&file.steps.referenced, "a case needs at least one step");
+        }
+        let steps = file
+            .steps
+            .value
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.step(i + 1, s, &namespaces))
+            .collect();
+        Case {
+            id: id.to_string(),
+            name,
+            description: file.description.trim().to_string(),
+            path: self.path.to_path_buf(),
+            machine,
+            boot_timeout: file
+                .machine
+                .boot_timeout
+                .map(|t| t.0)
+                .unwrap_or(DEFAULT_BOOT_TIMEOUT),
+            namespaces,
+            steps,
+        }
+    }
+
+    fn machine(&mut self, m: &model::MachineSection) -> MachineSpec {
+        let mut spec = MachineSpec {
+            nfit_test: m.nfit_test,
+            ..MachineSpec::default()
+        };
+        if let Some(cpus) = &m.cpus {
+            if !(1..=8).contains(&cpus.value) {
+                self.error(&cpus.referenced, "cpus must be between 1 and 8");
+            }
+            spec.cpus = cpus.value;
+        }
+        if let Some(mem) = &m.memory {
+            if mem.value.bytes() < 256 * MIB || !mem.value.is_multiple_of(ByteSize(2 * MIB)) {
+                self.error(
+                    &mem.referenced,
+                    "memory must be at least 256M and a multiple of 2M",
+                );
+            }
+            spec.memory = mem.value;
+        }
+        if m.nvdimms.len() > 8 {
+            self.error(&m.nvdimms[8].referenced, "at most 8 NVDIMMs");
+        }
+        for nv in &m.nvdimms {
+            spec.nvdimms.push(self.nvdimm(&nv.value));
+        }
+        spec
+    }
+
+    fn nvdimm(&mut self, nv: &model::NvdimmEntry) -> NvdimmSpec {
+        let label_size = nv
+            .label_size
+            .as_ref()
+            .map(|s| s.value)
+            .unwrap_or(NvdimmSpec::DEFAULT_LABEL_SIZE);
+        let align = nv
+            .align
+            .as_ref()
+            .map(|s| s.value)
+            .unwrap_or(NvdimmSpec::DEFAULT_ALIGN);
+        if let Some(ls) = &nv.label_size {
+            // QEMU refuses label areas under 128 KiB.
+            if ls.value.bytes() < 128 * KIB || !ls.value.is_multiple_of(ByteSize(4 * KIB)) {
+                self.error(
+                    &ls.referenced,
+                    "label_size must be at least 128K and a multiple of 4K",
+                );
+            }
+        }
+        if let Some(a) = &nv.align {
+            if ![4 * KIB, 2 * MIB, GIB].contains(&a.value.bytes()) {
+                self.error(&a.referenced, "align must be 4K, 2M or 1G");
+            }
+        }
+        let spec = NvdimmSpec {
+            size: nv.size.value,
+            label_size,
+            align,
+        };
+        if !spec.size.is_multiple_of(align) {
+            self.error(
+                &nv.size.referenced,
+                format!(
+                    "size {} is not a multiple of the NVDIMM's align {align}",
+                    spec.size
+                ),
+            );
+        } else if spec.usable() == 0 {
+            self.error(
+                &nv.size.referenced,
+                format!("size {} leaves no room for a 16M-aligned region after the {label_size} label area", spec.size),
+            );
+        }
+        spec
+    }
+
+    fn namespaces(
+        &mut self,
+        setup: &model::SetupSection,
+        machine: &MachineSpec,
+    ) -> Vec<NamespaceSpec> {
+        let mut out: Vec<NamespaceSpec> = Vec::new();
+        let mut used = vec![0u64; machine.nvdimms.len()];
+        for entry in &setup.namespaces {
+            let ns = &entry.value;
+            let name = ns.name.value.clone();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            {
+                self.error(
+                    &ns.name.referenced,
+                    "namespace names use letters, digits, `_` and `-`",
+                );
+            }
+            if out.iter().any(|o| o.name == name) {
+                self.error(
+                    &ns.name.referenced,
+                    format!("namespace `{name}` is defined twice"),
+                );
+            }
+            let nvdimm = ns.nvdimm.as_ref().map(|n| n.value).unwrap_or(0);
+            let nvdimm_at = ns
+                .nvdimm
+                .as_ref()
+                .map(|n| n.referenced)
+                .unwrap_or(ns.name.referenced);
+            if nvdimm >= machine.nvdimms.len() {
+                let have = match machine.nvdimms.len() {
+                    0 => "machine.nvdimms is empty".to_string(),
+                    n => format!("machine.nvdimms has {n} (indexes 0..{})", n - 1),
+                };
+                self.error(
+                    &nvdimm_at,
+                    format!("namespace `{name}` is on NVDIMM {nvdimm}, but {have}"),
+                );
+            }
+            let align = self.namespace_align(ns);
+            let size = ns.size.value;
+            let granule = align
+                .map(|a| a.bytes())
+                .unwrap_or(4 * KIB)
+                .max(NvdimmSpec::REGION_ALIGN);
+            if !size.is_multiple_of(ByteSize(granule)) {
+                self.error(
+                    &ns.size.referenced,
+                    format!(
+                        "size {size} is not a multiple of {} (the namespace align and the 16M region align)",
+                        ByteSize(granule)
+                    ),
+                );
+            }
+            if let Some(nv) = machine.nvdimms.get(nvdimm) {
+                used[nvdimm] += size.bytes();
+                if used[nvdimm] > nv.usable() {
+                    self.error(
+                        &ns.size.referenced,
+                        format!(
+                            "NVDIMM {nvdimm} ({}, {} label area) is too small: its namespaces need {}, it has {} usable",
+                            nv.size,
+                            nv.label_size,
+                            ByteSize(used[nvdimm]),
+                            ByteSize(nv.usable())
+                        ),
+                    );
+                }
+            }
+            out.push(NamespaceSpec {
+                name,
+                nvdimm,
+                mode: ns.mode,
+                size,
+                align,
+            });
+        }
+        out
+    }
+
+    fn namespace_align(&mut self, ns: &model::NamespaceEntry) -> Option<ByteSize> {
+        let a = ns.align.as_ref()?;
+        if ns.mode == NamespaceMode::Raw {
+            self.error(
+                &a.referenced,
+                "a raw namespace has no align (it maps nothing)",
+            );
+            return None;
+        }
+        if ![4 * KIB, 2 * MIB, GIB].contains(&a.value.bytes()) {
+            self.error(&a.referenced, "namespace align must be 4K, 2M or 1G");
+        }
+        Some(a.value)
+    }
+
+    fn step(
+        &mut self,
+        number: usize,
+        entry: &Spanned<model::StepEntry>,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<Step> {
+        let s = &entry.value;
+        let at = entry.referenced;
+        let action = match (&s.run, &s.sh) {
+            (Some(run), None) => {
+                if run.value.is_empty() {
+                    self.error(&run.referenced, "run needs at least a program name");
+                }
+                for arg in &run.value {
+                    self.check_placeholders(&arg.value, &arg.referenced, namespaces);
+                }
+                run.value.iter().map(|a| a.value.clone()).collect()
+            }
+            (None, Some(sh)) => {
+                self.check_placeholders(&sh.value, &sh.referenced, namespaces);
+                vec!["sh".to_string(), "-c".to_string(), sh.value.clone()]
+            }
+            (Some(_), Some(sh)) => {
+                self.error(
+                    &sh.referenced,
+                    "a step has one action: `run` or `sh`, not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    &at,
+                    "this step has no action: add `run: [program, args...]` or `sh: script`",
+                );
+                return None;
+            }
+        };
+        if let Some(stdin) = &s.stdin {
+            self.check_placeholders(&stdin.value, &stdin.referenced, namespaces);
+        }
+        let expect = self.expect(&s.expect);
+        Some(Step {
+            number,
+            name: s.name.clone().unwrap_or_else(|| action.join(" ")),
+            line: at.line() as u32,
+            action: Action::Run {
+                argv: action,
+                stdin: s.stdin.as_ref().map(|x| x.value.clone()),
+                env: s.env.clone(),
+            },
+            timeout: s.timeout.map(|t| t.0).unwrap_or(DEFAULT_STEP_TIMEOUT),
+            expect,
+        })
+    }
+
+    fn check_placeholders(&mut self, text: &str, at: &Location, namespaces: &[NamespaceSpec]) {
+        let found = match template::placeholders(text) {
+            Ok(p) => p,
+            Err(e) => return self.error(at, e),
+        };
+        for p in found {
+            let Some(ns) = namespaces.iter().find(|n| n.name == p.namespace) else {
+                let known: Vec<_> = namespaces.iter().map(|n| n.name.as_str()).collect();
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                self.error(
+                    at,
+                    format!(
+                        "unknown namespace `{}` (setup defines: {known})",
+                        p.namespace
+                    ),
+                );
+                continue;
+            };
+            if let Err(e) = field_applies(ns, p.field) {
+                self.error(at, e);
+            }
+        }
+    }
+
+    fn expect(&mut self, e: &model::ExpectEntry) -> RunExpect {
+        let exit = match &e.exit {
+            None => ExitExpect::Code(0),
+            Some(x) => match &x.value {
+                ExitEntry::Code(c) => ExitExpect::Code(*c),
+                ExitEntry::Word(w) if w == "any" => ExitExpect::Any,
+                ExitEntry::Word(w) if w == "nonzero" => ExitExpect::NonZero,
+                ExitEntry::Word(w) => {
+                    self.error(
+                        &x.referenced,
+                        format!("exit `{w}`: write a number, `nonzero` or `any`"),
+                    );
+                    ExitExpect::Any
+                }
+            },
+        };
+        RunExpect {
+            exit,
+            stdout: self.regexes(&e.stdout),
+            stderr: self.regexes(&e.stderr),
+            stdout_not: self.regexes(&e.stdout_not),
+            json: e.json.as_ref().map(|j| j.value.clone()),
+        }
+    }
+
+    fn regexes(&mut self, p: &Option<Spanned<Patterns>>) -> Vec<regex::Regex> {
+        let Some(p) = p else { return Vec::new() };
+        p.value
+            .as_slice()
+            .iter()
+            .filter_map(|pat| match expect::compile(pat) {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    self.error(&p.referenced, format!("{e}"));
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether a namespace of this mode has the field a placeholder asks for.
+pub fn field_applies(ns: &NamespaceSpec, field: NsField) -> Result<(), String> {
+    let ok = match field {
+        NsField::Dev | NsField::Region => true,
+        NsField::Chardev => ns.mode == NamespaceMode::Devdax,
+        NsField::Blockdev => ns.mode != NamespaceMode::Devdax,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "namespace `{}` is {} and has no {}",
+            ns.name,
+            ns.mode.ndctl_name(),
+            field.name()
+        ))
+    }
+}

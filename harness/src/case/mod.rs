@@ -1,0 +1,100 @@
+//! Cases: YAML files under cases/, loaded and checked before any VM boots.
+//!
+//! [`model`] is the file as written; [`load`] parses it with serde-saphyr
+//! (maintained, unlike the archived serde_yaml, and it reports line and column
+//! for every syntax error and for any value we keep [`serde_saphyr::Spanned`])
+//! and checks everything that can be known without a VM. The result is a
+//! [`Case`]: plain data with defaults applied and regexes compiled.
+
+pub mod load;
+pub mod model;
+
+use crate::expect::RunExpect;
+use crate::machine::MachineSpec;
+use crate::size::ByteSize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use load::{load_dir, load_file, load_str};
+pub use model::NamespaceMode;
+
+/// Default time a step may take. Generous: under TCG `ndctl create-namespace`
+/// for a devdax namespace with a memmap takes seconds.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time from QEMU start to the agent's ready message.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Unique, from the path under cases/: `namespaces/devdax-2m`.
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub path: PathBuf,
+    pub machine: MachineSpec,
+    pub boot_timeout: Duration,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceSpec {
+    pub name: String,
+    /// Index into `machine.nvdimms`.
+    pub nvdimm: usize,
+    pub mode: NamespaceMode,
+    pub size: ByteSize,
+    pub align: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// 1-based position in the case, for messages.
+    pub number: usize,
+    pub name: String,
+    /// Line of the step in the case file.
+    pub line: u32,
+    pub action: Action,
+    pub timeout: Duration,
+    pub expect: RunExpect,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run a program in the guest. Strings may hold `${ns.NAME.FIELD}`.
+    Run {
+        argv: Vec<String>,
+        stdin: Option<String>,
+        env: BTreeMap<String, String>,
+    },
+}
+
+/// A problem in a case file, located precisely.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseError {
+    pub path: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+    /// The offending source line with a caret, when known.
+    pub snippet: String,
+}
+
+impl fmt::Display for CaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
+        if !self.snippet.is_empty() {
+            write!(f, "\n{}", self.snippet)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! The case file as written: serde types that mirror the YAML one to one.
+//!
+//! Unknown fields are refused everywhere (`deny_unknown_fields`) so that a
+//! typo never silently turns an expectation off. Values that semantic
+//! validation may complain about are wrapped in [`Spanned`] so the complaint
+//! can name the line and column. [`super::load`] turns this into the checked
+//! [`super::Case`] that the runner uses.
+
+use crate::size::{ByteSize, Timeout};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// Defaults to the file's path under cases/ without `.yaml`.
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub machine: MachineSection,
+    #[serde(default)]
+    pub setup: SetupSection,
+    pub steps: Spanned<Vec<Spanned<StepEntry>>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSection {
+    pub cpus: Option<Spanned<u32>>,
+    pub memory: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub nvdimms: Vec<Spanned<NvdimmEntry>>,
+    /// Load the nfit_test modules (tools/testing/nvdimm) instead of the
+    /// in-tree NVDIMM stack: adds the nfit_test.0 and nfit_test.1 buses.
+    #[serde(default)]
+    pub nfit_test: bool,
+    /// How long to wait for the guest agent after QEMU starts.
+    pub boot_timeout: Option<Timeout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvdimmEntry {
+    pub size: Spanned<ByteSize>,
+    pub label_size: Option<Spanned<ByteSize>>,
+    /// Alignment of the host memory backend (`memory-backend-file,align=`).
+    pub align: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SetupSection {
+    #[serde(default)]
+    pub namespaces: Vec<Spanned<NamespaceEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceEntry {
+    pub name: Spanned<String>,
+    /// Index into machine.nvdimms.
+    #[serde(default)]
+    pub nvdimm: Option<Spanned<usize>>,
+    pub mode: NamespaceMode,
+    pub size: Spanned<ByteSize>,
+    pub align: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceMode {
+    Raw,
+    Fsdax,
+    Devdax,
+}
+
+impl NamespaceMode {
+    /// The name `ndctl create-namespace --mode` takes.
+    pub fn ndctl_name(self) -> &'static str {
+        match self {
+            NamespaceMode::Raw => "raw",
+            NamespaceMode::Fsdax => "fsdax",
+            NamespaceMode::Devdax => "devdax",
+        }
+    }
+}
+
+/// One step. Exactly one action field (`run`, `sh`) must be present; the
+/// other fields qualify it. New step kinds are new action fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepEntry {
+    pub name: Option<String>,
+    /// Program and arguments, run by the guest agent without a shell.
+    pub run: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A guest shell script, run as `sh -c SCRIPT`.
+    pub sh: Option<Spanned<String>>,
+    pub stdin: Option<Spanned<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Timeout>,
+    #[serde(default)]
+    pub expect: ExpectEntry,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectEntry {
+    /// Exit status; default 0.
+    pub exit: Option<Spanned<ExitEntry>>,
+    pub stdout: Option<Spanned<Patterns>>,
+    pub stderr: Option<Spanned<Patterns>>,
+    /// Regexes that must not match stdout.
+    pub stdout_not: Option<Spanned<Patterns>>,
+    /// stdout parsed as JSON must contain this (see [`crate::json_subset`]).
+    pub json: Option<Spanned<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum ExitEntry {
+    Code(i32),
+    /// `any` or `nonzero`.
+    Word(String),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Patterns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Patterns {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Patterns::One(p) => std::slice::from_ref(p),
+            Patterns::Many(v) => v,
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Expectations on a command's result: exit status, stdout/stderr regexes,
+//! JSON subset. A failed check says what was expected and what came back.
+
+use crate::json_subset;
+use pmem_lab_proto::RunResult;
+use regex::Regex;
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitExpect {
+    Code(i32),
+    NonZero,
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunExpect {
+    pub exit: ExitExpect,
+    /// Each must match stdout (multi-line mode: `^`/`$` match at lines).
+    pub stdout: Vec<Regex>,
+    pub stderr: Vec<Regex>,
+    /// None may match stdout.
+    pub stdout_not: Vec<Regex>,
+    pub json: Option<Value>,
+}
+
+impl Default for RunExpect {
+    fn default() -> Self {
+        RunExpect {
+            exit: ExitExpect::Code(0),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_not: Vec::new(),
+            json: None,
+        }
+    }
+}
+
+/// Compile a case's regex the way every expectation uses it.
+pub fn compile(pattern: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .multi_line(true)
+        .build()
+        .map_err(|e| format!("bad regex: {e}"))
+}
+
+impl RunExpect {
+    /// Every unmet expectation, one line each; empty when all hold.
+    pub fn check(&self, r: &RunResult) -> Vec<String> {
+        let mut problems = Vec::new();
+        if r.timed_out {
+            problems.push(format!("command {}", r.status_text()));
+            return problems;
+        }
+        let exit_ok = match (&self.exit, r.exit_code) {
+            (ExitExpect::Any, _) => true,
+            (ExitExpect::NonZero, Some(c)) => c != 0,
+            (ExitExpect::Code(want), Some(c)) => *want == c,
+            (_, None) => false,
+        };
+        if !exit_ok {
+            let want = match &self.exit {
+                ExitExpect::Code(c) => format!("exit {c}"),
+                ExitExpect::NonZero => "a non-zero exit".into(),
+                ExitExpect::Any => unreachable!(),
+            };
+            problems.push(format!("expected {want}, got {}", r.status_text()));
+        }
+        for re in &self.stdout {
+            if !re.is_match(&r.stdout) {
+                problems.push(format!("stdout does not match /{re}/"));
+            }
+        }
+        for re in &self.stdout_not {
+            if let Some(m) = re.find(&r.stdout) {
+                problems.push(format!(
+                    "stdout matches /{re}/ (at {:?}) but must not",
+                    m.as_str()
+                ));
+            }
+        }
+        for re in &self.stderr {
+            if !re.is_match(&r.stderr) {
+                problems.push(format!("stderr does not match /{re}/"));
+            }
+        }
+        if let Some(want) = &self.json {
+            match serde_json::from_str::<Value>(&r.stdout) {
+                Ok(got) => {
+                    if let Err(e) = json_subset::check(want, &got) {
+                        problems.push(format!("JSON mismatch at {e}"));
+                    }
+                }
+                Err(e) => problems.push(format!("stdout is not JSON ({e})")),
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn result(code: i32, stdout: &str) -> RunResult {
+        RunResult {
+            exit_code: Some(code),
+            stdout: stdout.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_expects_success() {
+        assert!(RunExpect::default().check(&result(0, "")).is_empty());
+        assert_eq!(
+            RunExpect::default().check(&result(2, "")),
+            ["expected exit 0, got exit 2"]
+        );
+    }
+
+    #[test]
+    fn regexes_are_multiline_and_negatable() {
+        let e = RunExpect {
+            stdout: vec![compile("^badblocks$").unwrap()],
+            stdout_not: vec![compile("Oops").unwrap()],
+            ..Default::default()
+        };
+        assert!(e
+            .check(&result(0, "resource\nbadblocks\nsize\n"))
+            .is_empty());
+        let p = e.check(&result(0, "x\nOops: 0000\n"));
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn json_subset_and_bad_json() {
+        let e = RunExpect {
+            json: Some(json!([{"align": 2097152}])),
+            ..Default::default()
+        };
+        assert!(e
+            .check(&result(0, r#"[{"chardev":"dax0.0","align":2097152}]"#))
+            .is_empty());
+        assert!(e.check(&result(0, "not json"))[0].starts_with("stdout is not JSON"));
+        assert!(
+            e.check(&result(0, r#"[{"align":4096}]"#))[0].contains("expected 2097152, got 4096")
+        );
+    }
+
+    #[test]
+    fn nonzero_and_timeouts() {
+        let e = RunExpect {
+            exit: ExitExpect::NonZero,
+            ..Default::default()
+        };
+        assert!(e.check(&result(1, "")).is_empty());
+        assert_eq!(
+            e.check(&result(0, "")),
+            ["expected a non-zero exit, got exit 0"]
+        );
+        let timed_out = RunResult {
+            timed_out: true,
+            duration_ms: 5,
+            ..Default::default()
+        };
+        assert_eq!(e.check(&timed_out), ["command timed out after 5 ms"]);
+    }
+
+    #[test]
+    fn bad_regex_is_reported() {
+        assert!(compile("(").unwrap_err().starts_with("bad regex"));
+    }
+}

@@ -1,0 +1,14 @@
+//! pmem-lab's library: case model, QEMU machine builder, VM lifecycle, guest
+//! agent client, expectations and the case runner. The `lab` test target
+//! (tests/lab.rs) turns each case file into a libtest-mimic trial.
+
+pub mod case;
+pub mod expect;
+pub mod guest;
+pub mod json_subset;
+pub mod machine;
+pub mod runner;
+pub mod setup;
+pub mod size;
+pub mod template;
+pub mod vm;

@@ -1,0 +1,345 @@
+//! The one place that turns a machine description into a QEMU command line.
+//!
+//! Everything the lab passes to QEMU is built here, as separate arguments (no
+//! shell strings), so that a reader can see the whole machine at once and the
+//! unit tests can pin it without starting anything.
+
+use crate::size::{ByteSize, GIB};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The QEMU binary the lab runs.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The machine a case asks for, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineSpec {
+    pub cpus: u32,
+    pub memory: ByteSize,
+    pub nvdimms: Vec<NvdimmSpec>,
+    /// Boot with the nfit_test modules instead of the in-tree NVDIMM stack.
+    pub nfit_test: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NvdimmSpec {
+    pub size: ByteSize,
+    pub label_size: ByteSize,
+    pub align: ByteSize,
+}
+
+impl Default for MachineSpec {
+    fn default() -> Self {
+        MachineSpec {
+            cpus: 1,
+            memory: ByteSize(2 * GIB),
+            nvdimms: Vec::new(),
+            nfit_test: false,
+        }
+    }
+}
+
+impl NvdimmSpec {
+    pub const DEFAULT_LABEL_SIZE: ByteSize = ByteSize(128 << 10);
+    pub const DEFAULT_ALIGN: ByteSize = ByteSize(2 << 20);
+    /// libnvdimm aligns QEMU NVDIMM regions to 16 MiB: the label area comes
+    /// off the end and what is left is rounded down to this.
+    pub const REGION_ALIGN: u64 = 16 << 20;
+
+    /// Bytes a namespace can use on this NVDIMM.
+    pub fn usable(&self) -> u64 {
+        let raw = self.size.bytes().saturating_sub(self.label_size.bytes());
+        raw - raw % Self::REGION_ALIGN
+    }
+}
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The files of one VM: what it boots and where its sockets and backing
+/// files live. Socket paths must stay under the 108-byte sun_path limit, so
+/// they go in a short private temp dir, not in the artifacts tree.
+#[derive(Debug, Clone)]
+pub struct VmFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub agent_socket: PathBuf,
+    /// One backing file per NVDIMM, in order.
+    pub nvdimm_backing: Vec<PathBuf>,
+}
+
+impl VmFiles {
+    /// Conventional names inside a VM's private directory.
+    pub fn in_dir(dir: &Path, kernel: &Path, initrd: &Path, nvdimms: usize) -> Self {
+        VmFiles {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            qmp_socket: dir.join("qmp"),
+            agent_socket: dir.join("agent"),
+            nvdimm_backing: (0..nvdimms)
+                .map(|i| dir.join(format!("nvdimm{i}")))
+                .collect(),
+        }
+    }
+}
+
+/// Kernel command line. `panic=-1` with QEMU's `-no-reboot` turns a guest
+/// panic into a QEMU exit, so a panicking case can never hang the run.
+pub fn kernel_cmdline(spec: &MachineSpec) -> String {
+    let mut words = vec!["console=ttyS0", "panic=-1"];
+    if spec.nfit_test {
+        words.push("pmem_lab.nfit_test=1");
+    }
+    words.join(" ")
+}
+
+/// The full QEMU argument list (without the program name).
+///
+/// The serial console goes to QEMU's stdout, which the lab reads line by
+/// line: that is how a panic is seen the moment it is printed.
+pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsString> {
+    let mut a = Args::default();
+    let machine = if spec.nvdimms.is_empty() {
+        "pc"
+    } else {
+        "pc,nvdimm=on"
+    };
+    a.push2("-machine", format!("{machine},accel={}", accel.name()));
+    // Linux only recovers from uncorrected errors on Intel; TCG defaults to
+    // an AMD vendor string, and `max` is needed for 1 GiB pages.
+    a.push2("-cpu", "max,vendor=GenuineIntel");
+    a.push2("-smp", spec.cpus.to_string());
+    a.push2("-m", memory_arg(spec));
+    a.push(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    a.push2("-kernel", &files.kernel);
+    a.push2("-initrd", &files.initrd);
+    a.push2("-append", kernel_cmdline(spec));
+    a.push2("-chardev", "stdio,id=console,signal=off");
+    a.push2("-serial", "chardev:console");
+    a.push2(
+        "-chardev",
+        format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            files.qmp_socket.display()
+        ),
+    );
+    a.push2("-mon", "chardev=qmp,mode=control");
+    a.push2("-device", "virtio-serial-pci,id=vser0");
+    a.push2(
+        "-chardev",
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            files.agent_socket.display()
+        ),
+    );
+    a.push2(
+        "-device",
+        format!(
+            "virtserialport,bus=vser0.0,chardev=agent,name={}",
+            pmem_lab_proto::PORT_NAME
+        ),
+    );
+    for (i, (nv, backing)) in spec.nvdimms.iter().zip(&files.nvdimm_backing).enumerate() {
+        a.push2(
+            "-object",
+            format!(
+                "memory-backend-file,id=mem{i},share=on,mem-path={},size={},align={}",
+                backing.display(),
+                nv.size,
+                nv.align
+            ),
+        );
+        a.push2(
+            "-device",
+            format!(
+                "nvdimm,id=nvdimm{i},memdev=mem{i},label-size={}",
+                nv.label_size
+            ),
+        );
+    }
+    a.0
+}
+
+/// `-m SIZE[,slots=N,maxmem=M]`: NVDIMMs are memory devices and need slots
+/// and room above RAM. Each gets its size rounded up to 1 GiB, which covers
+/// the alignment QEMU applies when it places a DIMM.
+fn memory_arg(spec: &MachineSpec) -> String {
+    if spec.nvdimms.is_empty() {
+        return spec.memory.to_string();
+    }
+    let dimms: u64 = spec
+        .nvdimms
+        .iter()
+        .map(|n| n.size.bytes().div_ceil(GIB) * GIB)
+        .sum();
+    format!(
+        "{},slots={},maxmem={}",
+        spec.memory,
+        spec.nvdimms.len(),
+        ByteSize(spec.memory.bytes() + dimms)
+    )
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push<const N: usize>(&mut self, words: [&str; N]) {
+        self.0.extend(words.iter().map(OsString::from));
+    }
+    fn push2(&mut self, flag: &str, value: impl Into<OsString>) {
+        self.0.push(flag.into());
+        self.0.push(value.into());
+    }
+}
+
+/// A copy-pasteable rendering of a command, for artifacts and reproducers.
+pub fn shell_quote_command(program: &str, args: &[OsString]) -> String {
+    std::iter::once(program.to_string())
+        .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_dimms() -> MachineSpec {
+        MachineSpec {
+            cpus: 2,
+            nvdimms: vec![
+                NvdimmSpec {
+                    size: ByteSize(GIB),
+                    label_size: NvdimmSpec::DEFAULT_LABEL_SIZE,
+                    align: NvdimmSpec::DEFAULT_ALIGN,
+                },
+                NvdimmSpec {
+                    size: ByteSize(4 * GIB),
+                    label_size: ByteSize(256 << 10),
+                    align: ByteSize(GIB),
+                },
+            ],
+            ..MachineSpec::default()
+        }
+    }
+
+    fn args_of(spec: &MachineSpec, accel: Accel) -> Vec<String> {
+        let files = VmFiles::in_dir(
+            Path::new("/tmp/pl-x"),
+            Path::new("/k/bzImage"),
+            Path::new("/k/initrd"),
+            spec.nvdimms.len(),
+        );
+        qemu_args(spec, accel, &files)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn value_after(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    #[test]
+    fn nvdimms_get_backends_devices_slots_and_room() {
+        let args = args_of(&two_dimms(), Accel::Tcg);
+        assert_eq!(value_after(&args, "-machine"), ["pc,nvdimm=on,accel=tcg"]);
+        assert_eq!(value_after(&args, "-m"), ["2G,slots=2,maxmem=7G"]);
+        let objects = value_after(&args, "-object");
+        assert_eq!(
+            objects,
+            [
+                "memory-backend-file,id=mem0,share=on,mem-path=/tmp/pl-x/nvdimm0,size=1G,align=2M",
+                "memory-backend-file,id=mem1,share=on,mem-path=/tmp/pl-x/nvdimm1,size=4G,align=1G",
+            ]
+        );
+        let devices = value_after(&args, "-device");
+        assert!(devices.contains(&"nvdimm,id=nvdimm0,memdev=mem0,label-size=128K".to_string()));
+        assert!(devices.contains(&"nvdimm,id=nvdimm1,memdev=mem1,label-size=256K".to_string()));
+    }
+
+    #[test]
+    fn intel_cpu_and_smp_and_accel() {
+        let args = args_of(&two_dimms(), Accel::Kvm);
+        assert_eq!(value_after(&args, "-cpu"), ["max,vendor=GenuineIntel"]);
+        assert_eq!(value_after(&args, "-smp"), ["2"]);
+        assert_eq!(value_after(&args, "-machine"), ["pc,nvdimm=on,accel=kvm"]);
+    }
+
+    #[test]
+    fn no_network_no_reboot_and_control_channels() {
+        let args = args_of(&MachineSpec::default(), Accel::Tcg);
+        assert!(
+            args.contains(&"-nodefaults".to_string()),
+            "-nodefaults drops the default NIC"
+        );
+        assert!(!args.iter().any(|a| a == "-nic" || a == "-netdev"));
+        assert!(args.contains(&"-no-reboot".to_string()));
+        assert_eq!(value_after(&args, "-m"), ["2G"]);
+        assert_eq!(value_after(&args, "-machine"), ["pc,accel=tcg"]);
+        let chardevs = value_after(&args, "-chardev");
+        assert!(chardevs
+            .iter()
+            .any(|c| c == "socket,id=qmp,path=/tmp/pl-x/qmp,server=on,wait=off"));
+        assert!(chardevs
+            .iter()
+            .any(|c| c.starts_with("socket,id=agent,path=/tmp/pl-x/agent,")));
+        assert!(value_after(&args, "-device")
+            .iter()
+            .any(|d| d.ends_with(&format!("name={}", pmem_lab_proto::PORT_NAME))));
+    }
+
+    #[test]
+    fn cmdline_panics_reboot_and_selects_nfit_test() {
+        let mut spec = MachineSpec::default();
+        assert_eq!(kernel_cmdline(&spec), "console=ttyS0 panic=-1");
+        spec.nfit_test = true;
+        assert!(kernel_cmdline(&spec).ends_with(" pmem_lab.nfit_test=1"));
+    }
+
+    #[test]
+    fn usable_size_drops_labels_and_aligns_to_16m() {
+        let nv = &two_dimms().nvdimms[0];
+        assert_eq!(nv.usable(), 1008 << 20);
+    }
+
+    #[test]
+    fn quoting_is_copy_pasteable() {
+        let args: Vec<OsString> = vec![
+            "-append".into(),
+            "console=ttyS0 panic=-1".into(),
+            "it's".into(),
+        ];
+        assert_eq!(
+            shell_quote_command(QEMU, &args),
+            r"qemu-system-x86_64 -append 'console=ttyS0 panic=-1' 'it'\''s'"
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Turn a case's `setup.namespaces` into real namespaces in the guest, and
+//! remember what the kernel named them so steps can say `${ns.data.chardev}`.
+
+use crate::case::{Case, NamespaceSpec};
+use crate::guest::Guest;
+use crate::template::NsField;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// What setup created for one case namespace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NamespaceInfo {
+    pub dev: String,
+    pub region: String,
+    pub chardev: Option<String>,
+    pub blockdev: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// QEMU NVDIMM index -> libnvdimm region, e.g. `region0`.
+    pub regions: Vec<String>,
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+}
+
+impl Layout {
+    /// The value of `${ns.NAME.FIELD}`.
+    pub fn lookup(&self, name: &str, field: NsField) -> Result<String, String> {
+        let ns = self
+            .namespaces
+            .get(name)
+            .ok_or_else(|| format!("namespace `{name}` was not created"))?;
+        let v = match field {
+            NsField::Dev => Some(&ns.dev),
+            NsField::Region => Some(&ns.region),
+            NsField::Chardev => ns.chardev.as_ref(),
+            NsField::Blockdev => ns.blockdev.as_ref(),
+        };
+        v.cloned()
+            .ok_or_else(|| format!("namespace `{name}` ({}) has no {}", ns.dev, field.name()))
+    }
+}
+
+/// `ndctl list` prints a bare object for one result, an array for several and
+/// nothing for none; always give back a list.
+pub fn json_list(stdout: &str) -> Result<Vec<Value>, String> {
+    if stdout.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str::<Value>(stdout) {
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(v @ Value::Object(_)) => Ok(vec![v]),
+        Ok(other) => Err(format!("expected a JSON list, got {other}")),
+        Err(e) => Err(format!("not JSON ({e}): {stdout}")),
+    }
+}
+
+/// Order regions by their physical start: QEMU places NVDIMMs in the order
+/// their devices appear on the command line, so the n-th region by address
+/// belongs to the n-th NVDIMM. Input: (region name, `resource` file text).
+pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, String> {
+    let mut parsed = found
+        .iter()
+        .map(|(name, res)| {
+            let t = res.trim().trim_start_matches("0x");
+            u64::from_str_radix(t, 16)
+                .map(|addr| (addr, name.clone()))
+                .map_err(|_| format!("{name}/resource is not an address: {res:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort();
+    Ok(parsed.into_iter().map(|(_, n)| n).collect())
+}
+
+/// What `ndctl create-namespace` printed, reduced to the names steps use.
+pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, String> {
+    let dev = created
+        .get("dev")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("create-namespace output has no dev: {created}"))?;
+    let chardev = created
+        .pointer("/daxregion/devices/0/chardev")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let blockdev = created
+        .get("blockdev")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(NamespaceInfo {
+        dev: dev.to_string(),
+        region: region.to_string(),
+        chardev,
+        blockdev,
+    })
+}
+
+/// Create the case's namespaces on the QEMU (ACPI.NFIT) NVDIMMs.
+pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, String> {
+    let mut layout = Layout::default();
+    if case.machine.nvdimms.is_empty() {
+        return Ok(layout);
+    }
+    let listed = guest.ok(&["ndctl", "list", "--regions", "--bus=ACPI.NFIT"])?;
+    let names: Vec<String> = json_list(&listed.stdout)?
+        .iter()
+        .filter_map(|r| r.get("dev").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    if names.len() != case.machine.nvdimms.len() {
+        return Err(format!(
+            "the machine has {} NVDIMM(s) but `ndctl list --regions --bus=ACPI.NFIT` shows {} region(s): {}",
+            case.machine.nvdimms.len(),
+            names.len(),
+            listed.stdout.trim()
+        ));
+    }
+    let mut found = Vec::new();
+    for name in &names {
+        let res = guest.ok(&["cat", &format!("/sys/bus/nd/devices/{name}/resource")])?;
+        found.push((name.clone(), res.stdout));
+    }
+    layout.regions = regions_by_address(&found)?;
+    if case.namespaces.is_empty() {
+        return Ok(layout);
+    }
+    // A fresh label area holds no index block: initialise it so namespaces
+    // can be sized and named (the region must be disabled meanwhile).
+    for cmd in [
+        &["ndctl", "disable-region", "--bus=ACPI.NFIT", "all"][..],
+        &["ndctl", "init-labels", "--force", "--bus=ACPI.NFIT", "all"][..],
+        &["ndctl", "enable-region", "--bus=ACPI.NFIT", "all"][..],
+    ] {
+        guest.ok(cmd)?;
+    }
+    for ns in &case.namespaces {
+        let region = layout.regions[ns.nvdimm].clone();
+        let out = guest.ok(&create_namespace_argv(ns, &region)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>())?;
+        let created: Value = serde_json::from_str(&out.stdout)
+            .map_err(|e| format!("create-namespace printed no JSON ({e}): {}", out.stdout))?;
+        layout
+            .namespaces
+            .insert(ns.name.clone(), namespace_info(&created, &region)?);
+    }
+    Ok(layout)
+}
+
+pub fn create_namespace_argv(ns: &NamespaceSpec, region: &str) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "ndctl".into(),
+        "create-namespace".into(),
+        format!("--region={region}"),
+        format!("--mode={}", ns.mode.ndctl_name()),
+        format!("--size={}", ns.size),
+        format!("--name={}", ns.name),
+    ];
+    if let Some(a) = ns.align {
+        argv.push(format!("--align={a}"));
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::NamespaceMode;
+    use crate::size::ByteSize;
+    use serde_json::json;
+
+    #[test]
+    fn ndctl_lists_become_vectors() {
+        assert!(json_list("").unwrap().is_empty());
+        assert_eq!(json_list(r#"{"dev":"region0"}"#).unwrap().len(), 1);
+        assert_eq!(
+            json_list(r#"[{"dev":"region0"},{"dev":"region1"}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(json_list("42").is_err());
+    }
+
+    #[test]
+    fn regions_are_ordered_by_physical_address() {
+        let found = vec![
+            ("region1".to_string(), "0x140000000\n".to_string()),
+            ("region0".to_string(), "0x100000000\n".to_string()),
+        ];
+        assert_eq!(regions_by_address(&found).unwrap(), ["region0", "region1"]);
+        assert!(regions_by_address(&[("r".into(), "zz".into())]).is_err());
+    }
+
+    #[test]
+    fn created_namespaces_yield_device_names() {
+        let devdax = json!({"dev":"namespace0.0","mode":"devdax","daxregion":{"id":0,"align":2097152,
+            "devices":[{"chardev":"dax0.0","size":534773760}]},"align":2097152});
+        let info = namespace_info(&devdax, "region0").unwrap();
+        assert_eq!(info.chardev.as_deref(), Some("dax0.0"));
+        assert_eq!(info.blockdev, None);
+        let fsdax = json!({"dev":"namespace1.0","mode":"fsdax","blockdev":"pmem1"});
+        assert_eq!(
+            namespace_info(&fsdax, "region1")
+                .unwrap()
+                .blockdev
+                .as_deref(),
+            Some("pmem1")
+        );
+        let mut layout = Layout::default();
+        layout
+            .namespaces
+            .insert("fs".into(), namespace_info(&fsdax, "region1").unwrap());
+        assert_eq!(layout.lookup("fs", NsField::Blockdev).unwrap(), "pmem1");
+        assert!(layout
+            .lookup("fs", NsField::Chardev)
+            .unwrap_err()
+            .contains("has no chardev"));
+    }
+
+    #[test]
+    fn create_namespace_is_fully_explicit() {
+        let ns = NamespaceSpec {
+            name: "data".into(),
+            nvdimm: 0,
+            mode: NamespaceMode::Devdax,
+            size: ByteSize(512 << 20),
+            align: Some(ByteSize(2 << 20)),
+        };
+        assert_eq!(
+            create_namespace_argv(&ns, "region0"),
+            [
+                "ndctl",
+                "create-namespace",
+                "--region=region0",
+                "--mode=devdax",
+                "--size=512M",
+                "--name=data",
+                "--align=2M"
+            ]
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! One QEMU process and everything attached to it: the serial console (read
+//! live from QEMU's stdout), QEMU's stderr, and the guest agent's socket.
+//!
+//! Lifetime rules, because a stray VM eats a core for hours under TCG:
+//! - QEMU runs in its own process group and is killed (SIGKILL to the group)
+//!   when the [`Vm`] is dropped, whatever the case's outcome;
+//! - QEMU also gets `PR_SET_PDEATHSIG = SIGKILL`, so if the runner dies
+//!   without unwinding (Ctrl-C, a test runner's timeout kill, a crash) the
+//!   kernel kills QEMU for us.
+//!
+//! Every source of news (console, QEMU exit, agent) feeds one channel, so a
+//! wait can end at once on whichever comes first: the awaited reply, a kernel
+//! panic on the console, or QEMU dying.
+
+use crate::machine::{self, QEMU};
+use pmem_lab_proto::{GuestMessage, Reply, Request, PROTOCOL_VERSION};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Console lines that mean the guest kernel is gone.
+const PANIC_MARKERS: [&str; 2] = ["Kernel panic - not syncing", "---[ end Kernel panic"];
+
+enum Event {
+    Agent(GuestMessage),
+    AgentClosed,
+    Panic,
+    QemuExited(ExitStatus),
+}
+
+/// Why a wait on the VM ended without what it waited for.
+#[derive(Debug)]
+pub enum VmError {
+    Panic {
+        console: String,
+    },
+    QemuExited {
+        status: String,
+        stderr: String,
+        console: String,
+    },
+    AgentClosed {
+        console: String,
+    },
+    Timeout {
+        what: String,
+        after: Duration,
+        console: String,
+    },
+    Protocol(String),
+}
+
+impl std::fmt::Display for VmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmError::Panic { console } => write!(f, "guest kernel panicked:\n{console}"),
+            VmError::QemuExited {
+                status,
+                stderr,
+                console,
+            } => write!(
+                f,
+                "QEMU exited ({status}).\nQEMU stderr:\n{}\nlast console lines:\n{console}",
+                if stderr.trim().is_empty() {
+                    "(empty)"
+                } else {
+                    stderr.trim_end()
+                }
+            ),
+            VmError::AgentClosed { console } => {
+                write!(
+                    f,
+                    "the guest agent closed its channel; last console lines:\n{console}"
+                )
+            }
+            VmError::Timeout {
+                what,
+                after,
+                console,
+            } => write!(
+                f,
+                "timed out after {:.1}s waiting for {what}; last console lines:\n{console}",
+                after.as_secs_f64()
+            ),
+            VmError::Protocol(m) => write!(f, "agent protocol error: {m}"),
+        }
+    }
+}
+
+/// What the agent said when it came up.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub kernel_release: String,
+    /// From QEMU start to the agent's ready message.
+    pub boot_time: Duration,
+    /// Guest CLOCK_BOOTTIME at ready.
+    pub guest_uptime: Duration,
+}
+
+pub struct Vm {
+    pid: i32,
+    exited: Arc<AtomicBool>,
+    events: Receiver<Event>,
+    console: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    agent: Option<UnixStream>,
+    agent_socket: PathBuf,
+    started: Instant,
+    next_id: u64,
+    transcript: File,
+    tx: Sender<Event>,
+}
+
+impl Vm {
+    /// Start QEMU. `run_dir` receives console.log and agent.jsonl.
+    pub fn start(args: &[OsString], agent_socket: &Path, run_dir: &Path) -> Result<Vm, String> {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let parent = std::process::id() as i32;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {QEMU}: {e} (install qemu-system-x86)"))?;
+        let started = Instant::now();
+        let pid = child.id() as i32;
+        let (tx, events) = mpsc::channel();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let exited = Arc::new(AtomicBool::new(false));
+
+        let log =
+            File::create(run_dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone());
+        let mut err_pipe = child.stderr.take().expect("piped");
+        let err_buf = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = String::new();
+            let _ = err_pipe.read_to_string(&mut buf);
+            err_buf.lock().unwrap().push_str(&buf);
+        });
+        let exit_tx = tx.clone();
+        let exit_flag = Arc::clone(&exited);
+        thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                exit_flag.store(true, Ordering::SeqCst);
+                let _ = exit_tx.send(Event::QemuExited(status));
+            }
+        });
+        let transcript =
+            File::create(run_dir.join("agent.jsonl")).map_err(|e| format!("agent.jsonl: {e}"))?;
+        Ok(Vm {
+            pid,
+            exited,
+            events,
+            console,
+            stderr,
+            agent: None,
+            agent_socket: agent_socket.to_path_buf(),
+            started,
+            next_id: 1,
+            transcript,
+            tx,
+        })
+    }
+
+    /// Connect to the agent's socket and wait for its ready message.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, VmError> {
+        let deadline = self.started + timeout;
+        // QEMU creates the socket while it starts; it may not exist yet.
+        let stream = loop {
+            match UnixStream::connect(&self.agent_socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    if let Some(e) = self.poll_failure()? {
+                        return Err(e);
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(self.timeout_error(format!("the agent socket ({e})"), timeout));
+                }
+            }
+        };
+        let reader = stream
+            .try_clone()
+            .map_err(|e| VmError::Protocol(e.to_string()))?;
+        spawn_agent_reader(reader, self.tx.clone());
+        self.agent = Some(stream);
+        let msg = self.wait_for("the guest agent to start", deadline, |m| match m {
+            GuestMessage::Ready { .. } => Some(m.clone()),
+            _ => None,
+        })?;
+        let GuestMessage::Ready {
+            protocol,
+            kernel_release,
+            uptime_ms,
+            ..
+        } = msg
+        else {
+            unreachable!()
+        };
+        if protocol != PROTOCOL_VERSION {
+            return Err(VmError::Protocol(format!(
+                "the guest agent speaks protocol {protocol}, the lab {PROTOCOL_VERSION}: \
+                 the initramfs is stale, rebuild it with `cargo xtask image`"
+            )));
+        }
+        Ok(Ready {
+            kernel_release,
+            boot_time: self.started.elapsed(),
+            guest_uptime: Duration::from_millis(uptime_ms),
+        })
+    }
+
+    /// Send one request and wait for its reply (or a panic, QEMU's death, or
+    /// the timeout).
+    pub fn request(&mut self, op: pmem_lab_proto::Op, timeout: Duration) -> Result<Reply, VmError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_string(&Request { id, op }).expect("serializable");
+        line.push('\n');
+        let _ = self.transcript.write_all(format!("> {line}").as_bytes());
+        let agent = self
+            .agent
+            .as_mut()
+            .ok_or_else(|| VmError::Protocol("agent not connected".into()))?;
+        if let Err(e) = agent.write_all(line.as_bytes()) {
+            return Err(VmError::Protocol(format!("write to agent: {e}")));
+        }
+        let deadline = Instant::now() + timeout;
+        self.wait_for(&format!("reply to request {id}"), deadline, |m| match m {
+            GuestMessage::Response { id: rid, reply } if *rid == id => Some(reply.clone()),
+            _ => None,
+        })
+    }
+
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut pick: impl FnMut(&GuestMessage) -> Option<T>,
+    ) -> Result<T, VmError> {
+        let began = Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Agent(msg)) => {
+                    let _ = writeln!(
+                        self.transcript,
+                        "< {}",
+                        serde_json::to_string(&msg).unwrap_or_default()
+                    );
+                    if let Some(v) = pick(&msg) {
+                        return Ok(v);
+                    }
+                }
+                Ok(other) => return Err(self.failure(other)),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.timeout_error(what.to_string(), began.elapsed()));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(VmError::Protocol("event channel closed".into()))
+                }
+            }
+        }
+    }
+
+    /// A failure already queued (used while polling for the socket).
+    fn poll_failure(&mut self) -> Result<Option<VmError>, VmError> {
+        match self.events.try_recv() {
+            Ok(Event::Agent(_)) | Err(_) => Ok(None),
+            Ok(other) => Ok(Some(self.failure(other))),
+        }
+    }
+
+    fn failure(&mut self, event: Event) -> VmError {
+        match event {
+            Event::Panic => {
+                // The panic line comes first; the stack and "end Kernel panic"
+                // follow within milliseconds. Give them a moment to arrive.
+                thread::sleep(Duration::from_millis(300));
+                VmError::Panic {
+                    console: self.panic_text(),
+                }
+            }
+            Event::QemuExited(status) => {
+                // Let the console and stderr readers drain the pipes.
+                thread::sleep(Duration::from_millis(100));
+                if let Some(text) = self.console_has_panic() {
+                    return VmError::Panic { console: text };
+                }
+                VmError::QemuExited {
+                    status: describe(status),
+                    stderr: self.stderr.lock().unwrap().clone(),
+                    console: self.console_tail(30),
+                }
+            }
+            Event::AgentClosed => VmError::AgentClosed {
+                console: self.console_tail(30),
+            },
+            Event::Agent(_) => unreachable!("agent messages are not failures"),
+        }
+    }
+
+    fn timeout_error(&self, what: String, after: Duration) -> VmError {
+        VmError::Timeout {
+            what,
+            after,
+            console: self.console_tail(30),
+        }
+    }
+
+    fn console_has_panic(&self) -> Option<String> {
+        let seen = self
+            .console
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(PANIC_MARKERS[0]));
+        seen.then(|| self.panic_text())
+    }
+
+    /// From a little before the first panic-related line to the end.
+    fn panic_text(&self) -> String {
+        let lines = self.console.lock().unwrap();
+        let first = lines
+            .iter()
+            .position(|l| {
+                l.contains(PANIC_MARKERS[0])
+                    || l.contains("BUG:")
+                    || l.contains("Oops:")
+                    || l.contains("Machine check")
+            })
+            .unwrap_or(lines.len().saturating_sub(30));
+        let start = first.saturating_sub(5);
+        let end = lines.len().min(start + 80);
+        lines[start..end].join("\n")
+    }
+
+    pub fn console_tail(&self, n: usize) -> String {
+        let lines = self.console.lock().unwrap();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn qemu_stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Kill QEMU now (also done on drop).
+    pub fn kill(&mut self) {
+        if !self.exited.load(Ordering::SeqCst) {
+            // SAFETY: plain syscall; the group is QEMU's own (process_group(0)).
+            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+fn spawn_console_reader(
+    stdout: impl Read + Send + 'static,
+    mut log: File,
+    console: Arc<Mutex<Vec<String>>>,
+    tx: Sender<Event>,
+) {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut raw = Vec::new();
+        let mut panicked = false;
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = log.write_all(&raw);
+                    let line = String::from_utf8_lossy(&raw)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string();
+                    let is_panic = PANIC_MARKERS.iter().any(|m| line.contains(m));
+                    console.lock().unwrap().push(line);
+                    if is_panic && !panicked {
+                        panicked = true;
+                        let _ = tx.send(Event::Panic);
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn spawn_agent_reader(stream: UnixStream, tx: Sender<Event>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<GuestMessage>(&line) {
+                Ok(msg) => {
+                    if tx.send(Event::Agent(msg)).is_err() {
+                        return;
+                    }
+                }
+                // Not fatal by itself: the awaited reply will time out with
+                // the transcript showing this line.
+                Err(e) => eprintln!("pmem-lab: unparsable agent line {line:?}: {e}"),
+            }
+        }
+        let _ = tx.send(Event::AgentClosed);
+    });
+}
+
+/// The QEMU command line as a shell command, for artifacts and reproducing.
+pub fn command_line(args: &[OsString]) -> String {
+    machine::shell_quote_command(QEMU, args)
+}

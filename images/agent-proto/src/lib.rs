@@ -1,0 +1,151 @@
+//! The wire protocol between the lab (host) and the guest agent.
+//!
+//! One JSON object per line in each direction over a virtio-serial port.
+//! The guest speaks first with [`GuestMessage::Ready`]; after that the host
+//! sends [`Request`]s and the guest answers each with a
+//! [`GuestMessage::Response`] carrying the same `id`. Requests may overlap:
+//! the agent serves each on its own thread, so responses can arrive out of
+//! order (later operations, such as a consumer waiting for a machine check,
+//! depend on that).
+//!
+//! Versioning: [`PROTOCOL_VERSION`] is bumped on any incompatible change. The
+//! host refuses an agent whose `Ready.protocol` differs, which catches a stale
+//! initramfs instead of failing later with a confusing parse error.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bump on any change that an older peer would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port (`virtserialport,name=...`). The agent finds
+/// its device by this name under /sys/class/virtio-ports.
+pub const PORT_NAME: &str = "org.pmem-lab.agent.0";
+
+/// Host -> guest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub id: u64,
+    pub op: Op,
+}
+
+/// What the host asks the guest to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Run a program (no shell involved: `argv[0]` is looked up in PATH).
+    Run(RunRequest),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub argv: Vec<String>,
+    /// Written to the program's stdin, which is then closed. `None`: /dev/null.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Added to the agent's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The agent kills the program's process group after this long.
+    pub timeout_ms: u64,
+}
+
+/// Guest -> host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GuestMessage {
+    /// Sent once, as soon as the agent has opened its port.
+    Ready {
+        protocol: u32,
+        agent_version: String,
+        /// `uname -r` of the guest kernel.
+        kernel_release: String,
+        /// Milliseconds since the guest kernel booted (CLOCK_BOOTTIME).
+        uptime_ms: u64,
+    },
+    Response {
+        id: u64,
+        reply: Reply,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Run(RunResult),
+    /// The request could not be carried out at all (e.g. the program does not
+    /// exist). A program that runs and fails is a `Run` with its exit status.
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunResult {
+    /// Exit status when the program exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when the program was killed by a signal.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// True when the agent killed the program at `timeout_ms`.
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+impl RunResult {
+    /// "exit 0", "signal 9", "timed out after 100 ms": for messages.
+    pub fn status_text(&self) -> String {
+        match (self.timed_out, self.exit_code, self.signal) {
+            (true, _, _) => format!("timed out after {} ms", self.duration_ms),
+            (false, Some(code), _) => format!("exit {code}"),
+            (false, None, Some(sig)) => format!("killed by signal {sig}"),
+            (false, None, None) => "unknown status".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_as_one_line() {
+        let req = Request {
+            id: 7,
+            op: Op::Run(RunRequest {
+                argv: vec!["ndctl".into(), "list".into()],
+                timeout_ms: 1000,
+                ..Default::default()
+            }),
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+    }
+
+    #[test]
+    fn ready_has_a_stable_shape() {
+        let line = r#"{"type":"ready","protocol":1,"agent_version":"0.1.0","kernel_release":"6.12.117","uptime_ms":1200}"#;
+        match serde_json::from_str::<GuestMessage>(line).unwrap() {
+            GuestMessage::Ready {
+                protocol,
+                kernel_release,
+                ..
+            } => {
+                assert_eq!(protocol, 1);
+                assert_eq!(kernel_release, "6.12.117");
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let line = r#"{"id":1,"op":{"kind":"run","argv":[],"timeout_ms":1,"shell":true}}"#;
+        assert!(serde_json::from_str::<Request>(line).is_err());
+    }
+}

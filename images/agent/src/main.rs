@@ -1,0 +1,191 @@
+//! pmem-lab guest agent: started by the initramfs init, it serves the lab's
+//! requests over the virtio-serial port named [`PORT_NAME`].
+//!
+//! Each request runs on its own thread so that a long operation never blocks
+//! the channel; all writes go through one mutex so lines never interleave.
+
+use pmem_lab_proto::{
+    GuestMessage, Op, Reply, Request, RunRequest, RunResult, PORT_NAME, PROTOCOL_VERSION,
+};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+type Out = Arc<Mutex<File>>;
+
+fn main() -> ExitCode {
+    match serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // stderr is the kernel console: the lab shows it with the failure.
+            eprintln!("pmem-lab-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve() -> Result<(), String> {
+    let dev = find_port()?;
+    let port = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .map_err(|e| format!("open {}: {e}", dev.display()))?;
+    let reader = port.try_clone().map_err(|e| e.to_string())?;
+    let out: Out = Arc::new(Mutex::new(port));
+    send(
+        &out,
+        &GuestMessage::Ready {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            uptime_ms: uptime_ms(),
+        },
+    );
+    let mut lines = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            // A virtio port reads EOF while the host side is disconnected;
+            // the lab may reconnect, so wait rather than exit.
+            Ok(0) => thread::sleep(Duration::from_millis(50)),
+            Ok(_) => handle_line(&out, line.trim()),
+            Err(e) => return Err(format!("read {}: {e}", dev.display())),
+        }
+    }
+}
+
+fn handle_line(out: &Out, line: &str) {
+    if line.is_empty() {
+        return;
+    }
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pmem-lab-agent: bad request {line:?}: {e}");
+            return;
+        }
+    };
+    let out = Arc::clone(out);
+    thread::spawn(move || {
+        let reply = match req.op {
+            Op::Run(run_req) => match run(&run_req) {
+                Ok(r) => Reply::Run(r),
+                Err(message) => Reply::Error { message },
+            },
+        };
+        send(&out, &GuestMessage::Response { id: req.id, reply });
+    });
+}
+
+fn send(out: &Out, msg: &GuestMessage) {
+    let mut line = serde_json::to_string(msg).expect("protocol types serialize");
+    line.push('\n');
+    let mut port = out.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = port.write_all(line.as_bytes()) {
+        eprintln!("pmem-lab-agent: write: {e}");
+    }
+}
+
+/// The port's /dev node, found by name: without udev there are no
+/// /dev/virtio-ports/NAME symlinks.
+fn find_port() -> Result<PathBuf, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let name = fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    return Ok(PathBuf::from("/dev").join(entry.file_name()));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no virtio-serial port named {PORT_NAME} (is virtio_console built in?)"
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+fn run(req: &RunRequest) -> Result<RunResult, String> {
+    let (program, args) = req
+        .argv
+        .split_first()
+        .ok_or_else(|| "empty argv".to_string())?;
+    let start = Instant::now();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(&req.env)
+        .stdin(if req.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills the program's children too.
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
+    if let (Some(input), Some(mut stdin)) = (req.stdin.clone(), child.stdin.take()) {
+        thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let mut timed_out = false;
+    let status = match rx.recv_timeout(Duration::from_millis(req.timeout_ms)) {
+        Ok(status) => status,
+        Err(_) => {
+            timed_out = true;
+            // SAFETY: plain syscall on the process group we created.
+            unsafe { libc::killpg(pid, libc::SIGKILL) };
+            rx.recv().map_err(|e| e.to_string())?
+        }
+    }
+    .map_err(|e| format!("wait {program}: {e}"))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(RunResult {
+        exit_code: status.code(),
+        signal: status.signal(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+        timed_out,
+        duration_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
