@@ -1,0 +1,255 @@
+//! The guest image: a gzip'd newc initramfs, built without root.
+//!
+//! Contents: busybox-static and its applet links, the programs listed in
+//! images/initramfs/files.txt with their shared-library closure, the lab's
+//! guest agent, images/initramfs/init, the kernel's modules (in-tree set under
+//! /lib/modules/<release>, nfit_test set under /lib/modules/nfit_test), and a
+//! /dev/console node (a cpio entry needs no mknod, hence no root).
+//!
+//! Published as `<cache>/images/<key>.cpio.gz`, key = hash of every input
+//! file's content, so an unchanged recipe reuses the image and any change
+//! (a new ndctl from apt, a rebuilt agent, another kernel) makes a new one.
+
+use crate::kernel::Kernel;
+use crate::util::{self, io_at, Error, Key, Result};
+use flate2::write::GzEncoder;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const RECIPE: &str = "image-recipe-1";
+const BUSYBOX: &str = "/bin/busybox";
+const AGENT_GUEST_PATH: &str = "sbin/pmem-lab-agent";
+
+/// One thing in the archive, by guest path (no leading slash).
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Dir,
+    File { host: PathBuf, mode: u32 },
+    Symlink(String),
+    CharDev { major: u32, minor: u32 },
+}
+
+/// Build (or reuse) the initramfs for `kernel`. Returns its path.
+pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
+    let agent = build_agent(workspace)?;
+    let tree = collect(workspace, kernel, &agent)?;
+    let mut key = Key::new(RECIPE);
+    for (guest, node) in &tree {
+        match node {
+            Node::File { host, mode } => {
+                key.str("file", guest).str("mode", &mode.to_string()).file("content", host)?;
+            }
+            other => {
+                key.str("node", &format!("{guest} {other:?}"));
+            }
+        }
+    }
+    let dir = cache.join("images");
+    io_at(fs::create_dir_all(&dir), "create", &dir)?;
+    let out = dir.join(format!("{}.cpio.gz", key.finish()));
+    if out.is_file() {
+        return Ok(out);
+    }
+    eprintln!("[image] building {} ({} entries)", out.display(), tree.len());
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    write_cpio_gz(&tree, &tmp)?;
+    io_at(fs::rename(&tmp, &out), "publish", &out)?;
+    Ok(out)
+}
+
+fn build_agent(workspace: &Path) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    util::run(
+        Command::new(cargo)
+            .current_dir(workspace)
+            .args(["build", "--quiet", "--release", "--package", "pmem-lab-agent"]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target.join("release/pmem-lab-agent"))
+}
+
+fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<String, Node>> {
+    let mut tree = BTreeMap::new();
+    for d in ["proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc", "sys/kernel/debug"] {
+        add_dir(&mut tree, d);
+    }
+    tree.insert("dev/console".into(), Node::CharDev { major: 5, minor: 1 });
+    let init = workspace.join("images/initramfs/init");
+    add_file(&mut tree, "init", &init, 0o755);
+    add_program(&mut tree, agent, AGENT_GUEST_PATH)?;
+
+    let list = workspace.join("images/initramfs/files.txt");
+    let text = io_at(fs::read_to_string(&list), "read", &list)?;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let host = PathBuf::from(words.next().unwrap());
+        let guest = words.next().unwrap_or(line).trim_start_matches('/').to_string();
+        if !host.is_file() {
+            return Err(Error::new(format!(
+                "{}:{}: {} does not exist on this host (run `cargo xtask deps`)",
+                list.display(),
+                i + 1,
+                host.display()
+            )));
+        }
+        add_program(&mut tree, &host, &guest)?;
+    }
+
+    // busybox last: its applets fill only the names nothing else took.
+    add_file(&mut tree, "bin/busybox", Path::new(BUSYBOX), 0o755);
+    let applets = util::output(Command::new(BUSYBOX).arg("--list-full"))?;
+    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        if !tree.contains_key(applet) {
+            let depth = applet.matches('/').count();
+            let target = format!("{}bin/busybox", "../".repeat(depth));
+            add_parents(&mut tree, applet);
+            tree.insert(applet.to_string(), Node::Symlink(target));
+        }
+    }
+
+    add_modules(&mut tree, kernel)?;
+    Ok(tree)
+}
+
+fn add_modules(tree: &mut BTreeMap<String, Node>, kernel: &Kernel) -> Result<()> {
+    let base = kernel.modules_root.join("lib/modules").join(&kernel.release);
+    let guest_base = format!("lib/modules/{}", kernel.release);
+    add_tree(tree, &base, &guest_base)?;
+    for entry in io_at(fs::read_dir(&kernel.nfit_test), "read", &kernel.nfit_test)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        add_file(tree, &format!("lib/modules/nfit_test/{name}"), &entry.path(), 0o644);
+    }
+    Ok(())
+}
+
+/// Mirror a host directory (files and directories; symlinks such as
+/// modules/<rel>/build into the build tree are skipped).
+fn add_tree(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Result<()> {
+    add_dir(tree, guest);
+    let mut entries: Vec<_> = io_at(fs::read_dir(host), "read", host)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let p = entry.path();
+        let g = format!("{guest}/{}", entry.file_name().to_string_lossy());
+        let meta = io_at(fs::symlink_metadata(&p), "stat", &p)?;
+        if meta.is_dir() {
+            add_tree(tree, &p, &g)?;
+        } else if meta.is_file() {
+            add_file(tree, &g, &p, 0o644);
+        }
+    }
+    Ok(())
+}
+
+/// A program and, if dynamic, its loader and libraries at the paths ldd
+/// reports (the guest's loader searches the same default directories).
+fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Result<()> {
+    add_file(tree, guest, host, 0o755);
+    if util::elf_interpreter(host)?.is_none() {
+        return Ok(());
+    }
+    let out = util::output(Command::new("ldd").arg(host))?;
+    for lib in parse_ldd(&out).map_err(|e| Error::new(format!("ldd {}: {e}", host.display())))? {
+        let real = io_at(fs::canonicalize(&lib), "resolve", &lib)?;
+        add_file(tree, lib.to_string_lossy().trim_start_matches('/'), &real, 0o755);
+    }
+    Ok(())
+}
+
+/// The absolute library paths in `ldd` output.
+fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in out.lines().map(str::trim) {
+        if line.starts_with("linux-vdso") || line.is_empty() {
+            continue;
+        }
+        if line.contains("=> not found") {
+            return Err(format!("missing library: {line}"));
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.trim().split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        match path {
+            Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
+            _ => return Err(format!("unexpected line: {line}")),
+        }
+    }
+    Ok(libs)
+}
+
+fn add_parents(tree: &mut BTreeMap<String, Node>, guest: &str) {
+    let mut prefix = String::new();
+    let parts: Vec<&str> = guest.split('/').collect();
+    for part in &parts[..parts.len() - 1] {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        tree.entry(prefix.clone()).or_insert(Node::Dir);
+    }
+}
+
+fn add_dir(tree: &mut BTreeMap<String, Node>, guest: &str) {
+    add_parents(tree, guest);
+    tree.entry(guest.to_string()).or_insert(Node::Dir);
+}
+
+fn add_file(tree: &mut BTreeMap<String, Node>, guest: &str, host: &Path, mode: u32) {
+    add_parents(tree, guest);
+    tree.insert(guest.to_string(), Node::File { host: host.to_path_buf(), mode });
+}
+
+/// Write the archive. BTreeMap order puts every directory before its
+/// contents, which the kernel's unpacker needs.
+fn write_cpio_gz(tree: &BTreeMap<String, Node>, path: &Path) -> Result<()> {
+    let file = io_at(fs::File::create(path), "create", path)?;
+    let mut gz = GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
+    for (ino, (name, node)) in tree.iter().enumerate() {
+        let b = cpio::newc::Builder::new(name).ino(ino as u32 + 1).uid(0).gid(0);
+        let (b, data): (_, Vec<u8>) = match node {
+            Node::Dir => (b.mode(0o040755).nlink(2), Vec::new()),
+            Node::File { host, mode } => (b.mode(0o100000 | mode), io_at(fs::read(host), "read", host)?),
+            Node::Symlink(target) => (b.mode(0o120777), target.as_bytes().to_vec()),
+            Node::CharDev { major, minor } => (b.mode(0o020600).rdev_major(*major).rdev_minor(*minor), Vec::new()),
+        };
+        let mut w = b.write(&mut gz, data.len() as u32);
+        w.write_all(&data)?;
+        w.finish()?;
+    }
+    cpio::newc::trailer(&mut gz)?;
+    gz.finish()?.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_yields_library_paths() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibndctl.so.6 => /lib/x86_64-linux-gnu/libndctl.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
+        assert_eq!(
+            parse_ldd(out).unwrap(),
+            [PathBuf::from("/lib/x86_64-linux-gnu/libndctl.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+        );
+        assert!(parse_ldd("libx.so => not found\n").unwrap_err().contains("missing library"));
+    }
+
+    #[test]
+    fn parents_come_before_children() {
+        let mut tree = BTreeMap::new();
+        add_file(&mut tree, "usr/lib/x/libc.so.6", Path::new("/x"), 0o755);
+        let names: Vec<_> = tree.keys().cloned().collect();
+        assert_eq!(names, ["usr", "usr/lib", "usr/lib/x", "usr/lib/x/libc.so.6"]);
+    }
+}

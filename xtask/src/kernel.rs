@@ -1,0 +1,308 @@
+//! The guest kernel: configure (allnoconfig + fragments + olddefconfig, then
+//! check every requested option), build bzImage, modules and the nfit_test
+//! modules, and publish them in the cache.
+//!
+//! Cache layout under `<cache>/kernel/`:
+//! - `build-<tree id>/`  the O= build directory, reused for incremental builds;
+//! - `<key>/`            published outputs, key = source identity + fragments +
+//!                       recipe; complete or absent (staged, then renamed);
+//! - `build.lock`        held while building: never two kernel builds at once.
+
+use crate::deps;
+use crate::kconfig;
+use crate::progress::Progress;
+use crate::util::{self, io_at, Error, Key, Result};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Bump when the build recipe changes in a way that changes the outputs.
+const RECIPE: &str = "kernel-recipe-1";
+/// The in-tree directory of the nfit_test modules.
+const NFIT_TEST_DIR: &str = "tools/testing/nvdimm";
+
+/// Where the kernel source comes from.
+pub struct Source {
+    pub dir: PathBuf,
+    /// Stable identity for cache keys.
+    pub identity: String,
+    /// A user's tree: never written to; always re-made (make decides).
+    pub user_tree: bool,
+}
+
+/// What the lab boots and loads.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub dir: PathBuf,
+    pub bzimage: PathBuf,
+    /// INSTALL_MOD_PATH root: holds lib/modules/<release>/ with depmod files.
+    pub modules_root: PathBuf,
+    /// The nfit_test set (nfit_test.ko, nfit_test_iomap.ko and the wrapped
+    /// libnvdimm/nfit/... modules), kept apart from the in-tree set.
+    pub nfit_test: PathBuf,
+    pub release: String,
+    pub config: PathBuf,
+}
+
+impl Kernel {
+    fn at(dir: &Path) -> Result<Kernel> {
+        let release = io_at(fs::read_to_string(dir.join("release")), "read", &dir.join("release"))?;
+        Ok(Kernel {
+            dir: dir.to_path_buf(),
+            bzimage: dir.join("bzImage"),
+            modules_root: dir.join("modules"),
+            nfit_test: dir.join("nfit_test"),
+            release: release.trim().to_string(),
+            config: dir.join("config"),
+        })
+    }
+}
+
+/// The kernel source: the user's tree, or Debian's tarball unpacked once.
+pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
+    if let Some(tree) = tree {
+        let dir = io_at(tree.canonicalize(), "kernel tree", tree)?;
+        if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
+            return Err(Error::new(format!("{} does not look like a kernel tree (no Makefile/Kconfig)", dir.display())));
+        }
+        return Ok(Source { identity: format!("tree:{}", dir.display()), dir, user_tree: true });
+    }
+    let version = util::output(Command::new("dpkg-query").args(["-W", "-f=${Version}", deps::DEBIAN_KERNEL_PACKAGE]))?;
+    let version = version.trim().to_string();
+    let safe: String = version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let dir = cache.join("src").join(format!("debian-{safe}"));
+    if !dir.join("Makefile").is_file() {
+        unpack(Path::new(deps::DEBIAN_KERNEL_TARBALL), &dir)?;
+    }
+    Ok(Source { dir, identity: format!("debian:{}={version}", deps::DEBIAN_KERNEL_PACKAGE), user_tree: false })
+}
+
+fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().expect("dest has a parent");
+    io_at(fs::create_dir_all(parent), "create", parent)?;
+    let staging = parent.join(format!(".unpack-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    io_at(fs::create_dir_all(&staging), "create", &staging)?;
+    eprintln!("[kernel] unpacking {} (once)", tarball.display());
+    util::run(Command::new("tar").arg("-xf").arg(tarball).arg("-C").arg(&staging))?;
+    let top = io_at(fs::read_dir(&staging), "read", &staging)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("Makefile").is_file())
+        .ok_or_else(|| Error::new(format!("{} holds no kernel tree", tarball.display())))?;
+    io_at(fs::rename(&top, dest), "move", dest)?;
+    let _ = fs::remove_dir_all(&staging);
+    Ok(())
+}
+
+/// Build (or reuse) the kernel for `src` with `fragments`.
+pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) -> Result<Kernel> {
+    let root = cache.join("kernel");
+    io_at(fs::create_dir_all(&root), "create", &root)?;
+    let mut key = Key::new(RECIPE);
+    key.str("source", &src.identity);
+    for f in fragments {
+        key.file("fragment", f)?;
+    }
+    let out = root.join(key.finish());
+    if !src.user_tree && out.join("release").is_file() {
+        return Kernel::at(&out);
+    }
+    let lock_path = root.join("build.lock");
+    let lock = io_at(fs::File::create(&lock_path), "create", &lock_path)?;
+    if lock.try_lock().is_err() {
+        eprintln!("[kernel] another kernel build is running; waiting for it ({})", lock_path.display());
+        io_at(lock.lock(), "lock", &lock_path)?;
+    }
+    // The other build may have produced exactly what we need.
+    if !src.user_tree && out.join("release").is_file() {
+        return Kernel::at(&out);
+    }
+    let build = root.join(format!("build-{}", Key::new("tree").str("id", &src.identity).finish()));
+    io_at(fs::create_dir_all(&build), "create", &build)?;
+    let log_path = root.join(format!("{}.log", out.file_name().unwrap().to_string_lossy()));
+    let mut log = Log::create(&log_path)?;
+    eprintln!("[kernel] building {} in {} (log: {})", src.identity, build.display(), log_path.display());
+
+    configure(src, fragments, &build, &mut log)?;
+    let estimate = fs::read_to_string(root.join("objects.count")).ok().and_then(|s| s.trim().parse().ok());
+    let objects = make(
+        Command::new("make").arg("-C").arg(&build).arg(format!("-j{jobs}")).args(["bzImage", "modules"]),
+        "compiling",
+        estimate.unwrap_or(1700),
+        &mut log,
+    )?;
+    if estimate.is_none() || objects > 100 {
+        let _ = fs::write(root.join("objects.count"), objects.to_string());
+    }
+    let nfit_dir = nfit_test_mirror(src, &build)?;
+    make(
+        Command::new("make").arg("-C").arg(&build).arg(format!("M={}", nfit_dir.display())).arg(format!("-j{jobs}")).arg("modules"),
+        "nfit_test",
+        40,
+        &mut log,
+    )?;
+    stage(&build, &nfit_dir, &out, &mut log)?;
+    drop(lock);
+    Kernel::at(&out)
+}
+
+/// allnoconfig + fragments + olddefconfig, then check every request.
+fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -> Result<()> {
+    let make_src = |target: &str| {
+        let mut c = Command::new("make");
+        c.arg("-C").arg(&src.dir).arg(format!("O={}", build.display())).arg(target);
+        c
+    };
+    log.run(&mut make_src("allnoconfig"), "configure")?;
+    let mut requests = Vec::new();
+    let dot = build.join(".config");
+    let mut config = io_at(fs::read_to_string(&dot), "read", &dot)?;
+    for f in fragments {
+        let text = io_at(fs::read_to_string(f), "read", f)?;
+        requests.extend(kconfig::parse(&text).map_err(|e| Error::new(format!("{}: {e}", f.display())))?);
+        config.push_str(&text);
+    }
+    io_at(fs::write(&dot, config), "write", &dot)?;
+    log.run(&mut make_src("olddefconfig"), "configure")?;
+    let result = io_at(fs::read_to_string(&dot), "read", &dot)?;
+    let unmet = kconfig::unmet(&requests, &result);
+    if !unmet.is_empty() {
+        return Err(Error::new(format!(
+            "the kernel config lacks options the lab needs ({}):\n  {}\nFix the fragment in images/kernel/ or the tree's Kconfig dependencies.",
+            build.join(".config").display(),
+            unmet.join("\n  ")
+        )));
+    }
+    Ok(())
+}
+
+/// Source directories the nfit_test build compiles (its Kbuild reaches
+/// `../../../drivers/...` from its own directory).
+const NFIT_TEST_SOURCES: [&str; 4] = [NFIT_TEST_DIR, "drivers/nvdimm", "drivers/acpi/nfit", "drivers/dax"];
+
+/// Kbuild writes external-module objects next to their sources, and Linux
+/// 6.12 has no MO= to redirect them. So nfit_test is built from a mirror of
+/// the directories it compiles, inside the build dir: the source tree (a
+/// user's, or the cached Debian one) is never written to. Files are copied
+/// only when their content changed, which keeps the build incremental.
+fn nfit_test_mirror(src: &Source, build: &Path) -> Result<PathBuf> {
+    let mirror = build.join("nfit-src");
+    for dir in NFIT_TEST_SOURCES {
+        copy_changed(&src.dir.join(dir), &mirror.join(dir))?;
+    }
+    Ok(mirror.join(NFIT_TEST_DIR))
+}
+
+fn copy_changed(from: &Path, to: &Path) -> Result<()> {
+    io_at(fs::create_dir_all(to), "create", to)?;
+    for entry in io_at(fs::read_dir(from), "read", from)?.flatten() {
+        let (src, dest) = (entry.path(), to.join(entry.file_name()));
+        if src.is_dir() {
+            copy_changed(&src, &dest)?;
+        } else if src.is_file() && fs::read(&dest).ok() != fs::read(&src).ok() {
+            io_at(fs::copy(&src, &dest), "copy", &dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in io_at(fs::read_dir(dir), "read", dir)?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            find_modules(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "ko") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()> {
+    let staging = out.with_extension(format!("staging-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    io_at(fs::create_dir_all(staging.join("nfit_test")), "create", &staging)?;
+    let release = util::output(Command::new("make").arg("-s").arg("-C").arg(build).arg("kernelrelease"))?;
+    let bz = build.join("arch/x86/boot/bzImage");
+    io_at(fs::copy(&bz, staging.join("bzImage")), "copy", &bz)?;
+    io_at(fs::copy(build.join(".config"), staging.join("config")), "copy", &build.join(".config"))?;
+    log.run(
+        Command::new("make")
+            .arg("-C")
+            .arg(build)
+            .arg(format!("INSTALL_MOD_PATH={}", staging.join("modules").display()))
+            .arg("INSTALL_MOD_STRIP=1")
+            .arg("modules_install"),
+        "modules_install",
+    )?;
+    let mut modules = Vec::new();
+    find_modules(nfit_dir, &mut modules)?;
+    for p in &modules {
+        io_at(fs::copy(p, staging.join("nfit_test").join(p.file_name().unwrap())), "copy", p)?;
+    }
+    if modules.is_empty() {
+        return Err(Error::new(format!("the nfit_test build produced no modules in {}", nfit_dir.display())));
+    }
+    io_at(fs::write(staging.join("release"), release.trim()), "write", &staging)?;
+    util::publish_dir(&staging, out)
+}
+
+/// The build log file; every command's output goes here, not to the terminal.
+struct Log {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl Log {
+    fn create(path: &Path) -> Result<Log> {
+        Ok(Log { file: io_at(fs::File::create(path), "create", path)?, path: path.to_path_buf() })
+    }
+
+    fn run(&mut self, cmd: &mut Command, phase: &str) -> Result<()> {
+        make(cmd, phase, 0, self).map(|_| ())
+    }
+
+    fn failure(&self, what: &str) -> Error {
+        let text = fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n  ");
+        Error::new(format!("{what}\nlast lines of {}:\n  {tail}", self.path.display()))
+    }
+}
+
+/// Run a make command with output to the log and a live progress line.
+/// Returns how many objects it compiled.
+fn make(cmd: &mut Command, phase: &str, estimate: usize, log: &mut Log) -> Result<usize> {
+    let _ = writeln!(log.file, "$ {}", util::render(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(format!("cannot run make: {e}")))?;
+    // Merge stderr into the log from its own thread.
+    let mut err_log = log.file.try_clone()?;
+    let stderr = child.stderr.take().expect("piped");
+    let err_thread = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+            let _ = writeln!(err_log, "{line}");
+        }
+    });
+    let mut progress = Progress::new("kernel", phase, estimate);
+    let mut compiled = 0;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(std::result::Result::ok) {
+        let _ = writeln!(log.file, "{line}");
+        if line.starts_with("  CC ") || line.starts_with("  AS ") {
+            compiled += 1;
+            progress.tick(compiled);
+        }
+    }
+    let _ = err_thread.join();
+    let status = child.wait()?;
+    progress.done(compiled);
+    if !status.success() {
+        return Err(log.failure(&format!("{} failed ({status})", util::render(cmd))));
+    }
+    Ok(compiled)
+}

@@ -1,0 +1,85 @@
+//! `cargo xtask lab`: host deps -> case validation -> kernel -> image ->
+//! accelerator -> run the cases (the harness's `lab` test target).
+
+use crate::util::{self, Error, Result};
+use crate::{accel, deps, image, kernel, Options};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Everything a VM run needs, built or reused.
+pub struct Built {
+    pub kernel: kernel::Kernel,
+    pub initrd: PathBuf,
+}
+
+pub fn build(opts: &Options) -> Result<Built> {
+    deps::ensure(opts.kernel_tree.is_none())?;
+    let t = Instant::now();
+    let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
+    let kernel = kernel::ensure(&src, &fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
+    let initrd = image::ensure(&opts.workspace, &opts.cache, &kernel)?;
+    eprintln!(
+        "[lab] kernel {} ({}), image {} ready in {}",
+        kernel.release,
+        kernel.dir.display(),
+        initrd.display(),
+        crate::progress::fmt_duration(t.elapsed())
+    );
+    Ok(Built { kernel, initrd })
+}
+
+/// Kernel config fragments, in name order: images/kernel/*.config.
+pub fn fragments(workspace: &Path) -> Result<Vec<PathBuf>> {
+    let dir = workspace.join("images/kernel");
+    let mut v: Vec<PathBuf> = util::io_at(std::fs::read_dir(&dir), "read", &dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "config"))
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        return Err(Error::new(format!("no *.config fragment in {}", dir.display())));
+    }
+    Ok(v)
+}
+
+pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Result<()> {
+    // Malformed cases fail here, in seconds, before a kernel build or a VM.
+    eprintln!("[lab] checking case files");
+    if !harness(opts, &[], &["validate/".to_string()], &["--quiet".to_string()])? {
+        return Err(Error::new("invalid case files (above); no VM was started"));
+    }
+    let built = build(opts)?;
+    let probe_log = opts.cache.join("kvm-probe.log");
+    let (accel, why) = accel::detect(&built.kernel.bzimage, &probe_log);
+    eprintln!("[lab] accelerator: {accel} ({why})");
+    let env = vec![
+        ("PMEM_LAB_KERNEL", built.kernel.bzimage.display().to_string()),
+        ("PMEM_LAB_INITRD", built.initrd.display().to_string()),
+        ("PMEM_LAB_ACCEL", accel.to_string()),
+        ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
+    ];
+    if harness(opts, &env, filters, harness_args)? {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "some cases failed; their artifacts are under {}",
+            opts.artifacts.display()
+        )))
+    }
+}
+
+/// Run the harness's `lab` target: `cargo test -p pmem-lab-harness --test lab`.
+/// `Ok(false)` when some trial failed.
+fn harness(opts: &Options, env: &[(&str, String)], filters: &[String], extra: &[String]) -> Result<bool> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&opts.workspace)
+        .args(["test", "--quiet", "--package", "pmem-lab-harness", "--test", "lab", "--"])
+        .args(filters)
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let status = cmd.status().map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+    Ok(status.success())
+}

@@ -1,0 +1,180 @@
+//! Small shared pieces: the error type, running commands, hashing, paths.
+
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// An error that tells the user what happened and, where we know, what to do.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Error(msg.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error(e.to_string())
+    }
+}
+
+impl From<xshell::Error> for Error {
+    fn from(e: xshell::Error) -> Self {
+        Error(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach a path to an I/O error.
+pub fn io_at<T>(r: std::io::Result<T>, what: &str, path: &Path) -> Result<T> {
+    r.map_err(|e| Error::new(format!("{what} {}: {e}", path.display())))
+}
+
+/// Run a command with inherited stdio; fail with its status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| Error::new(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(format!("{} failed ({status})", render(cmd))))
+    }
+}
+
+/// Run a command and return its stdout.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| Error::new(format!("cannot run {:?}: {e}", cmd.get_program())))?;
+    if !out.status.success() {
+        return Err(Error::new(format!(
+            "{} failed ({}): {}",
+            render(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn render(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Incremental SHA-256 over labelled parts, for content-addressed cache keys.
+pub struct Key(Sha256);
+
+impl Key {
+    pub fn new(kind: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(kind.as_bytes());
+        Key(h)
+    }
+    pub fn str(&mut self, label: &str, value: &str) -> &mut Self {
+        self.0.update(format!("\0{label}\0{}\0", value.len()).as_bytes());
+        self.0.update(value.as_bytes());
+        self
+    }
+    pub fn file(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
+        let bytes = io_at(fs::read(path), "read", path)?;
+        self.0.update(format!("\0{label}\0{}\0", bytes.len()).as_bytes());
+        self.0.update(&bytes);
+        Ok(self)
+    }
+    /// First 16 hex digits: short enough for paths, long enough not to collide.
+    pub fn finish(&self) -> String {
+        let digest = self.0.clone().finalize();
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The ELF interpreter (PT_INTERP) of a binary, or None for a static one.
+pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
+    let data = io_at(fs::read(path), "read", path)?;
+    let bad = || Error::new(format!("{} is not a 64-bit ELF file", path.display()));
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if ph + 56 > data.len() {
+            return Err(bad());
+        }
+        let p_type = u32::from_le_bytes(data[ph..ph + 4].try_into().unwrap());
+        if p_type == 3 {
+            let (off, size) = (u64_at(ph + 8), u64_at(ph + 32));
+            let raw = data.get(off..off + size).ok_or_else(bad)?;
+            return Ok(Some(String::from_utf8_lossy(raw).trim_end_matches('\0').to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Replace `dest` with the finished directory `staged` in one rename, so a
+/// reader sees either the old complete tree or the new complete tree.
+pub fn publish_dir(staged: &Path, dest: &Path) -> Result<()> {
+    if dest.exists() {
+        let old = dest.with_extension(format!("old-{}", std::process::id()));
+        io_at(fs::rename(dest, &old), "move aside", dest)?;
+        io_at(fs::rename(staged, dest), "publish", dest)?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        io_at(fs::rename(staged, dest), "publish", dest)?;
+    }
+    Ok(())
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_labels_and_values() {
+        let a = Key::new("k").str("x", "1").finish();
+        let b = Key::new("k").str("x", "1").finish();
+        let c = Key::new("k").str("x", "2").finish();
+        let d = Key::new("k").str("y", "1").finish();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn reads_the_interpreter_of_a_dynamic_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let interp = elf_interpreter(&exe).unwrap();
+        assert!(interp.is_some_and(|i| i.contains("ld-linux")), "test binaries are dynamic");
+    }
+}
