@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub struct LabEnv {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The kernel's .config, copied next to a failure's artifacts.
+    pub kernel_config: Option<PathBuf>,
     pub accel: Accel,
     pub artifacts: PathBuf,
     pub keep_passed: bool,
@@ -66,6 +68,7 @@ impl LabEnv {
             accel,
             artifacts,
             keep_passed,
+            kernel_config: std::env::var_os("PMEM_LAB_KERNEL_CONFIG").map(PathBuf::from),
         }))
     }
 }
@@ -86,6 +89,8 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     let result = run_in(case, env, &dir);
     if result.is_ok() && !env.keep_passed {
         let _ = fs::remove_dir_all(&dir);
+    } else if let Some(config) = &env.kernel_config {
+        let _ = fs::copy(config, dir.join("kernel.config"));
     }
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
 }

@@ -44,7 +44,7 @@ impl ByteSize {
     }
 
     pub fn is_multiple_of(self, other: ByteSize) -> bool {
-        other.0 != 0 && self.0 % other.0 == 0
+        other.0 != 0 && self.0.is_multiple_of(other.0)
     }
 }
 
@@ -54,7 +54,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (mult, unit) in [(GIB * 1024, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
-            if b != 0 && b % mult == 0 {
+            if b != 0 && b.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", b / mult);
             }
         }

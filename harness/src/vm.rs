@@ -321,9 +321,22 @@ impl Vm {
                     console: self.console_tail(30),
                 }
             }
-            Event::AgentClosed => VmError::AgentClosed {
-                console: self.console_tail(30),
-            },
+            Event::AgentClosed => {
+                // The socket closes when QEMU exits or the guest panics, a
+                // moment before we hear of those: prefer the real cause.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while let Ok(next) = self
+                    .events
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    if matches!(next, Event::QemuExited(_) | Event::Panic) {
+                        return self.failure(next);
+                    }
+                }
+                VmError::AgentClosed {
+                    console: self.console_tail(30),
+                }
+            }
             Event::Agent(_) => unreachable!("agent messages are not failures"),
         }
     }

@@ -11,6 +11,7 @@ use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::runner::{self, LabEnv};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn main() {
     let args = Arguments::from_args();
@@ -69,7 +70,95 @@ fn main() {
         };
         trials.push(trial);
     }
-    libtest_mimic::run(&args, trials).exit();
+    if let Some(lab) = &lab {
+        if skip_reason.is_none() {
+            trials.extend(self_tests(lab));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    eprintln!(
+        "pmem-lab: {} passed, {} failed, {} ignored, {} filtered out",
+        conclusion.num_passed,
+        conclusion.num_failed,
+        conclusion.num_ignored,
+        conclusion.num_filtered_out
+    );
+    conclusion.exit();
+}
+
+/// The lab checking itself: cases that must fail, and fail the right way.
+/// A lab that cannot see a panic or a dead QEMU would pass broken kernels.
+struct SelfTest {
+    id: &'static str,
+    yaml: &'static str,
+    /// The failure message must contain all of these.
+    must_say: &'static [&'static str],
+    /// ...and come well before the step timeout (60 s): seen, not timed out.
+    within: Duration,
+}
+
+const SELF_TESTS: &[SelfTest] = &[
+    SelfTest {
+        id: "selftest/panic-fails-the-case-at-once",
+        // Killing the agent makes init exit, and the kernel panics.
+        yaml: "steps:\n  - sh: kill -9 $PPID; sleep 50\n",
+        must_say: &["guest kernel panicked", "Kernel panic - not syncing: Attempted to kill init", "step 1"],
+        within: Duration::from_secs(20),
+    },
+    SelfTest {
+        id: "selftest/qemu-exit-fails-the-case",
+        yaml: "steps:\n  - run: [poweroff, -f]\n",
+        must_say: &["QEMU exited (exit status 0)", "step 1"],
+        within: Duration::from_secs(20),
+    },
+    SelfTest {
+        id: "selftest/failed-expectation-names-step-and-values",
+        yaml: "steps:\n  - run: [true]\n  - name: prints\n    sh: echo hello; exit 3\n    expect:\n      stdout: '^bye$'\n",
+        must_say: &["step 2 `prints`", "expected exit 0, got exit 3", "stdout does not match /^bye$/", "hello", "artifacts: "],
+        within: Duration::from_secs(30),
+    },
+];
+
+fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
+    SELF_TESTS
+        .iter()
+        .map(|t| {
+            let lab = Arc::clone(lab);
+            Trial::test(t.id, move || {
+                let path = PathBuf::from(format!("<self-test {}>", t.id));
+                let case = case::load_str(t.id, &path, t.yaml)
+                    .map_err(|e| format!("self-test case does not load: {e:?}"))?;
+                let start = Instant::now();
+                let outcome = runner::run_case(&case, &lab);
+                let took = start.elapsed();
+                let message = match outcome {
+                    Ok(_) => return Err("the case passed but must fail".into()),
+                    Err(m) => m,
+                };
+                for needle in t.must_say {
+                    if !message.contains(needle) {
+                        return Err(
+                            format!("the failure message lacks {needle:?}:\n{message}").into()
+                        );
+                    }
+                }
+                if took > t.within {
+                    return Err(format!(
+                        "failed after {took:?}, later than {:?}:\n{message}",
+                        t.within
+                    )
+                    .into());
+                }
+                // The evidence stays for a failure.
+                let console = lab.artifacts.join(t.id).join("console.log");
+                if !console.is_file() {
+                    return Err(format!("no {} kept", console.display()).into());
+                }
+                Ok(())
+            })
+            .with_kind("selftest")
+        })
+        .collect()
 }
 
 fn vm_trial(case: Case, lab: Arc<LabEnv>) -> Trial {

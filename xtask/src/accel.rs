@@ -22,11 +22,19 @@ pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
             _ => ("tcg", "forced by PMEM_LAB_ACCEL".into()),
         };
     }
-    if OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return ("tcg", "no usable /dev/kvm".into());
     }
     match probe(bzimage, console_log) {
-        Ok(t) => ("kvm", format!("KVM probe booted the kernel in {:.1}s", t.as_secs_f64())),
+        Ok(t) => (
+            "kvm",
+            format!("KVM probe booted the kernel in {:.1}s", t.as_secs_f64()),
+        ),
         Err(why) => ("tcg", format!("KVM is present but unusable: {why}")),
     }
 }
@@ -34,10 +42,24 @@ pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
 fn probe(bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
     let start = Instant::now();
     // A file, not a pipe: nobody reads while we wait, and a pipe could fill.
-    let log = std::fs::File::create(console_log).map_err(|e| format!("{}: {e}", console_log.display()))?;
+    let log = std::fs::File::create(console_log)
+        .map_err(|e| format!("{}: {e}", console_log.display()))?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc,accel=kvm", "-cpu", "max,vendor=GenuineIntel", "-m", "256M"])
-        .args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-machine",
+            "pc,accel=kvm",
+            "-cpu",
+            "max,vendor=GenuineIntel",
+            "-m",
+            "256M",
+        ])
+        .args([
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(bzimage)
         .args(["-append", "console=ttyS0 panic=-1"])
@@ -53,7 +75,10 @@ fn probe(bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
         if start.elapsed() > PROBE_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("the probe guest did not finish in {}s", PROBE_TIMEOUT.as_secs()));
+            return Err(format!(
+                "the probe guest did not finish in {}s",
+                PROBE_TIMEOUT.as_secs()
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -63,6 +88,9 @@ fn probe(bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
         return Ok(start.elapsed());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let first = stderr.lines().find(|l| !l.contains("warning:")).unwrap_or("no kernel output");
+    let first = stderr
+        .lines()
+        .find(|l| !l.contains("warning:"))
+        .unwrap_or("no kernel output");
     Err(first.trim().to_string())
 }

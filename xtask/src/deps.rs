@@ -22,20 +22,76 @@ pub const DEBIAN_KERNEL_PACKAGE: &str = "linux-source-6.12";
 
 pub fn needs(default_kernel_source: bool) -> Vec<Need> {
     let mut v = vec![
-        Need { what: "qemu-system-x86_64", package: "qemu-system-x86", present: || tool("qemu-system-x86_64") },
-        Need { what: "ndctl", package: "ndctl", present: || tool("ndctl") },
-        Need { what: "daxctl", package: "daxctl", present: || tool("daxctl") },
-        Need { what: "busybox (static)", package: "busybox-static", present: || is_static("/bin/busybox") },
-        Need { what: "mkfs.ext4", package: "e2fsprogs", present: || tool("mke2fs") },
-        Need { what: "make", package: "make", present: || tool("make") },
-        Need { what: "gcc", package: "gcc", present: || tool("gcc") },
-        Need { what: "flex", package: "flex", present: || tool("flex") },
-        Need { what: "bison", package: "bison", present: || tool("bison") },
-        Need { what: "bc", package: "bc", present: || tool("bc") },
-        Need { what: "depmod", package: "kmod", present: || tool("depmod") },
-        Need { what: "xz", package: "xz-utils", present: || tool("xz") },
-        Need { what: "perl", package: "perl", present: || tool("perl") },
-        Need { what: "libelf headers", package: "libelf-dev", present: || Path::new("/usr/include/libelf.h").exists() },
+        Need {
+            what: "qemu-system-x86_64",
+            package: "qemu-system-x86",
+            present: || tool("qemu-system-x86_64"),
+        },
+        Need {
+            what: "ndctl",
+            package: "ndctl",
+            present: || tool("ndctl"),
+        },
+        Need {
+            what: "daxctl",
+            package: "daxctl",
+            present: || tool("daxctl"),
+        },
+        Need {
+            what: "busybox (static)",
+            package: "busybox-static",
+            present: || is_static("/bin/busybox"),
+        },
+        Need {
+            what: "mkfs.ext4",
+            package: "e2fsprogs",
+            present: || tool("mke2fs"),
+        },
+        Need {
+            what: "make",
+            package: "make",
+            present: || tool("make"),
+        },
+        Need {
+            what: "gcc",
+            package: "gcc",
+            present: || tool("gcc"),
+        },
+        Need {
+            what: "flex",
+            package: "flex",
+            present: || tool("flex"),
+        },
+        Need {
+            what: "bison",
+            package: "bison",
+            present: || tool("bison"),
+        },
+        Need {
+            what: "bc",
+            package: "bc",
+            present: || tool("bc"),
+        },
+        Need {
+            what: "depmod",
+            package: "kmod",
+            present: || tool("depmod"),
+        },
+        Need {
+            what: "xz",
+            package: "xz-utils",
+            present: || tool("xz"),
+        },
+        Need {
+            what: "perl",
+            package: "perl",
+            present: || tool("perl"),
+        },
+        Need {
+            what: "libelf headers",
+            package: "libelf-dev",
+            present: || Path::new("/usr/include/libelf.h").exists(),
+        },
         Need {
             what: "OpenSSL headers",
             package: "libssl-dev",
@@ -68,7 +124,10 @@ pub fn ensure(default_kernel_source: bool) -> Result<(), Error> {
     packages.sort();
     packages.dedup();
     let what: Vec<&str> = missing.iter().map(|n| n.what).collect();
-    let command = format!("apt-get install -y --no-install-recommends {}", packages.join(" "));
+    let command = format!(
+        "apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    );
     let debian = Path::new("/etc/debian_version").exists() && tool("apt-get");
     let root = effective_uid() == 0;
     if !(debian && root) {
@@ -87,9 +146,16 @@ pub fn ensure(default_kernel_source: bool) -> Result<(), Error> {
             .args(&packages)
             .envs(env),
     )?;
-    let still: Vec<&str> = needs(default_kernel_source).iter().filter(|n| !(n.present)()).map(|n| n.what).collect();
+    let still: Vec<&str> = needs(default_kernel_source)
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.what)
+        .collect();
     if !still.is_empty() {
-        return Err(Error::new(format!("still missing after apt-get: {}", still.join(", "))));
+        return Err(Error::new(format!(
+            "still missing after apt-get: {}",
+            still.join(", ")
+        )));
     }
     Ok(())
 }

@@ -40,7 +40,9 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
     for (guest, node) in &tree {
         match node {
             Node::File { host, mode } => {
-                key.str("file", guest).str("mode", &mode.to_string()).file("content", host)?;
+                key.str("file", guest)
+                    .str("mode", &mode.to_string())
+                    .file("content", host)?;
             }
             other => {
                 key.str("node", &format!("{guest} {other:?}"));
@@ -53,7 +55,11 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
     if out.is_file() {
         return Ok(out);
     }
-    eprintln!("[image] building {} ({} entries)", out.display(), tree.len());
+    eprintln!(
+        "[image] building {} ({} entries)",
+        out.display(),
+        tree.len()
+    );
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     write_cpio_gz(&tree, &tmp)?;
     io_at(fs::rename(&tmp, &out), "publish", &out)?;
@@ -62,11 +68,13 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
 
 fn build_agent(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    util::run(
-        Command::new(cargo)
-            .current_dir(workspace)
-            .args(["build", "--quiet", "--release", "--package", "pmem-lab-agent"]),
-    )?;
+    util::run(Command::new(cargo).current_dir(workspace).args([
+        "build",
+        "--quiet",
+        "--release",
+        "--package",
+        "pmem-lab-agent",
+    ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
@@ -75,7 +83,17 @@ fn build_agent(workspace: &Path) -> Result<PathBuf> {
 
 fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<String, Node>> {
     let mut tree = BTreeMap::new();
-    for d in ["proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc", "sys/kernel/debug"] {
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "mnt",
+        "root",
+        "etc",
+        "sys/kernel/debug",
+    ] {
         add_dir(&mut tree, d);
     }
     tree.insert("dev/console".into(), Node::CharDev { major: 5, minor: 1 });
@@ -92,7 +110,11 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
         }
         let mut words = line.split_whitespace();
         let host = PathBuf::from(words.next().unwrap());
-        let guest = words.next().unwrap_or(line).trim_start_matches('/').to_string();
+        let guest = words
+            .next()
+            .unwrap_or(line)
+            .trim_start_matches('/')
+            .to_string();
         if !host.is_file() {
             return Err(Error::new(format!(
                 "{}:{}: {} does not exist on this host (run `cargo xtask deps`)",
@@ -121,12 +143,20 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
 }
 
 fn add_modules(tree: &mut BTreeMap<String, Node>, kernel: &Kernel) -> Result<()> {
-    let base = kernel.modules_root.join("lib/modules").join(&kernel.release);
+    let base = kernel
+        .modules_root
+        .join("lib/modules")
+        .join(&kernel.release);
     let guest_base = format!("lib/modules/{}", kernel.release);
     add_tree(tree, &base, &guest_base)?;
     for entry in io_at(fs::read_dir(&kernel.nfit_test), "read", &kernel.nfit_test)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        add_file(tree, &format!("lib/modules/nfit_test/{name}"), &entry.path(), 0o644);
+        add_file(
+            tree,
+            &format!("lib/modules/nfit_test/{name}"),
+            &entry.path(),
+            0o644,
+        );
     }
     Ok(())
 }
@@ -160,7 +190,12 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
     let out = util::output(Command::new("ldd").arg(host))?;
     for lib in parse_ldd(&out).map_err(|e| Error::new(format!("ldd {}: {e}", host.display())))? {
         let real = io_at(fs::canonicalize(&lib), "resolve", &lib)?;
-        add_file(tree, lib.to_string_lossy().trim_start_matches('/'), &real, 0o755);
+        add_file(
+            tree,
+            lib.to_string_lossy().trim_start_matches('/'),
+            &real,
+            0o755,
+        );
     }
     Ok(())
 }
@@ -176,7 +211,7 @@ fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
             return Err(format!("missing library: {line}"));
         }
         let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.trim().split_whitespace().next(),
+            Some((_, rest)) => rest.split_whitespace().next(),
             None => line.split_whitespace().next(),
         };
         match path {
@@ -206,7 +241,13 @@ fn add_dir(tree: &mut BTreeMap<String, Node>, guest: &str) {
 
 fn add_file(tree: &mut BTreeMap<String, Node>, guest: &str, host: &Path, mode: u32) {
     add_parents(tree, guest);
-    tree.insert(guest.to_string(), Node::File { host: host.to_path_buf(), mode });
+    tree.insert(
+        guest.to_string(),
+        Node::File {
+            host: host.to_path_buf(),
+            mode,
+        },
+    );
 }
 
 /// Write the archive. BTreeMap order puts every directory before its
@@ -215,12 +256,21 @@ fn write_cpio_gz(tree: &BTreeMap<String, Node>, path: &Path) -> Result<()> {
     let file = io_at(fs::File::create(path), "create", path)?;
     let mut gz = GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
     for (ino, (name, node)) in tree.iter().enumerate() {
-        let b = cpio::newc::Builder::new(name).ino(ino as u32 + 1).uid(0).gid(0);
+        let b = cpio::newc::Builder::new(name)
+            .ino(ino as u32 + 1)
+            .uid(0)
+            .gid(0);
         let (b, data): (_, Vec<u8>) = match node {
             Node::Dir => (b.mode(0o040755).nlink(2), Vec::new()),
-            Node::File { host, mode } => (b.mode(0o100000 | mode), io_at(fs::read(host), "read", host)?),
+            Node::File { host, mode } => (
+                b.mode(0o100000 | mode),
+                io_at(fs::read(host), "read", host)?,
+            ),
             Node::Symlink(target) => (b.mode(0o120777), target.as_bytes().to_vec()),
-            Node::CharDev { major, minor } => (b.mode(0o020600).rdev_major(*major).rdev_minor(*minor), Vec::new()),
+            Node::CharDev { major, minor } => (
+                b.mode(0o020600).rdev_major(*major).rdev_minor(*minor),
+                Vec::new(),
+            ),
         };
         let mut w = b.write(&mut gz, data.len() as u32);
         w.write_all(&data)?;
@@ -240,9 +290,14 @@ mod tests {
         let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibndctl.so.6 => /lib/x86_64-linux-gnu/libndctl.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
         assert_eq!(
             parse_ldd(out).unwrap(),
-            [PathBuf::from("/lib/x86_64-linux-gnu/libndctl.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libndctl.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
-        assert!(parse_ldd("libx.so => not found\n").unwrap_err().contains("missing library"));
+        assert!(parse_ldd("libx.so => not found\n")
+            .unwrap_err()
+            .contains("missing library"));
     }
 
     #[test]
@@ -250,6 +305,9 @@ mod tests {
         let mut tree = BTreeMap::new();
         add_file(&mut tree, "usr/lib/x/libc.so.6", Path::new("/x"), 0o755);
         let names: Vec<_> = tree.keys().cloned().collect();
-        assert_eq!(names, ["usr", "usr/lib", "usr/lib/x", "usr/lib/x/libc.so.6"]);
+        assert_eq!(
+            names,
+            ["usr", "usr/lib", "usr/lib/x", "usr/lib/x/libc.so.6"]
+        );
     }
 }

@@ -24,7 +24,11 @@ pub fn parse(text: &str) -> Result<Vec<Request>, String> {
         let line = raw.trim();
         if let Some(rest) = line.strip_prefix("# CONFIG_") {
             if let Some(sym) = rest.strip_suffix(" is not set") {
-                out.push(Request { symbol: format!("CONFIG_{sym}"), value: "n".into(), line: i + 1 });
+                out.push(Request {
+                    symbol: format!("CONFIG_{sym}"),
+                    value: "n".into(),
+                    line: i + 1,
+                });
             }
             continue;
         }
@@ -35,7 +39,11 @@ pub fn parse(text: &str) -> Result<Vec<Request>, String> {
             .split_once('=')
             .filter(|(s, _)| s.starts_with("CONFIG_") && !s.contains(' '))
             .ok_or_else(|| format!("line {}: `{line}` is not `CONFIG_NAME=value`", i + 1))?;
-        out.push(Request { symbol: sym.to_string(), value: value.to_string(), line: i + 1 });
+        out.push(Request {
+            symbol: sym.to_string(),
+            value: value.to_string(),
+            line: i + 1,
+        });
     }
     Ok(out)
 }
@@ -55,7 +63,8 @@ pub fn unmet(requests: &[Request], dot_config: &str) -> Vec<String> {
                 let got = if have.contains_key(&r.symbol) {
                     format!("got {got}")
                 } else {
-                    "absent: a dependency is missing or the symbol does not exist in this tree".into()
+                    "absent: a dependency is missing or the symbol does not exist in this tree"
+                        .into()
                 };
                 format!("{}={} (fragment line {}; {got})", r.symbol, r.value, r.line)
             })
@@ -67,15 +76,24 @@ pub fn unmet(requests: &[Request], dot_config: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const FRAGMENT: &str = "# comment\nCONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\n# CONFIG_VT is not set\nCONFIG_HZ=100\n";
+    const FRAGMENT: &str =
+        "# comment\nCONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\n# CONFIG_VT is not set\nCONFIG_HZ=100\n";
 
     #[test]
     fn parses_settings_and_not_set_lines() {
         let r = parse(FRAGMENT).unwrap();
-        let pairs: Vec<_> = r.iter().map(|x| (x.symbol.as_str(), x.value.as_str(), x.line)).collect();
+        let pairs: Vec<_> = r
+            .iter()
+            .map(|x| (x.symbol.as_str(), x.value.as_str(), x.line))
+            .collect();
         assert_eq!(
             pairs,
-            [("CONFIG_ACPI", "y", 2), ("CONFIG_LIBNVDIMM", "m", 3), ("CONFIG_VT", "n", 4), ("CONFIG_HZ", "100", 5)]
+            [
+                ("CONFIG_ACPI", "y", 2),
+                ("CONFIG_LIBNVDIMM", "m", 3),
+                ("CONFIG_VT", "n", 4),
+                ("CONFIG_HZ", "100", 5)
+            ]
         );
     }
 
@@ -90,7 +108,11 @@ mod tests {
         let cfg = "CONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\nCONFIG_HZ=100\n# CONFIG_VT is not set\n";
         assert!(unmet(&parse(FRAGMENT).unwrap(), cfg).is_empty());
         // An option that is simply absent counts as "not set".
-        assert!(unmet(&parse(FRAGMENT).unwrap(), "CONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\nCONFIG_HZ=100\n").is_empty());
+        assert!(unmet(
+            &parse(FRAGMENT).unwrap(),
+            "CONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\nCONFIG_HZ=100\n"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! modules, and publish them in the cache.
 //!
 //! Cache layout under `<cache>/kernel/`:
-//! - `build-<tree id>/`  the O= build directory, reused for incremental builds;
-//! - `<key>/`            published outputs, key = source identity + fragments +
-//!                       recipe; complete or absent (staged, then renamed);
-//! - `build.lock`        held while building: never two kernel builds at once.
+//! - `build-<tree id>/`: the O= build directory, reused for incremental builds;
+//! - `<key>/`: published outputs, key = source identity + fragments + recipe;
+//!   complete or absent (staged, then renamed);
+//! - `build.lock`: held while building, so never two kernel builds at once.
 
 use crate::deps;
 use crate::kconfig;
@@ -47,7 +47,11 @@ pub struct Kernel {
 
 impl Kernel {
     fn at(dir: &Path) -> Result<Kernel> {
-        let release = io_at(fs::read_to_string(dir.join("release")), "read", &dir.join("release"))?;
+        let release = io_at(
+            fs::read_to_string(dir.join("release")),
+            "read",
+            &dir.join("release"),
+        )?;
         Ok(Kernel {
             dir: dir.to_path_buf(),
             bzimage: dir.join("bzImage"),
@@ -64,18 +68,42 @@ pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
     if let Some(tree) = tree {
         let dir = io_at(tree.canonicalize(), "kernel tree", tree)?;
         if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
-            return Err(Error::new(format!("{} does not look like a kernel tree (no Makefile/Kconfig)", dir.display())));
+            return Err(Error::new(format!(
+                "{} does not look like a kernel tree (no Makefile/Kconfig)",
+                dir.display()
+            )));
         }
-        return Ok(Source { identity: format!("tree:{}", dir.display()), dir, user_tree: true });
+        return Ok(Source {
+            identity: format!("tree:{}", dir.display()),
+            dir,
+            user_tree: true,
+        });
     }
-    let version = util::output(Command::new("dpkg-query").args(["-W", "-f=${Version}", deps::DEBIAN_KERNEL_PACKAGE]))?;
+    let version = util::output(Command::new("dpkg-query").args([
+        "-W",
+        "-f=${Version}",
+        deps::DEBIAN_KERNEL_PACKAGE,
+    ]))?;
     let version = version.trim().to_string();
-    let safe: String = version.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let safe: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let dir = cache.join("src").join(format!("debian-{safe}"));
     if !dir.join("Makefile").is_file() {
         unpack(Path::new(deps::DEBIAN_KERNEL_TARBALL), &dir)?;
     }
-    Ok(Source { dir, identity: format!("debian:{}={version}", deps::DEBIAN_KERNEL_PACKAGE), user_tree: false })
+    Ok(Source {
+        dir,
+        identity: format!("debian:{}={version}", deps::DEBIAN_KERNEL_PACKAGE),
+        user_tree: false,
+    })
 }
 
 fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
@@ -85,7 +113,13 @@ fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&staging);
     io_at(fs::create_dir_all(&staging), "create", &staging)?;
     eprintln!("[kernel] unpacking {} (once)", tarball.display());
-    util::run(Command::new("tar").arg("-xf").arg(tarball).arg("-C").arg(&staging))?;
+    util::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(tarball)
+            .arg("-C")
+            .arg(&staging),
+    )?;
     let top = io_at(fs::read_dir(&staging), "read", &staging)?
         .flatten()
         .map(|e| e.path())
@@ -112,23 +146,43 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     let lock_path = root.join("build.lock");
     let lock = io_at(fs::File::create(&lock_path), "create", &lock_path)?;
     if lock.try_lock().is_err() {
-        eprintln!("[kernel] another kernel build is running; waiting for it ({})", lock_path.display());
+        eprintln!(
+            "[kernel] another kernel build is running; waiting for it ({})",
+            lock_path.display()
+        );
         io_at(lock.lock(), "lock", &lock_path)?;
     }
     // The other build may have produced exactly what we need.
     if !src.user_tree && out.join("release").is_file() {
         return Kernel::at(&out);
     }
-    let build = root.join(format!("build-{}", Key::new("tree").str("id", &src.identity).finish()));
+    let build = root.join(format!(
+        "build-{}",
+        Key::new("tree").str("id", &src.identity).finish()
+    ));
     io_at(fs::create_dir_all(&build), "create", &build)?;
-    let log_path = root.join(format!("{}.log", out.file_name().unwrap().to_string_lossy()));
+    let log_path = root.join(format!(
+        "{}.log",
+        out.file_name().unwrap().to_string_lossy()
+    ));
     let mut log = Log::create(&log_path)?;
-    eprintln!("[kernel] building {} in {} (log: {})", src.identity, build.display(), log_path.display());
+    eprintln!(
+        "[kernel] building {} in {} (log: {})",
+        src.identity,
+        build.display(),
+        log_path.display()
+    );
 
     configure(src, fragments, &build, &mut log)?;
-    let estimate = fs::read_to_string(root.join("objects.count")).ok().and_then(|s| s.trim().parse().ok());
+    let estimate = fs::read_to_string(root.join("objects.count"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     let objects = make(
-        Command::new("make").arg("-C").arg(&build).arg(format!("-j{jobs}")).args(["bzImage", "modules"]),
+        Command::new("make")
+            .arg("-C")
+            .arg(&build)
+            .arg(format!("-j{jobs}"))
+            .args(["bzImage", "modules"]),
         "compiling",
         estimate.unwrap_or(1700),
         &mut log,
@@ -138,7 +192,12 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     }
     let nfit_dir = nfit_test_mirror(src, &build)?;
     make(
-        Command::new("make").arg("-C").arg(&build).arg(format!("M={}", nfit_dir.display())).arg(format!("-j{jobs}")).arg("modules"),
+        Command::new("make")
+            .arg("-C")
+            .arg(&build)
+            .arg(format!("M={}", nfit_dir.display()))
+            .arg(format!("-j{jobs}"))
+            .arg("modules"),
         "nfit_test",
         40,
         &mut log,
@@ -152,7 +211,10 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
 fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -> Result<()> {
     let make_src = |target: &str| {
         let mut c = Command::new("make");
-        c.arg("-C").arg(&src.dir).arg(format!("O={}", build.display())).arg(target);
+        c.arg("-C")
+            .arg(&src.dir)
+            .arg(format!("O={}", build.display()))
+            .arg(target);
         c
     };
     log.run(&mut make_src("allnoconfig"), "configure")?;
@@ -161,7 +223,9 @@ fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -
     let mut config = io_at(fs::read_to_string(&dot), "read", &dot)?;
     for f in fragments {
         let text = io_at(fs::read_to_string(f), "read", f)?;
-        requests.extend(kconfig::parse(&text).map_err(|e| Error::new(format!("{}: {e}", f.display())))?);
+        requests.extend(
+            kconfig::parse(&text).map_err(|e| Error::new(format!("{}: {e}", f.display())))?,
+        );
         config.push_str(&text);
     }
     io_at(fs::write(&dot, config), "write", &dot)?;
@@ -180,7 +244,12 @@ fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -
 
 /// Source directories the nfit_test build compiles (its Kbuild reaches
 /// `../../../drivers/...` from its own directory).
-const NFIT_TEST_SOURCES: [&str; 4] = [NFIT_TEST_DIR, "drivers/nvdimm", "drivers/acpi/nfit", "drivers/dax"];
+const NFIT_TEST_SOURCES: [&str; 4] = [
+    NFIT_TEST_DIR,
+    "drivers/nvdimm",
+    "drivers/acpi/nfit",
+    "drivers/dax",
+];
 
 /// Kbuild writes external-module objects next to their sources, and Linux
 /// 6.12 has no MO= to redirect them. So nfit_test is built from a mirror of
@@ -223,16 +292,33 @@ fn find_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()> {
     let staging = out.with_extension(format!("staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    io_at(fs::create_dir_all(staging.join("nfit_test")), "create", &staging)?;
-    let release = util::output(Command::new("make").arg("-s").arg("-C").arg(build).arg("kernelrelease"))?;
+    io_at(
+        fs::create_dir_all(staging.join("nfit_test")),
+        "create",
+        &staging,
+    )?;
+    let release = util::output(
+        Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(build)
+            .arg("kernelrelease"),
+    )?;
     let bz = build.join("arch/x86/boot/bzImage");
     io_at(fs::copy(&bz, staging.join("bzImage")), "copy", &bz)?;
-    io_at(fs::copy(build.join(".config"), staging.join("config")), "copy", &build.join(".config"))?;
+    io_at(
+        fs::copy(build.join(".config"), staging.join("config")),
+        "copy",
+        &build.join(".config"),
+    )?;
     log.run(
         Command::new("make")
             .arg("-C")
             .arg(build)
-            .arg(format!("INSTALL_MOD_PATH={}", staging.join("modules").display()))
+            .arg(format!(
+                "INSTALL_MOD_PATH={}",
+                staging.join("modules").display()
+            ))
             .arg("INSTALL_MOD_STRIP=1")
             .arg("modules_install"),
         "modules_install",
@@ -240,12 +326,23 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
     let mut modules = Vec::new();
     find_modules(nfit_dir, &mut modules)?;
     for p in &modules {
-        io_at(fs::copy(p, staging.join("nfit_test").join(p.file_name().unwrap())), "copy", p)?;
+        io_at(
+            fs::copy(p, staging.join("nfit_test").join(p.file_name().unwrap())),
+            "copy",
+            p,
+        )?;
     }
     if modules.is_empty() {
-        return Err(Error::new(format!("the nfit_test build produced no modules in {}", nfit_dir.display())));
+        return Err(Error::new(format!(
+            "the nfit_test build produced no modules in {}",
+            nfit_dir.display()
+        )));
     }
-    io_at(fs::write(staging.join("release"), release.trim()), "write", &staging)?;
+    io_at(
+        fs::write(staging.join("release"), release.trim()),
+        "write",
+        &staging,
+    )?;
     util::publish_dir(&staging, out)
 }
 
@@ -257,7 +354,10 @@ struct Log {
 
 impl Log {
     fn create(path: &Path) -> Result<Log> {
-        Ok(Log { file: io_at(fs::File::create(path), "create", path)?, path: path.to_path_buf() })
+        Ok(Log {
+            file: io_at(fs::File::create(path), "create", path)?,
+            path: path.to_path_buf(),
+        })
     }
 
     fn run(&mut self, cmd: &mut Command, phase: &str) -> Result<()> {
@@ -268,7 +368,10 @@ impl Log {
         let text = fs::read_to_string(&self.path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n  ");
-        Error::new(format!("{what}\nlast lines of {}:\n  {tail}", self.path.display()))
+        Error::new(format!(
+            "{what}\nlast lines of {}:\n  {tail}",
+            self.path.display()
+        ))
     }
 }
 
@@ -285,13 +388,19 @@ fn make(cmd: &mut Command, phase: &str, estimate: usize, log: &mut Log) -> Resul
     let mut err_log = log.file.try_clone()?;
     let stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(std::result::Result::ok) {
+        for line in BufReader::new(stderr)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
             let _ = writeln!(err_log, "{line}");
         }
     });
     let mut progress = Progress::new("kernel", phase, estimate);
     let mut compiled = 0;
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(std::result::Result::ok) {
+    for line in BufReader::new(child.stdout.take().expect("piped"))
+        .lines()
+        .map_while(std::result::Result::ok)
+    {
         let _ = writeln!(log.file, "{line}");
         if line.starts_with("  CC ") || line.starts_with("  AS ") {
             compiled += 1;

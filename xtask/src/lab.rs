@@ -39,7 +39,10 @@ pub fn fragments(workspace: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     v.sort();
     if v.is_empty() {
-        return Err(Error::new(format!("no *.config fragment in {}", dir.display())));
+        return Err(Error::new(format!(
+            "no *.config fragment in {}",
+            dir.display()
+        )));
     }
     Ok(v)
 }
@@ -47,7 +50,12 @@ pub fn fragments(workspace: &Path) -> Result<Vec<PathBuf>> {
 pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Result<()> {
     // Malformed cases fail here, in seconds, before a kernel build or a VM.
     eprintln!("[lab] checking case files");
-    if !harness(opts, &[], &["validate/".to_string()], &["--quiet".to_string()])? {
+    if !harness(
+        opts,
+        &[],
+        &["validate/".to_string()],
+        &["--quiet".to_string()],
+    )? {
         return Err(Error::new("invalid case files (above); no VM was started"));
     }
     let built = build(opts)?;
@@ -55,8 +63,15 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
     let (accel, why) = accel::detect(&built.kernel.bzimage, &probe_log);
     eprintln!("[lab] accelerator: {accel} ({why})");
     let env = vec![
-        ("PMEM_LAB_KERNEL", built.kernel.bzimage.display().to_string()),
+        (
+            "PMEM_LAB_KERNEL",
+            built.kernel.bzimage.display().to_string(),
+        ),
         ("PMEM_LAB_INITRD", built.initrd.display().to_string()),
+        (
+            "PMEM_LAB_KERNEL_CONFIG",
+            built.kernel.config.display().to_string(),
+        ),
         ("PMEM_LAB_ACCEL", accel.to_string()),
         ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
     ];
@@ -72,14 +87,29 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
 
 /// Run the harness's `lab` target: `cargo test -p pmem-lab-harness --test lab`.
 /// `Ok(false)` when some trial failed.
-fn harness(opts: &Options, env: &[(&str, String)], filters: &[String], extra: &[String]) -> Result<bool> {
+fn harness(
+    opts: &Options,
+    env: &[(&str, String)],
+    filters: &[String],
+    extra: &[String],
+) -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&opts.workspace)
-        .args(["test", "--quiet", "--package", "pmem-lab-harness", "--test", "lab", "--"])
+        .args([
+            "test",
+            "--quiet",
+            "--package",
+            "pmem-lab-harness",
+            "--test",
+            "lab",
+            "--",
+        ])
         .args(filters)
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)));
-    let status = cmd.status().map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+    let status = cmd
+        .status()
+        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
     Ok(status.success())
 }

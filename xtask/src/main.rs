@@ -57,7 +57,10 @@ fn real_main() -> util::Result<()> {
         eprint!("{USAGE}");
         return Err(util::Error::new("no command given"));
     };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf();
     let mut opts = Options {
         artifacts: workspace.join("target/pmem-lab/artifacts"),
         workspace,
@@ -68,12 +71,17 @@ fn real_main() -> util::Result<()> {
     let mut positional = Vec::new();
     let mut passthrough = Vec::new();
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| util::Error::new(format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| util::Error::new(format!("{name} needs a value")))
+        };
         match arg.as_str() {
             "--kernel-tree" => opts.kernel_tree = Some(PathBuf::from(value("--kernel-tree")?)),
             "--cache" => opts.cache = PathBuf::from(value("--cache")?),
             "--jobs" => {
-                opts.jobs = value("--jobs")?.parse().map_err(|_| util::Error::new("--jobs takes a number"))?
+                opts.jobs = value("--jobs")?
+                    .parse()
+                    .map_err(|_| util::Error::new("--jobs takes a number"))?
             }
             "-h" | "--help" => {
                 eprint!("{USAGE}");
@@ -83,7 +91,9 @@ fn real_main() -> util::Result<()> {
                 passthrough.extend(args.by_ref());
             }
             flag if flag.starts_with("--") => {
-                return Err(util::Error::new(format!("unknown option {flag}; see `cargo xtask --help`")))
+                return Err(util::Error::new(format!(
+                    "unknown option {flag}; see `cargo xtask --help`"
+                )))
             }
             _ => positional.push(arg),
         }
@@ -93,7 +103,12 @@ fn real_main() -> util::Result<()> {
         "kernel" => {
             deps::ensure(opts.kernel_tree.is_none())?;
             let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
-            let k = kernel::ensure(&src, &lab::fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
+            let k = kernel::ensure(
+                &src,
+                &lab::fragments(&opts.workspace)?,
+                &opts.cache,
+                opts.jobs,
+            )?;
             println!("{}", k.bzimage.display());
             Ok(())
         }
@@ -107,7 +122,9 @@ fn real_main() -> util::Result<()> {
             eprint!("{USAGE}");
             Ok(())
         }
-        other => Err(util::Error::new(format!("unknown command `{other}`; see `cargo xtask --help`"))),
+        other => Err(util::Error::new(format!(
+            "unknown command `{other}`; see `cargo xtask --help`"
+        ))),
     }
 }
 
@@ -118,6 +135,8 @@ fn default_cache() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(xdg).join("pmem-lab");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache/pmem-lab")
 }

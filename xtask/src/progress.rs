@@ -28,7 +28,11 @@ impl Progress {
     }
 
     pub fn tick(&mut self, done: usize) {
-        let every = if self.tty { Duration::from_millis(200) } else { Duration::from_secs(30) };
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(30)
+        };
         if self.last.elapsed() < every {
             return;
         }
@@ -49,13 +53,26 @@ impl Progress {
             let _ = write!(err, "\r\x1b[K");
         }
         if done > 0 {
-            let _ = writeln!(err, "[{}] {}: {done} objects in {elapsed}", self.task, self.phase);
+            let _ = writeln!(
+                err,
+                "[{}] {}: {done} objects in {elapsed}",
+                self.task, self.phase
+            );
         }
     }
 
     fn render(&self, done: usize) -> String {
-        let est = if self.estimate > 0 { format!("/~{}", self.estimate.max(done)) } else { String::new() };
-        format!("[{}] {} {done}{est} objects, {}", self.task, self.phase, fmt_duration(self.start.elapsed()))
+        let est = if self.estimate > 0 {
+            format!("/~{}", self.estimate.max(done))
+        } else {
+            String::new()
+        };
+        format!(
+            "[{}] {} {done}{est} objects, {}",
+            self.task,
+            self.phase,
+            fmt_duration(self.start.elapsed())
+        )
     }
 }
 
@@ -81,6 +98,8 @@ mod tests {
     #[test]
     fn the_estimate_never_reads_below_done() {
         let p = Progress::new("kernel", "compiling", 100);
-        assert!(p.render(150).starts_with("[kernel] compiling 150/~150 objects"));
+        assert!(p
+            .render(150)
+            .starts_with("[kernel] compiling 150/~150 objects"));
     }
 }

@@ -95,13 +95,15 @@ impl Key {
         Key(h)
     }
     pub fn str(&mut self, label: &str, value: &str) -> &mut Self {
-        self.0.update(format!("\0{label}\0{}\0", value.len()).as_bytes());
+        self.0
+            .update(format!("\0{label}\0{}\0", value.len()).as_bytes());
         self.0.update(value.as_bytes());
         self
     }
     pub fn file(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
         let bytes = io_at(fs::read(path), "read", path)?;
-        self.0.update(format!("\0{label}\0{}\0", bytes.len()).as_bytes());
+        self.0
+            .update(format!("\0{label}\0{}\0", bytes.len()).as_bytes());
         self.0.update(&bytes);
         Ok(self)
     }
@@ -131,7 +133,11 @@ pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
         if p_type == 3 {
             let (off, size) = (u64_at(ph + 8), u64_at(ph + 32));
             let raw = data.get(off..off + size).ok_or_else(bad)?;
-            return Ok(Some(String::from_utf8_lossy(raw).trim_end_matches('\0').to_string()));
+            return Ok(Some(
+                String::from_utf8_lossy(raw)
+                    .trim_end_matches('\0')
+                    .to_string(),
+            ));
         }
     }
     Ok(None)
@@ -152,7 +158,9 @@ pub fn publish_dir(staged: &Path, dest: &Path) -> Result<()> {
 }
 
 pub fn nproc() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -175,6 +183,9 @@ mod tests {
     fn reads_the_interpreter_of_a_dynamic_binary() {
         let exe = std::env::current_exe().unwrap();
         let interp = elf_interpreter(&exe).unwrap();
-        assert!(interp.is_some_and(|i| i.contains("ld-linux")), "test binaries are dynamic");
+        assert!(
+            interp.is_some_and(|i| i.contains("ld-linux")),
+            "test binaries are dynamic"
+        );
     }
 }

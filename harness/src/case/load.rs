@@ -472,7 +472,7 @@ impl Checker<'_> {
             .filter_map(|pat| match expect::compile(pat) {
                 Ok(re) => Some(re),
                 Err(e) => {
-                    self.error(&p.referenced, format!("{e}"));
+                    self.error(&p.referenced, e);
                     None
                 }
             })
@@ -496,5 +496,208 @@ pub fn field_applies(ns: &NamespaceSpec, field: NsField) -> Result<(), String> {
             ns.mode.ndctl_name(),
             field.name()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::Action;
+
+    fn load(text: &str) -> Result<Case, Vec<CaseError>> {
+        load_str("t/case", Path::new("cases/t/case.yaml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load(text)
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.column, e.message))
+            .collect()
+    }
+
+    const GOOD: &str = "\
+description: ok
+machine:
+  cpus: 2
+  nvdimms:
+    - size: 1G
+    - size: 4G
+      align: 1G
+      label_size: 256K
+setup:
+  namespaces:
+    - name: data
+      nvdimm: 1
+      mode: devdax
+      size: 3G
+      align: 1G
+    - name: fs
+      mode: fsdax
+      size: 512M
+steps:
+  - run: [daxctl, list, \"--dev=${ns.data.chardev}\"]
+    expect:
+      json: [{align: 1073741824}]
+  - name: mount
+    sh: mount -o dax /dev/${ns.fs.blockdev} /mnt
+    timeout: 90s
+    expect:
+      exit: nonzero
+      stderr: [a, '^b$']
+";
+
+    #[test]
+    fn a_complete_case_loads_with_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.id, "t/case");
+        assert_eq!(c.name, "t/case");
+        assert_eq!(c.machine.cpus, 2);
+        assert_eq!(c.machine.nvdimms[1].align, ByteSize(GIB));
+        assert_eq!(
+            c.machine.nvdimms[0].label_size,
+            NvdimmSpec::DEFAULT_LABEL_SIZE
+        );
+        assert_eq!(c.namespaces[0].nvdimm, 1);
+        assert_eq!(c.namespaces[1].nvdimm, 0);
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(c.steps[0].name, "daxctl list --dev=${ns.data.chardev}");
+        assert_eq!(c.steps[0].line, 20);
+        assert_eq!(c.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
+        assert_eq!(c.steps[1].timeout, std::time::Duration::from_secs(90));
+        assert_eq!(c.steps[1].expect.exit, ExitExpect::NonZero);
+        assert_eq!(c.steps[1].expect.stderr.len(), 2);
+        let Action::Run { argv, .. } = &c.steps[1].action;
+        assert_eq!(argv[..2], ["sh", "-c"]);
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_column() {
+        let e = load("steps:\n  - run: [a, b\n").unwrap_err();
+        assert_eq!(e.len(), 1);
+        let shown = e[0].to_string();
+        assert!(shown.starts_with("cases/t/case.yaml:"), "{shown}");
+        assert!(e[0].line >= 2, "{shown}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_at_their_place() {
+        let e = load("steps:\n  - run: [true]\n    expcet: {exit: 0}\n").unwrap_err();
+        assert_eq!((e[0].line, e[0].column), (3, 5), "{}", e[0]);
+        assert!(e[0].message.contains("unknown field `expcet`"), "{}", e[0]);
+        assert!(e[0]
+            .to_string()
+            .starts_with("cases/t/case.yaml:3:5: unknown field `expcet`"));
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_locations() {
+        let text = "\
+machine:
+  nvdimms:
+    - size: 1G
+setup:
+  namespaces:
+    - name: a
+      mode: devdax
+      size: 1000M
+      align: 2M
+    - name: b
+      mode: raw
+      size: 512M
+      align: 2M
+    - name: c
+      nvdimm: 3
+      mode: fsdax
+      size: 16M
+steps:
+  - run: [cat, \"${ns.nope.dev}\"]
+  - sh: echo ${ns.b.chardev}
+  - run: [x]
+    expect:
+      stdout: '('
+      exit: sometimes
+  - name: empty
+";
+        let got = errors(text);
+        let want = [
+            "8:13 size 1000M is not a multiple of 16M",
+            "13:14 a raw namespace has no align",
+            "12:13 NVDIMM 0 (1G, 128K label area) is too small: its namespaces need 1512M",
+            "15:15 namespace `c` is on NVDIMM 3, but machine.nvdimms has 1",
+            "19:16 unknown namespace `nope` (setup defines: a, b, c)",
+            "20:9 namespace `b` is raw and has no chardev",
+            "24:13 exit `sometimes`",
+            "23:15 bad regex",
+            "25:5 this step has no action",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for w in want {
+            assert!(
+                got.iter().any(|g| g.starts_with(w)),
+                "missing {w:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_nvdimm_too_small_for_its_namespaces_is_refused() {
+        let text = "\
+machine:
+  nvdimms:
+    - size: 1G
+setup:
+  namespaces:
+    - {name: a, mode: fsdax, size: 512M}
+    - {name: b, mode: fsdax, size: 512M}
+steps:
+  - run: [true]
+";
+        let got = errors(text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("7:36 NVDIMM 0 (1G, 128K label area) is too small: its namespaces need 1G, it has 1008M usable"), "{got:?}");
+    }
+
+    #[test]
+    fn nvdimm_shapes_are_checked() {
+        let text = "\
+machine:
+  nvdimms:
+    - {size: 1G, align: 3M}
+    - {size: 1025M, align: 2M}
+    - {size: 1G, label_size: 64K}
+steps:
+  - run: [true]
+";
+        let got = errors(text);
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("3:25 align must be 4K, 2M or 1G")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("3:14 size 1G is not a multiple of the NVDIMM's align 3M")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(
+                |g| g.starts_with("4:14 size 1025M is not a multiple of the NVDIMM's align 2M")
+            ),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("5:30 label_size must be at least 128K")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_case_needs_steps() {
+        assert!(errors("steps: []\n")[0].contains("at least one step"));
+        assert!(load("description: x\n").unwrap_err()[0]
+            .message
+            .contains("missing field `steps`"));
     }
 }
