@@ -6,7 +6,7 @@
 //! Without them (plain `cargo test`) the VM trials are listed as ignored
 //! with the reason. If any case file is invalid, no VM starts at all.
 
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use libtest_mimic::{Arguments, Failed, Trial};
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::runner::{self, LabEnv};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ fn main() {
     let root = std::env::var_os("PMEM_LAB_CASES")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("../cases"));
+    // Absolute paths in messages: clickable, and right whatever the cwd.
+    let root = root.canonicalize().unwrap_or(root);
     let loaded = match case::load_dir(&root) {
         Ok(l) => l,
         Err(e) => {
@@ -39,6 +41,9 @@ fn main() {
         (Ok(Some(_)), _) => None,
     };
     let lab = lab.ok().flatten().map(Arc::new);
+    if let Some(reason) = &skip_reason {
+        eprintln!("pmem-lab: VM cases are ignored: {reason}");
+    }
 
     let mut trials = Vec::new();
     for l in &loaded {
@@ -61,11 +66,12 @@ fn main() {
         let trial = match (&skip_reason, &lab) {
             (None, Some(lab)) => vm_trial(case.clone(), Arc::clone(lab)),
             (reason, _) => {
+                // Ignored like #[ignore]: `-- --ignored` runs them, and then
+                // they fail with the reason instead of pretending to pass.
                 let reason = reason.clone().unwrap_or_default();
-                Trial::ignorable_test(case.id.clone(), move || {
-                    Ok(Completion::ignored_with(reason))
-                })
-                .with_kind("vm")
+                Trial::test(case.id.clone(), move || Err(reason.into()))
+                    .with_ignored_flag(true)
+                    .with_kind("vm")
             }
         };
         trials.push(trial);

@@ -3,7 +3,7 @@
 
 use crate::util::{find_in_path, Error};
 use std::path::Path;
-use std::process::Command;
+use xshell::{cmd, Shell};
 
 /// Something the lab needs on the host and the Debian package providing it.
 pub struct Need {
@@ -83,6 +83,12 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
             present: || tool("xz"),
         },
         Need {
+            // CONFIG_KERNEL_LZ4 compresses the bzImage with it.
+            what: "lz4",
+            package: "lz4",
+            present: || tool("lz4"),
+        },
+        Need {
             what: "perl",
             package: "perl",
             present: || tool("perl"),
@@ -138,14 +144,10 @@ pub fn ensure(default_kernel_source: bool) -> Result<(), Error> {
     }
     eprintln!("[deps] missing: {}", what.join(", "));
     eprintln!("[deps] installing: {}", packages.join(" "));
-    let env = [("DEBIAN_FRONTEND", "noninteractive")];
-    crate::util::run(Command::new("apt-get").arg("update").envs(env))?;
-    crate::util::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&packages)
-            .envs(env),
-    )?;
+    let sh = Shell::new()?;
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    cmd!(sh, "apt-get update").run()?;
+    cmd!(sh, "apt-get install -y --no-install-recommends {packages...}").run()?;
     let still: Vec<&str> = needs(default_kernel_source)
         .iter()
         .filter(|n| !(n.present)())

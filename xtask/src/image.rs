@@ -2,7 +2,7 @@
 //!
 //! Contents: busybox-static and its applet links, the programs listed in
 //! images/initramfs/files.txt with their shared-library closure, the lab's
-//! guest agent, images/initramfs/init, the kernel's modules (in-tree set under
+//! guest agent, images/initramfs/{init,fstab}, the kernel's modules (in-tree set under
 //! /lib/modules/<release>, nfit_test set under /lib/modules/nfit_test), and a
 //! /dev/console node (a cpio entry needs no mknod, hence no root).
 //!
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use xshell::{cmd, Shell};
 
 const RECIPE: &str = "image-recipe-1";
 const BUSYBOX: &str = "/bin/busybox";
@@ -68,13 +68,9 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
 
 fn build_agent(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    util::run(Command::new(cargo).current_dir(workspace).args([
-        "build",
-        "--quiet",
-        "--release",
-        "--package",
-        "pmem-lab-agent",
-    ]))?;
+    let sh = Shell::new()?;
+    sh.change_dir(workspace);
+    cmd!(sh, "{cargo} build --quiet --release --package pmem-lab-agent").quiet().run()?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
@@ -97,8 +93,9 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
         add_dir(&mut tree, d);
     }
     tree.insert("dev/console".into(), Node::CharDev { major: 5, minor: 1 });
-    let init = workspace.join("images/initramfs/init");
-    add_file(&mut tree, "init", &init, 0o755);
+    let recipe = workspace.join("images/initramfs");
+    add_file(&mut tree, "init", &recipe.join("init"), 0o755);
+    add_file(&mut tree, "etc/fstab", &recipe.join("fstab"), 0o644);
     add_program(&mut tree, agent, AGENT_GUEST_PATH)?;
 
     let list = workspace.join("images/initramfs/files.txt");
@@ -128,7 +125,8 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
 
     // busybox last: its applets fill only the names nothing else took.
     add_file(&mut tree, "bin/busybox", Path::new(BUSYBOX), 0o755);
-    let applets = util::output(Command::new(BUSYBOX).arg("--list-full"))?;
+    let sh = Shell::new()?;
+    let applets = cmd!(sh, "{BUSYBOX} --list-full").read()?;
     for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
         if !tree.contains_key(applet) {
             let depth = applet.matches('/').count();
@@ -187,7 +185,8 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
     if util::elf_interpreter(host)?.is_none() {
         return Ok(());
     }
-    let out = util::output(Command::new("ldd").arg(host))?;
+    let sh = Shell::new()?;
+    let out = cmd!(sh, "ldd {host}").read()?;
     for lib in parse_ldd(&out).map_err(|e| Error::new(format!("ldd {}: {e}", host.display())))? {
         let real = io_at(fs::canonicalize(&lib), "resolve", &lib)?;
         add_file(

@@ -16,6 +16,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use xshell::{cmd, Shell};
 
 /// Bump when the build recipe changes in a way that changes the outputs.
 const RECIPE: &str = "kernel-recipe-1";
@@ -79,11 +80,8 @@ pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
             user_tree: true,
         });
     }
-    let version = util::output(Command::new("dpkg-query").args([
-        "-W",
-        "-f=${Version}",
-        deps::DEBIAN_KERNEL_PACKAGE,
-    ]))?;
+    let (sh, package, format) = (Shell::new()?, deps::DEBIAN_KERNEL_PACKAGE, "-f=${Version}");
+    let version = cmd!(sh, "dpkg-query -W {format} {package}").read()?;
     let version = version.trim().to_string();
     let safe: String = version
         .chars()
@@ -113,13 +111,8 @@ fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(&staging);
     io_at(fs::create_dir_all(&staging), "create", &staging)?;
     eprintln!("[kernel] unpacking {} (once)", tarball.display());
-    util::run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(tarball)
-            .arg("-C")
-            .arg(&staging),
-    )?;
+    let sh = Shell::new()?;
+    cmd!(sh, "tar -xf {tarball} -C {staging}").run()?;
     let top = io_at(fs::read_dir(&staging), "read", &staging)?
         .flatten()
         .map(|e| e.path())
@@ -173,10 +166,11 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         log_path.display()
     );
 
+    // Only a cold build tells how many objects a full build compiles.
+    let cold = !build.join("vmlinux").exists();
     configure(src, fragments, &build, &mut log)?;
-    let estimate = fs::read_to_string(root.join("objects.count"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
+    let count_file = root.join("objects.count");
+    let estimate = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok());
     let objects = make(
         Command::new("make")
             .arg("-C")
@@ -184,11 +178,12 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
             .arg(format!("-j{jobs}"))
             .args(["bzImage", "modules"]),
         "compiling",
-        estimate.unwrap_or(1700),
+        // Measured: 1612 objects for the default fragment on 6.12.
+        estimate.unwrap_or(1612),
         &mut log,
     )?;
-    if estimate.is_none() || objects > 100 {
-        let _ = fs::write(root.join("objects.count"), objects.to_string());
+    if cold {
+        let _ = fs::write(&count_file, objects.to_string());
     }
     let nfit_dir = nfit_test_mirror(src, &build)?;
     make(
@@ -297,13 +292,8 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
         "create",
         &staging,
     )?;
-    let release = util::output(
-        Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(build)
-            .arg("kernelrelease"),
-    )?;
+    let sh = Shell::new()?;
+    let release = cmd!(sh, "make -s -C {build} kernelrelease").read()?;
     let bz = build.join("arch/x86/boot/bzImage");
     io_at(fs::copy(&bz, staging.join("bzImage")), "copy", &bz)?;
     io_at(

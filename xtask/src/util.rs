@@ -41,34 +41,7 @@ pub fn io_at<T>(r: std::io::Result<T>, what: &str, path: &Path) -> Result<T> {
     r.map_err(|e| Error::new(format!("{what} {}: {e}", path.display())))
 }
 
-/// Run a command with inherited stdio; fail with its status.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| Error::new(format!("cannot run {:?}: {e}", cmd.get_program())))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::new(format!("{} failed ({status})", render(cmd))))
-    }
-}
-
-/// Run a command and return its stdout.
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| Error::new(format!("cannot run {:?}: {e}", cmd.get_program())))?;
-    if !out.status.success() {
-        return Err(Error::new(format!(
-            "{} failed ({}): {}",
-            render(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
+/// A command as the user would type it, for logs and messages.
 pub fn render(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
