@@ -140,22 +140,10 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
     a.push2("-append", kernel_cmdline(spec));
     a.push2("-chardev", "stdio,id=console,signal=off");
     a.push2("-serial", "chardev:console");
-    a.push2(
-        "-chardev",
-        format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            files.qmp_socket.display()
-        ),
-    );
+    a.push2("-chardev", listening_socket("qmp", &files.qmp_socket));
     a.push2("-mon", "chardev=qmp,mode=control");
     a.push2("-device", "virtio-serial-pci,id=vser0");
-    a.push2(
-        "-chardev",
-        format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            files.agent_socket.display()
-        ),
-    );
+    a.push2("-chardev", listening_socket("agent", &files.agent_socket));
     a.push2(
         "-device",
         format!(
@@ -182,6 +170,12 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
         );
     }
     a.0
+}
+
+/// A unix socket QEMU listens on; `wait=off` so QEMU starts without a client
+/// (the lab connects as soon as the socket appears).
+fn listening_socket(id: &str, path: &Path) -> String {
+    format!("socket,id={id},path={},server=on,wait=off", path.display())
 }
 
 /// `-m SIZE[,slots=N,maxmem=M]`: NVDIMMs are memory devices and need slots

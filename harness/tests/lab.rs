@@ -41,9 +41,6 @@ fn main() {
         (Ok(Some(_)), _) => None,
     };
     let lab = lab.ok().flatten().map(Arc::new);
-    if let Some(reason) = &skip_reason {
-        eprintln!("pmem-lab: VM cases are ignored: {reason}");
-    }
 
     let mut trials = Vec::new();
     for l in &loaded {
@@ -80,6 +77,13 @@ fn main() {
         if skip_reason.is_none() {
             trials.extend(self_tests(lab));
         }
+    }
+    // Say once why VM cases do not run, if any of them was selected.
+    let vm_selected = trials
+        .iter()
+        .any(|t| t.kind() == "vm" && t.has_ignored_flag() && !args.is_filtered_out(t));
+    if let (Some(reason), true) = (&skip_reason, vm_selected) {
+        eprintln!("pmem-lab: VM cases are ignored: {reason}");
     }
     let conclusion = libtest_mimic::run(&args, trials);
     eprintln!(

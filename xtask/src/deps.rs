@@ -147,7 +147,11 @@ pub fn ensure(default_kernel_source: bool) -> Result<(), Error> {
     let sh = Shell::new()?;
     let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
     cmd!(sh, "apt-get update").run()?;
-    cmd!(sh, "apt-get install -y --no-install-recommends {packages...}").run()?;
+    cmd!(
+        sh,
+        "apt-get install -y --no-install-recommends {packages...}"
+    )
+    .run()?;
     let still: Vec<&str> = needs(default_kernel_source)
         .iter()
         .filter(|n| !(n.present)())

@@ -70,7 +70,12 @@ fn build_agent(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let sh = Shell::new()?;
     sh.change_dir(workspace);
-    cmd!(sh, "{cargo} build --quiet --release --package pmem-lab-agent").quiet().run()?;
+    cmd!(
+        sh,
+        "{cargo} build --quiet --release --package pmem-lab-agent"
+    )
+    .quiet()
+    .run()?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));

@@ -170,7 +170,9 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     let cold = !build.join("vmlinux").exists();
     configure(src, fragments, &build, &mut log)?;
     let count_file = root.join("objects.count");
-    let estimate = fs::read_to_string(&count_file).ok().and_then(|s| s.trim().parse().ok());
+    let estimate = fs::read_to_string(&count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     let objects = make(
         Command::new("make")
             .arg("-C")
