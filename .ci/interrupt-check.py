@@ -44,8 +44,8 @@ def gone_within(seconds):
         time.sleep(0.1)
     return False
 
-if qemus():
-    sys.exit("QEMU is already running before the check; stop it first")
+if not gone_within(5):
+    sys.exit(f"QEMU is already running before the check (pids {qemus()}); stop it first")
 failed = False
 p = start()
 os.killpg(p.pid, signal.SIGINT)

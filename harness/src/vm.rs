@@ -167,8 +167,9 @@ impl Vm {
         let exit_tx = tx.clone();
         let exit_flag = Arc::clone(&exited);
         thread::spawn(move || {
-            if let Ok(status) = child.wait() {
-                exit_flag.store(true, Ordering::SeqCst);
+            let status = child.wait();
+            exit_flag.store(true, Ordering::SeqCst);
+            if let Ok(status) = status {
                 let _ = exit_tx.send(Event::QemuExited(status));
             }
         });
@@ -386,10 +387,17 @@ impl Vm {
     }
 
     /// Kill QEMU now (also done on drop).
+    /// Returns once QEMU has been reaped (or after 5 s), so that when a case
+    /// ends its QEMU is really gone, not a zombie waiting for the reaper.
     pub fn kill(&mut self) {
-        if !self.exited.load(Ordering::SeqCst) {
-            // SAFETY: plain syscall; the group is QEMU's own (process_group(0)).
-            unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+        if self.exited.load(Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: plain syscall; the group is QEMU's own (process_group(0)).
+        unsafe { libc::killpg(self.pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.exited.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
