@@ -1,7 +1,7 @@
-//! Running programs in the guest through the agent, on top of [`Vm`].
+//! Talking to the guest agent, on top of [`Vm`].
 
 use crate::vm::{Vm, VmError};
-use pmem_lab_proto::{Op, Reply, RunRequest, RunResult};
+use pmem_lab_proto::{FileRead, KmsgRecord, Op, Reply, RunRequest, RunResult};
 use std::time::Duration;
 
 /// Slack on top of a command's own timeout: under TCG the agent's reply can
@@ -21,7 +21,7 @@ impl Guest {
         let wait = Duration::from_millis(req.timeout_ms) + REPLY_SLACK;
         match self.vm.request(Op::Run(req), wait)? {
             Reply::Run(r) => Ok(r),
-            Reply::Error { message } => Err(VmError::Protocol(message)),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -46,5 +46,50 @@ impl Guest {
                 r.stderr
             ))
         }
+    }
+
+    /// Read files (sysfs attributes) in one round trip; per file, its text
+    /// or why it could not be read.
+    pub fn read_files(&mut self, paths: &[String]) -> Result<Vec<Result<String, String>>, VmError> {
+        match self.vm.request(
+            Op::ReadFiles {
+                paths: paths.to_vec(),
+            },
+            HOUSEKEEPING_TIMEOUT,
+        )? {
+            Reply::Files { files } => Ok(files
+                .into_iter()
+                .map(|f| match f {
+                    FileRead::Text { text } => Ok(text),
+                    FileRead::Error { message } => Err(message),
+                })
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Read files that must exist; the error names the first that does not.
+    pub fn read_all(&mut self, paths: &[String]) -> Result<Vec<String>, String> {
+        let got = self.read_files(paths).map_err(|e| e.to_string())?;
+        paths
+            .iter()
+            .zip(got)
+            .map(|(p, r)| r.map_err(|e| format!("cannot read {p} in the guest: {e}")))
+            .collect()
+    }
+
+    /// Kernel log records after sequence number `after`.
+    pub fn kmsg(&mut self, after: Option<u64>) -> Result<Vec<KmsgRecord>, VmError> {
+        match self.vm.request(Op::Kmsg { after }, HOUSEKEEPING_TIMEOUT)? {
+            Reply::Kmsg { records } => Ok(records),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(reply: Reply) -> VmError {
+    match reply {
+        Reply::Error { message } => VmError::Protocol(message),
+        other => VmError::Protocol(format!("unexpected reply {other:?}")),
     }
 }

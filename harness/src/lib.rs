@@ -2,11 +2,17 @@
 //! agent client, expectations and the case runner. The `lab` test target
 //! (tests/lab.rs) turns each case file into a libtest-mimic trial.
 
+pub mod address;
+pub mod badblocks;
 pub mod case;
 pub mod expect;
 pub mod guest;
+pub mod inject;
 pub mod json_subset;
 pub mod machine;
+pub mod mce;
+pub mod oracle;
+pub mod qmp;
 pub mod runner;
 pub mod setup;
 pub mod size;

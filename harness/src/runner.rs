@@ -6,9 +6,13 @@
 //! at the end, dmesg.txt. They are removed after a pass (unless
 //! PMEM_LAB_KEEP=1) and kept after a failure, whose message names the folder.
 
+use crate::address::Target;
+use crate::badblocks::{self, Range};
 use crate::case::{Action, Case, Step};
 use crate::guest::Guest;
+use crate::inject;
 use crate::machine::{self, Accel, VmFiles};
+use crate::oracle;
 use crate::setup::{self, Layout};
 use crate::template;
 use crate::vm::{self, Vm, VmError};
@@ -119,7 +123,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     }
     let args = machine::qemu_args(&case.machine, env.accel, &files);
     let _ = fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
-    let vm = Vm::start(&args, &files.agent_socket, dir)?;
+    let vm = Vm::start(&args, &files, dir)?;
     let mut guest = Guest { vm };
     let mut log = StepLog::new(dir);
 
@@ -137,9 +141,15 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         .map_err(|e| format!("setup: {e}"))
         .and_then(|layout| {
             log.line(format!("layout: {layout:?}"));
-            case.steps
-                .iter()
-                .try_for_each(|step| run_step(&mut guest, case, step, &layout, &mut log))
+            let mut run = CaseRun {
+                guest: &mut guest,
+                case,
+                layout,
+                log: &mut log,
+                last_seq: None,
+                dir,
+            };
+            run.steps()
         });
     save_dmesg(&mut guest, dir);
     guest.vm.kill();
@@ -151,52 +161,215 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     })
 }
 
-fn run_step(
-    guest: &mut Guest,
-    case: &Case,
-    step: &Step,
-    layout: &Layout,
-    log: &mut StepLog,
-) -> Result<(), String> {
-    let where_ = format!(
-        "step {} `{}` ({}:{})",
-        step.number,
-        step.name,
-        case.path.display(),
-        step.line
-    );
-    let Action::Run { argv, stdin, env } = &step.action;
-    let expand = |s: &str| template::expand(s, |ns, f| layout.lookup(ns, f));
-    let req = RunRequest {
-        argv: argv
-            .iter()
-            .map(|a| expand(a))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{where_}: {e}"))?,
-        stdin: stdin
-            .as_deref()
-            .map(expand)
-            .transpose()
-            .map_err(|e| format!("{where_}: {e}"))?,
-        env: env.clone(),
-        timeout_ms: step.timeout.as_millis() as u64,
-    };
-    let result = guest
-        .run(req.clone())
-        .map_err(|e| format!("{where_}: {e}"))?;
-    log.step(step, &req, &result);
-    let problems = step.expect.check(&result);
-    if problems.is_empty() {
-        return Ok(());
+/// One case's steps, with what the oracle needs between them.
+struct CaseRun<'a> {
+    guest: &'a mut Guest,
+    case: &'a Case,
+    layout: Layout,
+    log: &'a mut StepLog,
+    /// Last kernel log record already looked at.
+    last_seq: Option<u64>,
+    dir: &'a Path,
+}
+
+impl CaseRun<'_> {
+    fn steps(&mut self) -> Result<(), String> {
+        let baseline = self.observe("setup")?;
+        let broken = oracle::violations(&self.layout.geometry, &baseline, &self.case.allow_dmesg);
+        if !broken.is_empty() {
+            return Err(format!(
+                "after boot and setup, the oracle found:\n  - {}",
+                broken.join("\n  - ")
+            ));
+        }
+        for step in &self.case.steps {
+            self.step(step)?;
+        }
+        Ok(())
     }
-    Err(format!(
-        "{where_} failed:\n  - {}\n  argv: {:?}\n  {}\n{}{}",
-        problems.join("\n  - "),
-        req.argv,
-        result.status_text(),
-        show("stdout", &result.stdout),
-        show("stderr", &result.stderr)
-    ))
+
+    fn step(&mut self, step: &Step) -> Result<(), String> {
+        let case = self.case;
+        let where_ = format!(
+            "step {} `{}` ({}:{})",
+            step.number,
+            step.name,
+            case.path.display(),
+            step.line
+        );
+        let mut problems = Vec::new();
+        let mut details = String::new();
+        match &step.action {
+            Action::Run { argv, stdin, env } => {
+                let expand = |s: &str| template::expand(s, |ns, f| self.layout.lookup(ns, f));
+                let req = RunRequest {
+                    argv: argv
+                        .iter()
+                        .map(|a| expand(a))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("{where_}: {e}"))?,
+                    stdin: stdin
+                        .as_deref()
+                        .map(expand)
+                        .transpose()
+                        .map_err(|e| format!("{where_}: {e}"))?,
+                    env: env.clone(),
+                    timeout_ms: step.timeout.as_millis() as u64,
+                };
+                let result = self
+                    .guest
+                    .run(req.clone())
+                    .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.step(step, &req, &result);
+                problems.extend(step.expect.check(&result));
+                details = format!(
+                    "  argv: {:?}\n  {}\n{}{}",
+                    req.argv,
+                    result.status_text(),
+                    show("stdout", &result.stdout),
+                    show("stderr", &result.stderr)
+                );
+            }
+            Action::Inject { kind, at, cpu } => {
+                let done = inject::inject(
+                    self.guest,
+                    &self.layout,
+                    *kind,
+                    at,
+                    *cpu,
+                    case.machine.cpus,
+                    step.timeout,
+                )
+                .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {}",
+                    step.number,
+                    step.name,
+                    done.describe()
+                ));
+            }
+            Action::ExpectBadblocks { .. } => {}
+        }
+        let snap = self.observe(&format!("step {}", step.number))?;
+        if let Action::ExpectBadblocks {
+            target,
+            ranges,
+            exact,
+        } = &step.action
+        {
+            let checked = check_badblocks(&snap, &self.layout, target, ranges, *exact);
+            self.log.line(format!(
+                "--- step {} `{}`: {}",
+                step.number,
+                step.name,
+                checked.as_ref().err().unwrap_or(&"as expected".to_string())
+            ));
+            problems.extend(checked.err());
+        }
+        let dmesg: Vec<&str> = snap.kmsg.iter().map(|r| r.text.as_str()).collect();
+        for re in &step.dmesg {
+            if !dmesg.iter().any(|l| re.is_match(l)) {
+                problems.push(format!("no kernel log line during the step matches /{re}/"));
+            }
+        }
+        for re in &step.dmesg_not {
+            if let Some(l) = dmesg.iter().find(|l| re.is_match(l)) {
+                problems.push(format!("the kernel logged {l:?}, which matches /{re}/"));
+            }
+        }
+        problems.extend(
+            oracle::violations(&self.layout.geometry, &snap, &case.allow_dmesg)
+                .into_iter()
+                .map(|v| format!("oracle: {v}")),
+        );
+        if problems.is_empty() {
+            return Ok(());
+        }
+        if !(step.dmesg.is_empty() && step.dmesg_not.is_empty())
+            || problems.iter().any(|p| p.starts_with("oracle: kernel log"))
+        {
+            let lines: Vec<String> = snap.kmsg.iter().map(|r| r.render()).collect();
+            details.push_str(&show("kernel log during the step", &lines.join("\n")));
+        }
+        Err(format!(
+            "{where_} failed:\n  - {}\n{details}",
+            problems.join("\n  - ")
+        ))
+    }
+
+    /// Snapshot the error state, append it to state.jsonl, advance the
+    /// kernel-log cursor.
+    fn observe(&mut self, label: &str) -> Result<oracle::Snapshot, String> {
+        let snap = oracle::take(self.guest, &self.layout, self.last_seq)
+            .map_err(|e| format!("{label}: reading the error state: {e}"))?;
+        if let Some(last) = snap.kmsg.last() {
+            self.last_seq = Some(last.seq);
+        }
+        let mut line = snap.to_json(label).to_string();
+        line.push('\n');
+        let path = self.dir.join("state.jsonl");
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        Ok(snap)
+    }
+}
+
+/// An `expect_badblocks` against every view of its target.
+fn check_badblocks(
+    snap: &oracle::Snapshot,
+    layout: &Layout,
+    target: &Target,
+    want: &[Range],
+    exact: bool,
+) -> Result<(), String> {
+    let (what, views): (String, Vec<(&str, &Vec<Range>)>) = match target {
+        Target::Region(i) => {
+            let r = snap
+                .region(*i)
+                .ok_or_else(|| format!("no region for NVDIMM {i}"))?;
+            (
+                r.dev.clone(),
+                vec![
+                    ("sysfs badblocks", &r.sysfs),
+                    ("ndctl list --media-errors", &r.ndctl),
+                ],
+            )
+        }
+        Target::Namespace(name) => {
+            let n = snap
+                .namespace(name)
+                .ok_or_else(|| format!("no namespace `{name}`"))?;
+            let mut v = vec![("ndctl list --media-errors", &n.ndctl)];
+            if let Some(s) = &n.sysfs {
+                v.push(("block device badblocks", s));
+            }
+            (format!("{} (`{name}`)", layout.namespaces[name].dev), v)
+        }
+    };
+    let wrong: Vec<String> = views
+        .iter()
+        .filter(|(_, have)| {
+            if exact {
+                have.as_slice() != want
+            } else {
+                !badblocks::covers(have, want)
+            }
+        })
+        .map(|(src, have)| format!("{src} has {}", badblocks::show(have)))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected badblocks {} ({}), but {}",
+            badblocks::show(want),
+            if exact { "exactly" } else { "at least" },
+            wrong.join("; ")
+        ))
+    }
 }
 
 /// A captured stream for a failure message: trimmed, capped, indented.

@@ -1,7 +1,8 @@
 //! Turn a case's `setup.namespaces` into real namespaces in the guest, and
 //! remember what the kernel named them so steps can say `${ns.data.chardev}`.
 
-use crate::case::{Case, NamespaceSpec};
+use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
+use crate::case::{Case, NamespaceMode, NamespaceSpec};
 use crate::guest::Guest;
 use crate::template::NsField;
 use serde_json::Value;
@@ -21,6 +22,8 @@ pub struct Layout {
     /// QEMU NVDIMM index -> libnvdimm region, e.g. `region0`.
     pub regions: Vec<String>,
     pub namespaces: BTreeMap<String, NamespaceInfo>,
+    /// Physical layout of the QEMU NVDIMM regions and the case namespaces.
+    pub geometry: Geometry,
 }
 
 impl Layout {
@@ -120,6 +123,7 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
     }
     layout.regions = regions_by_address(&found)?;
     if case.namespaces.is_empty() {
+        layout.geometry = read_geometry(guest, case, &layout)?;
         return Ok(layout);
     }
     // A fresh label area holds no index block: initialise it so namespaces
@@ -143,7 +147,77 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
             .namespaces
             .insert(ns.name.clone(), namespace_info(&created, &region)?);
     }
+    layout.geometry = read_geometry(guest, case, &layout)?;
     Ok(layout)
+}
+
+/// Parse a sysfs number: `0x...` addresses or decimal sizes.
+fn number(text: &str, what: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{what} is not a number: {t:?}"))
+}
+
+/// Read where every region and namespace really is (see [`crate::address`]).
+fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geometry, String> {
+    let nd = |dev: &str, attr: &str| format!("/sys/bus/nd/devices/{dev}/{attr}");
+    let mut geometry = Geometry::default();
+    for region in &layout.regions {
+        let v = guest.read_all(&[nd(region, "resource"), nd(region, "size")])?;
+        geometry.regions.push(RegionGeometry {
+            dev: region.clone(),
+            start: number(&v[0], &nd(region, "resource"))?,
+            size: number(&v[1], &nd(region, "size"))?,
+        });
+    }
+    for spec in &case.namespaces {
+        let info = &layout.namespaces[&spec.name];
+        let v = guest.read_all(&[
+            nd(&info.dev, "resource"),
+            nd(&info.dev, "size"),
+            nd(&info.dev, "holder"),
+        ])?;
+        let (start, size) = (
+            number(&v[0], "namespace resource")?,
+            number(&v[1], "namespace size")?,
+        );
+        let holder = v[2].trim().to_string();
+        let (data_start, data_size) = match (spec.mode, &info.chardev, &info.blockdev) {
+            (NamespaceMode::Devdax, Some(dax), _) => {
+                let d = format!("/sys/bus/dax/devices/{dax}");
+                let v = guest.read_all(&[format!("{d}/resource"), format!("{d}/size")])?;
+                (number(&v[0], "dax resource")?, number(&v[1], "dax size")?)
+            }
+            (NamespaceMode::Fsdax, _, Some(block)) => {
+                let v = guest
+                    .read_all(&[nd(&holder, "resource"), format!("/sys/block/{block}/size")])?;
+                (
+                    number(&v[0], "pfn resource")?,
+                    number(&v[1], "block size")? * 512,
+                )
+            }
+            (NamespaceMode::Raw, _, Some(_)) => (start, size),
+            _ => {
+                return Err(format!(
+                    "namespace `{}` ({}) lacks its device",
+                    spec.name, info.dev
+                ))
+            }
+        };
+        geometry.namespaces.push(NamespaceGeometry {
+            name: spec.name.clone(),
+            region: spec.nvdimm,
+            mode: spec.mode,
+            start,
+            size,
+            data_start,
+            data_size,
+        });
+    }
+    Ok(geometry)
 }
 
 pub fn create_namespace_argv(ns: &NamespaceSpec, region: &str) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! One QEMU process and everything attached to it: the serial console (read
-//! live from QEMU's stdout), QEMU's stderr, and the guest agent's socket.
+//! live from QEMU's stdout), QEMU's stderr, the QMP monitor and the guest
+//! agent's socket.
 //!
 //! Lifetime rules, because a stray VM eats a core for hours under TCG:
 //! - QEMU runs in its own process group and is killed (SIGKILL to the group)
@@ -8,12 +9,15 @@
 //!   without unwinding (Ctrl-C, a test runner's timeout kill, a crash) the
 //!   kernel kills QEMU for us.
 //!
-//! Every source of news (console, QEMU exit, agent) feeds one channel, so a
-//! wait can end at once on whichever comes first: the awaited reply, a kernel
-//! panic on the console, or QEMU dying.
+//! Every source of news (console, QEMU exit, agent, QMP) feeds one channel,
+//! so a wait can end at once on whichever comes first: the awaited reply, a
+//! kernel panic on the console, or QEMU dying. QMP events are kept in order
+//! ([`Vm::qmp_events`]) whoever was waiting when they came.
 
-use crate::machine::{self, QEMU};
+use crate::machine::{self, VmFiles, QEMU};
+use crate::qmp;
 use pmem_lab_proto::{GuestMessage, Reply, Request, PROTOCOL_VERSION};
+use serde_json::Value;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,9 +34,11 @@ use std::time::{Duration, Instant};
 /// Console lines that mean the guest kernel is gone.
 const PANIC_MARKERS: [&str; 2] = ["Kernel panic - not syncing", "---[ end Kernel panic"];
 
-enum Event {
+/// What the reader threads report.
+pub enum Event {
     Agent(GuestMessage),
     AgentClosed,
+    Qmp(qmp::Message),
     Panic,
     QemuExited(ExitStatus),
 }
@@ -57,6 +63,8 @@ pub enum VmError {
         console: String,
     },
     Protocol(String),
+    /// QEMU refused a monitor command.
+    Qmp(String),
 }
 
 impl std::fmt::Display for VmError {
@@ -92,6 +100,7 @@ impl std::fmt::Display for VmError {
                 after.as_secs_f64()
             ),
             VmError::Protocol(m) => write!(f, "agent protocol error: {m}"),
+            VmError::Qmp(m) => write!(f, "QEMU monitor: {m}"),
         }
     }
 }
@@ -114,6 +123,10 @@ pub struct Vm {
     stderr: Arc<Mutex<String>>,
     agent: Option<UnixStream>,
     agent_socket: PathBuf,
+    qmp: Option<UnixStream>,
+    qmp_socket: PathBuf,
+    qmp_events: Vec<Value>,
+    qmp_log: File,
     started: Instant,
     next_id: u64,
     transcript: File,
@@ -121,8 +134,8 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Start QEMU. `run_dir` receives console.log and agent.jsonl.
-    pub fn start(args: &[OsString], agent_socket: &Path, run_dir: &Path) -> Result<Vm, String> {
+    /// Start QEMU. `run_dir` receives console.log, agent.jsonl and qmp.log.
+    pub fn start(args: &[OsString], files: &VmFiles, run_dir: &Path) -> Result<Vm, String> {
         let mut cmd = Command::new(QEMU);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -182,7 +195,11 @@ impl Vm {
             console,
             stderr,
             agent: None,
-            agent_socket: agent_socket.to_path_buf(),
+            agent_socket: files.agent_socket.clone(),
+            qmp: None,
+            qmp_socket: files.qmp_socket.clone(),
+            qmp_events: Vec::new(),
+            qmp_log: File::create(run_dir.join("qmp.log")).map_err(|e| format!("qmp.log: {e}"))?,
             started,
             next_id: 1,
             transcript,
@@ -190,31 +207,23 @@ impl Vm {
         })
     }
 
-    /// Connect to the agent's socket and wait for its ready message.
+    /// Connect to QMP and to the agent, and wait for the agent's ready
+    /// message.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, VmError> {
         let deadline = self.started + timeout;
-        // QEMU creates the socket while it starts; it may not exist yet.
-        let stream = loop {
-            match UnixStream::connect(&self.agent_socket) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    if let Some(e) = self.poll_failure()? {
-                        return Err(e);
-                    }
-                    thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => {
-                    return Err(self.timeout_error(format!("the agent socket ({e})"), timeout));
-                }
-            }
-        };
-        let reader = stream
+        let mut qmp_stream = self.connect(&self.qmp_socket.clone(), "the QMP socket", deadline)?;
+        let reader =
+            qmp::handshake(&mut qmp_stream, Duration::from_secs(10)).map_err(VmError::Qmp)?;
+        spawn_qmp_reader(reader, self.tx.clone());
+        self.qmp = Some(qmp_stream);
+        let agent = self.connect(&self.agent_socket.clone(), "the agent socket", deadline)?;
+        let reader = agent
             .try_clone()
             .map_err(|e| VmError::Protocol(e.to_string()))?;
         spawn_agent_reader(reader, self.tx.clone());
-        self.agent = Some(stream);
-        let msg = self.wait_for("the guest agent to start", deadline, |m| match m {
-            GuestMessage::Ready { .. } => Some(m.clone()),
+        self.agent = Some(agent);
+        let msg = self.wait_for("the guest agent to start", deadline, |e| match e {
+            Event::Agent(m @ GuestMessage::Ready { .. }) => Some(m.clone()),
             _ => None,
         })?;
         let GuestMessage::Ready {
@@ -239,11 +248,33 @@ impl Vm {
         })
     }
 
+    /// QEMU creates its sockets while it starts: retry until they exist.
+    fn connect(
+        &mut self,
+        path: &Path,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<UnixStream, VmError> {
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => return Ok(s),
+                Err(_) if Instant::now() < deadline => {
+                    if let Some(e) = self.poll_failure()? {
+                        return Err(e);
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(self.timeout_error(format!("{what} ({e})"), self.started.elapsed()))
+                }
+            }
+        }
+    }
+
     /// Send one request and wait for its reply (or a panic, QEMU's death, or
     /// the timeout).
     pub fn request(&mut self, op: pmem_lab_proto::Op, timeout: Duration) -> Result<Reply, VmError> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.next_id();
         let mut line = serde_json::to_string(&Request { id, op }).expect("serializable");
         line.push('\n');
         let _ = self.transcript.write_all(format!("> {line}").as_bytes());
@@ -255,29 +286,150 @@ impl Vm {
             return Err(VmError::Protocol(format!("write to agent: {e}")));
         }
         let deadline = Instant::now() + timeout;
-        self.wait_for(&format!("reply to request {id}"), deadline, |m| match m {
-            GuestMessage::Response { id: rid, reply } if *rid == id => Some(reply.clone()),
-            _ => None,
-        })
+        self.wait_for(
+            &format!("the agent's reply to request {id}"),
+            deadline,
+            |e| match e {
+                Event::Agent(GuestMessage::Response { id: rid, reply }) if *rid == id => {
+                    Some(reply.clone())
+                }
+                _ => None,
+            },
+        )
     }
 
-    fn wait_for<T>(
+    /// Send the request and return its id at once; collect the reply later
+    /// with [`Vm::wait_reply`]. For operations that must be under way while
+    /// the lab acts on the VM (a reader waiting for a machine check).
+    pub fn send(&mut self, op: pmem_lab_proto::Op) -> Result<u64, VmError> {
+        let id = self.next_id();
+        let mut line = serde_json::to_string(&Request { id, op }).expect("serializable");
+        line.push('\n');
+        let _ = self.transcript.write_all(format!("> {line}").as_bytes());
+        let agent = self
+            .agent
+            .as_mut()
+            .ok_or_else(|| VmError::Protocol("agent not connected".into()))?;
+        agent
+            .write_all(line.as_bytes())
+            .map_err(|e| VmError::Protocol(format!("write to agent: {e}")))?;
+        Ok(id)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Run a QMP command; its `return` value, or the error QEMU gave.
+    pub fn qmp(
+        &mut self,
+        execute: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, VmError> {
+        let id = self.next_id();
+        self.qmp_send(&qmp::command(execute, arguments, id))?;
+        self.qmp_reply(id, execute, timeout)
+    }
+
+    /// Run an HMP command (e.g. `mce ...`) through QMP; its text output.
+    /// HMP reports most errors as text, so a non-empty answer to a command
+    /// that prints nothing on success is the caller's to judge.
+    pub fn hmp(&mut self, command_line: &str, timeout: Duration) -> Result<String, VmError> {
+        let id = self.next_id();
+        self.qmp_send(&qmp::hmp(command_line, id))?;
+        let v = self.qmp_reply(id, command_line, timeout)?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    fn qmp_send(&mut self, line: &str) -> Result<(), VmError> {
+        let _ = write!(self.qmp_log, "> {line}");
+        let stream = self
+            .qmp
+            .as_mut()
+            .ok_or_else(|| VmError::Qmp("not connected".into()))?;
+        stream
+            .write_all(line.as_bytes())
+            .map_err(|e| VmError::Qmp(format!("write: {e}")))
+    }
+
+    fn qmp_reply(&mut self, id: u64, what: &str, timeout: Duration) -> Result<Value, VmError> {
+        let deadline = Instant::now() + timeout;
+        let reply = self.wait_for(
+            &format!("QEMU's reply to `{what}`"),
+            deadline,
+            |e| match e {
+                Event::Qmp(
+                    m @ (qmp::Message::Return { id: Some(i), .. }
+                    | qmp::Message::Error { id: Some(i), .. }),
+                ) if *i == id => Some(m.clone()),
+                _ => None,
+            },
+        )?;
+        match reply {
+            qmp::Message::Return { value, .. } => Ok(value),
+            qmp::Message::Error { class, desc, .. } => {
+                Err(VmError::Qmp(format!("`{what}`: {class}: {desc}")))
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every QMP event received so far, oldest first (the raw JSON).
+    pub fn qmp_events(&self) -> &[Value] {
+        &self.qmp_events
+    }
+
+    /// Wait until the `n`-th (0-based) QMP event named `name` has arrived.
+    pub fn wait_qmp_event(
+        &mut self,
+        name: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Value, VmError> {
+        let count = |events: &[Value]| events.iter().filter(|e| e["event"] == name).count();
+        if count(&self.qmp_events) > n {
+            return Ok(self
+                .qmp_events
+                .iter()
+                .filter(|e| e["event"] == name)
+                .nth(n)
+                .unwrap()
+                .clone());
+        }
+        let deadline = Instant::now() + timeout;
+        self.wait_for(&format!("QMP event {name}"), deadline, |e| match e {
+            Event::Qmp(qmp::Message::Event { name: got, raw, .. }) if got == name => {
+                Some(raw.clone())
+            }
+            _ => None,
+        })?;
+        // The event was recorded before `pick` saw it; return the n-th.
+        self.qmp_events
+            .iter()
+            .filter(|e| e["event"] == name)
+            .nth(n)
+            .cloned()
+            .ok_or_else(|| VmError::Qmp(format!("fewer than {} {name} events", n + 1)))
+    }
+
+    /// Wait for an event `pick` accepts. Agent messages and QMP events are
+    /// logged (and QMP events kept) whether picked or not; anything fatal
+    /// ends the wait with the failure.
+    pub fn wait_for<T>(
         &mut self,
         what: &str,
         deadline: Instant,
-        mut pick: impl FnMut(&GuestMessage) -> Option<T>,
+        mut pick: impl FnMut(&Event) -> Option<T>,
     ) -> Result<T, VmError> {
         let began = Instant::now();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(Event::Agent(msg)) => {
-                    let _ = writeln!(
-                        self.transcript,
-                        "< {}",
-                        serde_json::to_string(&msg).unwrap_or_default()
-                    );
-                    if let Some(v) = pick(&msg) {
+                Ok(event @ (Event::Agent(_) | Event::Qmp(_))) => {
+                    self.record(&event);
+                    if let Some(v) = pick(&event) {
                         return Ok(v);
                     }
                 }
@@ -292,10 +444,33 @@ impl Vm {
         }
     }
 
+    fn record(&mut self, event: &Event) {
+        match event {
+            Event::Agent(msg) => {
+                let _ = writeln!(
+                    self.transcript,
+                    "< {}",
+                    serde_json::to_string(msg).unwrap_or_default()
+                );
+            }
+            Event::Qmp(m) => {
+                let _ = writeln!(self.qmp_log, "< {m:?}");
+                if let qmp::Message::Event { raw, .. } = m {
+                    self.qmp_events.push(raw.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// A failure already queued (used while polling for the socket).
     fn poll_failure(&mut self) -> Result<Option<VmError>, VmError> {
         match self.events.try_recv() {
-            Ok(Event::Agent(_)) | Err(_) => Ok(None),
+            Ok(event @ (Event::Agent(_) | Event::Qmp(_))) => {
+                self.record(&event);
+                Ok(None)
+            }
+            Err(_) => Ok(None),
             Ok(other) => Ok(Some(self.failure(other))),
         }
     }
@@ -338,7 +513,7 @@ impl Vm {
                     console: self.console_tail(30),
                 }
             }
-            Event::Agent(_) => unreachable!("agent messages are not failures"),
+            Event::Agent(_) | Event::Qmp(_) => unreachable!("messages are not failures"),
         }
     }
 
@@ -442,6 +617,25 @@ fn spawn_console_reader(
                         let _ = tx.send(Event::Panic);
                     }
                 }
+            }
+        }
+    });
+}
+
+fn spawn_qmp_reader(reader: BufReader<UnixStream>, tx: Sender<Event>) {
+    thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let parsed = serde_json::from_str::<Value>(&line)
+                .map_err(|e| e.to_string())
+                .and_then(qmp::Message::parse);
+            match parsed {
+                Ok(msg) => {
+                    if tx.send(Event::Qmp(msg)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("pmem-lab: unparsable QMP line {line:?}: {e}"),
             }
         }
     });

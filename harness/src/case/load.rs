@@ -6,8 +6,11 @@ use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
 use super::{
     Action, Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT,
 };
+use crate::address::{self, Base, Target};
+use crate::badblocks::{self, Range, SECTOR};
 use crate::expect::{self, ExitExpect, RunExpect};
 use crate::machine::{MachineSpec, NvdimmSpec};
+use crate::mce;
 use crate::size::{ByteSize, GIB, KIB, MIB};
 use crate::template::{self, NsField};
 use serde_saphyr::{Location, Spanned};
@@ -164,7 +167,7 @@ impl Checker<'_> {
             .value
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| self.step(i + 1, s, &namespaces))
+            .filter_map(|(i, s)| self.step(i + 1, s, &machine, &namespaces))
             .collect();
         Case {
             id: id.to_string(),
@@ -179,6 +182,7 @@ impl Checker<'_> {
                 .unwrap_or(DEFAULT_BOOT_TIMEOUT),
             namespaces,
             steps,
+            allow_dmesg: self.regexes(&file.allow_dmesg),
         }
     }
 
@@ -360,54 +364,312 @@ impl Checker<'_> {
         &mut self,
         number: usize,
         entry: &Spanned<model::StepEntry>,
+        machine: &MachineSpec,
         namespaces: &[NamespaceSpec],
     ) -> Option<Step> {
         let s = &entry.value;
         let at = entry.referenced;
-        let action = match (&s.run, &s.sh) {
-            (Some(run), None) => {
-                if run.value.is_empty() {
-                    self.error(&run.referenced, "run needs at least a program name");
-                }
-                for arg in &run.value {
-                    self.check_placeholders(&arg.value, &arg.referenced, namespaces);
-                }
-                run.value.iter().map(|a| a.value.clone()).collect()
+        let given: Vec<&str> = [
+            ("run", s.run.is_some()),
+            ("sh", s.sh.is_some()),
+            ("inject", s.inject.is_some()),
+            ("expect_badblocks", s.expect_badblocks.is_some()),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect();
+        if given.len() != 1 {
+            let msg = if given.is_empty() {
+                "this step has no action: add `run`, `sh`, `inject` or `expect_badblocks`"
+                    .to_string()
+            } else {
+                format!(
+                    "a step has one action, this one has {}",
+                    given.join(" and ")
+                )
+            };
+            self.error(&at, msg);
+            return None;
+        }
+        let is_command = s.run.is_some() || s.sh.is_some();
+        if !is_command {
+            self.refuse_command_fields(s, given[0]);
+        }
+        let (name, action) = if let Some(run) = &s.run {
+            if run.value.is_empty() {
+                self.error(&run.referenced, "run needs at least a program name");
             }
-            (None, Some(sh)) => {
-                self.check_placeholders(&sh.value, &sh.referenced, namespaces);
-                vec!["sh".to_string(), "-c".to_string(), sh.value.clone()]
+            for arg in &run.value {
+                self.check_placeholders(&arg.value, &arg.referenced, namespaces);
             }
-            (Some(_), Some(sh)) => {
-                self.error(
-                    &sh.referenced,
-                    "a step has one action: `run` or `sh`, not both",
-                );
-                return None;
-            }
-            (None, None) => {
-                self.error(
-                    &at,
-                    "this step has no action: add `run: [program, args...]` or `sh: script`",
-                );
-                return None;
-            }
+            let argv: Vec<String> = run.value.iter().map(|a| a.value.clone()).collect();
+            (argv.join(" "), self.run_action(s, argv, namespaces))
+        } else if let Some(sh) = &s.sh {
+            self.check_placeholders(&sh.value, &sh.referenced, namespaces);
+            let argv = vec!["sh".to_string(), "-c".to_string(), sh.value.clone()];
+            (sh.value.clone(), self.run_action(s, argv, namespaces))
+        } else if let Some(inject) = &s.inject {
+            let action = self.inject(&inject.value, machine, namespaces)?;
+            (format!("inject {}", inject.value.kind.value), action)
+        } else {
+            let b = s.expect_badblocks.as_ref().expect("one action");
+            let action = self.expect_badblocks(b, machine, namespaces)?;
+            ("expect_badblocks".to_string(), action)
         };
+        Some(Step {
+            number,
+            name: s.name.clone().unwrap_or(name),
+            line: at.line() as u32,
+            action,
+            timeout: s.timeout.map(|t| t.0).unwrap_or(DEFAULT_STEP_TIMEOUT),
+            expect: self.expect(&s.expect),
+            dmesg: self.regexes(&s.expect.dmesg),
+            dmesg_not: self.regexes(&s.expect.dmesg_not),
+        })
+    }
+
+    fn run_action(
+        &mut self,
+        s: &model::StepEntry,
+        argv: Vec<String>,
+        namespaces: &[NamespaceSpec],
+    ) -> Action {
         if let Some(stdin) = &s.stdin {
             self.check_placeholders(&stdin.value, &stdin.referenced, namespaces);
         }
-        let expect = self.expect(&s.expect);
-        Some(Step {
-            number,
-            name: s.name.clone().unwrap_or_else(|| action.join(" ")),
-            line: at.line() as u32,
-            action: Action::Run {
-                argv: action,
-                stdin: s.stdin.as_ref().map(|x| x.value.clone()),
-                env: s.env.clone(),
+        Action::Run {
+            argv,
+            stdin: s.stdin.as_ref().map(|x| x.value.clone()),
+            env: s.env.clone(),
+        }
+    }
+
+    /// `stdin`, `env` and the result expectations only make sense for a
+    /// command; elsewhere they would silently check nothing.
+    fn refuse_command_fields(&mut self, s: &model::StepEntry, action: &str) {
+        let e = &s.expect;
+        let spans = [
+            s.stdin.as_ref().map(|x| x.referenced),
+            e.exit.as_ref().map(|x| x.referenced),
+            e.stdout.as_ref().map(|x| x.referenced),
+            e.stderr.as_ref().map(|x| x.referenced),
+            e.stdout_not.as_ref().map(|x| x.referenced),
+            e.json.as_ref().map(|x| x.referenced),
+        ];
+        for at in spans.into_iter().flatten() {
+            self.error(
+                &at,
+                format!(
+                    "`{action}` runs no command: only `expect.dmesg` and `expect.dmesg_not` apply"
+                ),
+            );
+        }
+        if !s.env.is_empty() {
+            self.error(
+                &self.here_of_step(s),
+                format!("`{action}` runs no command: `env` does not apply"),
+            );
+        }
+    }
+
+    fn here_of_step(&self, s: &model::StepEntry) -> Location {
+        s.inject
+            .as_ref()
+            .map(|i| i.referenced)
+            .or(s.expect_badblocks.as_ref().map(|b| b.referenced))
+            .expect("called for non-command steps")
+    }
+
+    /// The target of an inject or expect_badblocks: a namespace or a region.
+    fn target(
+        &mut self,
+        at: &Location,
+        namespace: &Option<Spanned<String>>,
+        region: &Option<Spanned<usize>>,
+        machine: &MachineSpec,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<Target> {
+        match (namespace, region) {
+            (Some(ns), None) => {
+                if namespaces.iter().any(|n| n.name == ns.value) {
+                    Some(Target::Namespace(ns.value.clone()))
+                } else {
+                    let known: Vec<_> = namespaces.iter().map(|n| n.name.as_str()).collect();
+                    self.error(
+                        &ns.referenced,
+                        format!(
+                            "unknown namespace `{}` (setup defines: {})",
+                            ns.value,
+                            known.join(", ")
+                        ),
+                    );
+                    None
+                }
+            }
+            (None, Some(r)) => {
+                if r.value < machine.nvdimms.len() {
+                    Some(Target::Region(r.value))
+                } else {
+                    self.error(
+                        &r.referenced,
+                        format!(
+                            "region {} does not exist: the machine has {} NVDIMM(s)",
+                            r.value,
+                            machine.nvdimms.len()
+                        ),
+                    );
+                    None
+                }
+            }
+            _ => {
+                self.error(
+                    at,
+                    "name exactly one of `namespace` or `region` (an NVDIMM index)",
+                );
+                None
+            }
+        }
+    }
+
+    fn inject(
+        &mut self,
+        e: &model::InjectEntry,
+        machine: &MachineSpec,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<Action> {
+        let kind = match mce::Kind::from_name(&e.kind.value) {
+            Some(mce::Kind::Load) => {
+                self.error(
+                    &e.kind.referenced,
+                    "kind `load` (SRAR) must hit a task that is reading the line: a `consume` step injects it; \
+                     on an idle CPU it panics the guest",
+                );
+                None
+            }
+            Some(k) => Some(k),
+            None => {
+                self.error(
+                    &e.kind.referenced,
+                    format!("unknown kind `{}`: use `scrub`", e.kind.value),
+                );
+                None
+            }
+        };
+        let target = self.target(
+            &e.kind.referenced,
+            &e.namespace,
+            &e.region,
+            machine,
+            namespaces,
+        );
+        let base = match e.from.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
+            None | Some(("data", _)) => Base::Data,
+            Some(("start", at)) => {
+                if e.namespace.is_none() {
+                    self.error(&at, "`from: start` applies to a namespace");
+                }
+                Base::Start
+            }
+            Some((other, at)) => {
+                self.error(&at, format!("from `{other}`: use `data` or `start`"));
+                Base::Data
+            }
+        };
+        let offset = e.offset.value.bytes();
+        if !offset.is_multiple_of(mce::GRANULE) {
+            self.error(
+                &e.offset.referenced,
+                format!(
+                    "offset {:#x} is not a multiple of {} bytes: a machine check names a whole cache line",
+                    offset,
+                    mce::GRANULE
+                ),
+            );
+        }
+        // The exact bound (the data size) is only known in the VM; what the
+        // raw sizes already rule out is an error now.
+        let limit = match &target {
+            Some(Target::Namespace(n)) => namespaces
+                .iter()
+                .find(|x| &x.name == n)
+                .map(|x| x.size.bytes()),
+            Some(Target::Region(i)) => machine.nvdimms.get(*i).map(|nv| nv.region_size()),
+            None => None,
+        };
+        if let Some(limit) = limit {
+            if offset >= limit {
+                self.error(
+                    &e.offset.referenced,
+                    format!(
+                        "offset {} is beyond the target's {} bytes",
+                        e.offset.value,
+                        ByteSize(limit)
+                    ),
+                );
+            }
+        }
+        let cpu = e.cpu.as_ref().map(|c| c.value).unwrap_or(0);
+        if let Some(c) = &e.cpu {
+            if c.value >= machine.cpus {
+                self.error(
+                    &c.referenced,
+                    format!(
+                        "cpu {} does not exist: the machine has {}",
+                        c.value, machine.cpus
+                    ),
+                );
+            }
+        }
+        Some(Action::Inject {
+            kind: kind?,
+            at: address::Location {
+                target: target?,
+                offset,
+                base,
             },
-            timeout: s.timeout.map(|t| t.0).unwrap_or(DEFAULT_STEP_TIMEOUT),
-            expect,
+            cpu,
+        })
+    }
+
+    fn expect_badblocks(
+        &mut self,
+        b: &Spanned<model::BadblocksEntry>,
+        machine: &MachineSpec,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<Action> {
+        let e = &b.value;
+        let target = self.target(&b.referenced, &e.namespace, &e.region, machine, namespaces);
+        let exact = match e.r#match.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
+            None | Some(("exact", _)) => true,
+            Some(("contains", _)) => false,
+            Some((other, at)) => {
+                self.error(&at, format!("match `{other}`: use `exact` or `contains`"));
+                true
+            }
+        };
+        let mut ranges: Vec<Range> = e
+            .sectors
+            .iter()
+            .map(|s| match s {
+                model::SectorEntry::One(n) => Range {
+                    sector: *n,
+                    count: 1,
+                },
+                model::SectorEntry::Range { sector, count } => Range {
+                    sector: *sector,
+                    count: *count,
+                },
+            })
+            .collect();
+        ranges.extend(e.offsets.iter().map(|o| Range {
+            sector: o.bytes() / SECTOR,
+            count: 1,
+        }));
+        Some(Action::ExpectBadblocks {
+            target: target?,
+            ranges: badblocks::normalize(ranges),
+            exact,
         })
     }
 
@@ -567,7 +829,9 @@ steps:
         assert_eq!(c.steps[1].timeout, std::time::Duration::from_secs(90));
         assert_eq!(c.steps[1].expect.exit, ExitExpect::NonZero);
         assert_eq!(c.steps[1].expect.stderr.len(), 2);
-        let Action::Run { argv, .. } = &c.steps[1].action;
+        let Action::Run { argv, .. } = &c.steps[1].action else {
+            panic!("a run step")
+        };
         assert_eq!(argv[..2], ["sh", "-c"]);
     }
 

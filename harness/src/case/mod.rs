@@ -9,9 +9,13 @@
 pub mod load;
 pub mod model;
 
+use crate::address::{Location, Target};
+use crate::badblocks::Range;
 use crate::expect::RunExpect;
 use crate::machine::MachineSpec;
+use crate::mce;
 use crate::size::ByteSize;
+use regex::Regex;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -37,6 +41,8 @@ pub struct Case {
     pub boot_timeout: Duration,
     pub namespaces: Vec<NamespaceSpec>,
     pub steps: Vec<Step>,
+    /// Kernel log lines the oracle tolerates (see [`crate::oracle`]).
+    pub allow_dmesg: Vec<Regex>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +64,12 @@ pub struct Step {
     pub line: u32,
     pub action: Action,
     pub timeout: Duration,
+    /// Expectations on a `run`'s result (defaults for other actions).
     pub expect: RunExpect,
+    /// Each must match a kernel log line logged during the step.
+    pub dmesg: Vec<Regex>,
+    /// None may match a kernel log line logged during the step.
+    pub dmesg_not: Vec<Regex>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +79,20 @@ pub enum Action {
         argv: Vec<String>,
         stdin: Option<String>,
         env: BTreeMap<String, String>,
+    },
+    /// Inject a machine check at a location, then wait until QEMU reports
+    /// it (QMP MEMORY_FAILURE) and the region lists the badblock.
+    Inject {
+        kind: mce::Kind,
+        at: Location,
+        cpu: u32,
+    },
+    /// Compare a region's or namespace's badblocks with `ranges`, through
+    /// sysfs and `ndctl list --media-errors` both.
+    ExpectBadblocks {
+        target: Target,
+        ranges: Vec<Range>,
+        exact: bool,
     },
 }
 

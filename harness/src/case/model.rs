@@ -23,6 +23,13 @@ pub struct CaseFile {
     #[serde(default)]
     pub setup: SetupSection,
     pub steps: Spanned<Vec<Spanned<StepEntry>>>,
+    /// Kernel log lines matching one of these regexes do not trip the
+    /// oracle's "no BUG/Oops/WARNING/panic" rule.
+    #[serde(default)]
+    pub allow_dmesg: Option<Spanned<Patterns>>,
+    /// Expanded before parsing (see [`super::matrix`]); ignored here.
+    #[serde(default)]
+    pub matrix: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -101,8 +108,52 @@ pub struct StepEntry {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Timeout>,
+    /// Inject a machine check (see [`crate::mce`]).
+    pub inject: Option<Spanned<InjectEntry>>,
+    /// Check the badblocks of a region or namespace.
+    pub expect_badblocks: Option<Spanned<BadblocksEntry>>,
     #[serde(default)]
     pub expect: ExpectEntry,
+}
+
+/// A machine check at a place in case terms: exactly one of `namespace` or
+/// `region`, and an `offset`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectEntry {
+    /// `scrub` (SRAO) for now; `load` (SRAR) needs a reader: see `consume`.
+    pub kind: Spanned<String>,
+    pub namespace: Option<Spanned<String>>,
+    /// A QEMU NVDIMM index: the location is in that NVDIMM's region.
+    pub region: Option<Spanned<usize>>,
+    pub offset: Spanned<ByteSize>,
+    /// `data` (default): offset 0 is the first byte of the namespace's data;
+    /// `start`: its first byte, metadata included.
+    pub from: Option<Spanned<String>>,
+    /// vCPU that takes the machine check (default 0).
+    pub cpu: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadblocksEntry {
+    pub namespace: Option<Spanned<String>>,
+    pub region: Option<Spanned<usize>>,
+    /// Sectors (512 bytes) in the frame of the namespace data or the region.
+    #[serde(default)]
+    pub sectors: Vec<SectorEntry>,
+    /// Byte offsets in the same frame; each names the sector holding it.
+    #[serde(default)]
+    pub offsets: Vec<ByteSize>,
+    /// `exact` (default) or `contains`.
+    pub r#match: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum SectorEntry {
+    One(u64),
+    Range { sector: u64, count: u64 },
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -116,6 +167,10 @@ pub struct ExpectEntry {
     pub stdout_not: Option<Spanned<Patterns>>,
     /// stdout parsed as JSON must contain this (see [`crate::json_subset`]).
     pub json: Option<Spanned<serde_json::Value>>,
+    /// Each must match a kernel log line logged while the step ran.
+    pub dmesg: Option<Spanned<Patterns>>,
+    /// None may match a kernel log line logged while the step ran.
+    pub dmesg_not: Option<Spanned<Patterns>>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

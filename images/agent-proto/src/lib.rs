@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bump on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of the virtio-serial port (`virtserialport,name=...`). The agent finds
 /// its device by this name under /sys/class/virtio-ports.
@@ -36,6 +36,14 @@ pub struct Request {
 pub enum Op {
     /// Run a program (no shell involved: `argv[0]` is looked up in PATH).
     Run(RunRequest),
+    /// Read small files (sysfs attributes) without starting a process:
+    /// under TCG an exec costs tens of milliseconds, and the lab reads
+    /// dozens of attributes after every step.
+    ReadFiles { paths: Vec<String> },
+    /// Kernel log records with a sequence number above `after` (all when
+    /// `None`), from /dev/kmsg: exact "since this step began" semantics,
+    /// which diffing `dmesg` text cannot give.
+    Kmsg { after: Option<u64> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -75,11 +83,66 @@ pub enum GuestMessage {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
     Run(RunResult),
+    /// One entry per requested path, in order.
+    Files {
+        files: Vec<FileRead>,
+    },
+    Kmsg {
+        records: Vec<KmsgRecord>,
+    },
     /// The request could not be carried out at all (e.g. the program does not
     /// exist). A program that runs and fails is a `Run` with its exit status.
     Error {
         message: String,
     },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FileRead {
+    Text { text: String },
+    Error { message: String },
+}
+
+/// One /dev/kmsg record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KmsgRecord {
+    pub seq: u64,
+    /// Syslog priority (0 emerg .. 7 debug).
+    pub level: u8,
+    /// Microseconds since boot.
+    pub usec: u64,
+    pub text: String,
+}
+
+impl KmsgRecord {
+    /// Parse "PRI,SEQ,USEC,FLAGS[,...];TEXT" (continuation lines, which
+    /// start with a space, are not part of the record text).
+    pub fn parse(record: &str) -> Option<KmsgRecord> {
+        let (head, body) = record.split_once(';')?;
+        let mut fields = head.split(',');
+        let pri: u32 = fields.next()?.parse().ok()?;
+        let seq = fields.next()?.parse().ok()?;
+        let usec = fields.next()?.parse().ok()?;
+        let text = body.lines().next().unwrap_or("").to_string();
+        Some(KmsgRecord {
+            seq,
+            level: (pri & 7) as u8,
+            usec,
+            text,
+        })
+    }
+
+    /// Like dmesg: `[   12.345678] text`.
+    pub fn render(&self) -> String {
+        format!(
+            "[{:5}.{:06}] {}",
+            self.usec / 1_000_000,
+            self.usec % 1_000_000,
+            self.text
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -141,6 +204,21 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn kmsg_records_parse_like_the_kernel_writes_them() {
+        let r = KmsgRecord::parse(
+            "4,812,2345678,-;Memory failure: 0x10200: recovery action\n SUBSYSTEM=x",
+        )
+        .unwrap();
+        assert_eq!((r.level, r.seq, r.usec), (4, 812, 2345678));
+        assert_eq!(r.text, "Memory failure: 0x10200: recovery action");
+        assert_eq!(
+            r.render(),
+            "[    2.345678] Memory failure: 0x10200: recovery action"
+        );
+        assert!(KmsgRecord::parse("garbage").is_none());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! the channel; all writes go through one mutex so lines never interleave.
 
 use pmem_lab_proto::{
-    GuestMessage, Op, Reply, Request, RunRequest, RunResult, PORT_NAME, PROTOCOL_VERSION,
+    FileRead, GuestMessage, KmsgRecord, Op, Reply, Request, RunRequest, RunResult, PORT_NAME,
+    PROTOCOL_VERSION,
 };
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -79,6 +80,13 @@ fn handle_line(out: &Out, line: &str) {
         let reply = match req.op {
             Op::Run(run_req) => match run(&run_req) {
                 Ok(r) => Reply::Run(r),
+                Err(message) => Reply::Error { message },
+            },
+            Op::ReadFiles { paths } => Reply::Files {
+                files: paths.iter().map(|p| read_file(p)).collect(),
+            },
+            Op::Kmsg { after } => match kmsg(after) {
+                Ok(records) => Reply::Kmsg { records },
                 Err(message) => Reply::Error { message },
             },
         };
@@ -178,6 +186,50 @@ fn run(req: &RunRequest) -> Result<RunResult, String> {
         timed_out,
         duration_ms: start.elapsed().as_millis() as u64,
     })
+}
+
+fn read_file(path: &str) -> FileRead {
+    match fs::read(path) {
+        Ok(bytes) => FileRead::Text {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        },
+        Err(e) => FileRead::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Every record in the kernel's log buffer with a sequence number above
+/// `after`. /dev/kmsg hands out one record per read(); a non-blocking read
+/// past the last one fails with EAGAIN, and EPIPE means records were
+/// overwritten before we read them (we skip ahead, the lab sees the gap in
+/// the sequence numbers).
+fn kmsg(after: Option<u64>) -> Result<Vec<KmsgRecord>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .map_err(|e| format!("open /dev/kmsg: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if let Some(r) = KmsgRecord::parse(&text) {
+                    if after.is_none_or(|a| r.seq > a) {
+                        out.push(r);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) => return Err(format!("read /dev/kmsg: {e}")),
+        }
+    }
+    Ok(out)
 }
 
 fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {

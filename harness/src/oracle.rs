@@ -1,0 +1,361 @@
+//! The error-state oracle. After every step the lab takes a [`Snapshot`] of
+//! what the guest says about media errors, keeps it in the case's artifacts
+//! (`state.jsonl`), and checks the rules that hold whatever the case is
+//! about:
+//!
+//! 1. each region's badblocks read the same through sysfs
+//!    (`regionN/badblocks`) and through `ndctl list --media-errors`;
+//! 2. each namespace's badblocks (ndctl's view, and the pmem block device's
+//!    `badblocks` for raw and fsdax) equal its region's badblocks inside the
+//!    namespace's data range, counted from the data start;
+//! 3. the kernel logged no BUG, Oops, WARNING, panic or similar during the
+//!    step, unless the case's `allow_dmesg` covers the line.
+//!
+//! A violation fails the case with both sides printed.
+
+use crate::address::Geometry;
+use crate::badblocks::{self, Range, SECTOR};
+use crate::guest::Guest;
+use crate::setup::{json_list, Layout};
+use pmem_lab_proto::KmsgRecord;
+use regex::Regex;
+use serde_json::{json, Value};
+
+/// Kernel log text that means something went wrong in the kernel itself.
+const KERNEL_TROUBLE: [&str; 9] = [
+    "BUG:",
+    "Oops",
+    "WARNING:",
+    "Kernel panic",
+    "general protection fault",
+    "kernel BUG at",
+    "Call Trace:",
+    "UBSAN:",
+    "list_add corruption",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionState {
+    pub dev: String,
+    pub sysfs: Vec<Range>,
+    pub ndctl: Vec<Range>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceState {
+    /// The case's name.
+    pub name: String,
+    pub dev: String,
+    pub ndctl: Vec<Range>,
+    /// The pmem block device's badblocks (raw, fsdax); device-dax has none.
+    pub sysfs: Option<Vec<Range>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub regions: Vec<RegionState>,
+    pub namespaces: Vec<NamespaceState>,
+    /// Kernel log records since the previous snapshot.
+    pub kmsg: Vec<KmsgRecord>,
+    /// What `ndctl list --media-errors` printed, for the artifacts.
+    pub ndctl_json: Value,
+}
+
+impl Snapshot {
+    pub fn region(&self, index: usize) -> Option<&RegionState> {
+        self.regions.get(index)
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceState> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    pub fn to_json(&self, step: &str) -> Value {
+        let show = |r: &[Range]| badblocks::show(r);
+        json!({
+            "after": step,
+            "regions": self.regions.iter().map(|r| json!({
+                "dev": r.dev, "sysfs": show(&r.sysfs), "ndctl": show(&r.ndctl)})).collect::<Vec<_>>(),
+            "namespaces": self.namespaces.iter().map(|n| json!({
+                "name": n.name, "dev": n.dev, "ndctl": show(&n.ndctl),
+                "sysfs": n.sysfs.as_deref().map(show)})).collect::<Vec<_>>(),
+            "dmesg": self.kmsg.iter().map(KmsgRecord::render).collect::<Vec<_>>(),
+            "ndctl": self.ndctl_json,
+        })
+    }
+}
+
+/// Read the error state. `after_seq`: the last kernel log record already
+/// seen (from the previous snapshot).
+pub fn take(
+    guest: &mut Guest,
+    layout: &Layout,
+    after_seq: Option<u64>,
+) -> Result<Snapshot, String> {
+    let mut snap = Snapshot {
+        kmsg: guest.kmsg(after_seq).map_err(|e| e.to_string())?,
+        ..Default::default()
+    };
+    if layout.regions.is_empty() {
+        return Ok(snap);
+    }
+    let listed = guest.ok(&[
+        "ndctl",
+        "list",
+        "--regions",
+        "--namespaces",
+        "--media-errors",
+        "--bus=ACPI.NFIT",
+    ])?;
+    // With several object kinds (-R and -N), ndctl nests: {"regions": [...
+    // {"namespaces": [...]}]}; with one region and no wrapper, a bare object.
+    let top = json_list(&listed.stdout)?;
+    let regions_json: Vec<Value> = match top.as_slice() {
+        [one] if one.get("regions").is_some() => json_list(&one["regions"].to_string())?,
+        _ => top,
+    };
+    snap.ndctl_json = Value::Array(regions_json.clone());
+    let mut paths: Vec<String> = layout
+        .regions
+        .iter()
+        .map(|r| format!("/sys/bus/nd/devices/{r}/badblocks"))
+        .collect();
+    let blocks: Vec<(String, String)> = layout
+        .namespaces
+        .iter()
+        .filter_map(|(name, info)| info.blockdev.as_ref().map(|b| (name.clone(), b.clone())))
+        .collect();
+    paths.extend(
+        blocks
+            .iter()
+            .map(|(_, b)| format!("/sys/block/{b}/badblocks")),
+    );
+    let files = guest.read_all(&paths)?;
+    for (region, text) in layout.regions.iter().zip(&files) {
+        let obj = regions_json.iter().find(|r| r["dev"] == region.as_str());
+        snap.regions.push(RegionState {
+            dev: region.clone(),
+            sysfs: badblocks::parse_sysfs(text)?,
+            ndctl: obj
+                .map(badblocks::parse_ndctl)
+                .transpose()?
+                .unwrap_or_default(),
+        });
+    }
+    for (name, info) in &layout.namespaces {
+        let obj = regions_json
+            .iter()
+            .filter_map(|r| r.get("namespaces").and_then(Value::as_array))
+            .flatten()
+            .find(|n| n["dev"] == info.dev.as_str());
+        let sysfs = match blocks.iter().position(|(n, _)| n == name) {
+            Some(i) => Some(badblocks::parse_sysfs(&files[layout.regions.len() + i])?),
+            None => None,
+        };
+        snap.namespaces.push(NamespaceState {
+            name: name.clone(),
+            dev: info.dev.clone(),
+            ndctl: obj
+                .map(badblocks::parse_ndctl)
+                .transpose()?
+                .unwrap_or_default(),
+            sysfs,
+        });
+    }
+    Ok(snap)
+}
+
+/// What the namespace's badblocks must be, given its region's.
+pub fn expected_namespace_view(
+    geometry: &Geometry,
+    snap: &Snapshot,
+    name: &str,
+) -> Option<Vec<Range>> {
+    let ns = geometry.namespace(name).ok()?;
+    let region_geom = geometry.region(ns.region).ok()?;
+    let region = snap.region(ns.region)?;
+    Some(badblocks::window(
+        &region.sysfs,
+        ns.data_first_sector(region_geom),
+        ns.data_size / SECTOR,
+    ))
+}
+
+/// Every broken rule, one message each, with both sides.
+pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &snap.regions {
+        if r.sysfs != r.ndctl {
+            out.push(format!(
+                "{}: sysfs badblocks {} but ndctl list --media-errors {}",
+                r.dev,
+                badblocks::show(&r.sysfs),
+                badblocks::show(&r.ndctl)
+            ));
+        }
+    }
+    for n in &snap.namespaces {
+        let Some(want) = expected_namespace_view(geometry, snap, &n.name) else {
+            continue;
+        };
+        let region = &snap.regions[geometry.namespace(&n.name).map(|g| g.region).unwrap_or(0)];
+        if n.ndctl != want {
+            out.push(format!(
+                "{} (`{}`): ndctl lists badblocks {} but its region {} has {} there, which is {} from the data start",
+                n.dev,
+                n.name,
+                badblocks::show(&n.ndctl),
+                region.dev,
+                badblocks::show(&region.sysfs),
+                badblocks::show(&want)
+            ));
+        }
+        if let Some(sysfs) = &n.sysfs {
+            if *sysfs != want {
+                out.push(format!(
+                    "{} (`{}`): block device badblocks {} but its region's view gives {}",
+                    n.dev,
+                    n.name,
+                    badblocks::show(sysfs),
+                    badblocks::show(&want)
+                ));
+            }
+        }
+    }
+    out.extend(
+        kernel_trouble(&snap.kmsg, allow)
+            .into_iter()
+            .map(|l| format!("kernel log: {l}")),
+    );
+    out
+}
+
+/// Log lines that mean kernel trouble and are not allowed by the case.
+pub fn kernel_trouble(records: &[KmsgRecord], allow: &[Regex]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| KERNEL_TROUBLE.iter().any(|m| r.text.contains(m)))
+        .filter(|r| !allow.iter().any(|a| a.is_match(&r.text)))
+        .map(KmsgRecord::render)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{NamespaceGeometry, RegionGeometry};
+    use crate::case::NamespaceMode;
+    use crate::size::MIB;
+
+    fn r(sector: u64, count: u64) -> Range {
+        Range { sector, count }
+    }
+
+    fn geometry() -> Geometry {
+        let start = 0x1_0000_0000;
+        Geometry {
+            regions: vec![RegionGeometry {
+                dev: "region0".into(),
+                start,
+                size: 1022 * MIB,
+            }],
+            namespaces: vec![NamespaceGeometry {
+                name: "fs".into(),
+                region: 0,
+                mode: NamespaceMode::Fsdax,
+                start,
+                size: 512 * MIB,
+                data_start: start + 2 * MIB,
+                data_size: 510 * MIB,
+            }],
+        }
+    }
+
+    fn snapshot(region: Vec<Range>, ns_ndctl: Vec<Range>, ns_sysfs: Vec<Range>) -> Snapshot {
+        Snapshot {
+            regions: vec![RegionState {
+                dev: "region0".into(),
+                sysfs: region.clone(),
+                ndctl: region,
+            }],
+            namespaces: vec![NamespaceState {
+                name: "fs".into(),
+                dev: "namespace0.0".into(),
+                ndctl: ns_ndctl,
+                sysfs: Some(ns_sysfs),
+            }],
+            kmsg: Vec::new(),
+            ndctl_json: Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_consistent_state_passes() {
+        // Region sector 4096+8 is 2M (sector 4096) past the region start,
+        // so sector 8 of the namespace data; sector 10 is metadata.
+        let snap = snapshot(vec![r(10, 1), r(4104, 1)], vec![r(8, 1)], vec![r(8, 1)]);
+        assert!(violations(&geometry(), &snap, &[]).is_empty());
+    }
+
+    #[test]
+    fn clear_reported_but_badblocks_remaining_is_caught() {
+        // The namespace claims clean while the region still has the error.
+        let snap = snapshot(vec![r(4104, 1)], vec![], vec![]);
+        let v = violations(&geometry(), &snap, &[]);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v[0].contains("ndctl lists badblocks [] but its region region0 has [4104]"),
+            "{}",
+            v[0]
+        );
+        assert!(
+            v[0].contains("which is [8] from the data start"),
+            "{}",
+            v[0]
+        );
+        assert!(
+            v[1].contains("block device badblocks [] but its region's view gives [8]"),
+            "{}",
+            v[1]
+        );
+    }
+
+    #[test]
+    fn sysfs_and_ndctl_must_agree_on_regions() {
+        let mut snap = snapshot(vec![], vec![], vec![]);
+        snap.regions[0].ndctl = vec![r(1, 1)];
+        let v = violations(&geometry(), &snap, &[]);
+        assert_eq!(
+            v,
+            ["region0: sysfs badblocks [] but ndctl list --media-errors [1]"]
+        );
+    }
+
+    #[test]
+    fn kernel_warnings_fail_unless_allowed() {
+        let mut snap = snapshot(vec![], vec![], vec![]);
+        snap.kmsg = vec![
+            KmsgRecord {
+                seq: 1,
+                level: 6,
+                usec: 1,
+                text: "Memory failure: 0x100a00: recovery action for dax page: Recovered".into(),
+            },
+            KmsgRecord {
+                seq: 2,
+                level: 4,
+                usec: 2,
+                text: "WARNING: CPU: 0 PID: 1 at drivers/acpi/nfit/core.c:3000".into(),
+            },
+        ];
+        let v = violations(&geometry(), &snap, &[]);
+        assert_eq!(v.len(), 1);
+        assert!(
+            v[0].starts_with("kernel log: [    0.000002] WARNING: CPU: 0"),
+            "{}",
+            v[0]
+        );
+        let allow = [Regex::new("nfit/core.c").unwrap()];
+        assert!(violations(&geometry(), &snap, &allow).is_empty());
+    }
+}

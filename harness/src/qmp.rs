@@ -1,0 +1,181 @@
+//! QMP, QEMU's JSON monitor protocol: the framing and message types.
+//!
+//! A small typed layer over serde_json rather than a crate: the lab needs
+//! three things (commands with replies matched by id, asynchronous events
+//! such as MEMORY_FAILURE kept in order, and HMP commands through
+//! `human-monitor-command`), while the QAPI crates generate bindings for the
+//! whole schema and bring an async runtime. The socket itself is driven by
+//! [`crate::vm::Vm`], whose event loop also watches the console and the agent.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// One message from QEMU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Return {
+        id: Option<u64>,
+        value: Value,
+    },
+    Error {
+        id: Option<u64>,
+        class: String,
+        desc: String,
+    },
+    Event {
+        name: String,
+        data: Value,
+        raw: Value,
+    },
+    Greeting,
+}
+
+impl Message {
+    pub fn parse(v: Value) -> Result<Message, String> {
+        let id = v.get("id").and_then(Value::as_u64);
+        if let Some(ret) = v.get("return") {
+            return Ok(Message::Return {
+                id,
+                value: ret.clone(),
+            });
+        }
+        if let Some(err) = v.get("error") {
+            let field = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            return Ok(Message::Error {
+                id,
+                class: field("class"),
+                desc: field("desc"),
+            });
+        }
+        if let Some(name) = v.get("event").and_then(Value::as_str) {
+            let data = v.get("data").cloned().unwrap_or(Value::Null);
+            return Ok(Message::Event {
+                name: name.to_string(),
+                data,
+                raw: v.clone(),
+            });
+        }
+        if v.get("QMP").is_some() {
+            return Ok(Message::Greeting);
+        }
+        Err(format!("unrecognised QMP message: {v}"))
+    }
+}
+
+/// A command line, newline-terminated.
+pub fn command(execute: &str, arguments: Option<Value>, id: u64) -> String {
+    let mut cmd = json!({ "execute": execute, "id": id });
+    if let Some(args) = arguments {
+        cmd["arguments"] = args;
+    }
+    let mut line = cmd.to_string();
+    line.push('\n');
+    line
+}
+
+/// An HMP command through QMP.
+pub fn hmp(command_line: &str, id: u64) -> String {
+    command(
+        "human-monitor-command",
+        Some(json!({ "command-line": command_line })),
+        id,
+    )
+}
+
+/// Read the greeting and leave capabilities negotiation mode. Returns the
+/// reader positioned after the handshake, for the event thread.
+pub fn handshake(
+    stream: &mut UnixStream,
+    timeout: Duration,
+) -> Result<BufReader<UnixStream>, String> {
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut read = |what: &str| -> Result<Message, String> {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("QMP {what}: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("QMP {what}: {e}: {line:?}"))?;
+        Message::parse(v)
+    };
+    match read("greeting")? {
+        Message::Greeting => {}
+        other => return Err(format!("QMP: expected the greeting, got {other:?}")),
+    }
+    stream
+        .write_all(command("qmp_capabilities", None, 0).as_bytes())
+        .map_err(|e| format!("QMP: {e}"))?;
+    match read("capabilities")? {
+        Message::Return { .. } => {}
+        other => return Err(format!("QMP: qmp_capabilities answered {other:?}")),
+    }
+    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+    reader
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(|e| e.to_string())?;
+    Ok(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replies_errors_and_events() {
+        let r = Message::parse(json!({"return": {}, "id": 3})).unwrap();
+        assert_eq!(
+            r,
+            Message::Return {
+                id: Some(3),
+                value: json!({})
+            }
+        );
+        let e =
+            Message::parse(json!({"error": {"class": "GenericError", "desc": "nope"}, "id": 4}))
+                .unwrap();
+        assert_eq!(
+            e,
+            Message::Error {
+                id: Some(4),
+                class: "GenericError".into(),
+                desc: "nope".into()
+            }
+        );
+        let ev = json!({"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": "inject",
+            "flags": {"action-required": false, "recursive": false}}, "timestamp": {"seconds": 1, "microseconds": 2}});
+        match Message::parse(ev).unwrap() {
+            Message::Event { name, data, .. } => {
+                assert_eq!(name, "MEMORY_FAILURE");
+                assert_eq!(data["action"], "inject");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Message::parse(json!({"QMP": {"version": {}}})).unwrap(),
+            Message::Greeting
+        );
+        assert!(Message::parse(json!({"what": 1})).is_err());
+    }
+
+    #[test]
+    fn commands_carry_ids_and_hmp_goes_through_qmp() {
+        assert_eq!(
+            command("query-status", None, 7),
+            "{\"execute\":\"query-status\",\"id\":7}\n"
+        );
+        let line = hmp("mce -b 0 9 0x1 0x5 0x100000000 0x86", 8);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["execute"], "human-monitor-command");
+        assert_eq!(
+            v["arguments"]["command-line"],
+            "mce -b 0 9 0x1 0x5 0x100000000 0x86"
+        );
+        assert_eq!(v["id"], 8);
+    }
+}
