@@ -78,6 +78,22 @@ impl Guest {
             .collect()
     }
 
+    /// Write a sysfs attribute (or any existing file).
+    pub fn write_file(&mut self, path: &str, contents: &str) -> Result<(), String> {
+        let op = Op::WriteFile {
+            path: path.to_string(),
+            contents: contents.to_string(),
+        };
+        match self
+            .vm
+            .request(op, HOUSEKEEPING_TIMEOUT)
+            .map_err(|e| e.to_string())?
+        {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other).to_string()),
+        }
+    }
+
     /// Kernel log records after sequence number `after`.
     pub fn kmsg(&mut self, after: Option<u64>) -> Result<Vec<KmsgRecord>, VmError> {
         match self.vm.request(Op::Kmsg { after }, HOUSEKEEPING_TIMEOUT)? {

@@ -63,6 +63,25 @@ impl NvdimmSpec {
     }
 }
 
+impl MachineSpec {
+    /// Where each NVDIMM's region starts, relative to the first: QEMU places
+    /// an NVDIMM at the first address after the previous one's region (the
+    /// label area is not mapped) that its backend alignment allows. The
+    /// device-memory base itself is 1G aligned, so these offsets tell every
+    /// alignment that matters.
+    pub fn region_offsets(&self) -> Vec<u64> {
+        let mut at = 0u64;
+        self.nvdimms
+            .iter()
+            .map(|nv| {
+                let start = at.next_multiple_of(nv.align.bytes().max(1));
+                at = start + nv.region_size();
+                start
+            })
+            .collect()
+    }
+}
+
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -337,6 +356,16 @@ mod tests {
         // 4G, 1G backend: the label area costs a whole 1G step.
         assert_eq!(dimms[1].region_size(), 3 * GIB);
         assert_eq!(dimms[1].usable(), 3 * GIB);
+    }
+
+    #[test]
+    fn nvdimms_are_packed_after_each_others_regions() {
+        let mut spec = two_dimms();
+        // Measured: the second of two 1G/2M NVDIMMs starts 1022M after the first.
+        spec.nvdimms[1].align = NvdimmSpec::DEFAULT_ALIGN;
+        assert_eq!(spec.region_offsets(), [0, 1022 << 20]);
+        // A 1G backend lands on the next 1G boundary.
+        assert_eq!(two_dimms().region_offsets(), [0, GIB]);
     }
 
     #[test]

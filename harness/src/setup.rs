@@ -122,6 +122,15 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
         found.push((name.clone(), res.stdout));
     }
     layout.regions = regions_by_address(&found)?;
+    for (name, resource) in &found {
+        let start = number(resource, "region resource")?;
+        if let Some(align) = region_align_for(start) {
+            guest.write_file(
+                &format!("/sys/bus/nd/devices/{name}/align"),
+                &align.to_string(),
+            )?;
+        }
+    }
     if case.namespaces.is_empty() {
         layout.geometry = read_geometry(guest, case, &layout)?;
         return Ok(layout);
@@ -149,6 +158,20 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
     }
     layout.geometry = read_geometry(guest, case, &layout)?;
     Ok(layout)
+}
+
+/// libnvdimm wants namespaces aligned to the region's `align`, 16M by
+/// default. QEMU packs NVDIMMs back to back and each loses its label area,
+/// so the second of two 1G NVDIMMs starts at 4G + 1022M: not 16M aligned,
+/// and ndctl refuses every namespace there ("misaligned to 16M, adjust
+/// region alignment"). Such a region gets the largest power-of-two align
+/// that its start allows.
+pub fn region_align_for(start: u64) -> Option<u64> {
+    const DEFAULT: u64 = 16 << 20;
+    if start.is_multiple_of(DEFAULT) {
+        return None;
+    }
+    Some(1u64 << start.trailing_zeros().min(DEFAULT.trailing_zeros()))
 }
 
 /// Parse a sysfs number: `0x...` addresses or decimal sizes.
@@ -253,6 +276,14 @@ mod tests {
             2
         );
         assert!(json_list("42").is_err());
+    }
+
+    #[test]
+    fn misaligned_regions_get_the_align_their_start_allows() {
+        assert_eq!(region_align_for(0x1_0000_0000), None);
+        assert_eq!(region_align_for(0x1_3fe0_0000), Some(2 << 20));
+        assert_eq!(region_align_for(0x1_0100_0000), None);
+        assert_eq!(region_align_for(0x1_0080_0000), Some(8 << 20));
     }
 
     #[test]

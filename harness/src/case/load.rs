@@ -2,6 +2,7 @@
 //! `file:line:col: message` with the source line, and all problems of a file
 //! are reported at once, before any VM boots.
 
+use super::matrix;
 use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
 use super::{
     Action, Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT,
@@ -32,7 +33,7 @@ pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
     files.sort();
     Ok(files
         .into_iter()
-        .map(|path| load_file(root, &path))
+        .flat_map(|path| load_file(root, &path))
         .collect())
 }
 
@@ -51,28 +52,69 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn load_file(root: &Path, path: &Path) -> Loaded {
+/// One file: one case, or one per matrix cell (`id[cell]`).
+pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
     let id = path
         .strip_prefix(root)
         .unwrap_or(path)
         .with_extension("")
         .to_string_lossy()
         .into_owned();
-    let case = match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&id, path, &text),
-        Err(e) => Err(vec![CaseError {
+    let failed = |line, column, message: String, snippet: String| Loaded {
+        path: path.to_path_buf(),
+        id: id.clone(),
+        case: Err(vec![CaseError {
             path: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-            snippet: String::new(),
+            line,
+            column,
+            message,
+            snippet,
         }]),
     };
-    Loaded {
-        path: path.to_path_buf(),
-        id,
-        case,
-    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return vec![failed(0, 0, format!("cannot read: {e}"), String::new())],
+    };
+    let cells = match matrix::cells(&text) {
+        Ok(Some(cells)) => cells,
+        Ok(None) => {
+            return vec![Loaded {
+                path: path.to_path_buf(),
+                id: id.clone(),
+                case: load_str(&id, path, &text),
+            }]
+        }
+        Err((line, col, msg)) => return vec![failed(line, col, msg, snippet(&text, line, col))],
+    };
+    cells
+        .iter()
+        .map(|cell| {
+            let cell_id = format!("{id}[{}]", cell.label);
+            match matrix::substitute(&text, cell) {
+                Ok(expanded) => Loaded {
+                    path: path.to_path_buf(),
+                    case: load_str(&cell_id, path, &expanded),
+                    id: cell_id,
+                },
+                Err((line, col, msg)) => Loaded {
+                    id: cell_id,
+                    ..failed(line, col, msg, snippet(&text, line, col))
+                },
+            }
+        })
+        .collect()
+}
+
+/// The source line with a caret under `column`.
+fn snippet(text: &str, line: u32, column: u32) -> String {
+    text.lines()
+        .nth(line.saturating_sub(1) as usize)
+        .map(|src| {
+            let gutter = format!("{line} | ");
+            let pad = " ".repeat(gutter.len() + column.saturating_sub(1) as usize);
+            format!("{gutter}{src}\n{pad}^")
+        })
+        .unwrap_or_default()
 }
 
 /// Parse and check one case from its text.
@@ -129,16 +171,7 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn error(&mut self, at: &Location, message: impl Into<String>) {
         let (line, column) = (at.line() as u32, at.column() as u32);
-        let snippet = self
-            .text
-            .lines()
-            .nth(line.saturating_sub(1) as usize)
-            .map(|src| {
-                let gutter = format!("{line} | ");
-                let pad = " ".repeat(gutter.len() + column.saturating_sub(1) as usize);
-                format!("{gutter}{src}\n{pad}^")
-            })
-            .unwrap_or_default();
+        let snippet = snippet(self.text, line, column);
         self.errors.push(CaseError {
             path: self.path.to_path_buf(),
             line,
@@ -236,8 +269,12 @@ impl Checker<'_> {
             }
         }
         if let Some(a) = &nv.align {
-            if ![4 * KIB, 2 * MIB, GIB].contains(&a.value.bytes()) {
-                self.error(&a.referenced, "align must be 4K, 2M or 1G");
+            let b = a.value.bytes();
+            if !b.is_power_of_two() || !(4 * KIB..=GIB).contains(&b) {
+                self.error(
+                    &a.referenced,
+                    "align must be a power of two from 4K to 1G (e.g. 2M, 16M, 1G)",
+                );
             }
         }
         let spec = NvdimmSpec {
@@ -330,6 +367,24 @@ impl Checker<'_> {
                             nv.label_size,
                             ByteSize(used[nvdimm]),
                             ByteSize(nv.usable())
+                        ),
+                    );
+                }
+            }
+            if ns.mode != NamespaceMode::Raw {
+                if let Some(offset) = machine
+                    .region_offsets()
+                    .get(nvdimm)
+                    .filter(|o| !o.is_multiple_of(NvdimmSpec::REGION_ALIGN))
+                {
+                    self.error(
+                        &nvdimm_at,
+                        format!(
+                            "NVDIMM {nvdimm} will start {} after the first (QEMU packs each NVDIMM right after the \
+                             previous one's region), not on a 16M boundary, and ndctl refuses {} namespaces \
+                             there: give the NVDIMMs before it `align: 16M` (or a larger power of two)",
+                            ByteSize(*offset),
+                            ns.mode.ndctl_name()
                         ),
                     );
                 }
@@ -936,7 +991,7 @@ steps:
         let got = errors(text);
         assert!(
             got.iter()
-                .any(|g| g.starts_with("3:25 align must be 4K, 2M or 1G")),
+                .any(|g| g.starts_with("3:25 align must be a power of two from 4K to 1G")),
             "{got:?}"
         );
         assert!(
@@ -955,6 +1010,31 @@ steps:
                 .any(|g| g.starts_with("5:30 label_size must be at least 128K")),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn dax_namespaces_on_a_misaligned_second_nvdimm_are_refused() {
+        let text = "\
+machine:
+  nvdimms:
+    - {size: 1G}
+    - {size: 1G}
+setup:
+  namespaces:
+    - {name: a, nvdimm: 1, mode: raw, size: 256M}
+    - {name: b, nvdimm: 1, mode: devdax, size: 256M}
+steps:
+  - run: [true]
+";
+        let got = errors(text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("8:25 NVDIMM 1 will start 1022M after the first"),
+            "{got:?}"
+        );
+        assert!(got[0].contains("`align: 16M`"), "{got:?}");
+        let fixed = text.replacen("- {size: 1G}", "- {size: 1G, align: 16M}", 1);
+        assert!(load(&fixed).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`Case`]: plain data with defaults applied and regexes compiled.
 
 pub mod load;
+pub mod matrix;
 pub mod model;
 
 use crate::address::{Location, Target};

@@ -44,6 +44,9 @@ pub enum Op {
     /// `None`), from /dev/kmsg: exact "since this step began" semantics,
     /// which diffing `dmesg` text cannot give.
     Kmsg { after: Option<u64> },
+    /// Write `contents` to an existing file (a sysfs attribute), without a
+    /// shell in between.
+    WriteFile { path: String, contents: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -84,6 +87,8 @@ pub enum GuestMessage {
 pub enum Reply {
     Run(RunResult),
     /// One entry per requested path, in order.
+    /// The operation completed and has nothing to return.
+    Done,
     Files {
         files: Vec<FileRead>,
     },

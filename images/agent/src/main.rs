@@ -85,6 +85,16 @@ fn handle_line(out: &Out, line: &str) {
             Op::ReadFiles { paths } => Reply::Files {
                 files: paths.iter().map(|p| read_file(p)).collect(),
             },
+            Op::WriteFile { path, contents } => match OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(contents.as_bytes()))
+            {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Error {
+                    message: format!("write {path}: {e}"),
+                },
+            },
             Op::Kmsg { after } => match kmsg(after) {
                 Ok(records) => Reply::Kmsg { records },
                 Err(message) => Reply::Error { message },

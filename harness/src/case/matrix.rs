@@ -1,0 +1,245 @@
+//! `matrix:` turns one case file into several cases, one per cell.
+//!
+//! Two forms:
+//!
+//! ```yaml
+//! matrix:                 # every combination (a product)
+//!   align: [4K, 2M]
+//!   cpus: [1, 2]
+//! ```
+//!
+//! ```yaml
+//! matrix:                 # explicit cells, when values go together
+//!   - {align: 4K, dimm: 1G, size: 512M}
+//!   - {align: 1G, dimm: 4G, size: 3G}
+//! ```
+//!
+//! `${matrix.KEY}` anywhere in the file is replaced by the cell's value
+//! before the file is parsed, so a value can go where a size or a number is
+//! expected. Written as a whole quoted scalar (`"${matrix.KEY}"`, needed
+//! inside YAML flow collections), it is replaced quotes and all, so the value
+//! keeps its own YAML type. Replacement is textual and keeps every line where it was, so
+//! error lines stay right. A cell is named `id[key=value,...]` (or
+//! `id[NAME]` when the cell has a `name` key).
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
+
+const OPEN: &str = "${matrix.";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub label: String,
+    pub values: BTreeMap<String, String>,
+}
+
+/// A located problem: (line, column, message).
+pub type Problem = (u32, u32, String);
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    matrix: Option<Spanned<MatrixEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MatrixEntry {
+    Product(BTreeMap<String, Vec<Value>>),
+    Cells(Vec<BTreeMap<String, Value>>),
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The cells of a file, or `None` when it has no matrix. Syntax errors are
+/// left for the real parse to report.
+pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
+    let Ok(head) = serde_saphyr::from_str::<Head>(text) else {
+        return Ok(None);
+    };
+    let Some(m) = head.matrix else {
+        return Ok(None);
+    };
+    let at = (m.referenced.line() as u32, m.referenced.column() as u32);
+    let bad = |msg: &str| (at.0, at.1, msg.to_string());
+    let rows: Vec<BTreeMap<String, String>> = match m.value {
+        MatrixEntry::Product(axes) => {
+            let mut rows = vec![BTreeMap::new()];
+            for (key, values) in axes {
+                if values.is_empty() {
+                    return Err(bad(&format!("matrix key `{key}` has no values")));
+                }
+                let mut next = Vec::new();
+                for row in &rows {
+                    for v in &values {
+                        let v = scalar(v).ok_or_else(|| {
+                            bad(&format!("matrix `{key}`: values must be scalars"))
+                        })?;
+                        let mut r = row.clone();
+                        r.insert(key.clone(), v);
+                        next.push(r);
+                    }
+                }
+                rows = next;
+            }
+            rows
+        }
+        MatrixEntry::Cells(cells) => cells
+            .into_iter()
+            .map(|c| {
+                c.into_iter()
+                    .map(|(k, v)| {
+                        scalar(&v)
+                            .map(|s| (k.clone(), s))
+                            .ok_or_else(|| bad(&format!("matrix `{k}`: values must be scalars")))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if rows.is_empty() || rows.iter().all(|r| r.is_empty()) {
+        return Err(bad("the matrix has no cells"));
+    }
+    let cells: Vec<Cell> = rows
+        .into_iter()
+        .map(|values| {
+            let label = match values.get("name") {
+                Some(n) => n.clone(),
+                None => values
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            Cell { label, values }
+        })
+        .collect();
+    for (i, c) in cells.iter().enumerate() {
+        if cells[..i].iter().any(|o| o.label == c.label) {
+            return Err(bad(&format!(
+                "two matrix cells are both named `{}`",
+                c.label
+            )));
+        }
+    }
+    Ok(Some(cells))
+}
+
+/// The file's text with this cell's values in place.
+pub fn substitute(text: &str, cell: &Cell) -> Result<String, Problem> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    while let Some(found) = text[rest..].find(OPEN) {
+        let start = rest + found;
+        let body = start + OPEN.len();
+        let (line, col) = line_col(text, start);
+        let close = text[body..]
+            .find('}')
+            .ok_or_else(|| (line, col, "`${matrix.` is not closed with `}`".to_string()))?;
+        let key = &text[body..body + close];
+        let value = cell.values.get(key).ok_or_else(|| {
+            let known: Vec<&str> = cell.values.keys().map(String::as_str).collect();
+            (
+                line,
+                col,
+                format!(
+                    "`${{matrix.{key}}}`: the matrix has no `{key}` (it has: {})",
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let end = body + close + 1;
+        // `"${matrix.KEY}"` as a whole quoted scalar loses its quotes: the
+        // quotes only satisfy YAML's flow syntax, and the value should keep
+        // its own type (a sector number stays a number).
+        let quote = text[..start]
+            .chars()
+            .last()
+            .filter(|q| *q == '"' || *q == '\'');
+        match quote {
+            Some(q) if text[end..].starts_with(q) => {
+                out.push_str(&text[rest..start - 1]);
+                out.push_str(value);
+                rest = end + 1;
+            }
+            _ => {
+                out.push_str(&text[rest..start]);
+                out.push_str(value);
+                rest = end;
+            }
+        }
+    }
+    out.push_str(&text[rest..]);
+    Ok(out)
+}
+
+fn line_col(text: &str, offset: usize) -> (u32, u32) {
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line as u32, col as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_and_explicit_cells() {
+        let t = "matrix:\n  align: [4K, 2M]\n  cpus: [1, 2]\nsteps: []\n";
+        let cells = cells(t).unwrap().unwrap();
+        let labels: Vec<_> = cells.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "align=4K,cpus=1",
+                "align=4K,cpus=2",
+                "align=2M,cpus=1",
+                "align=2M,cpus=2"
+            ]
+        );
+        let t = "matrix:\n  - {name: small, size: 512M}\n  - {name: huge, size: 3G}\nsteps: []\n";
+        let explicit = super::cells(t).unwrap().unwrap();
+        assert_eq!(explicit[1].label, "huge");
+        assert_eq!(explicit[1].values["size"], "3G");
+        assert_eq!(super::cells("steps: []\n").unwrap(), None);
+    }
+
+    #[test]
+    fn substitution_keeps_lines_and_names_unknown_keys() {
+        let cell = Cell {
+            label: "a".into(),
+            values: [("align".to_string(), "2M".to_string())].into(),
+        };
+        let t = "x: 1\nalign: ${matrix.align}\nsh: echo ${HOME}\n";
+        assert_eq!(
+            substitute(t, &cell).unwrap(),
+            "x: 1\nalign: 2M\nsh: echo ${HOME}\n"
+        );
+        // A whole quoted scalar becomes the bare value; a quoted string
+        // containing more keeps its quotes.
+        let t = "a: [\"${matrix.align}\", '${matrix.align}', \"x${matrix.align}\"]\n";
+        assert_eq!(substitute(t, &cell).unwrap(), "a: [2M, 2M, \"x2M\"]\n");
+        let (line, col, msg) = substitute("a: 1\n  b: ${matrix.size}\n", &cell).unwrap_err();
+        assert_eq!((line, col), (2, 6));
+        assert!(msg.contains("has no `size` (it has: align)"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_matrices_are_located() {
+        let (line, _, msg) = cells("steps: []\nmatrix:\n  align: []\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(msg.contains("no values"));
+        let (_, _, msg) = cells("matrix:\n  - {name: a}\n  - {name: a}\n").unwrap_err();
+        assert!(msg.contains("both named `a`"));
+    }
+}
