@@ -2,7 +2,7 @@
 //! JSON subset. A failed check says what was expected and what came back.
 
 use crate::json_subset;
-use pmem_lab_proto::RunResult;
+use pmem_lab_proto::{RunResult, SignalInfo};
 use regex::Regex;
 use serde_json::Value;
 
@@ -98,6 +98,68 @@ impl RunExpect {
     }
 }
 
+/// What a `consume`, `poison` or `signals` step expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalExpect {
+    None,
+    Some {
+        /// `SIGBUS`
+        name: String,
+        /// `BUS_MCEERR_AR`; any when `None`.
+        code: Option<String>,
+        /// si_addr minus the mapping's base.
+        offset: Option<u64>,
+        lsb: Option<u16>,
+    },
+}
+
+impl SignalExpect {
+    /// Check the signals a step saw (`base`: the mapping's address).
+    pub fn check(&self, got: &[SignalInfo], base: Option<u64>) -> Vec<String> {
+        let describe = |s: &SignalInfo| match base {
+            Some(b) if s.addr >= b => format!(
+                "{} {} at mapping offset {:#x}, lsb {}",
+                s.signal_name(),
+                s.code_name(),
+                s.addr - b,
+                s.addr_lsb
+            ),
+            _ => format!("{} {} at {:#x}, lsb {}", s.signal_name(), s.code_name(), s.addr, s.addr_lsb),
+        };
+        match (self, got) {
+            (SignalExpect::None, []) => Vec::new(),
+            (SignalExpect::None, sigs) => {
+                vec![format!("expected no signal, got {}", sigs.iter().map(describe).collect::<Vec<_>>().join("; "))]
+            }
+            (SignalExpect::Some { .. }, []) => vec!["expected a signal, got none".to_string()],
+            (SignalExpect::Some { name, code, offset, lsb }, [s]) => {
+                let mut p = Vec::new();
+                if &s.signal_name() != name {
+                    p.push(format!("expected {name}, got {}", describe(s)));
+                }
+                if let Some(c) = code.as_ref().filter(|c| **c != s.code_name()) {
+                    p.push(format!("expected si_code {c}, got {}", describe(s)));
+                }
+                if let Some(want) = offset {
+                    let at = base.and_then(|b| s.addr.checked_sub(b));
+                    if at != Some(*want) {
+                        p.push(format!("expected si_addr at mapping offset {want:#x}, got {}", describe(s)));
+                    }
+                }
+                if let Some(l) = lsb.filter(|l| *l != s.addr_lsb) {
+                    p.push(format!("expected si_addr_lsb {l}, got {}", describe(s)));
+                }
+                p
+            }
+            (SignalExpect::Some { .. }, sigs) => vec![format!(
+                "expected one signal, got {}: {}",
+                sigs.len(),
+                sigs.iter().map(describe).collect::<Vec<_>>().join("; ")
+            )],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +228,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(e.check(&timed_out), ["command timed out after 5 ms"]);
+    }
+
+    #[test]
+    fn signals_match_name_code_offset_and_lsb() {
+        let base = 0x7f00_0000_0000;
+        let ar = SignalInfo { signo: 7, code: 4, addr: base + 0x20_0000, addr_lsb: 21, tid: 9 };
+        let want = SignalExpect::Some {
+            name: "SIGBUS".into(),
+            code: Some("BUS_MCEERR_AR".into()),
+            offset: Some(0x20_0000),
+            lsb: Some(21),
+        };
+        assert!(want.check(std::slice::from_ref(&ar), Some(base)).is_empty());
+        let ao = SignalInfo { code: 5, addr_lsb: 12, ..ar.clone() };
+        let p = want.check(&[ao], Some(base));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("expected si_code BUS_MCEERR_AR, got SIGBUS BUS_MCEERR_AO at mapping offset 0x200000, lsb 12"));
+        assert_eq!(want.check(&[], Some(base)), ["expected a signal, got none"]);
+        assert!(SignalExpect::None.check(&[], None).is_empty());
+        assert!(SignalExpect::None.check(&[ar], Some(base))[0].starts_with("expected no signal, got SIGBUS BUS_MCEERR_AR"));
     }
 
     #[test]

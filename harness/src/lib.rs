@@ -18,3 +18,4 @@ pub mod setup;
 pub mod size;
 pub mod template;
 pub mod vm;
+pub mod dax;

@@ -75,13 +75,28 @@ pub fn command(execute: &str, arguments: Option<Value>, id: u64) -> String {
     line
 }
 
-/// An HMP command through QMP.
-pub fn hmp(command_line: &str, id: u64) -> String {
-    command(
-        "human-monitor-command",
-        Some(json!({ "command-line": command_line })),
-        id,
-    )
+/// An HMP command through QMP, optionally as seen from one vCPU (HMP
+/// commands such as `info registers` act on the monitor's current CPU).
+pub fn hmp(command_line: &str, cpu: Option<u32>, id: u64) -> String {
+    let mut args = json!({ "command-line": command_line });
+    if let Some(cpu) = cpu {
+        args["cpu-index"] = json!(cpu);
+    }
+    command("human-monitor-command", Some(args), id)
+}
+
+/// The instruction pointer and privilege level in `info registers` output
+/// (`RIP=... RFL=... [...] CPL=3 ...`).
+pub fn rip_and_cpl(info_registers: &str) -> Option<(u64, u8)> {
+    let field = |name: &str| {
+        let at = info_registers.find(name)? + name.len();
+        let rest = &info_registers[at..];
+        let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+        Some(&rest[..end])
+    };
+    let rip = u64::from_str_radix(field("RIP=")?, 16).ok()?;
+    let cpl = field("CPL=")?.parse().ok()?;
+    Some((rip, cpl))
 }
 
 /// Read the greeting and leave capabilities negotiation mode. Returns the
@@ -169,7 +184,7 @@ mod tests {
             command("query-status", None, 7),
             "{\"execute\":\"query-status\",\"id\":7}\n"
         );
-        let line = hmp("mce -b 0 9 0x1 0x5 0x100000000 0x86", 8);
+        let line = hmp("mce -b 0 9 0x1 0x5 0x100000000 0x86", None, 8);
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["execute"], "human-monitor-command");
         assert_eq!(
@@ -177,5 +192,17 @@ mod tests {
             "mce -b 0 9 0x1 0x5 0x100000000 0x86"
         );
         assert_eq!(v["id"], 8);
+        let v: Value = serde_json::from_str(&hmp("info registers", Some(1), 9)).unwrap();
+        assert_eq!(v["arguments"]["cpu-index"], 1);
     }
+
+    #[test]
+    fn reads_rip_and_cpl_from_info_registers() {
+        let text = "RAX=0000000000000000 RBX=0000000000000001\n\
+                    RIP=000055e3a1c0b2f0 RFL=00000246 [---Z-P-] CPL=3 II=0 A20=1 SMM=0 HLT=0\n\
+                    ES =0000 0000000000000000 00000000 00000000\n";
+        assert_eq!(rip_and_cpl(text), Some((0x55e3_a1c0_b2f0, 3)));
+        assert_eq!(rip_and_cpl("RIP=ffffffff8140d0c5 RFL=00000002 [-------] CPL=0 II=0"), Some((0xffff_ffff_8140_d0c5, 0)));
+        assert_eq!(rip_and_cpl("nothing"), None);
+}
 }

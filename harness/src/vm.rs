@@ -127,6 +127,8 @@ pub struct Vm {
     qmp_socket: PathBuf,
     qmp_events: Vec<Value>,
     qmp_log: File,
+    /// Replies that arrived while the lab waited for something else.
+    unclaimed: Vec<Event>,
     started: Instant,
     next_id: u64,
     transcript: File,
@@ -199,6 +201,7 @@ impl Vm {
             qmp: None,
             qmp_socket: files.qmp_socket.clone(),
             qmp_events: Vec::new(),
+            unclaimed: Vec::new(),
             qmp_log: File::create(run_dir.join("qmp.log")).map_err(|e| format!("qmp.log: {e}"))?,
             started,
             next_id: 1,
@@ -337,8 +340,18 @@ impl Vm {
     /// HMP reports most errors as text, so a non-empty answer to a command
     /// that prints nothing on success is the caller's to judge.
     pub fn hmp(&mut self, command_line: &str, timeout: Duration) -> Result<String, VmError> {
+        self.hmp_on(command_line, None, timeout)
+    }
+
+    /// [`Vm::hmp`] with the monitor's current CPU set to `cpu`.
+    pub fn hmp_on(
+        &mut self,
+        command_line: &str,
+        cpu: Option<u32>,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
         let id = self.next_id();
-        self.qmp_send(&qmp::hmp(command_line, id))?;
+        self.qmp_send(&qmp::hmp(command_line, cpu, id))?;
         let v = self.qmp_reply(id, command_line, timeout)?;
         Ok(v.as_str().unwrap_or_default().to_string())
     }
@@ -416,7 +429,9 @@ impl Vm {
 
     /// Wait for an event `pick` accepts. Agent messages and QMP events are
     /// logged (and QMP events kept) whether picked or not; anything fatal
-    /// ends the wait with the failure.
+    /// ends the wait with the failure. Replies nobody picked yet are kept for
+    /// a later wait: while the lab waits for QEMU, the agent may already
+    /// answer a request that is still in flight.
     pub fn wait_for<T>(
         &mut self,
         what: &str,
@@ -424,6 +439,10 @@ impl Vm {
         mut pick: impl FnMut(&Event) -> Option<T>,
     ) -> Result<T, VmError> {
         let began = Instant::now();
+        if let Some(i) = self.unclaimed.iter().position(|e| pick(e).is_some()) {
+            let event = self.unclaimed.remove(i);
+            return Ok(pick(&event).expect("picked above"));
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
@@ -431,6 +450,14 @@ impl Vm {
                     self.record(&event);
                     if let Some(v) = pick(&event) {
                         return Ok(v);
+                    }
+                    let keep = matches!(
+                        event,
+                        Event::Agent(GuestMessage::Response { .. } | GuestMessage::Status { .. })
+                            | Event::Qmp(qmp::Message::Return { .. } | qmp::Message::Error { .. })
+                    );
+                    if keep {
+                        self.unclaimed.push(event);
                     }
                 }
                 Ok(other) => return Err(self.failure(other)),

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::address::{self, Base, Target};
 use crate::badblocks::{self, Range, SECTOR};
-use crate::expect::{self, ExitExpect, RunExpect};
+use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
 use crate::machine::{MachineSpec, NvdimmSpec};
 use crate::mce;
 use crate::size::{ByteSize, GIB, KIB, MIB};
@@ -124,6 +124,7 @@ pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError
         path,
         text,
         errors: Vec::new(),
+        maps: Default::default(),
     };
     let case = v.case(id, file);
     if v.errors.is_empty() {
@@ -166,6 +167,8 @@ struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<CaseError>,
+    /// Mappings alive at the step being checked: name -> length.
+    maps: std::collections::BTreeMap<String, u64>,
 }
 
 impl Checker<'_> {
@@ -429,6 +432,13 @@ impl Checker<'_> {
             ("sh", s.sh.is_some()),
             ("inject", s.inject.is_some()),
             ("expect_badblocks", s.expect_badblocks.is_some()),
+            ("map", s.map.is_some()),
+            ("unmap", s.unmap.is_some()),
+            ("touch", s.touch.is_some()),
+            ("consume", s.consume.is_some()),
+            ("poison", s.poison.is_some()),
+            ("signals", s.signals.is_some()),
+            ("mce_kill", s.mce_kill.is_some()),
         ]
         .iter()
         .filter(|(_, on)| *on)
@@ -436,7 +446,8 @@ impl Checker<'_> {
         .collect();
         if given.len() != 1 {
             let msg = if given.is_empty() {
-                "this step has no action: add `run`, `sh`, `inject` or `expect_badblocks`"
+                "this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, \
+                 `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`"
                     .to_string()
             } else {
                 format!(
@@ -449,7 +460,14 @@ impl Checker<'_> {
         }
         let is_command = s.run.is_some() || s.sh.is_some();
         if !is_command {
-            self.refuse_command_fields(s, given[0]);
+            self.refuse_command_fields(s, given[0], &at);
+        }
+        if let Some(f) = s.expect.faults.as_ref().filter(|_| s.touch.is_none()) {
+            self.error(&f.referenced, "`expect.faults` applies to `touch` steps");
+        }
+        let signal_step = s.consume.is_some() || s.poison.is_some() || s.signals.is_some();
+        if let Some(f) = s.expect.signal.as_ref().filter(|_| !signal_step) {
+            self.error(&f.referenced, "`expect.signal` applies to `consume`, `poison` and `signals` steps");
         }
         let (name, action) = if let Some(run) = &s.run {
             if run.value.is_empty() {
@@ -467,10 +485,19 @@ impl Checker<'_> {
         } else if let Some(inject) = &s.inject {
             let action = self.inject(&inject.value, machine, namespaces)?;
             (format!("inject {}", inject.value.kind.value), action)
-        } else {
-            let b = s.expect_badblocks.as_ref().expect("one action");
+        } else if let Some(b) = &s.expect_badblocks {
             let action = self.expect_badblocks(b, machine, namespaces)?;
             ("expect_badblocks".to_string(), action)
+        } else {
+            self.dax_step(s, machine, namespaces)?
+        };
+        let repeat = match &s.repeat {
+            Some(r) if r.value == 0 => {
+                self.error(&r.referenced, "repeat must be at least 1");
+                1
+            }
+            Some(r) => r.value,
+            None => 1,
         };
         Some(Step {
             number,
@@ -481,7 +508,138 @@ impl Checker<'_> {
             expect: self.expect(&s.expect),
             dmesg: self.regexes(&s.expect.dmesg),
             dmesg_not: self.regexes(&s.expect.dmesg_not),
+            faults: s.expect.faults.as_ref().map(|f| f.value),
+            signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
+            repeat,
         })
+    }
+
+    fn signal_expect(&mut self, e: &Spanned<model::SignalExpectEntry>) -> Option<SignalExpect> {
+        match &e.value {
+            model::SignalExpectEntry::Word(w) if w == "none" => Some(SignalExpect::None),
+            model::SignalExpectEntry::Word(w) => {
+                self.error(&e.referenced, format!("signal `{w}`: write `none` or a map with name, code, offset, lsb"));
+                None
+            }
+            model::SignalExpectEntry::Some(f) => {
+                let name = f.name.clone().unwrap_or_else(|| "SIGBUS".to_string());
+                if name != "SIGBUS" {
+                    self.error(&e.referenced, format!("signal `{name}`: the lab reports SIGBUS only"));
+                }
+                let codes = ["BUS_MCEERR_AR", "BUS_MCEERR_AO", "BUS_ADRERR", "BUS_ADRALN", "BUS_OBJERR"];
+                if let Some(c) = f.code.as_ref().filter(|c| !codes.contains(&c.as_str())) {
+                    self.error(&e.referenced, format!("signal code `{c}`: use one of {}", codes.join(", ")));
+                }
+                Some(SignalExpect::Some { name, code: f.code.clone(), offset: f.offset.map(|o| o.bytes()), lsb: f.lsb })
+            }
+        }
+    }
+
+    /// map, unmap, touch, consume, poison, signals, mce_kill.
+    fn dax_step(
+        &mut self,
+        s: &model::StepEntry,
+        machine: &MachineSpec,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<(String, Action)> {
+        if let Some(m) = &s.map {
+            let name = m.value.name.value.clone();
+            let ns = namespaces.iter().find(|n| n.name == m.value.namespace.value);
+            let Some(ns) = ns else {
+                self.error(&m.value.namespace.referenced, format!("unknown namespace `{}`", m.value.namespace.value));
+                return None;
+            };
+            if ns.mode != NamespaceMode::Devdax {
+                self.error(
+                    &m.value.namespace.referenced,
+                    format!("namespace `{}` is {}: `map` maps device-dax", ns.name, ns.mode.ndctl_name()),
+                );
+            }
+            let align = ns.align.unwrap_or(ByteSize(2 * MIB));
+            let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
+            let length = m.value.length.value;
+            for (what, v, at) in [
+                ("offset", offset, m.value.offset.as_ref().map(|o| o.referenced).unwrap_or(m.referenced)),
+                ("length", length, m.value.length.referenced),
+            ] {
+                if !v.is_multiple_of(align) {
+                    self.error(&at, format!("{what} {v} is not a multiple of the device's align {align}: device-dax maps whole pages of its size"));
+                }
+            }
+            if length.bytes() == 0 || offset.bytes() + length.bytes() > ns.size.bytes() {
+                self.error(&m.value.length.referenced, format!("{offset}+{length} does not fit in namespace `{}` ({})", ns.name, ns.size));
+            }
+            if self.maps.insert(name.clone(), length.bytes()).is_some() {
+                self.error(&m.value.name.referenced, format!("mapping `{name}` already exists: unmap it first"));
+            }
+            let action = Action::Map { name: name.clone(), namespace: ns.name.clone(), offset: offset.bytes(), length: length.bytes() };
+            return Some((format!("map {name}"), action));
+        }
+        if let Some(u) = &s.unmap {
+            if self.maps.remove(&u.value).is_none() {
+                self.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
+            }
+            return Some((format!("unmap {}", u.value), Action::Unmap { name: u.value.clone() }));
+        }
+        if let Some(t) = &s.touch {
+            let len = self.map_len(&t.value.map)?;
+            let offset = t.value.offset.as_ref().map(|o| o.value.bytes()).unwrap_or(0);
+            let length = t.value.length.as_ref().map(|l| l.value.bytes()).unwrap_or(len.saturating_sub(offset));
+            let at = t.value.length.as_ref().map(|l| l.referenced).unwrap_or(t.referenced);
+            if offset + length > len || length == 0 {
+                self.error(&at, format!("touch window {offset:#x}+{length:#x} is outside mapping `{}` ({len:#x} bytes)", t.value.map.value));
+            }
+            let cpu = self.cpu(&t.value.cpu, machine);
+            let action = Action::Touch { map: t.value.map.value.clone(), offset, length, cpu: t.value.cpu.as_ref().map(|_| cpu) };
+            return Some((format!("touch {}", t.value.map.value), action));
+        }
+        if let Some(c) = s.consume.as_ref().or(s.poison.as_ref()) {
+            let len = self.map_len(&c.value.map)?;
+            let offset = c.value.offset.value.bytes();
+            if offset >= len {
+                self.error(&c.value.offset.referenced, format!("offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)", c.value.map.value));
+            }
+            let consume = s.consume.is_some();
+            if consume && !offset.is_multiple_of(mce::GRANULE) {
+                self.error(&c.value.offset.referenced, format!("offset {offset:#x} is not a multiple of {}: a machine check names a whole cache line", mce::GRANULE));
+            }
+            let cpu = self.cpu(&c.value.cpu, machine);
+            let map = c.value.map.value.clone();
+            return Some(if consume {
+                (format!("consume {map}"), Action::Consume { map, offset, cpu })
+            } else {
+                (format!("poison {map}"), Action::Poison { map, offset, cpu })
+            });
+        }
+        if let Some(sig) = &s.signals {
+            let wait = sig.value.wait.map(|t| t.0).unwrap_or(std::time::Duration::from_secs(2));
+            return Some(("signals".to_string(), Action::Signals { wait }));
+        }
+        let policy = s.mce_kill.as_ref().expect("one action");
+        if !["early", "late", "default"].contains(&policy.value.as_str()) {
+            self.error(&policy.referenced, format!("mce_kill `{}`: use early, late or default", policy.value));
+        }
+        Some((format!("mce_kill {}", policy.value), Action::MceKill { policy: policy.value.clone() }))
+    }
+
+    fn map_len(&mut self, map: &Spanned<String>) -> Option<u64> {
+        let len = self.maps.get(&map.value).copied();
+        if len.is_none() {
+            let live: Vec<&str> = self.maps.keys().map(String::as_str).collect();
+            self.error(
+                &map.referenced,
+                format!("no mapping `{}` at this step (mapped now: {})", map.value, if live.is_empty() { "none".to_string() } else { live.join(", ") }),
+            );
+        }
+        len
+    }
+
+    fn cpu(&mut self, cpu: &Option<Spanned<u32>>, machine: &MachineSpec) -> u32 {
+        let Some(c) = cpu else { return 0 };
+        if c.value >= machine.cpus {
+            self.error(&c.referenced, format!("cpu {} does not exist: the machine has {}", c.value, machine.cpus));
+        }
+        c.value
     }
 
     fn run_action(
@@ -502,7 +660,7 @@ impl Checker<'_> {
 
     /// `stdin`, `env` and the result expectations only make sense for a
     /// command; elsewhere they would silently check nothing.
-    fn refuse_command_fields(&mut self, s: &model::StepEntry, action: &str) {
+    fn refuse_command_fields(&mut self, s: &model::StepEntry, action: &str, at: &Location) {
         let e = &s.expect;
         let spans = [
             s.stdin.as_ref().map(|x| x.referenced),
@@ -512,28 +670,12 @@ impl Checker<'_> {
             e.stdout_not.as_ref().map(|x| x.referenced),
             e.json.as_ref().map(|x| x.referenced),
         ];
-        for at in spans.into_iter().flatten() {
-            self.error(
-                &at,
-                format!(
-                    "`{action}` runs no command: only `expect.dmesg` and `expect.dmesg_not` apply"
-                ),
-            );
+        for span in spans.into_iter().flatten() {
+            self.error(&span, format!("`{action}` runs no command: `exit`, `stdout`, `stderr`, `json` and `stdin` do not apply"));
         }
         if !s.env.is_empty() {
-            self.error(
-                &self.here_of_step(s),
-                format!("`{action}` runs no command: `env` does not apply"),
-            );
+            self.error(at, format!("`{action}` runs no command: `env` does not apply"));
         }
-    }
-
-    fn here_of_step(&self, s: &model::StepEntry) -> Location {
-        s.inject
-            .as_ref()
-            .map(|i| i.referenced)
-            .or(s.expect_badblocks.as_ref().map(|b| b.referenced))
-            .expect("called for non-command steps")
     }
 
     /// The target of an inject or expect_badblocks: a namespace or a region.

@@ -12,7 +12,7 @@ pub mod model;
 
 use crate::address::{Location, Target};
 use crate::badblocks::Range;
-use crate::expect::RunExpect;
+use crate::expect::{RunExpect, SignalExpect};
 use crate::machine::MachineSpec;
 use crate::mce;
 use crate::size::ByteSize;
@@ -71,6 +71,12 @@ pub struct Step {
     pub dmesg: Vec<Regex>,
     /// None may match a kernel log line logged during the step.
     pub dmesg_not: Vec<Regex>,
+    /// `touch`: the minor faults expected.
+    pub faults: Option<u64>,
+    /// `consume`, `poison`, `signals`: the signal expected (or none).
+    pub signal: Option<SignalExpect>,
+    /// Run the step this many times.
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +101,19 @@ pub enum Action {
         ranges: Vec<Range>,
         exact: bool,
     },
+    /// mmap `[offset, offset + length)` of a devdax namespace as `name`.
+    Map { name: String, namespace: String, offset: u64, length: u64 },
+    Unmap { name: String },
+    Touch { map: String, offset: u64, length: u64, cpu: Option<u32> },
+    /// Read `offset` of a mapping on `cpu` while the lab injects a
+    /// data-load machine check (SRAR) at that line on that CPU.
+    Consume { map: String, offset: u64, cpu: u32 },
+    /// MADV_HWPOISON the page at `offset` of a mapping.
+    Poison { map: String, offset: u64, cpu: u32 },
+    /// Collect SIGBUS signals the agent process received.
+    Signals { wait: Duration },
+    /// prctl(PR_MCE_KILL) on the agent's main thread.
+    MceKill { policy: String },
 }
 
 /// A problem in a case file, located precisely.

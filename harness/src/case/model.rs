@@ -112,8 +112,64 @@ pub struct StepEntry {
     pub inject: Option<Spanned<InjectEntry>>,
     /// Check the badblocks of a region or namespace.
     pub expect_badblocks: Option<Spanned<BadblocksEntry>>,
+    /// mmap a range of a devdax namespace in the agent, under a name.
+    pub map: Option<Spanned<MapEntry>>,
+    /// munmap a named mapping.
+    pub unmap: Option<Spanned<String>>,
+    /// Read every 4 KiB of a window of a mapping, counting minor faults.
+    pub touch: Option<Spanned<TouchEntry>>,
+    /// Read a line of a mapping in a tight loop while the lab injects a
+    /// data-load machine check (SRAR) there.
+    pub consume: Option<Spanned<ConsumeEntry>>,
+    /// madvise(MADV_HWPOISON) a page of a mapping (software injection).
+    pub poison: Option<Spanned<ConsumeEntry>>,
+    /// Collect the SIGBUS signals the agent itself received (early kill).
+    pub signals: Option<Spanned<SignalsEntry>>,
+    /// prctl(PR_MCE_KILL) for the agent: `early`, `late` or `default`.
+    pub mce_kill: Option<Spanned<String>>,
+    /// Run the step this many times (each must pass).
+    pub repeat: Option<Spanned<u32>>,
     #[serde(default)]
     pub expect: ExpectEntry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapEntry {
+    pub name: Spanned<String>,
+    pub namespace: Spanned<String>,
+    /// Offset into the dax device; a multiple of its align.
+    #[serde(default)]
+    pub offset: Option<Spanned<ByteSize>>,
+    pub length: Spanned<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TouchEntry {
+    pub map: Spanned<String>,
+    #[serde(default)]
+    pub offset: Option<Spanned<ByteSize>>,
+    /// Default: to the end of the mapping.
+    pub length: Option<Spanned<ByteSize>>,
+    pub cpu: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeEntry {
+    pub map: Spanned<String>,
+    /// Offset into the mapping.
+    pub offset: Spanned<ByteSize>,
+    /// CPU the reader is pinned to, and the machine check goes to. Default 0.
+    pub cpu: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalsEntry {
+    /// How long to wait for a first signal (default 2s).
+    pub wait: Option<Timeout>,
 }
 
 /// A machine check at a place in case terms: exactly one of `namespace` or
@@ -171,6 +227,31 @@ pub struct ExpectEntry {
     pub dmesg: Option<Spanned<Patterns>>,
     /// None may match a kernel log line logged while the step ran.
     pub dmesg_not: Option<Spanned<Patterns>>,
+    /// `touch`: minor faults the touch took.
+    pub faults: Option<Spanned<u64>>,
+    /// `consume`, `poison`, `signals`: the signal, or `none`.
+    pub signal: Option<Spanned<SignalExpectEntry>>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum SignalExpectEntry {
+    /// `none`
+    Word(String),
+    Some(SignalFields),
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SignalFields {
+    /// Default SIGBUS.
+    pub name: Option<String>,
+    /// e.g. BUS_MCEERR_AR.
+    pub code: Option<String>,
+    /// si_addr as an offset into the mapping.
+    pub offset: Option<ByteSize>,
+    /// si_addr_lsb.
+    pub lsb: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

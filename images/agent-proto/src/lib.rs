@@ -47,6 +47,65 @@ pub enum Op {
     /// Write `contents` to an existing file (a sysfs attribute), without a
     /// shell in between.
     WriteFile { path: String, contents: String },
+    /// mmap `length` bytes of a device-dax character device at `offset`
+    /// (MAP_SHARED, read/write) and keep the mapping as `name`.
+    Map { name: String, path: String, offset: u64, length: u64 },
+    Unmap { name: String },
+    /// Read one byte of every 4 KiB page of `[offset, offset + length)` of a
+    /// mapping; the reply counts the minor faults that took.
+    Touch { name: String, offset: u64, length: u64, cpu: Option<u32> },
+    /// In a child process (pinned to `cpu` if given), read the cache line at
+    /// `offset` in a tight loop until a signal arrives or `timeout_ms`. The
+    /// agent sends [`GuestMessage::Status`] `reading` once the loop runs, so
+    /// the lab can inject the machine check while the line is being read.
+    Consume { name: String, offset: u64, cpu: Option<u32>, timeout_ms: u64 },
+    /// In a child process, madvise(MADV_HWPOISON) the page at `offset`: the
+    /// kernel's software injector (what ndctl's dax-poison test uses).
+    Poison { name: String, offset: u64, cpu: Option<u32> },
+    /// SIGBUS signals the agent process itself received (the action-optional
+    /// ones memory_failure() sends to early-kill tasks) since the last call,
+    /// waiting up to `wait_ms` for the first.
+    Signals { wait_ms: u64 },
+    /// prctl(PR_MCE_KILL) on the agent's long-lived main thread: `early`,
+    /// `late`, or `default` (clear, follow vm.memory_failure_early_kill).
+    MceKill { policy: String },
+}
+
+/// What a SIGBUS handler saw in its siginfo.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalInfo {
+    pub signo: i32,
+    pub code: i32,
+    /// si_addr, a virtual address in the agent's (or its child's) space.
+    pub addr: u64,
+    /// si_addr_lsb: log2 of the size of the poisoned mapping.
+    pub addr_lsb: u16,
+    pub tid: i32,
+}
+
+impl SignalInfo {
+    pub const SIGBUS: i32 = 7;
+    pub const BUS_MCEERR_AR: i32 = 4;
+    pub const BUS_MCEERR_AO: i32 = 5;
+
+    pub fn signal_name(&self) -> String {
+        match self.signo {
+            Self::SIGBUS => "SIGBUS".into(),
+            n => format!("signal {n}"),
+        }
+    }
+
+    pub fn code_name(&self) -> String {
+        match (self.signo, self.code) {
+            (Self::SIGBUS, 1) => "BUS_ADRALN".into(),
+            (Self::SIGBUS, 2) => "BUS_ADRERR".into(),
+            (Self::SIGBUS, 3) => "BUS_OBJERR".into(),
+            (Self::SIGBUS, Self::BUS_MCEERR_AR) => "BUS_MCEERR_AR".into(),
+            (Self::SIGBUS, Self::BUS_MCEERR_AO) => "BUS_MCEERR_AO".into(),
+            (_, c) => format!("code {c}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -80,20 +139,47 @@ pub enum GuestMessage {
         id: u64,
         reply: Reply,
     },
+    /// Progress of a request still running (e.g. `reading` for `consume`).
+    Status {
+        id: u64,
+        state: String,
+        /// For `reading`: the address of the reader's loop, so the lab can
+        /// check that the CPU is executing it before it injects.
+        #[serde(default)]
+        pc: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
     Run(RunResult),
-    /// One entry per requested path, in order.
     /// The operation completed and has nothing to return.
     Done,
+    /// One entry per requested path, in order.
     Files {
         files: Vec<FileRead>,
     },
     Kmsg {
         records: Vec<KmsgRecord>,
+    },
+    Mapped {
+        /// Where the mapping starts in the agent's address space.
+        address: u64,
+    },
+    Touched {
+        pages: u64,
+        /// Minor faults (getrusage) the touching thread took.
+        faults: u64,
+    },
+    /// The outcome of `consume` or `poison`: the signal the child got, if
+    /// any, and how long it ran.
+    Consumed {
+        signal: Option<SignalInfo>,
+        duration_ms: u64,
+    },
+    Signals {
+        signals: Vec<SignalInfo>,
     },
     /// The request could not be carried out at all (e.g. the program does not
     /// exist). A program that runs and fails is a `Run` with its exit status.

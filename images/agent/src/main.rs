@@ -8,6 +8,8 @@ use pmem_lab_proto::{
     FileRead, GuestMessage, KmsgRecord, Op, Reply, Request, RunRequest, RunResult, PORT_NAME,
     PROTOCOL_VERSION,
 };
+mod dax;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> Result<(), String> {
+    dax::init()?;
     let dev = find_port()?;
     let port = OpenOptions::new()
         .read(true)
@@ -75,33 +78,59 @@ fn handle_line(out: &Out, line: &str) {
             return;
         }
     };
+    // PR_MCE_KILL is per thread, and memory_failure() signals the thread
+    // that set it: only the long-lived main thread (this one) can hold it.
+    if let Op::MceKill { policy } = &req.op {
+        let reply = match dax::mce_kill(policy) {
+            Ok(()) => Reply::Done,
+            Err(message) => Reply::Error { message },
+        };
+        return send(out, &GuestMessage::Response { id: req.id, reply });
+    }
     let out = Arc::clone(out);
     thread::spawn(move || {
-        let reply = match req.op {
-            Op::Run(run_req) => match run(&run_req) {
-                Ok(r) => Reply::Run(r),
-                Err(message) => Reply::Error { message },
-            },
-            Op::ReadFiles { paths } => Reply::Files {
-                files: paths.iter().map(|p| read_file(p)).collect(),
-            },
-            Op::WriteFile { path, contents } => match OpenOptions::new()
+        let reply = serve_op(req.id, req.op, &out).unwrap_or_else(|message| Reply::Error { message });
+        send(&out, &GuestMessage::Response { id: req.id, reply });
+    });
+}
+
+fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
+    Ok(match op {
+        Op::Run(run_req) => Reply::Run(run(&run_req)?),
+        Op::ReadFiles { paths } => Reply::Files { files: paths.iter().map(|p| read_file(p)).collect() },
+        Op::WriteFile { path, contents } => {
+            OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(contents.as_bytes()))
-            {
-                Ok(()) => Reply::Done,
-                Err(e) => Reply::Error {
-                    message: format!("write {path}: {e}"),
-                },
-            },
-            Op::Kmsg { after } => match kmsg(after) {
-                Ok(records) => Reply::Kmsg { records },
-                Err(message) => Reply::Error { message },
-            },
-        };
-        send(&out, &GuestMessage::Response { id: req.id, reply });
-    });
+                .map_err(|e| format!("write {path}: {e}"))?;
+            Reply::Done
+        }
+        Op::Kmsg { after } => Reply::Kmsg { records: kmsg(after)? },
+        Op::Map { name, path, offset, length } => Reply::Mapped { address: dax::map(&name, &path, offset, length)? },
+        Op::Unmap { name } => {
+            dax::unmap(&name)?;
+            Reply::Done
+        }
+        Op::Touch { name, offset, length, cpu } => {
+            let (pages, faults) = dax::touch(&name, offset, length, cpu)?;
+            Reply::Touched { pages, faults }
+        }
+        Op::Consume { name, offset, cpu, timeout_ms } => {
+            let action = dax::child_action_read(&name, offset)?;
+            let status = GuestMessage::Status { id, state: "reading".into(), pc: Some(dax::spin_pc()) };
+            let (signal, took) =
+                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || send(out, &status))?;
+            Reply::Consumed { signal, duration_ms: took.as_millis() as u64 }
+        }
+        Op::Poison { name, offset, cpu } => {
+            let action = dax::child_action_poison(&name, offset)?;
+            let (signal, took) = dax::in_child(action, cpu, Duration::from_secs(30), || {})?;
+            Reply::Consumed { signal, duration_ms: took.as_millis() as u64 }
+        }
+        Op::Signals { wait_ms } => Reply::Signals { signals: dax::signals(Duration::from_millis(wait_ms)) },
+        Op::MceKill { .. } => unreachable!("served on the main thread"),
+    })
 }
 
 fn send(out: &Out, msg: &GuestMessage) {
