@@ -28,12 +28,16 @@ pub struct Maps(BTreeMap<String, MapState>);
 
 impl Maps {
     pub fn get(&self, name: &str) -> Result<&MapState, String> {
-        self.0.get(name).ok_or_else(|| format!("no mapping `{name}`"))
+        self.0
+            .get(name)
+            .ok_or_else(|| format!("no mapping `{name}`"))
     }
 
     /// The mapping holding a virtual address (to express si_addr as an offset).
     pub fn containing(&self, addr: u64) -> Option<&MapState> {
-        self.0.values().find(|m| m.base <= addr && addr < m.base + m.length)
+        self.0
+            .values()
+            .find(|m| m.base <= addr && addr < m.base + m.length)
     }
 }
 
@@ -45,16 +49,45 @@ fn expect_reply(reply: Reply) -> Result<Reply, String> {
 }
 
 fn call(guest: &mut Guest, op: Op) -> Result<Reply, String> {
-    expect_reply(guest.vm.request(op, HOUSEKEEPING_TIMEOUT).map_err(|e| e.to_string())?)
+    expect_reply(
+        guest
+            .vm
+            .request(op, HOUSEKEEPING_TIMEOUT)
+            .map_err(|e| e.to_string())?,
+    )
 }
 
-pub fn map(guest: &mut Guest, layout: &Layout, maps: &mut Maps, name: &str, namespace: &str, offset: u64, length: u64) -> Result<(), String> {
-    let dev = layout.namespaces.get(namespace).and_then(|n| n.chardev.clone());
+pub fn map(
+    guest: &mut Guest,
+    layout: &Layout,
+    maps: &mut Maps,
+    name: &str,
+    namespace: &str,
+    offset: u64,
+    length: u64,
+) -> Result<(), String> {
+    let dev = layout
+        .namespaces
+        .get(namespace)
+        .and_then(|n| n.chardev.clone());
     let dev = dev.ok_or_else(|| format!("namespace `{namespace}` has no dax device"))?;
-    let op = Op::Map { name: name.into(), path: format!("/dev/{dev}"), offset, length };
+    let op = Op::Map {
+        name: name.into(),
+        path: format!("/dev/{dev}"),
+        offset,
+        length,
+    };
     match call(guest, op)? {
         Reply::Mapped { address } => {
-            maps.0.insert(name.into(), MapState { namespace: namespace.into(), offset, length, base: address });
+            maps.0.insert(
+                name.into(),
+                MapState {
+                    namespace: namespace.into(),
+                    offset,
+                    length,
+                    base: address,
+                },
+            );
             Ok(())
         }
         other => Err(format!("unexpected reply {other:?}")),
@@ -68,8 +101,22 @@ pub fn unmap(guest: &mut Guest, maps: &mut Maps, name: &str) -> Result<(), Strin
 }
 
 /// (pages touched, minor faults taken).
-pub fn touch(guest: &mut Guest, name: &str, offset: u64, length: u64, cpu: Option<u32>) -> Result<(u64, u64), String> {
-    match call(guest, Op::Touch { name: name.into(), offset, length, cpu })? {
+pub fn touch(
+    guest: &mut Guest,
+    name: &str,
+    offset: u64,
+    length: u64,
+    cpu: Option<u32>,
+) -> Result<(u64, u64), String> {
+    match call(
+        guest,
+        Op::Touch {
+            name: name.into(),
+            offset,
+            length,
+            cpu,
+        },
+    )? {
         Reply::Touched { pages, faults } => Ok((pages, faults)),
         other => Err(format!("unexpected reply {other:?}")),
     }
@@ -97,37 +144,60 @@ pub fn consume(
     timeout: Duration,
 ) -> Result<Consumed, String> {
     let m = maps.get(name)?;
-    let at = Location { target: Target::Namespace(m.namespace.clone()), offset: m.offset + offset, base: Base::Data };
+    let at = Location {
+        target: Target::Namespace(m.namespace.clone()),
+        offset: m.offset + offset,
+        base: Base::Data,
+    };
     let resolved = layout.geometry.resolve(&at)?;
     let injection = Injection::new(Kind::Load, resolved.gpa, cpu, cpus);
     let command = injection.hmp_command();
     let id = guest
         .vm
-        .send(Op::Consume { name: name.into(), offset, cpu: Some(cpu), timeout_ms: timeout.as_millis() as u64 })
+        .send(Op::Consume {
+            name: name.into(),
+            offset,
+            cpu: Some(cpu),
+            timeout_ms: timeout.as_millis() as u64,
+        })
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
     let first = guest
         .vm
         .wait_for("the reader to start", deadline, |e| match e {
-            Event::Agent(GuestMessage::Status { id: i, state, pc }) if *i == id && state == "reading" => {
+            Event::Agent(GuestMessage::Status { id: i, state, pc })
+                if *i == id && state == "reading" =>
+            {
                 Some(Ok(pc.unwrap_or(0)))
             }
-            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => Some(Err(reply.clone())),
+            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => {
+                Some(Err(reply.clone()))
+            }
             _ => None,
         })
         .map_err(|e| e.to_string())?;
     let pc = first.map_err(|reply| format!("the reader ended before reading: {reply:?}"))?;
-    let seen = guest.vm.qmp_events().iter().filter(|e| e["event"] == MEMORY_FAILURE).count();
+    let seen = guest
+        .vm
+        .qmp_events()
+        .iter()
+        .filter(|e| e["event"] == MEMORY_FAILURE)
+        .count();
     let injected_at = Instant::now();
     let attempts = inject_on_the_loop(guest, cpu, pc, &command, deadline)?;
     let reply = guest
         .vm
         .wait_for("the reader's report", deadline, |e| match e {
-            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => Some(reply.clone()),
+            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => {
+                Some(reply.clone())
+            }
             _ => None,
         })
         .map_err(|e| e.to_string())?;
-    guest.vm.wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+    guest
+        .vm
+        .wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
     match expect_reply(reply)? {
         Reply::Consumed { signal, .. } => Ok(Consumed {
             note: format!(
@@ -152,14 +222,22 @@ const LOOP_SPAN: u64 = 128;
 /// CPL, inject while stopped if it is on the loop (the #MC is taken on that
 /// instruction when the VM resumes), else resume and look again a few
 /// milliseconds later. Returns the number of attempts.
-fn inject_on_the_loop(guest: &mut Guest, cpu: u32, pc: u64, command: &str, deadline: Instant) -> Result<u32, String> {
+fn inject_on_the_loop(
+    guest: &mut Guest,
+    cpu: u32,
+    pc: u64,
+    command: &str,
+    deadline: Instant,
+) -> Result<u32, String> {
     let t = Duration::from_secs(10);
     let vm = &mut guest.vm;
     let mut attempts = 0;
     loop {
         attempts += 1;
         vm.qmp("stop", None, t).map_err(|e| e.to_string())?;
-        let regs = vm.hmp_on("info registers", Some(cpu), t).map_err(|e| e.to_string())?;
+        let regs = vm
+            .hmp_on("info registers", Some(cpu), t)
+            .map_err(|e| e.to_string())?;
         let at = qmp::rip_and_cpl(&regs);
         let on_loop = at.is_some_and(|(rip, cpl)| cpl == 3 && (pc..pc + LOOP_SPAN).contains(&rip));
         if on_loop {
@@ -180,20 +258,43 @@ fn inject_on_the_loop(guest: &mut Guest, cpu: u32, pc: u64, command: &str, deadl
     }
 }
 
-pub fn poison(guest: &mut Guest, name: &str, offset: u64, cpu: u32) -> Result<Option<SignalInfo>, String> {
-    match call(guest, Op::Poison { name: name.into(), offset, cpu: Some(cpu) })? {
+pub fn poison(
+    guest: &mut Guest,
+    name: &str,
+    offset: u64,
+    cpu: u32,
+) -> Result<Option<SignalInfo>, String> {
+    match call(
+        guest,
+        Op::Poison {
+            name: name.into(),
+            offset,
+            cpu: Some(cpu),
+        },
+    )? {
         Reply::Consumed { signal, .. } => Ok(signal),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
 
 pub fn signals(guest: &mut Guest, wait: Duration) -> Result<Vec<SignalInfo>, String> {
-    match call(guest, Op::Signals { wait_ms: wait.as_millis() as u64 })? {
+    match call(
+        guest,
+        Op::Signals {
+            wait_ms: wait.as_millis() as u64,
+        },
+    )? {
         Reply::Signals { signals } => Ok(signals),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
 
 pub fn mce_kill(guest: &mut Guest, policy: &str) -> Result<(), String> {
-    call(guest, Op::MceKill { policy: policy.into() }).map(|_| ())
+    call(
+        guest,
+        Op::MceKill {
+            policy: policy.into(),
+        },
+    )
+    .map(|_| ())
 }

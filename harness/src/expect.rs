@@ -124,15 +124,32 @@ impl SignalExpect {
                 s.addr - b,
                 s.addr_lsb
             ),
-            _ => format!("{} {} at {:#x}, lsb {}", s.signal_name(), s.code_name(), s.addr, s.addr_lsb),
+            _ => format!(
+                "{} {} at {:#x}, lsb {}",
+                s.signal_name(),
+                s.code_name(),
+                s.addr,
+                s.addr_lsb
+            ),
         };
         match (self, got) {
             (SignalExpect::None, []) => Vec::new(),
             (SignalExpect::None, sigs) => {
-                vec![format!("expected no signal, got {}", sigs.iter().map(describe).collect::<Vec<_>>().join("; "))]
+                vec![format!(
+                    "expected no signal, got {}",
+                    sigs.iter().map(describe).collect::<Vec<_>>().join("; ")
+                )]
             }
             (SignalExpect::Some { .. }, []) => vec!["expected a signal, got none".to_string()],
-            (SignalExpect::Some { name, code, offset, lsb }, [s]) => {
+            (
+                SignalExpect::Some {
+                    name,
+                    code,
+                    offset,
+                    lsb,
+                },
+                [s],
+            ) => {
                 let mut p = Vec::new();
                 if &s.signal_name() != name {
                     p.push(format!("expected {name}, got {}", describe(s)));
@@ -143,7 +160,10 @@ impl SignalExpect {
                 if let Some(want) = offset {
                     let at = base.and_then(|b| s.addr.checked_sub(b));
                     if at != Some(*want) {
-                        p.push(format!("expected si_addr at mapping offset {want:#x}, got {}", describe(s)));
+                        p.push(format!(
+                            "expected si_addr at mapping offset {want:#x}, got {}",
+                            describe(s)
+                        ));
                     }
                 }
                 if let Some(l) = lsb.filter(|l| *l != s.addr_lsb) {
@@ -233,7 +253,13 @@ mod tests {
     #[test]
     fn signals_match_name_code_offset_and_lsb() {
         let base = 0x7f00_0000_0000;
-        let ar = SignalInfo { signo: 7, code: 4, addr: base + 0x20_0000, addr_lsb: 21, tid: 9 };
+        let ar = SignalInfo {
+            signo: 7,
+            code: 4,
+            addr: base + 0x20_0000,
+            addr_lsb: 21,
+            tid: 9,
+        };
         let want = SignalExpect::Some {
             name: "SIGBUS".into(),
             code: Some("BUS_MCEERR_AR".into()),
@@ -241,13 +267,18 @@ mod tests {
             lsb: Some(21),
         };
         assert!(want.check(std::slice::from_ref(&ar), Some(base)).is_empty());
-        let ao = SignalInfo { code: 5, addr_lsb: 12, ..ar.clone() };
+        let ao = SignalInfo {
+            code: 5,
+            addr_lsb: 12,
+            ..ar.clone()
+        };
         let p = want.check(&[ao], Some(base));
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].contains("expected si_code BUS_MCEERR_AR, got SIGBUS BUS_MCEERR_AO at mapping offset 0x200000, lsb 12"));
         assert_eq!(want.check(&[], Some(base)), ["expected a signal, got none"]);
         assert!(SignalExpect::None.check(&[], None).is_empty());
-        assert!(SignalExpect::None.check(&[ar], Some(base))[0].starts_with("expected no signal, got SIGBUS BUS_MCEERR_AR"));
+        assert!(SignalExpect::None.check(&[ar], Some(base))[0]
+            .starts_with("expected no signal, got SIGBUS BUS_MCEERR_AR"));
     }
 
     #[test]

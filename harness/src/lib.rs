@@ -5,6 +5,7 @@
 pub mod address;
 pub mod badblocks;
 pub mod case;
+pub mod dax;
 pub mod expect;
 pub mod guest;
 pub mod inject;
@@ -18,4 +19,3 @@ pub mod setup;
 pub mod size;
 pub mod template;
 pub mod vm;
-pub mod dax;

@@ -91,7 +91,9 @@ pub fn rip_and_cpl(info_registers: &str) -> Option<(u64, u8)> {
     let field = |name: &str| {
         let at = info_registers.find(name)? + name.len();
         let rest = &info_registers[at..];
-        let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len());
         Some(&rest[..end])
     };
     let rip = u64::from_str_radix(field("RIP=")?, 16).ok()?;
@@ -202,7 +204,10 @@ mod tests {
                     RIP=000055e3a1c0b2f0 RFL=00000246 [---Z-P-] CPL=3 II=0 A20=1 SMM=0 HLT=0\n\
                     ES =0000 0000000000000000 00000000 00000000\n";
         assert_eq!(rip_and_cpl(text), Some((0x55e3_a1c0_b2f0, 3)));
-        assert_eq!(rip_and_cpl("RIP=ffffffff8140d0c5 RFL=00000002 [-------] CPL=0 II=0"), Some((0xffff_ffff_8140_d0c5, 0)));
+        assert_eq!(
+            rip_and_cpl("RIP=ffffffff8140d0c5 RFL=00000002 [-------] CPL=0 II=0"),
+            Some((0xffff_ffff_8140_d0c5, 0))
+        );
         assert_eq!(rip_and_cpl("nothing"), None);
-}
+    }
 }

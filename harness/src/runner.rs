@@ -9,8 +9,8 @@
 use crate::address::Target;
 use crate::badblocks::{self, Range};
 use crate::case::{Action, Case, Step};
-use crate::guest::Guest;
 use crate::dax;
+use crate::guest::Guest;
 use crate::inject;
 use crate::machine::{self, Accel, VmFiles};
 use crate::oracle;
@@ -194,7 +194,11 @@ impl CaseRun<'_> {
 
     fn step(&mut self, step: &Step) -> Result<(), String> {
         for round in 1..=step.repeat {
-            let label = if step.repeat > 1 { format!(" (round {round} of {})", step.repeat) } else { String::new() };
+            let label = if step.repeat > 1 {
+                format!(" (round {round} of {})", step.repeat)
+            } else {
+                String::new()
+            };
             self.step_once(step, &label)?;
         }
         Ok(())
@@ -261,39 +265,98 @@ impl CaseRun<'_> {
                 ));
             }
             Action::ExpectBadblocks { .. } => {}
-            Action::Map { name, namespace, offset, length } => {
-                dax::map(self.guest, &self.layout, &mut self.maps, name, namespace, *offset, *length)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+            Action::Map {
+                name,
+                namespace,
+                offset,
+                length,
+            } => {
+                dax::map(
+                    self.guest,
+                    &self.layout,
+                    &mut self.maps,
+                    name,
+                    namespace,
+                    *offset,
+                    *length,
+                )
+                .map_err(|e| format!("{where_}: {e}"))?;
             }
             Action::Unmap { name } => {
-                dax::unmap(self.guest, &mut self.maps, name).map_err(|e| format!("{where_}: {e}"))?;
+                dax::unmap(self.guest, &mut self.maps, name)
+                    .map_err(|e| format!("{where_}: {e}"))?;
             }
-            Action::Touch { map, offset, length, cpu } => {
-                let (pages, faults) =
-                    dax::touch(self.guest, map, *offset, *length, *cpu).map_err(|e| format!("{where_}: {e}"))?;
-                self.log.line(format!("--- step {} `{}`: {pages} pages, {faults} minor faults", step.number, step.name));
+            Action::Touch {
+                map,
+                offset,
+                length,
+                cpu,
+            } => {
+                let (pages, faults) = dax::touch(self.guest, map, *offset, *length, *cpu)
+                    .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {pages} pages, {faults} minor faults",
+                    step.number, step.name
+                ));
                 if let Some(want) = step.faults.filter(|w| *w != faults) {
-                    problems.push(format!("expected {want} minor faults, got {faults} (touching {pages} pages)"));
+                    problems.push(format!(
+                        "expected {want} minor faults, got {faults} (touching {pages} pages)"
+                    ));
                 }
             }
             Action::Consume { map, offset, cpu } => {
-                let done = dax::consume(self.guest, &self.layout, &self.maps, map, *offset, *cpu, case.machine.cpus, step.timeout)
-                    .map_err(|e| format!("{where_}: {e}"))?;
-                self.log.line(format!("--- step {} `{}`: {}: {:?}", step.number, step.name, done.note, done.signal));
+                let done = dax::consume(
+                    self.guest,
+                    &self.layout,
+                    &self.maps,
+                    map,
+                    *offset,
+                    *cpu,
+                    case.machine.cpus,
+                    step.timeout,
+                )
+                .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {}: {:?}",
+                    step.number, step.name, done.note, done.signal
+                ));
                 let base = self.maps.get(map).ok().map(|m| m.base);
-                problems.extend(step.signal.as_ref().map(|e| e.check(done.signal.as_slice(), base)).unwrap_or_default());
+                problems.extend(
+                    step.signal
+                        .as_ref()
+                        .map(|e| e.check(done.signal.as_slice(), base))
+                        .unwrap_or_default(),
+                );
             }
             Action::Poison { map, offset, cpu } => {
-                let signal = dax::poison(self.guest, map, *offset, *cpu).map_err(|e| format!("{where_}: {e}"))?;
-                self.log.line(format!("--- step {} `{}`: {signal:?}", step.number, step.name));
+                let signal = dax::poison(self.guest, map, *offset, *cpu)
+                    .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {signal:?}",
+                    step.number, step.name
+                ));
                 let base = self.maps.get(map).ok().map(|m| m.base);
-                problems.extend(step.signal.as_ref().map(|e| e.check(signal.as_slice(), base)).unwrap_or_default());
+                problems.extend(
+                    step.signal
+                        .as_ref()
+                        .map(|e| e.check(signal.as_slice(), base))
+                        .unwrap_or_default(),
+                );
             }
             Action::Signals { wait } => {
                 let got = dax::signals(self.guest, *wait).map_err(|e| format!("{where_}: {e}"))?;
-                self.log.line(format!("--- step {} `{}`: {got:?}", step.number, step.name));
-                let base = got.first().and_then(|s| self.maps.containing(s.addr)).map(|m| m.base);
-                problems.extend(step.signal.as_ref().map(|e| e.check(&got, base)).unwrap_or_default());
+                self.log
+                    .line(format!("--- step {} `{}`: {got:?}", step.number, step.name));
+                let base = got
+                    .first()
+                    .and_then(|s| self.maps.containing(s.addr))
+                    .map(|m| m.base);
+                problems.extend(
+                    step.signal
+                        .as_ref()
+                        .map(|e| e.check(&got, base))
+                        .unwrap_or_default(),
+                );
             }
             Action::MceKill { policy } => {
                 dax::mce_kill(self.guest, policy).map_err(|e| format!("{where_}: {e}"))?;

@@ -62,7 +62,9 @@ fn real_main() -> util::Result<()> {
         .expect("xtask lives in the workspace")
         .to_path_buf();
     let mut opts = Options {
-        artifacts: workspace.join("target/pmem-lab/artifacts"),
+        artifacts: std::env::var_os("PMEM_LAB_ARTIFACTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target/pmem-lab/artifacts")),
         workspace,
         cache: default_cache(),
         kernel_tree: None,

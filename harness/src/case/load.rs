@@ -467,7 +467,10 @@ impl Checker<'_> {
         }
         let signal_step = s.consume.is_some() || s.poison.is_some() || s.signals.is_some();
         if let Some(f) = s.expect.signal.as_ref().filter(|_| !signal_step) {
-            self.error(&f.referenced, "`expect.signal` applies to `consume`, `poison` and `signals` steps");
+            self.error(
+                &f.referenced,
+                "`expect.signal` applies to `consume`, `poison` and `signals` steps",
+            );
         }
         let (name, action) = if let Some(run) = &s.run {
             if run.value.is_empty() {
@@ -518,19 +521,39 @@ impl Checker<'_> {
         match &e.value {
             model::SignalExpectEntry::Word(w) if w == "none" => Some(SignalExpect::None),
             model::SignalExpectEntry::Word(w) => {
-                self.error(&e.referenced, format!("signal `{w}`: write `none` or a map with name, code, offset, lsb"));
+                self.error(
+                    &e.referenced,
+                    format!("signal `{w}`: write `none` or a map with name, code, offset, lsb"),
+                );
                 None
             }
             model::SignalExpectEntry::Some(f) => {
                 let name = f.name.clone().unwrap_or_else(|| "SIGBUS".to_string());
                 if name != "SIGBUS" {
-                    self.error(&e.referenced, format!("signal `{name}`: the lab reports SIGBUS only"));
+                    self.error(
+                        &e.referenced,
+                        format!("signal `{name}`: the lab reports SIGBUS only"),
+                    );
                 }
-                let codes = ["BUS_MCEERR_AR", "BUS_MCEERR_AO", "BUS_ADRERR", "BUS_ADRALN", "BUS_OBJERR"];
+                let codes = [
+                    "BUS_MCEERR_AR",
+                    "BUS_MCEERR_AO",
+                    "BUS_ADRERR",
+                    "BUS_ADRALN",
+                    "BUS_OBJERR",
+                ];
                 if let Some(c) = f.code.as_ref().filter(|c| !codes.contains(&c.as_str())) {
-                    self.error(&e.referenced, format!("signal code `{c}`: use one of {}", codes.join(", ")));
+                    self.error(
+                        &e.referenced,
+                        format!("signal code `{c}`: use one of {}", codes.join(", ")),
+                    );
                 }
-                Some(SignalExpect::Some { name, code: f.code.clone(), offset: f.offset.map(|o| o.bytes()), lsb: f.lsb })
+                Some(SignalExpect::Some {
+                    name,
+                    code: f.code.clone(),
+                    offset: f.offset.map(|o| o.bytes()),
+                    lsb: f.lsb,
+                })
             }
         }
     }
@@ -544,22 +567,39 @@ impl Checker<'_> {
     ) -> Option<(String, Action)> {
         if let Some(m) = &s.map {
             let name = m.value.name.value.clone();
-            let ns = namespaces.iter().find(|n| n.name == m.value.namespace.value);
+            let ns = namespaces
+                .iter()
+                .find(|n| n.name == m.value.namespace.value);
             let Some(ns) = ns else {
-                self.error(&m.value.namespace.referenced, format!("unknown namespace `{}`", m.value.namespace.value));
+                self.error(
+                    &m.value.namespace.referenced,
+                    format!("unknown namespace `{}`", m.value.namespace.value),
+                );
                 return None;
             };
             if ns.mode != NamespaceMode::Devdax {
                 self.error(
                     &m.value.namespace.referenced,
-                    format!("namespace `{}` is {}: `map` maps device-dax", ns.name, ns.mode.ndctl_name()),
+                    format!(
+                        "namespace `{}` is {}: `map` maps device-dax",
+                        ns.name,
+                        ns.mode.ndctl_name()
+                    ),
                 );
             }
             let align = ns.align.unwrap_or(ByteSize(2 * MIB));
             let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
             let length = m.value.length.value;
             for (what, v, at) in [
-                ("offset", offset, m.value.offset.as_ref().map(|o| o.referenced).unwrap_or(m.referenced)),
+                (
+                    "offset",
+                    offset,
+                    m.value
+                        .offset
+                        .as_ref()
+                        .map(|o| o.referenced)
+                        .unwrap_or(m.referenced),
+                ),
                 ("length", length, m.value.length.referenced),
             ] {
                 if !v.is_multiple_of(align) {
@@ -567,37 +607,82 @@ impl Checker<'_> {
                 }
             }
             if length.bytes() == 0 || offset.bytes() + length.bytes() > ns.size.bytes() {
-                self.error(&m.value.length.referenced, format!("{offset}+{length} does not fit in namespace `{}` ({})", ns.name, ns.size));
+                self.error(
+                    &m.value.length.referenced,
+                    format!(
+                        "{offset}+{length} does not fit in namespace `{}` ({})",
+                        ns.name, ns.size
+                    ),
+                );
             }
             if self.maps.insert(name.clone(), length.bytes()).is_some() {
-                self.error(&m.value.name.referenced, format!("mapping `{name}` already exists: unmap it first"));
+                self.error(
+                    &m.value.name.referenced,
+                    format!("mapping `{name}` already exists: unmap it first"),
+                );
             }
-            let action = Action::Map { name: name.clone(), namespace: ns.name.clone(), offset: offset.bytes(), length: length.bytes() };
+            let action = Action::Map {
+                name: name.clone(),
+                namespace: ns.name.clone(),
+                offset: offset.bytes(),
+                length: length.bytes(),
+            };
             return Some((format!("map {name}"), action));
         }
         if let Some(u) = &s.unmap {
             if self.maps.remove(&u.value).is_none() {
                 self.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
             }
-            return Some((format!("unmap {}", u.value), Action::Unmap { name: u.value.clone() }));
+            return Some((
+                format!("unmap {}", u.value),
+                Action::Unmap {
+                    name: u.value.clone(),
+                },
+            ));
         }
         if let Some(t) = &s.touch {
             let len = self.map_len(&t.value.map)?;
-            let offset = t.value.offset.as_ref().map(|o| o.value.bytes()).unwrap_or(0);
-            let length = t.value.length.as_ref().map(|l| l.value.bytes()).unwrap_or(len.saturating_sub(offset));
-            let at = t.value.length.as_ref().map(|l| l.referenced).unwrap_or(t.referenced);
+            let offset = t
+                .value
+                .offset
+                .as_ref()
+                .map(|o| o.value.bytes())
+                .unwrap_or(0);
+            let length = t
+                .value
+                .length
+                .as_ref()
+                .map(|l| l.value.bytes())
+                .unwrap_or(len.saturating_sub(offset));
+            let at = t
+                .value
+                .length
+                .as_ref()
+                .map(|l| l.referenced)
+                .unwrap_or(t.referenced);
             if offset + length > len || length == 0 {
                 self.error(&at, format!("touch window {offset:#x}+{length:#x} is outside mapping `{}` ({len:#x} bytes)", t.value.map.value));
             }
             let cpu = self.cpu(&t.value.cpu, machine);
-            let action = Action::Touch { map: t.value.map.value.clone(), offset, length, cpu: t.value.cpu.as_ref().map(|_| cpu) };
+            let action = Action::Touch {
+                map: t.value.map.value.clone(),
+                offset,
+                length,
+                cpu: t.value.cpu.as_ref().map(|_| cpu),
+            };
             return Some((format!("touch {}", t.value.map.value), action));
         }
         if let Some(c) = s.consume.as_ref().or(s.poison.as_ref()) {
             let len = self.map_len(&c.value.map)?;
             let offset = c.value.offset.value.bytes();
             if offset >= len {
-                self.error(&c.value.offset.referenced, format!("offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)", c.value.map.value));
+                self.error(
+                    &c.value.offset.referenced,
+                    format!(
+                        "offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)",
+                        c.value.map.value
+                    ),
+                );
             }
             let consume = s.consume.is_some();
             if consume && !offset.is_multiple_of(mce::GRANULE) {
@@ -606,20 +691,35 @@ impl Checker<'_> {
             let cpu = self.cpu(&c.value.cpu, machine);
             let map = c.value.map.value.clone();
             return Some(if consume {
-                (format!("consume {map}"), Action::Consume { map, offset, cpu })
+                (
+                    format!("consume {map}"),
+                    Action::Consume { map, offset, cpu },
+                )
             } else {
                 (format!("poison {map}"), Action::Poison { map, offset, cpu })
             });
         }
         if let Some(sig) = &s.signals {
-            let wait = sig.value.wait.map(|t| t.0).unwrap_or(std::time::Duration::from_secs(2));
+            let wait = sig
+                .value
+                .wait
+                .map(|t| t.0)
+                .unwrap_or(std::time::Duration::from_secs(2));
             return Some(("signals".to_string(), Action::Signals { wait }));
         }
         let policy = s.mce_kill.as_ref().expect("one action");
         if !["early", "late", "default"].contains(&policy.value.as_str()) {
-            self.error(&policy.referenced, format!("mce_kill `{}`: use early, late or default", policy.value));
+            self.error(
+                &policy.referenced,
+                format!("mce_kill `{}`: use early, late or default", policy.value),
+            );
         }
-        Some((format!("mce_kill {}", policy.value), Action::MceKill { policy: policy.value.clone() }))
+        Some((
+            format!("mce_kill {}", policy.value),
+            Action::MceKill {
+                policy: policy.value.clone(),
+            },
+        ))
     }
 
     fn map_len(&mut self, map: &Spanned<String>) -> Option<u64> {
@@ -628,7 +728,15 @@ impl Checker<'_> {
             let live: Vec<&str> = self.maps.keys().map(String::as_str).collect();
             self.error(
                 &map.referenced,
-                format!("no mapping `{}` at this step (mapped now: {})", map.value, if live.is_empty() { "none".to_string() } else { live.join(", ") }),
+                format!(
+                    "no mapping `{}` at this step (mapped now: {})",
+                    map.value,
+                    if live.is_empty() {
+                        "none".to_string()
+                    } else {
+                        live.join(", ")
+                    }
+                ),
             );
         }
         len
@@ -637,7 +745,13 @@ impl Checker<'_> {
     fn cpu(&mut self, cpu: &Option<Spanned<u32>>, machine: &MachineSpec) -> u32 {
         let Some(c) = cpu else { return 0 };
         if c.value >= machine.cpus {
-            self.error(&c.referenced, format!("cpu {} does not exist: the machine has {}", c.value, machine.cpus));
+            self.error(
+                &c.referenced,
+                format!(
+                    "cpu {} does not exist: the machine has {}",
+                    c.value, machine.cpus
+                ),
+            );
         }
         c.value
     }
@@ -674,7 +788,10 @@ impl Checker<'_> {
             self.error(&span, format!("`{action}` runs no command: `exit`, `stdout`, `stderr`, `json` and `stdin` do not apply"));
         }
         if !s.env.is_empty() {
-            self.error(at, format!("`{action}` runs no command: `env` does not apply"));
+            self.error(
+                at,
+                format!("`{action}` runs no command: `env` does not apply"),
+            );
         }
     }
 

@@ -158,13 +158,18 @@ pub fn substitute(text: &str, cell: &Cell) -> Result<String, Problem> {
             )
         })?;
         let end = body + close + 1;
-        // `"${matrix.KEY}"` as a whole quoted scalar loses its quotes: the
-        // quotes only satisfy YAML's flow syntax, and the value should keep
-        // its own type (a sector number stays a number).
+        // `"${matrix.KEY}"` as a whole quoted scalar loses its quotes when
+        // the value is a plain token (a number, a size, a word): the quotes
+        // only satisfy YAML's flow syntax, and the value should keep its own
+        // type (a sector number stays a number). Text with spaces or YAML
+        // punctuation keeps them.
+        let plain = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
         let quote = text[..start]
             .chars()
             .last()
-            .filter(|q| *q == '"' || *q == '\'');
+            .filter(|q| plain && (*q == '"' || *q == '\''));
         match quote {
             Some(q) if text[end..].starts_with(q) => {
                 out.push_str(&text[rest..start - 1]);
@@ -229,6 +234,14 @@ mod tests {
         // containing more keeps its quotes.
         let t = "a: [\"${matrix.align}\", '${matrix.align}', \"x${matrix.align}\"]\n";
         assert_eq!(substitute(t, &cell).unwrap(), "a: [2M, 2M, \"x2M\"]\n");
+        let prose = Cell {
+            label: "p".into(),
+            values: [("log".to_string(), "dax page: Failed".to_string())].into(),
+        };
+        assert_eq!(
+            substitute("dmesg: '${matrix.log}'\n", &prose).unwrap(),
+            "dmesg: 'dax page: Failed'\n"
+        );
         let (line, col, msg) = substitute("a: 1\n  b: ${matrix.size}\n", &cell).unwrap_err();
         assert_eq!((line, col), (2, 6));
         assert!(msg.contains("has no `size` (it has: align)"), "{msg}");

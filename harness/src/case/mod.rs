@@ -102,18 +102,42 @@ pub enum Action {
         exact: bool,
     },
     /// mmap `[offset, offset + length)` of a devdax namespace as `name`.
-    Map { name: String, namespace: String, offset: u64, length: u64 },
-    Unmap { name: String },
-    Touch { map: String, offset: u64, length: u64, cpu: Option<u32> },
+    Map {
+        name: String,
+        namespace: String,
+        offset: u64,
+        length: u64,
+    },
+    Unmap {
+        name: String,
+    },
+    Touch {
+        map: String,
+        offset: u64,
+        length: u64,
+        cpu: Option<u32>,
+    },
     /// Read `offset` of a mapping on `cpu` while the lab injects a
     /// data-load machine check (SRAR) at that line on that CPU.
-    Consume { map: String, offset: u64, cpu: u32 },
+    Consume {
+        map: String,
+        offset: u64,
+        cpu: u32,
+    },
     /// MADV_HWPOISON the page at `offset` of a mapping.
-    Poison { map: String, offset: u64, cpu: u32 },
+    Poison {
+        map: String,
+        offset: u64,
+        cpu: u32,
+    },
     /// Collect SIGBUS signals the agent process received.
-    Signals { wait: Duration },
+    Signals {
+        wait: Duration,
+    },
     /// prctl(PR_MCE_KILL) on the agent's main thread.
-    MceKill { policy: String },
+    MceKill {
+        policy: String,
+    },
 }
 
 /// A problem in a case file, located precisely.

@@ -39,36 +39,68 @@ pub enum Op {
     /// Read small files (sysfs attributes) without starting a process:
     /// under TCG an exec costs tens of milliseconds, and the lab reads
     /// dozens of attributes after every step.
-    ReadFiles { paths: Vec<String> },
+    ReadFiles {
+        paths: Vec<String>,
+    },
     /// Kernel log records with a sequence number above `after` (all when
     /// `None`), from /dev/kmsg: exact "since this step began" semantics,
     /// which diffing `dmesg` text cannot give.
-    Kmsg { after: Option<u64> },
+    Kmsg {
+        after: Option<u64>,
+    },
     /// Write `contents` to an existing file (a sysfs attribute), without a
     /// shell in between.
-    WriteFile { path: String, contents: String },
+    WriteFile {
+        path: String,
+        contents: String,
+    },
     /// mmap `length` bytes of a device-dax character device at `offset`
     /// (MAP_SHARED, read/write) and keep the mapping as `name`.
-    Map { name: String, path: String, offset: u64, length: u64 },
-    Unmap { name: String },
+    Map {
+        name: String,
+        path: String,
+        offset: u64,
+        length: u64,
+    },
+    Unmap {
+        name: String,
+    },
     /// Read one byte of every 4 KiB page of `[offset, offset + length)` of a
     /// mapping; the reply counts the minor faults that took.
-    Touch { name: String, offset: u64, length: u64, cpu: Option<u32> },
+    Touch {
+        name: String,
+        offset: u64,
+        length: u64,
+        cpu: Option<u32>,
+    },
     /// In a child process (pinned to `cpu` if given), read the cache line at
     /// `offset` in a tight loop until a signal arrives or `timeout_ms`. The
     /// agent sends [`GuestMessage::Status`] `reading` once the loop runs, so
     /// the lab can inject the machine check while the line is being read.
-    Consume { name: String, offset: u64, cpu: Option<u32>, timeout_ms: u64 },
+    Consume {
+        name: String,
+        offset: u64,
+        cpu: Option<u32>,
+        timeout_ms: u64,
+    },
     /// In a child process, madvise(MADV_HWPOISON) the page at `offset`: the
     /// kernel's software injector (what ndctl's dax-poison test uses).
-    Poison { name: String, offset: u64, cpu: Option<u32> },
+    Poison {
+        name: String,
+        offset: u64,
+        cpu: Option<u32>,
+    },
     /// SIGBUS signals the agent process itself received (the action-optional
     /// ones memory_failure() sends to early-kill tasks) since the last call,
     /// waiting up to `wait_ms` for the first.
-    Signals { wait_ms: u64 },
+    Signals {
+        wait_ms: u64,
+    },
     /// prctl(PR_MCE_KILL) on the agent's long-lived main thread: `early`,
     /// `late`, or `default` (clear, follow vm.memory_failure_early_kill).
-    MceKill { policy: String },
+    MceKill {
+        policy: String,
+    },
 }
 
 /// What a SIGBUS handler saw in its siginfo.

@@ -108,7 +108,9 @@ fn read_records(fd: i32) -> Vec<SignalInfo> {
     let mut out = Vec::new();
     let mut rec = [0u64; 5];
     // SAFETY: reading whole records into our buffer from a non-blocking fd.
-    while unsafe { libc::read(fd, rec.as_mut_ptr() as *mut libc::c_void, RECORD) } == RECORD as isize {
+    while unsafe { libc::read(fd, rec.as_mut_ptr() as *mut libc::c_void, RECORD) }
+        == RECORD as isize
+    {
         out.push(SignalInfo {
             signo: rec[0] as i32,
             code: rec[1] as i32,
@@ -157,7 +159,13 @@ pub fn map(name: &str, path: &str, offset: u64, length: u64) -> Result<u64, Stri
     }
     let mut maps = MAPS.lock().unwrap();
     let maps = maps.get_or_insert_with(HashMap::new);
-    if let Some(old) = maps.insert(name.to_string(), Mapping { addr: addr as usize, len: length as usize }) {
+    if let Some(old) = maps.insert(
+        name.to_string(),
+        Mapping {
+            addr: addr as usize,
+            len: length as usize,
+        },
+    ) {
         // SAFETY: unmapping the mapping we replaced under this name.
         unsafe { libc::munmap(old.addr as *mut libc::c_void, old.len) };
     }
@@ -184,7 +192,10 @@ fn locate(name: &str, offset: u64, len: u64) -> Result<usize, String> {
         .and_then(|m| m.get(name))
         .ok_or_else(|| format!("no mapping named {name}"))?;
     if offset.checked_add(len).is_none_or(|end| end > m.len as u64) {
-        return Err(format!("{offset:#x}+{len:#x} is outside mapping {name} ({:#x} bytes)", m.len));
+        return Err(format!(
+            "{offset:#x}+{len:#x} is outside mapping {name} ({:#x} bytes)",
+            m.len
+        ));
     }
     Ok(m.addr + offset as usize)
 }
@@ -196,7 +207,10 @@ fn pin(cpu: Option<u32>) -> Result<(), String> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(format!("pin to CPU {cpu}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -246,7 +260,9 @@ pub fn in_child(
     let mut ready = [0i32; 2];
     // SAFETY: pipe2 fills the arrays.
     unsafe {
-        if libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) != 0 || libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        if libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) != 0
+        {
             return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
         }
     }
@@ -276,9 +292,14 @@ pub fn in_child(
     // guest every wakeup of ours is kernel time on the CPU the machine check
     // must find in user mode.
     let left = timeout.saturating_sub(start.elapsed());
-    let mut pfd = libc::pollfd { fd: report[0], events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: report[0],
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: poll on our pipe.
-    let ready_now = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+    let ready_now =
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
     let mut status = 0;
     // SAFETY: killing (if still running) and reaping our own child.
     unsafe {
@@ -296,7 +317,10 @@ pub fn in_child(
         libc::close(ready[0]);
     }
     if signal.is_none() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) != libc::SIGKILL {
-        return Err(format!("the child died of signal {} without a report", libc::WTERMSIG(status)));
+        return Err(format!(
+            "the child died of signal {} without a report",
+            libc::WTERMSIG(status)
+        ));
     }
     Ok((signal, start.elapsed()))
 }
@@ -362,12 +386,19 @@ pub fn mce_kill(policy: &str) -> Result<(), String> {
         "early" => (libc::PR_MCE_KILL_SET, libc::PR_MCE_KILL_EARLY),
         "late" => (libc::PR_MCE_KILL_SET, libc::PR_MCE_KILL_LATE),
         "default" => (libc::PR_MCE_KILL_CLEAR, 0),
-        other => return Err(format!("unknown PR_MCE_KILL policy {other}: early, late or default")),
+        other => {
+            return Err(format!(
+                "unknown PR_MCE_KILL policy {other}: early, late or default"
+            ))
+        }
     };
     // SAFETY: plain prctl.
     let r = unsafe { libc::prctl(libc::PR_MCE_KILL, op, arg, 0, 0) };
     if r != 0 {
-        return Err(format!("prctl(PR_MCE_KILL): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "prctl(PR_MCE_KILL): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }

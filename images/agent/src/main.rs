@@ -89,7 +89,8 @@ fn handle_line(out: &Out, line: &str) {
     }
     let out = Arc::clone(out);
     thread::spawn(move || {
-        let reply = serve_op(req.id, req.op, &out).unwrap_or_else(|message| Reply::Error { message });
+        let reply =
+            serve_op(req.id, req.op, &out).unwrap_or_else(|message| Reply::Error { message });
         send(&out, &GuestMessage::Response { id: req.id, reply });
     });
 }
@@ -97,7 +98,9 @@ fn handle_line(out: &Out, line: &str) {
 fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
     Ok(match op {
         Op::Run(run_req) => Reply::Run(run(&run_req)?),
-        Op::ReadFiles { paths } => Reply::Files { files: paths.iter().map(|p| read_file(p)).collect() },
+        Op::ReadFiles { paths } => Reply::Files {
+            files: paths.iter().map(|p| read_file(p)).collect(),
+        },
         Op::WriteFile { path, contents } => {
             OpenOptions::new()
                 .write(true)
@@ -106,29 +109,62 @@ fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
                 .map_err(|e| format!("write {path}: {e}"))?;
             Reply::Done
         }
-        Op::Kmsg { after } => Reply::Kmsg { records: kmsg(after)? },
-        Op::Map { name, path, offset, length } => Reply::Mapped { address: dax::map(&name, &path, offset, length)? },
+        Op::Kmsg { after } => Reply::Kmsg {
+            records: kmsg(after)?,
+        },
+        Op::Map {
+            name,
+            path,
+            offset,
+            length,
+        } => Reply::Mapped {
+            address: dax::map(&name, &path, offset, length)?,
+        },
         Op::Unmap { name } => {
             dax::unmap(&name)?;
             Reply::Done
         }
-        Op::Touch { name, offset, length, cpu } => {
+        Op::Touch {
+            name,
+            offset,
+            length,
+            cpu,
+        } => {
             let (pages, faults) = dax::touch(&name, offset, length, cpu)?;
             Reply::Touched { pages, faults }
         }
-        Op::Consume { name, offset, cpu, timeout_ms } => {
+        Op::Consume {
+            name,
+            offset,
+            cpu,
+            timeout_ms,
+        } => {
             let action = dax::child_action_read(&name, offset)?;
-            let status = GuestMessage::Status { id, state: "reading".into(), pc: Some(dax::spin_pc()) };
+            let status = GuestMessage::Status {
+                id,
+                state: "reading".into(),
+                pc: Some(dax::spin_pc()),
+            };
             let (signal, took) =
-                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || send(out, &status))?;
-            Reply::Consumed { signal, duration_ms: took.as_millis() as u64 }
+                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || {
+                    send(out, &status)
+                })?;
+            Reply::Consumed {
+                signal,
+                duration_ms: took.as_millis() as u64,
+            }
         }
         Op::Poison { name, offset, cpu } => {
             let action = dax::child_action_poison(&name, offset)?;
             let (signal, took) = dax::in_child(action, cpu, Duration::from_secs(30), || {})?;
-            Reply::Consumed { signal, duration_ms: took.as_millis() as u64 }
+            Reply::Consumed {
+                signal,
+                duration_ms: took.as_millis() as u64,
+            }
         }
-        Op::Signals { wait_ms } => Reply::Signals { signals: dax::signals(Duration::from_millis(wait_ms)) },
+        Op::Signals { wait_ms } => Reply::Signals {
+            signals: dax::signals(Duration::from_millis(wait_ms)),
+        },
         Op::MceKill { .. } => unreachable!("served on the main thread"),
     })
 }
