@@ -177,23 +177,13 @@ pub fn consume(
         })
         .map_err(|e| e.to_string())?;
     let pc = first.map_err(|reply| format!("the reader ended before reading: {reply:?}"))?;
-    let seen = guest
-        .vm
-        .qmp_events()
-        .iter()
-        .filter(|e| e["event"] == MEMORY_FAILURE)
-        .count();
+    let seen = guest.vm.qmp_event_count(MEMORY_FAILURE);
     let injected_at = Instant::now();
     let attempts = inject_on_the_loop(guest, cpu, pc, &command, deadline)?;
     let reply = guest
         .vm
-        .wait_for("the reader's report", deadline, |e| match e {
-            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => {
-                Some(reply.clone())
-            }
-            _ => None,
-        })
-        .map_err(|e| e.to_string())?;
+        .wait_reply(id, deadline.saturating_duration_since(Instant::now()))
+        .map_err(|e| format!("the reader's report: {e}"))?;
     guest
         .vm
         .wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10))

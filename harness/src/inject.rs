@@ -63,12 +63,7 @@ pub fn inject(
         .map_err(|e| format!("cannot inject: {e}"))?;
     let injection = Injection::new(kind, resolved.gpa, cpu, cpus);
     let command = injection.hmp_command();
-    let seen = guest
-        .vm
-        .qmp_events()
-        .iter()
-        .filter(|e| e["event"] == MEMORY_FAILURE)
-        .count();
+    let seen = guest.vm.qmp_event_count(MEMORY_FAILURE);
     let answer = guest
         .vm
         .hmp(&command, Duration::from_secs(10))

@@ -277,28 +277,8 @@ impl Vm {
     /// Send one request and wait for its reply (or a panic, QEMU's death, or
     /// the timeout).
     pub fn request(&mut self, op: pmem_lab_proto::Op, timeout: Duration) -> Result<Reply, VmError> {
-        let id = self.next_id();
-        let mut line = serde_json::to_string(&Request { id, op }).expect("serializable");
-        line.push('\n');
-        let _ = self.transcript.write_all(format!("> {line}").as_bytes());
-        let agent = self
-            .agent
-            .as_mut()
-            .ok_or_else(|| VmError::Protocol("agent not connected".into()))?;
-        if let Err(e) = agent.write_all(line.as_bytes()) {
-            return Err(VmError::Protocol(format!("write to agent: {e}")));
-        }
-        let deadline = Instant::now() + timeout;
-        self.wait_for(
-            &format!("the agent's reply to request {id}"),
-            deadline,
-            |e| match e {
-                Event::Agent(GuestMessage::Response { id: rid, reply }) if *rid == id => {
-                    Some(reply.clone())
-                }
-                _ => None,
-            },
-        )
+        let id = self.send(op)?;
+        self.wait_reply(id, timeout)
     }
 
     /// Send the request and return its id at once; collect the reply later
@@ -317,6 +297,21 @@ impl Vm {
             .write_all(line.as_bytes())
             .map_err(|e| VmError::Protocol(format!("write to agent: {e}")))?;
         Ok(id)
+    }
+
+    /// The reply to request `id`.
+    pub fn wait_reply(&mut self, id: u64, timeout: Duration) -> Result<Reply, VmError> {
+        let deadline = Instant::now() + timeout;
+        self.wait_for(
+            &format!("the agent's reply to request {id}"),
+            deadline,
+            |e| match e {
+                Event::Agent(GuestMessage::Response { id: rid, reply }) if *rid == id => {
+                    Some(reply.clone())
+                }
+                _ => None,
+            },
+        )
     }
 
     fn next_id(&mut self) -> u64 {
@@ -387,6 +382,14 @@ impl Vm {
             }
             _ => unreachable!(),
         }
+    }
+
+    /// How many QMP events named `name` have arrived so far.
+    pub fn qmp_event_count(&self, name: &str) -> usize {
+        self.qmp_events
+            .iter()
+            .filter(|e| e["event"] == name)
+            .count()
     }
 
     /// Every QMP event received so far, oldest first (the raw JSON).
