@@ -105,16 +105,11 @@ pub fn take(
         "--regions",
         "--namespaces",
         "--media-errors",
-        "--bus=ACPI.NFIT",
     ])?;
-    // With several object kinds (-R and -N), ndctl nests: {"regions": [...
-    // {"namespaces": [...]}]}; with one region and no wrapper, a bare object.
-    let top = json_list(&listed.stdout)?;
-    let regions_json: Vec<Value> = match top.as_slice() {
-        [one] if one.get("regions").is_some() => json_list(&one["regions"].to_string())?,
-        _ => top,
-    };
-    snap.ndctl_json = Value::Array(regions_json.clone());
+    let top: Value = Value::Array(json_list(&listed.stdout)?);
+    let mut regions_json = Vec::new();
+    collect_regions(&top, &mut regions_json);
+    snap.ndctl_json = top;
     let mut paths: Vec<String> = layout
         .regions
         .iter()
@@ -163,6 +158,26 @@ pub fn take(
         });
     }
     Ok(snap)
+}
+
+/// Every region object in ndctl's listing, however ndctl nested it: a bare
+/// object, `{"regions": [...]}`, or per bus when there are several buses.
+fn collect_regions(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect_regions(i, out)),
+        Value::Object(map) => {
+            if map
+                .get("dev")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.starts_with("region"))
+            {
+                out.push(v.clone());
+            } else {
+                map.values().for_each(|i| collect_regions(i, out));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What the namespace's badblocks must be, given its region's.
@@ -286,6 +301,18 @@ mod tests {
             }],
             kmsg: Vec::new(),
             ndctl_json: Value::Null,
+        }
+    }
+
+    #[test]
+    fn regions_are_found_however_ndctl_nests_them() {
+        let one = json!([{"dev": "region0"}]);
+        let wrapped = json!([{"regions": [{"dev": "region0", "namespaces": [{"dev": "namespace0.0"}]}, {"dev": "region1"}]}]);
+        let buses = json!([{"provider": "nfit_test.0", "regions": [{"dev": "region1"}]}, {"provider": "ACPI.NFIT", "regions": [{"dev": "region0"}]}]);
+        for (v, n) in [(one, 1), (wrapped, 2), (buses, 2)] {
+            let mut out = Vec::new();
+            collect_regions(&v, &mut out);
+            assert_eq!(out.len(), n, "{v}");
         }
     }
 

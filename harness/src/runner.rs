@@ -8,7 +8,7 @@
 
 use crate::address::Target;
 use crate::badblocks::{self, Range};
-use crate::case::{Action, Case, Step};
+use crate::case::{Action, Case, NdctlOp, Step};
 use crate::dax;
 use crate::guest::Guest;
 use crate::inject;
@@ -100,8 +100,55 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
 }
 
+/// Options tools/testing/nvdimm/config_check.c insists on.
+const NFIT_TEST_CONFIG: [&str; 6] = [
+    "CONFIG_LIBNVDIMM=m",
+    "CONFIG_BLK_DEV_PMEM=m",
+    "CONFIG_ND_BTT=m",
+    "CONFIG_ND_PFN=m",
+    "CONFIG_DEV_DAX=m",
+    "CONFIG_DEV_DAX_PMEM=m",
+];
+
+/// A case that needs nfit_test on a kernel without it fails here, before
+/// boot, with the reason.
+pub fn nfit_test_preflight(env: &LabEnv) -> Result<(), String> {
+    let dir = env
+        .kernel
+        .parent()
+        .map(|p| p.join("nfit_test"))
+        .unwrap_or_default();
+    let module = dir.join("nfit_test.ko");
+    if !module.is_file() {
+        return Err(format!(
+            "this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
+             `cargo xtask kernel` builds them from tools/testing/nvdimm",
+            module.display()
+        ));
+    }
+    if let Some(config) = &env.kernel_config {
+        let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let missing: Vec<&str> = NFIT_TEST_CONFIG
+            .iter()
+            .copied()
+            .filter(|o| !text.lines().any(|l| l == *o))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this case needs nfit_test, which needs {} in the kernel config ({})",
+                missing.join(", "),
+                config.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     let start = Instant::now();
+    if case.machine.nfit_test {
+        nfit_test_preflight(env)?;
+    }
     // Sockets need short paths; backing files are sparse and go with them.
     let private = tempfile::Builder::new()
         .prefix("pl-")
@@ -215,6 +262,8 @@ impl CaseRun<'_> {
         );
         let mut problems = Vec::new();
         let mut details = String::new();
+        // A namespace `clear-errors` said it cleared.
+        let mut cleared: Option<String> = None;
         match &step.action {
             Action::Run { argv, stdin, env } => {
                 let expand = |s: &str| template::expand(s, |ns, f| self.layout.lookup(ns, f));
@@ -232,19 +281,48 @@ impl CaseRun<'_> {
                     env: env.clone(),
                     timeout_ms: step.timeout.as_millis() as u64,
                 };
-                let result = self
-                    .guest
-                    .run(req.clone())
-                    .map_err(|e| format!("{where_}: {e}"))?;
-                self.log.step(step, &req, &result);
+                let result = self.command(step, &where_, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
-                details = format!(
-                    "  argv: {:?}\n  {}\n{}{}",
-                    req.argv,
-                    result.status_text(),
-                    show("stdout", &result.stdout),
-                    show("stderr", &result.stderr)
-                );
+            }
+            Action::Ndctl(op) => {
+                if let NdctlOp::Scrub { bus } = op {
+                    let start = RunRequest {
+                        argv: vec!["ndctl".into(), "start-scrub".into(), bus.clone()],
+                        timeout_ms: step.timeout.as_millis() as u64,
+                        ..Default::default()
+                    };
+                    let started = self.command(step, &where_, start, &mut details)?;
+                    if started.exit_code != Some(0) {
+                        problems.push(format!(
+                            "`ndctl start-scrub {bus}` failed ({})",
+                            started.status_text()
+                        ));
+                    }
+                }
+                let op = &self
+                    .resolve_file_block(op)
+                    .map_err(|e| format!("{where_}: {e}"))?;
+                let layout = &self.layout;
+                let argv = op.argv(|ns| {
+                    layout
+                        .namespaces
+                        .get(ns)
+                        .map(|n| n.dev.clone())
+                        .unwrap_or_default()
+                });
+                let req = RunRequest {
+                    argv,
+                    timeout_ms: step.timeout.as_millis() as u64,
+                    ..Default::default()
+                };
+                let result = self.command(step, &where_, req, &mut details)?;
+                problems.extend(step.expect.check(&result));
+                if let (NdctlOp::Scrub { bus }, Some(0)) = (op, result.exit_code) {
+                    problems.extend(scrub_not_idle(bus, &result.stdout));
+                }
+                if let (NdctlOp::Clear { namespace, .. }, Some(0)) = (op, result.exit_code) {
+                    cleared = Some(namespace.clone());
+                }
             }
             Action::Inject { kind, at, cpu } => {
                 let done = inject::inject(
@@ -378,6 +456,9 @@ impl CaseRun<'_> {
             ));
             problems.extend(checked.err());
         }
+        if let Some(ns) = &cleared {
+            problems.extend(still_bad_after_clear(&snap, &self.layout, ns));
+        }
         let dmesg: Vec<&str> = snap.kmsg.iter().map(|r| r.text.as_str()).collect();
         for re in &step.dmesg {
             if !dmesg.iter().any(|l| re.is_match(l)) {
@@ -409,6 +490,67 @@ impl CaseRun<'_> {
         ))
     }
 
+    /// An inject_error aimed at a file byte: find the block with FIEMAP. The
+    /// extent's physical offset counts from the block device's first byte,
+    /// which is the namespace's data start, the frame of ndctl's --block.
+    fn resolve_file_block(&mut self, op: &NdctlOp) -> Result<NdctlOp, String> {
+        let NdctlOp::InjectError {
+            file: Some((path, offset)),
+            ..
+        } = op
+        else {
+            return Ok(op.clone());
+        };
+        let extents = match self.guest.vm.request(
+            pmem_lab_proto::Op::Fiemap { path: path.clone() },
+            Duration::from_secs(30),
+        ) {
+            Ok(pmem_lab_proto::Reply::Extents { extents }) => extents,
+            Ok(other) => return Err(format!("FIEMAP {path}: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let e = extents
+            .iter()
+            .find(|e| e.logical <= *offset && *offset < e.logical + e.length)
+            .ok_or_else(|| {
+                format!("byte {offset:#x} of {path} is not allocated (extents {extents:?})")
+            })?;
+        let block = (e.physical + (offset - e.logical)) / badblocks::SECTOR;
+        self.log.line(format!(
+            "--- {path} byte {offset:#x} is namespace data block {block} (extents {extents:?})"
+        ));
+        let mut resolved = op.clone();
+        if let NdctlOp::InjectError { block: b, file, .. } = &mut resolved {
+            *b = block;
+            *file = None;
+        }
+        Ok(resolved)
+    }
+
+    /// Run a command in the guest, log it, and add it to the failure details.
+    fn command(
+        &mut self,
+        step: &Step,
+        where_: &str,
+        req: RunRequest,
+        details: &mut String,
+    ) -> Result<RunResult, String> {
+        let result = self
+            .guest
+            .run(req.clone())
+            .map_err(|e| format!("{where_}: {e}"))?;
+        self.log.step(step, &req, &result);
+        let _ = write!(
+            details,
+            "  argv: {:?}\n  {}\n{}{}",
+            req.argv,
+            result.status_text(),
+            show("stdout", &result.stdout),
+            show("stderr", &result.stderr)
+        );
+        Ok(result)
+    }
+
     /// Snapshot the error state, append it to state.jsonl, advance the
     /// kernel-log cursor.
     fn observe(&mut self, label: &str) -> Result<oracle::Snapshot, String> {
@@ -427,6 +569,59 @@ impl CaseRun<'_> {
             .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
         Ok(snap)
     }
+}
+
+/// `ndctl wait-scrub` returned: every bus it lists must be idle.
+fn scrub_not_idle(bus: &str, stdout: &str) -> Vec<String> {
+    match setup::json_list(stdout) {
+        Ok(buses) if !buses.is_empty() => buses
+            .iter()
+            .filter(|b| b["scrub_state"] != "idle")
+            .map(|b| {
+                format!(
+                    "{bus}: wait-scrub returned with scrub_state {}",
+                    b["scrub_state"]
+                )
+            })
+            .collect(),
+        Ok(_) => vec![format!("{bus}: wait-scrub listed no bus")],
+        Err(e) => vec![format!("{bus}: wait-scrub output: {e}")],
+    }
+}
+
+/// `clear-errors` said it succeeded: then no layer may still list a
+/// badblock in the namespace (ndctl issue 158: "clear reported success but
+/// badblocks remain").
+fn still_bad_after_clear(snap: &oracle::Snapshot, layout: &Layout, namespace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let window =
+        oracle::expected_namespace_view(&layout.geometry, snap, namespace).unwrap_or_default();
+    let dev = layout
+        .namespaces
+        .get(namespace)
+        .map(|n| n.dev.as_str())
+        .unwrap_or("?");
+    if !window.is_empty() {
+        out.push(format!(
+            "clear-errors succeeded on {dev} (`{namespace}`) but its region still lists {} in the namespace's data",
+            badblocks::show(&window)
+        ));
+    }
+    if let Some(n) = snap.namespace(namespace) {
+        if !n.ndctl.is_empty() {
+            out.push(format!(
+                "clear-errors succeeded on {dev} but ndctl still lists {}",
+                badblocks::show(&n.ndctl)
+            ));
+        }
+        if let Some(s) = n.sysfs.as_ref().filter(|s| !s.is_empty()) {
+            out.push(format!(
+                "clear-errors succeeded on {dev} but its block device still lists {}",
+                badblocks::show(s)
+            ));
+        }
+    }
+    out
 }
 
 /// An `expect_badblocks` against every view of its target.
@@ -544,6 +739,48 @@ impl StepLog {
             show("stderr", &r.stderr)
         );
         self.line(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_in(dir: &Path) -> LabEnv {
+        LabEnv {
+            kernel: dir.join("bzImage"),
+            initrd: dir.join("initrd"),
+            kernel_config: Some(dir.join("config")),
+            accel: Accel::Tcg,
+            artifacts: dir.join("artifacts"),
+            keep_passed: false,
+        }
+    }
+
+    #[test]
+    fn nfit_test_preflight_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        let e = nfit_test_preflight(&env).unwrap_err();
+        assert!(
+            e.contains("no nfit_test modules") && e.contains("nfit_test.ko"),
+            "{e}"
+        );
+        fs::create_dir(dir.path().join("nfit_test")).unwrap();
+        fs::write(dir.path().join("nfit_test/nfit_test.ko"), b"").unwrap();
+        fs::write(
+            dir.path().join("config"),
+            "CONFIG_LIBNVDIMM=y\nCONFIG_BLK_DEV_PMEM=m\n",
+        )
+        .unwrap();
+        let e = nfit_test_preflight(&env).unwrap_err();
+        assert!(
+            e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
+            "{e}"
+        );
+        assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
+        fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
+        assert!(nfit_test_preflight(&env).is_ok());
     }
 }
 

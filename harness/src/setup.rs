@@ -100,56 +100,85 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, St
 /// Create the case's namespaces on the QEMU (ACPI.NFIT) NVDIMMs.
 pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, String> {
     let mut layout = Layout::default();
-    if case.machine.nvdimms.is_empty() {
-        return Ok(layout);
+    if !case.machine.nvdimms.is_empty() {
+        layout.regions = qemu_regions(guest, case)?;
     }
-    let listed = guest.ok(&["ndctl", "list", "--regions", "--bus=ACPI.NFIT"])?;
-    let names: Vec<String> = json_list(&listed.stdout)?
-        .iter()
-        .filter_map(|r| r.get("dev").and_then(Value::as_str).map(str::to_string))
-        .collect();
-    if names.len() != case.machine.nvdimms.len() {
-        return Err(format!(
-            "the machine has {} NVDIMM(s) but `ndctl list --regions --bus=ACPI.NFIT` shows {} region(s): {}",
-            case.machine.nvdimms.len(),
-            names.len(),
-            listed.stdout.trim()
-        ));
-    }
-    let mut found = Vec::new();
-    for name in &names {
-        let res = guest.ok(&["cat", &format!("/sys/bus/nd/devices/{name}/resource")])?;
-        found.push((name.clone(), res.stdout));
-    }
-    layout.regions = regions_by_address(&found)?;
-    for (name, resource) in &found {
-        let start = number(resource, "region resource")?;
-        if let Some(align) = region_align_for(start) {
-            guest.write_file(
-                &format!("/sys/bus/nd/devices/{name}/align"),
-                &align.to_string(),
-            )?;
+    let qemu_namespaces = case.namespaces.iter().any(|n| n.bus.is_none());
+    if qemu_namespaces {
+        // A fresh label area holds no index block: initialise it so
+        // namespaces can be sized and named (the region must be disabled
+        // meanwhile).
+        for cmd in [
+            &["ndctl", "disable-region", "--bus=ACPI.NFIT", "all"][..],
+            &["ndctl", "init-labels", "--force", "--bus=ACPI.NFIT", "all"][..],
+            &["ndctl", "enable-region", "--bus=ACPI.NFIT", "all"][..],
+        ] {
+            guest.ok(cmd)?;
         }
     }
-    if case.namespaces.is_empty() {
-        layout.geometry = read_geometry(guest, case, &layout)?;
-        return Ok(layout);
-    }
-    // A fresh label area holds no index block: initialise it so namespaces
-    // can be sized and named (the region must be disabled meanwhile).
-    for cmd in [
-        &["ndctl", "disable-region", "--bus=ACPI.NFIT", "all"][..],
-        &["ndctl", "init-labels", "--force", "--bus=ACPI.NFIT", "all"][..],
-        &["ndctl", "enable-region", "--bus=ACPI.NFIT", "all"][..],
-    ] {
-        guest.ok(cmd)?;
-    }
+    let mut bus_regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ns in &case.namespaces {
-        let region = layout.regions[ns.nvdimm].clone();
-        let out = guest.ok(&create_namespace_argv(ns, &region)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>())?;
+        let region = match &ns.bus {
+            None => layout.regions[ns.nvdimm].clone(),
+            Some(bus) => {
+                if !bus_regions.contains_key(bus) {
+                    bus_regions.insert(bus.clone(), pmem_regions(guest, bus)?);
+                }
+                let regions = &bus_regions[bus];
+                let region = regions.get(ns.nvdimm).cloned().ok_or_else(|| {
+                    format!(
+                        "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
+                        regions.len(),
+                        regions.join(", "),
+                        ns.name,
+                        ns.nvdimm
+                    )
+                })?;
+                let fresh = !layout.regions.contains(&region);
+                if fresh {
+                    layout.regions.push(region.clone());
+                }
+                if fresh && !ns.whole_region {
+                    // The bus comes up with a raw namespace filling each
+                    // region: make room once.
+                    guest.ok(&[
+                        "ndctl",
+                        "destroy-namespace",
+                        "--force",
+                        &format!("--region={region}"),
+                        "all",
+                    ])?;
+                }
+                region
+            }
+        };
+        let argv = if ns.whole_region {
+            let listed = guest.ok(&[
+                "ndctl",
+                "list",
+                "--namespaces",
+                &format!("--region={region}"),
+            ])?;
+            let existing = json_list(&listed.stdout)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    format!("{region} has no namespace to reconfigure for `{}`", ns.name)
+                })?;
+            // Already what the case wants (nfit_test.1's read-only raw
+            // namespace cannot be reconfigured at all): take it as it is.
+            if existing["mode"] == ns.mode.ndctl_name() && ns.align.is_none() {
+                layout
+                    .namespaces
+                    .insert(ns.name.clone(), namespace_info(&existing, &region)?);
+                continue;
+            }
+            let dev = existing["dev"].as_str().unwrap_or_default();
+            reconfigure_namespace_argv(ns, dev)
+        } else {
+            create_namespace_argv(ns, &region)
+        };
+        let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         let created: Value = serde_json::from_str(&out.stdout)
             .map_err(|e| format!("create-namespace printed no JSON ({e}): {}", out.stdout))?;
         layout
@@ -158,6 +187,52 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
     }
     layout.geometry = read_geometry(guest, case, &layout)?;
     Ok(layout)
+}
+
+/// QEMU's regions in NVDIMM order, with their alignment fixed up.
+fn qemu_regions(guest: &mut Guest, case: &Case) -> Result<Vec<String>, String> {
+    let names = pmem_regions(guest, "ACPI.NFIT")?;
+    if names.len() != case.machine.nvdimms.len() {
+        return Err(format!(
+            "the machine has {} NVDIMM(s) but the ACPI.NFIT bus shows {} pmem region(s): {}",
+            case.machine.nvdimms.len(),
+            names.len(),
+            names.join(", ")
+        ));
+    }
+    for name in &names {
+        let resource = guest
+            .read_all(&[format!("/sys/bus/nd/devices/{name}/resource")])?
+            .remove(0);
+        if let Some(align) = region_align_for(number(&resource, "region resource")?) {
+            guest.write_file(
+                &format!("/sys/bus/nd/devices/{name}/align"),
+                &align.to_string(),
+            )?;
+        }
+    }
+    Ok(names)
+}
+
+/// A bus's pmem regions in address order.
+fn pmem_regions(guest: &mut Guest, bus: &str) -> Result<Vec<String>, String> {
+    let listed = guest.ok(&[
+        "ndctl",
+        "list",
+        "--regions",
+        &format!("--bus={bus}"),
+        "--type=pmem",
+    ])?;
+    let names: Vec<String> = json_list(&listed.stdout)?
+        .iter()
+        .filter_map(|r| r.get("dev").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| format!("/sys/bus/nd/devices/{n}/resource"))
+        .collect();
+    let found: Vec<(String, String)> = names.into_iter().zip(guest.read_all(&paths)?).collect();
+    regions_by_address(&found)
 }
 
 /// libnvdimm wants namespaces aligned to the region's `align`, 16M by
@@ -230,9 +305,14 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
                 ))
             }
         };
+        let region = layout
+            .regions
+            .iter()
+            .position(|r| *r == info.region)
+            .expect("setup records every region");
         geometry.namespaces.push(NamespaceGeometry {
             name: spec.name.clone(),
-            region: spec.nvdimm,
+            region,
             mode: spec.mode,
             start,
             size,
@@ -241,6 +321,24 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
         });
     }
     Ok(geometry)
+}
+
+/// Turn a region's existing namespace into the case's (label-less regions,
+/// such as most of nfit_test's, cannot be divided or named).
+pub fn reconfigure_namespace_argv(ns: &NamespaceSpec, existing: &str) -> Vec<String> {
+    let mut argv: Vec<String> = vec![
+        "ndctl".into(),
+        "create-namespace".into(),
+        "--force".into(),
+        // ndctl would try to write labels to DIMMs the region keeps busy.
+        "--no-autolabel".into(),
+        format!("--reconfig={existing}"),
+        format!("--mode={}", ns.mode.ndctl_name()),
+    ];
+    if let Some(a) = ns.align {
+        argv.push(format!("--align={a}"));
+    }
+    argv
 }
 
 pub fn create_namespace_argv(ns: &NamespaceSpec, region: &str) -> Vec<String> {
@@ -327,6 +425,8 @@ mod tests {
         let ns = NamespaceSpec {
             name: "data".into(),
             nvdimm: 0,
+            bus: None,
+            whole_region: false,
             mode: NamespaceMode::Devdax,
             size: ByteSize(512 << 20),
             align: Some(ByteSize(2 << 20)),

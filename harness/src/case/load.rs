@@ -5,7 +5,8 @@
 use super::matrix;
 use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
 use super::{
-    Action, Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT,
+    Action, Case, CaseError, NamespaceSpec, NdctlOp, Step, DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
 };
 use crate::address::{self, Base, Target};
 use crate::badblocks::{self, Range, SECTOR};
@@ -328,13 +329,17 @@ impl Checker<'_> {
                     format!("namespace `{name}` is defined twice"),
                 );
             }
-            let nvdimm = ns.nvdimm.as_ref().map(|n| n.value).unwrap_or(0);
+            let bus = self.namespace_bus(ns, machine);
+            let nvdimm = match (&bus, &ns.region) {
+                (Some(_), Some(r)) => r.value,
+                _ => ns.nvdimm.as_ref().map(|n| n.value).unwrap_or(0),
+            };
             let nvdimm_at = ns
                 .nvdimm
                 .as_ref()
                 .map(|n| n.referenced)
                 .unwrap_or(ns.name.referenced);
-            if nvdimm >= machine.nvdimms.len() {
+            if bus.is_none() && nvdimm >= machine.nvdimms.len() {
                 let have = match machine.nvdimms.len() {
                     0 => "machine.nvdimms is empty".to_string(),
                     n => format!("machine.nvdimms has {n} (indexes 0..{})", n - 1),
@@ -345,25 +350,41 @@ impl Checker<'_> {
                 );
             }
             let align = self.namespace_align(ns);
-            let size = ns.size.value;
+            let whole_region = ns.size.is_none();
+            let (size, size_at) = match &ns.size {
+                Some(s) => (s.value, s.referenced),
+                None => {
+                    if bus.is_none() {
+                        self.error(
+                            &ns.name.referenced,
+                            format!("namespace `{name}` needs a `size`"),
+                        );
+                    }
+                    (UNKNOWN_SIZE, ns.name.referenced)
+                }
+            };
             let granule = align
                 .map(|a| a.bytes())
                 .unwrap_or(4 * KIB)
                 .max(NvdimmSpec::REGION_ALIGN);
-            if !size.is_multiple_of(ByteSize(granule)) {
+            if !whole_region && !size.is_multiple_of(ByteSize(granule)) {
                 self.error(
-                    &ns.size.referenced,
+                    &size_at,
                     format!(
                         "size {size} is not a multiple of {} (the namespace align and the 16M region align)",
                         ByteSize(granule)
                     ),
                 );
             }
-            if let Some(nv) = machine.nvdimms.get(nvdimm) {
+            if let Some(nv) = machine
+                .nvdimms
+                .get(nvdimm)
+                .filter(|_| bus.is_none() && !whole_region)
+            {
                 used[nvdimm] += size.bytes();
                 if used[nvdimm] > nv.usable() {
                     self.error(
-                        &ns.size.referenced,
+                        &size_at,
                         format!(
                             "NVDIMM {nvdimm} ({}, {} label area) is too small: its namespaces need {}, it has {} usable",
                             nv.size,
@@ -374,7 +395,7 @@ impl Checker<'_> {
                     );
                 }
             }
-            if ns.mode != NamespaceMode::Raw {
+            if ns.mode != NamespaceMode::Raw && bus.is_none() {
                 if let Some(offset) = machine
                     .region_offsets()
                     .get(nvdimm)
@@ -395,12 +416,53 @@ impl Checker<'_> {
             out.push(NamespaceSpec {
                 name,
                 nvdimm,
+                bus,
+                whole_region,
                 mode: ns.mode,
                 size,
                 align,
             });
         }
         out
+    }
+
+    /// The nfit_test bus a namespace asks for, checked.
+    fn namespace_bus(
+        &mut self,
+        ns: &model::NamespaceEntry,
+        machine: &MachineSpec,
+    ) -> Option<String> {
+        let Some(bus) = &ns.bus else {
+            if let Some(r) = &ns.region {
+                self.error(
+                    &r.referenced,
+                    "`region` picks a region of an nfit_test `bus`; QEMU NVDIMMs use `nvdimm`",
+                );
+            }
+            return None;
+        };
+        if !["nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
+            self.error(
+                &bus.referenced,
+                format!(
+                    "bus `{}`: use nfit_test.0 or nfit_test.1 (QEMU's NVDIMMs need no bus)",
+                    bus.value
+                ),
+            );
+        }
+        if !machine.nfit_test {
+            self.error(
+                &bus.referenced,
+                format!("bus `{}` needs `machine.nfit_test: true`", bus.value),
+            );
+        }
+        if let Some(n) = &ns.nvdimm {
+            self.error(
+                &n.referenced,
+                "`nvdimm` is for QEMU NVDIMMs; on an nfit_test bus use `region`",
+            );
+        }
+        Some(bus.value.clone())
     }
 
     fn namespace_align(&mut self, ns: &model::NamespaceEntry) -> Option<ByteSize> {
@@ -439,6 +501,9 @@ impl Checker<'_> {
             ("poison", s.poison.is_some()),
             ("signals", s.signals.is_some()),
             ("mce_kill", s.mce_kill.is_some()),
+            ("inject_error", s.inject_error.is_some()),
+            ("scrub", s.scrub.is_some()),
+            ("clear", s.clear.is_some()),
         ]
         .iter()
         .filter(|(_, on)| *on)
@@ -447,7 +512,8 @@ impl Checker<'_> {
         if given.len() != 1 {
             let msg = if given.is_empty() {
                 "this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, \
-                 `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`"
+                 `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, \
+                 `inject_error`, `scrub`, `clear`"
                     .to_string()
             } else {
                 format!(
@@ -458,7 +524,11 @@ impl Checker<'_> {
             self.error(&at, msg);
             return None;
         }
-        let is_command = s.run.is_some() || s.sh.is_some();
+        let is_command = s.run.is_some()
+            || s.sh.is_some()
+            || s.inject_error.is_some()
+            || s.scrub.is_some()
+            || s.clear.is_some();
         if !is_command {
             self.refuse_command_fields(s, given[0], &at);
         }
@@ -488,6 +558,9 @@ impl Checker<'_> {
         } else if let Some(inject) = &s.inject {
             let action = self.inject(&inject.value, machine, namespaces)?;
             (format!("inject {}", inject.value.kind.value), action)
+        } else if let Some(op) = self.ndctl_step(s, namespaces) {
+            let argv = op.argv(|ns| format!("<{ns}>"));
+            (argv.join(" "), Action::Ndctl(op))
         } else if let Some(b) = &s.expect_badblocks {
             let action = self.expect_badblocks(b, machine, namespaces)?;
             ("expect_badblocks".to_string(), action)
@@ -514,6 +587,93 @@ impl Checker<'_> {
             faults: s.expect.faults.as_ref().map(|f| f.value),
             signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
             repeat,
+        })
+    }
+
+    /// inject_error, scrub, clear: ndctl commands with checked arguments.
+    fn ndctl_step(
+        &mut self,
+        s: &model::StepEntry,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<NdctlOp> {
+        let known_ns = |me: &mut Self, ns: &Spanned<String>| {
+            if !namespaces.iter().any(|n| n.name == ns.value) {
+                let known: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+                me.error(
+                    &ns.referenced,
+                    format!(
+                        "unknown namespace `{}` (setup defines: {})",
+                        ns.value,
+                        known.join(", ")
+                    ),
+                );
+            }
+            ns.value.clone()
+        };
+        if let Some(e) = &s.inject_error {
+            let namespace = known_ns(self, &e.value.namespace);
+            if e.value.status {
+                if let Some(b) = &e.value.block {
+                    self.error(
+                        &b.referenced,
+                        "`status: true` lists injected errors: no `block`",
+                    );
+                }
+                return Some(NdctlOp::InjectStatus { namespace });
+            }
+            let (block, file) = match (&e.value.block, &e.value.file) {
+                (Some(b), None) => (b.value, None),
+                (None, Some(f)) => {
+                    let offset = e
+                        .value
+                        .offset
+                        .as_ref()
+                        .map(|o| o.value.bytes())
+                        .unwrap_or(0);
+                    (0, Some((f.value.clone(), offset)))
+                }
+                _ => {
+                    self.error(
+                        &e.referenced,
+                        "inject_error needs `block` (a 512-byte block of the namespace data) or `file` (+ `offset`)",
+                    );
+                    return None;
+                }
+            };
+            if let (Some(o), None) = (&e.value.offset, &e.value.file) {
+                self.error(&o.referenced, "`offset` goes with `file`");
+            }
+            let count = e.value.count.as_ref().map(|c| c.value).unwrap_or(1);
+            if count == 0 {
+                self.error(
+                    &e.value.count.as_ref().unwrap().referenced,
+                    "count must be at least 1",
+                );
+            }
+            return Some(NdctlOp::InjectError {
+                namespace,
+                block,
+                count,
+                uninject: e.value.uninject,
+                file,
+            });
+        }
+        if let Some(bus) = &s.scrub {
+            if !["ACPI.NFIT", "nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
+                self.error(
+                    &bus.referenced,
+                    format!("bus `{}`: ACPI.NFIT, nfit_test.0 or nfit_test.1", bus.value),
+                );
+            }
+            return Some(NdctlOp::Scrub {
+                bus: bus.value.clone(),
+            });
+        }
+        let c = s.clear.as_ref()?;
+        let namespace = known_ns(self, &c.value.namespace);
+        Some(NdctlOp::Clear {
+            namespace,
+            scrub: c.value.scrub,
         })
     }
 

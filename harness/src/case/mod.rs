@@ -25,6 +25,10 @@ use std::time::Duration;
 pub use load::{load_dir, load_file, load_str};
 pub use model::NamespaceMode;
 
+/// The size of a namespace that takes a whole nfit_test region: only the VM
+/// knows it, so bounds that depend on it are checked there.
+pub const UNKNOWN_SIZE: ByteSize = ByteSize(u64::MAX);
+
 /// Default time a step may take. Generous: under TCG `ndctl create-namespace`
 /// for a devdax namespace with a memmap takes seconds.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,8 +53,14 @@ pub struct Case {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamespaceSpec {
     pub name: String,
-    /// Index into `machine.nvdimms`.
+    /// Index into `machine.nvdimms`, or with `bus` into the bus's pmem
+    /// regions (address order).
     pub nvdimm: usize,
+    /// `None`: QEMU's NVDIMMs (the ACPI.NFIT bus); else an nfit_test bus.
+    pub bus: Option<String>,
+    /// nfit_test only: take the whole region by reconfiguring its existing
+    /// namespace (`size` is then unknown before boot: [`UNKNOWN_SIZE`]).
+    pub whole_region: bool,
     pub mode: NamespaceMode,
     pub size: ByteSize,
     pub align: Option<ByteSize>,
@@ -138,6 +148,76 @@ pub enum Action {
     MceKill {
         policy: String,
     },
+    /// An ndctl command on a bus or namespace: its result is checked like
+    /// a `run`'s.
+    Ndctl(NdctlOp),
+}
+
+/// The ndctl error-handling commands a case can name as steps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NdctlOp {
+    InjectError {
+        namespace: String,
+        block: u64,
+        count: u64,
+        uninject: bool,
+        /// Aim at byte `.1` of file `.0` instead of `block` (resolved in the
+        /// guest with FIEMAP).
+        file: Option<(String, u64)>,
+    },
+    InjectStatus {
+        namespace: String,
+    },
+    /// start-scrub, then wait-scrub (the step checks wait-scrub's output).
+    Scrub {
+        bus: String,
+    },
+    /// clear-errors; on success the lab also requires that no layer still
+    /// lists a badblock in the namespace.
+    Clear {
+        namespace: String,
+        scrub: bool,
+    },
+}
+
+impl NdctlOp {
+    /// The command line, given the kernel's name for the namespace.
+    pub fn argv(&self, dev: impl Fn(&str) -> String) -> Vec<String> {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self {
+            NdctlOp::InjectError {
+                namespace,
+                block,
+                count,
+                uninject,
+                ..
+            } => {
+                let mut a = v(&[
+                    "ndctl",
+                    "inject-error",
+                    &format!("--block={block}"),
+                    &format!("--count={count}"),
+                ]);
+                if *uninject {
+                    a.push("--uninject".into());
+                }
+                a.push(dev(namespace));
+                a
+            }
+            NdctlOp::InjectStatus { namespace } => {
+                v(&["ndctl", "inject-error", "--status", &dev(namespace)])
+            }
+            NdctlOp::Scrub { bus } => v(&["ndctl", "wait-scrub", bus]),
+            NdctlOp::Clear { namespace, scrub } => {
+                let mut a = v(&["ndctl", "clear-errors"]);
+                if *scrub {
+                    a.push("--scrub".into());
+                }
+                a.push(dev(namespace));
+                a
+            }
+        }
+    }
 }
 
 /// A problem in a case file, located precisely.

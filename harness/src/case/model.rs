@@ -70,8 +70,16 @@ pub struct NamespaceEntry {
     /// Index into machine.nvdimms.
     #[serde(default)]
     pub nvdimm: Option<Spanned<usize>>,
+    /// An nfit_test bus (`nfit_test.0`, `nfit_test.1`) instead of QEMU's
+    /// NVDIMMs; needs `machine.nfit_test`.
+    pub bus: Option<Spanned<String>>,
+    /// With `bus`: which of its pmem regions, by address order (default 0).
+    pub region: Option<Spanned<usize>>,
     pub mode: NamespaceMode,
-    pub size: Spanned<ByteSize>,
+    /// Required on QEMU NVDIMMs. On an nfit_test bus, leave it out to
+    /// reconfigure the region's whole namespace (label-less regions cannot
+    /// be divided).
+    pub size: Option<Spanned<ByteSize>>,
     pub align: Option<Spanned<ByteSize>>,
 }
 
@@ -127,6 +135,12 @@ pub struct StepEntry {
     pub signals: Option<Spanned<SignalsEntry>>,
     /// prctl(PR_MCE_KILL) for the agent: `early`, `late` or `default`.
     pub mce_kill: Option<Spanned<String>>,
+    /// `ndctl inject-error` on a namespace (nfit_test buses).
+    pub inject_error: Option<Spanned<InjectErrorEntry>>,
+    /// `ndctl start-scrub` then `ndctl wait-scrub` on a bus.
+    pub scrub: Option<Spanned<String>>,
+    /// `ndctl clear-errors` on a namespace.
+    pub clear: Option<Spanned<ClearEntry>>,
     /// Run the step this many times (each must pass).
     pub repeat: Option<Spanned<u32>>,
     #[serde(default)]
@@ -163,6 +177,35 @@ pub struct ConsumeEntry {
     pub offset: Spanned<ByteSize>,
     /// CPU the reader is pinned to, and the machine check goes to. Default 0.
     pub cpu: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectErrorEntry {
+    pub namespace: Spanned<String>,
+    /// 512-byte block of the namespace data (ndctl's --block) ...
+    pub block: Option<Spanned<u64>>,
+    /// ... or the block holding byte `offset` of this file (on an fsdax
+    /// mount of the namespace), found with FIEMAP when the step runs.
+    pub file: Option<Spanned<String>>,
+    pub offset: Option<Spanned<ByteSize>>,
+    /// Number of blocks (default 1).
+    pub count: Option<Spanned<u64>>,
+    /// Remove the injected error instead (`--uninject`).
+    #[serde(default)]
+    pub uninject: bool,
+    /// Only list the injected errors (`--status`).
+    #[serde(default)]
+    pub status: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearEntry {
+    pub namespace: Spanned<String>,
+    /// Scrub first (`--scrub`).
+    #[serde(default)]
+    pub scrub: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,6 +101,20 @@ pub enum Op {
     MceKill {
         policy: String,
     },
+    /// The file's extents (FS_IOC_FIEMAP, synced first): where on the block
+    /// device its bytes live.
+    Fiemap {
+        path: String,
+    },
+}
+
+/// One FIEMAP extent, in bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Extent {
+    pub logical: u64,
+    pub physical: u64,
+    pub length: u64,
 }
 
 /// What a SIGBUS handler saw in its siginfo.
@@ -212,6 +226,9 @@ pub enum Reply {
     },
     Signals {
         signals: Vec<SignalInfo>,
+    },
+    Extents {
+        extents: Vec<Extent>,
     },
     /// The request could not be carried out at all (e.g. the program does not
     /// exist). A program that runs and fails is a `Run` with its exit status.
