@@ -742,6 +742,12 @@ impl StepLog {
     }
 }
 
+impl From<VmError> for String {
+    fn from(e: VmError) -> String {
+        e.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,11 +787,5 @@ mod tests {
         assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
         fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
         assert!(nfit_test_preflight(&env).is_ok());
-    }
-}
-
-impl From<VmError> for String {
-    fn from(e: VmError) -> String {
-        e.to_string()
     }
 }
