@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 
 /// Console lines that mean the guest kernel is gone.
 const PANIC_MARKERS: [&str; 2] = ["Kernel panic - not syncing", "---[ end Kernel panic"];
+/// Console lines of a kernel Oops: the guest lives on, but the task that hit
+/// it is dead (often the agent, holding locks), so waiting for its reply
+/// would only end in a timeout. An Oops fails the case at once too.
+const OOPS_MARKERS: [&str; 2] = ["Oops: ", "BUG: kernel NULL pointer dereference"];
 
 /// What the reader threads report.
 pub enum Event {
@@ -70,7 +74,7 @@ pub enum VmError {
 impl std::fmt::Display for VmError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VmError::Panic { console } => write!(f, "guest kernel panicked:\n{console}"),
+            VmError::Panic { console } => write!(f, "guest kernel panicked or oopsed:\n{console}"),
             VmError::QemuExited {
                 status,
                 stderr,
@@ -640,7 +644,10 @@ fn spawn_console_reader(
                     let line = String::from_utf8_lossy(&raw)
                         .trim_end_matches(['\r', '\n'])
                         .to_string();
-                    let is_panic = PANIC_MARKERS.iter().any(|m| line.contains(m));
+                    let is_panic = PANIC_MARKERS
+                        .iter()
+                        .chain(&OOPS_MARKERS)
+                        .any(|m| line.contains(m));
                     console.lock().unwrap().push(line);
                     if is_panic && !panicked {
                         panicked = true;

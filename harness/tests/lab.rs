@@ -112,7 +112,7 @@ const SELF_TESTS: &[SelfTest] = &[
         id: "selftest/panic-fails-the-case-at-once",
         // Killing the agent makes init exit, and the kernel panics.
         yaml: "steps:\n  - sh: kill -9 $PPID; sleep 50\n",
-        must_say: &["guest kernel panicked", "Kernel panic - not syncing: Attempted to kill init", "step 1"],
+        must_say: &["guest kernel panicked or oopsed", "Kernel panic - not syncing: Attempted to kill init", "step 1"],
         within: Duration::from_secs(20),
     },
     SelfTest {
