@@ -116,6 +116,27 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
             guest.ok(cmd)?;
         }
     }
+    // nfit_test buses come up label-less, a raw namespace filling each
+    // region, and label-less regions cannot be divided: a bus with a sized
+    // namespace gets labels on all its DIMMs first (which empties it).
+    let labeled: Vec<String> = case
+        .namespaces
+        .iter()
+        .filter(|n| !n.whole_region)
+        .filter_map(|n| n.bus.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for bus in &labeled {
+        let b = format!("--bus={bus}");
+        for cmd in [
+            &["ndctl", "disable-region", b.as_str(), "all"][..],
+            &["ndctl", "init-labels", "--force", b.as_str(), "all"][..],
+            &["ndctl", "enable-region", b.as_str(), "all"][..],
+        ] {
+            guest.ok(cmd)?;
+        }
+    }
     let mut bus_regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ns in &case.namespaces {
         let region = match &ns.bus {
@@ -134,25 +155,14 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
                         ns.nvdimm
                     )
                 })?;
-                let fresh = !layout.regions.contains(&region);
-                if fresh {
+                if !layout.regions.contains(&region) {
                     layout.regions.push(region.clone());
-                }
-                if fresh && !ns.whole_region {
-                    // The bus comes up with a raw namespace filling each
-                    // region: make room once.
-                    guest.ok(&[
-                        "ndctl",
-                        "destroy-namespace",
-                        "--force",
-                        &format!("--region={region}"),
-                        "all",
-                    ])?;
                 }
                 region
             }
         };
-        let argv = if ns.whole_region {
+        let on_labeled_bus = ns.bus.as_ref().is_some_and(|b| labeled.contains(b));
+        let argv = if ns.whole_region && !on_labeled_bus {
             let listed = guest.ok(&[
                 "ndctl",
                 "list",
@@ -347,9 +357,12 @@ pub fn create_namespace_argv(ns: &NamespaceSpec, region: &str) -> Vec<String> {
         "create-namespace".into(),
         format!("--region={region}"),
         format!("--mode={}", ns.mode.ndctl_name()),
-        format!("--size={}", ns.size),
-        format!("--name={}", ns.name),
     ];
+    // Without a size ndctl takes what the region has left.
+    if !ns.whole_region {
+        argv.push(format!("--size={}", ns.size));
+    }
+    argv.push(format!("--name={}", ns.name));
     if let Some(a) = ns.align {
         argv.push(format!("--align={a}"));
     }
