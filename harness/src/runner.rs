@@ -34,6 +34,10 @@ pub struct LabEnv {
     pub accel: Accel,
     pub artifacts: PathBuf,
     pub keep_passed: bool,
+    /// Step and case events for CI (see [`crate::report`]).
+    pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
+    /// The cases root the run loaded (for reproducers).
+    pub cases_root: Option<PathBuf>,
 }
 
 impl LabEnv {
@@ -74,6 +78,8 @@ impl LabEnv {
             artifacts,
             keep_passed,
             kernel_config: std::env::var_os("PMEM_LAB_KERNEL_CONFIG").map(PathBuf::from),
+            reporter: None,
+            cases_root: None,
         }))
     }
 }
@@ -94,10 +100,54 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     let result = run_in(case, env, &dir);
     if result.is_ok() && !env.keep_passed {
         let _ = fs::remove_dir_all(&dir);
-    } else if let Some(config) = &env.kernel_config {
-        let _ = fs::copy(config, dir.join("kernel.config"));
+    } else {
+        write_bundle_extras(case, env, &dir);
     }
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
+}
+
+/// What a kept case folder needs beyond the run's own logs to be a bundle
+/// someone else can act on: the kernel config, the case file, and a
+/// reproducer that replays the case on the same kernel and image.
+fn write_bundle_extras(case: &Case, env: &LabEnv, dir: &Path) {
+    if let Some(config) = &env.kernel_config {
+        let _ = fs::copy(config, dir.join("kernel.config"));
+    }
+    let _ = fs::copy(&case.path, dir.join("case.yaml"));
+    let _ = fs::write(dir.join("reproduce.sh"), reproducer(case, env));
+}
+
+/// A shell script that reruns exactly this case (matrix cell included) with
+/// the same kernel, initramfs and accelerator, from the workspace.
+pub fn reproducer(case: &Case, env: &LabEnv) -> String {
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let mut vars = vec![
+        format!("PMEM_LAB_KERNEL={}", q(&env.kernel)),
+        format!("PMEM_LAB_INITRD={}", q(&env.initrd)),
+        format!("PMEM_LAB_ACCEL={}", env.accel.name()),
+        // The replay's artifacts go beside this bundle, not over it.
+        format!(
+            "PMEM_LAB_ARTIFACTS={}",
+            q(&env.artifacts.join(&case.id).join("replay"))
+        ),
+        "PMEM_LAB_KEEP=1".to_string(),
+    ];
+    if let Some(root) = &env.cases_root {
+        vars.push(format!("PMEM_LAB_CASES={}", q(root)));
+    }
+    if let Some(config) = &env.kernel_config {
+        vars.push(format!("PMEM_LAB_KERNEL_CONFIG={}", q(config)));
+    }
+    format!(
+        "#!/bin/sh\n# Replays `{id}` on the kernel and image it failed with.\n\
+         cd {ws} &&\n{vars} \\\n  cargo test -p pmem-lab-harness --test lab -- --exact '{id}' \"$@\"\n",
+        id = case.id,
+        ws = q(workspace),
+        vars = vars.join(" \\\n"),
+    )
 }
 
 /// Options tools/testing/nvdimm/config_check.c insists on.
@@ -196,6 +246,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
                 log: &mut log,
                 last_seq: None,
                 maps: Default::default(),
+                reporter: env.reporter.clone(),
                 dir,
             };
             run.steps()
@@ -220,6 +271,7 @@ struct CaseRun<'a> {
     last_seq: Option<u64>,
     /// Named device-dax mappings in the agent.
     maps: dax::Maps,
+    reporter: Option<std::sync::Arc<crate::report::Reporter>>,
     dir: &'a Path,
 }
 
@@ -246,7 +298,19 @@ impl CaseRun<'_> {
             } else {
                 String::new()
             };
-            self.step_once(step, &label)?;
+            let began = Instant::now();
+            let result = self.step_once(step, &label);
+            if let Some(r) = &self.reporter {
+                let name = format!("{}{label}", step.name);
+                r.step(
+                    &self.case.id,
+                    step.number,
+                    &name,
+                    began.elapsed(),
+                    result.as_ref().err().map(String::as_str),
+                );
+            }
+            result?;
         }
         Ok(())
     }
@@ -760,6 +824,8 @@ mod tests {
             accel: Accel::Tcg,
             artifacts: dir.join("artifacts"),
             keep_passed: false,
+            reporter: None,
+            cases_root: None,
         }
     }
 

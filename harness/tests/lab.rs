@@ -6,8 +6,10 @@
 //! Without them (plain `cargo test`) the VM trials are listed as ignored
 //! with the reason. If any case file is invalid, no VM starts at all.
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use pmem_lab_harness::case::{self, Case};
+use pmem_lab_harness::known::{self, KnownFailure};
+use pmem_lab_harness::report::{CaseRecord, Outcome, Reporter};
 use pmem_lab_harness::runner::{self, LabEnv};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +42,19 @@ fn main() {
         ),
         (Ok(Some(_)), _) => None,
     };
-    let lab = lab.ok().flatten().map(Arc::new);
+    let known = known_failures(manifest);
+    let lab = lab.ok().flatten().map(|mut env| {
+        // Reports only when VMs run: a validation pass has nothing to say.
+        let dir = std::env::var_os("PMEM_LAB_REPORT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env.artifacts.with_file_name("report"));
+        match Reporter::create(&dir) {
+            Ok(r) => env.reporter = Some(Arc::new(r)),
+            Err(e) => eprintln!("pmem-lab: no report: {e}"),
+        }
+        env.cases_root = Some(root.clone());
+        Arc::new(env)
+    });
 
     let mut trials = Vec::new();
     for l in &loaded {
@@ -61,7 +75,7 @@ fn main() {
     for l in &loaded {
         let Ok(case) = &l.case else { continue };
         let trial = match (&skip_reason, &lab) {
-            (None, Some(lab)) => vm_trial(case.clone(), Arc::clone(lab)),
+            (None, Some(lab)) => vm_trial(case.clone(), Arc::clone(lab), known.clone()),
             (reason, _) => {
                 // Ignored like #[ignore]: `-- --ignored` runs them, and then
                 // they fail with the reason instead of pretending to pass.
@@ -86,6 +100,16 @@ fn main() {
         eprintln!("pmem-lab: VM cases are ignored: {reason}");
     }
     let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(r) = lab.as_ref().and_then(|l| l.reporter.as_ref()) {
+        match r.finish() {
+            Ok(path) => eprintln!(
+                "pmem-lab: JUnit report {}, events {}",
+                path.display(),
+                path.with_file_name("events.jsonl").display()
+            ),
+            Err(e) => eprintln!("pmem-lab: cannot write the JUnit report: {e}"),
+        }
+    }
     eprintln!(
         "pmem-lab: {} passed, {} failed, {} ignored, {} filtered out",
         conclusion.num_passed,
@@ -171,17 +195,63 @@ fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
         .collect()
 }
 
-fn vm_trial(case: Case, lab: Arc<LabEnv>) -> Trial {
-    Trial::test(case.id.clone(), move || {
-        let passed = runner::run_case(&case, &lab).map_err(Failed::from)?;
-        eprintln!(
-            "{}: agent ready in {:.2}s, case took {:.2}s ({})",
-            case.id,
-            passed.boot.as_secs_f64(),
-            passed.total.as_secs_f64(),
-            passed.kernel_release
-        );
-        Ok(())
+fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
+    let path = std::env::var_os("PMEM_LAB_KNOWN_FAILURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../known-failures.yaml"));
+    match known::load(&path) {
+        Ok(list) => Arc::new(list),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Trial {
+    Trial::ignorable_test(case.id.clone(), move || {
+        let start = Instant::now();
+        let result = runner::run_case(&case, &lab);
+        let release = std::env::var("PMEM_LAB_KERNEL_RELEASE").unwrap_or_default();
+        let listed = known.iter().find(|k| k.covers(&case.id, &release));
+        let boot = result.as_ref().ok().map(|p| p.boot);
+        let (outcome, verdict) = match (result, listed) {
+            (Ok(passed), None) => {
+                eprintln!(
+                    "{}: agent ready in {:.2}s, case took {:.2}s ({})",
+                    case.id,
+                    passed.boot.as_secs_f64(),
+                    passed.total.as_secs_f64(),
+                    passed.kernel_release
+                );
+                (Outcome::Passed, Ok(Completion::Completed))
+            }
+            (Ok(_), Some(k)) => {
+                let m = format!(
+                    "unexpected pass: {} is in known-failures.yaml ({}); remove the entry",
+                    case.id, k.reason
+                );
+                (Outcome::Failed(m.clone()), Err(Failed::from(m)))
+            }
+            (Err(m), Some(k)) => {
+                let first = m.lines().next().unwrap_or_default().to_string();
+                let note = format!("known failure: {} (failed as expected: {first})", k.reason);
+                (
+                    Outcome::KnownFailure(note.clone()),
+                    Ok(Completion::ignored_with(note)),
+                )
+            }
+            (Err(m), None) => (Outcome::Failed(m.clone()), Err(Failed::from(m))),
+        };
+        if let Some(r) = &lab.reporter {
+            r.case(CaseRecord {
+                id: case.id.clone(),
+                outcome,
+                duration: start.elapsed(),
+                boot,
+            });
+        }
+        verdict
     })
     .with_kind("vm")
 }

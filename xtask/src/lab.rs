@@ -72,6 +72,7 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
             "PMEM_LAB_KERNEL_CONFIG",
             built.kernel.config.display().to_string(),
         ),
+        ("PMEM_LAB_KERNEL_RELEASE", built.kernel.release.clone()),
         ("PMEM_LAB_ACCEL", accel.to_string()),
         ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
     ];

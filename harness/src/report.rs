@@ -1,0 +1,192 @@
+//! Machine-readable results for CI: a JSON-lines event stream written as
+//! things happen (`events.jsonl`: one line per step and per case, with status,
+//! timing and failure message) and a JUnit XML file at the end
+//! (`junit.xml`, via quick-junit, the crate nextest uses).
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+use serde_json::{json, Value};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Passed,
+    Failed(String),
+    Ignored(String),
+    /// Listed in cases/known-failures.yaml and failed as expected.
+    KnownFailure(String),
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed(_) => "failed",
+            Outcome::Ignored(_) => "ignored",
+            Outcome::KnownFailure(_) => "known-failure",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseRecord {
+    pub id: String,
+    pub outcome: Outcome,
+    pub duration: Duration,
+    /// QEMU start to agent ready.
+    pub boot: Option<Duration>,
+}
+
+/// Where reports go and what has been recorded so far.
+#[derive(Debug)]
+pub struct Reporter {
+    dir: PathBuf,
+    events: Mutex<File>,
+    cases: Mutex<Vec<CaseRecord>>,
+}
+
+impl Reporter {
+    /// Start a report in `dir` (events.jsonl is truncated).
+    pub fn create(dir: &Path) -> Result<Reporter, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("events.jsonl");
+        let events = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Reporter {
+            dir: dir.to_path_buf(),
+            events: Mutex::new(events),
+            cases: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// One event line; lines from parallel cases never interleave.
+    pub fn event(&self, event: Value) {
+        let mut line = event.to_string();
+        line.push('\n');
+        let _ = self.events.lock().unwrap().write_all(line.as_bytes());
+    }
+
+    pub fn step(
+        &self,
+        case: &str,
+        number: usize,
+        name: &str,
+        duration: Duration,
+        failure: Option<&str>,
+    ) {
+        self.event(json!({
+            "type": "step", "case": case, "step": number, "name": name,
+            "status": if failure.is_some() { "failed" } else { "passed" },
+            "duration_ms": duration.as_millis() as u64, "message": failure,
+        }));
+    }
+
+    pub fn case(&self, record: CaseRecord) {
+        let message = match &record.outcome {
+            Outcome::Passed => None,
+            Outcome::Failed(m) | Outcome::Ignored(m) | Outcome::KnownFailure(m) => Some(m.clone()),
+        };
+        self.event(json!({
+            "type": "case", "case": record.id, "status": record.outcome.name(),
+            "duration_ms": record.duration.as_millis() as u64,
+            "boot_ms": record.boot.map(|b| b.as_millis() as u64), "message": message,
+        }));
+        self.cases.lock().unwrap().push(record);
+    }
+
+    /// Write junit.xml; returns its path.
+    pub fn finish(&self) -> Result<PathBuf, String> {
+        let path = self.dir.join("junit.xml");
+        let xml = junit(&self.cases.lock().unwrap())?;
+        fs::write(&path, xml).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// The JUnit document for these cases (one suite, `pmem-lab`).
+pub fn junit(cases: &[CaseRecord]) -> Result<String, String> {
+    let mut suite = TestSuite::new("pmem-lab");
+    for c in cases {
+        let status = match &c.outcome {
+            Outcome::Passed => TestCaseStatus::success(),
+            Outcome::Failed(m) => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(m.lines().next().unwrap_or_default().to_string());
+                s.set_description(m.clone());
+                s
+            }
+            Outcome::Ignored(m) | Outcome::KnownFailure(m) => {
+                let mut s = TestCaseStatus::skipped();
+                s.set_message(m.clone());
+                s
+            }
+        };
+        let mut tc = TestCase::new(c.id.clone(), status);
+        tc.set_time(c.duration);
+        suite.add_test_case(tc);
+    }
+    let mut report = Report::new("pmem-lab");
+    report.add_test_suite(suite);
+    report.to_string().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, outcome: Outcome) -> CaseRecord {
+        CaseRecord {
+            id: id.into(),
+            outcome,
+            duration: Duration::from_millis(1500),
+            boot: Some(Duration::from_secs(2)),
+        }
+    }
+
+    #[test]
+    fn junit_counts_failures_and_skips() {
+        let xml = junit(&[
+            rec("a", Outcome::Passed),
+            rec(
+                "b",
+                Outcome::Failed("step 2 `x` failed:\n  - expected exit 0".into()),
+            ),
+            rec("c", Outcome::KnownFailure("kernel bug".into())),
+        ])
+        .unwrap();
+        assert!(
+            xml.contains(r#"tests="3""#)
+                && xml.contains(r#"failures="1""#)
+                && xml.contains(r#"skipped="1""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<failure message="step 2 `x` failed:""#),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn events_are_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reporter::create(dir.path()).unwrap();
+        r.step("a", 1, "run", Duration::from_millis(5), None);
+        r.case(rec("a", Outcome::Passed));
+        let text = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["type"], "step");
+        assert_eq!(lines[1]["status"], "passed");
+        assert_eq!(lines[1]["boot_ms"], 2000);
+        assert!(r.finish().unwrap().is_file());
+    }
+}
