@@ -18,6 +18,7 @@ pub mod qmp;
 pub mod report;
 pub mod runner;
 pub mod setup;
+pub mod shell;
 pub mod size;
 pub mod template;
 pub mod vm;

@@ -106,6 +106,8 @@ pub struct VmFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub qmp_socket: PathBuf,
+    /// A human monitor (HMP) for people: `mce`, `info registers` by hand.
+    pub hmp_socket: PathBuf,
     pub agent_socket: PathBuf,
     /// One backing file per NVDIMM, in order.
     pub nvdimm_backing: Vec<PathBuf>,
@@ -118,6 +120,7 @@ impl VmFiles {
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),
             qmp_socket: dir.join("qmp"),
+            hmp_socket: dir.join("hmp"),
             agent_socket: dir.join("agent"),
             nvdimm_backing: (0..nvdimms)
                 .map(|i| dir.join(format!("nvdimm{i}")))
@@ -161,6 +164,8 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
     a.push2("-serial", "chardev:console");
     a.push2("-chardev", listening_socket("qmp", &files.qmp_socket));
     a.push2("-mon", "chardev=qmp,mode=control");
+    a.push2("-chardev", listening_socket("hmp", &files.hmp_socket));
+    a.push2("-mon", "chardev=hmp,mode=readline");
     a.push2("-device", "virtio-serial-pci,id=vser0");
     a.push2("-chardev", listening_socket("agent", &files.agent_socket));
     a.push2(

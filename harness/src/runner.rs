@@ -344,6 +344,7 @@ impl CaseRun<'_> {
                         .map_err(|e| format!("{where_}: {e}"))?,
                     env: env.clone(),
                     timeout_ms: step.timeout.as_millis() as u64,
+                    tty: None,
                 };
                 let result = self.command(step, &where_, req, &mut details)?;
                 problems.extend(step.expect.check(&result));

@@ -131,6 +131,8 @@ pub struct Vm {
     qmp_socket: PathBuf,
     qmp_events: Vec<Value>,
     qmp_log: File,
+    /// QEMU's stdin, i.e. the serial console's input (interactive VMs).
+    console_in: Option<std::process::ChildStdin>,
     /// Replies that arrived while the lab waited for something else.
     unclaimed: Vec<Event>,
     started: Instant,
@@ -142,9 +144,24 @@ pub struct Vm {
 impl Vm {
     /// Start QEMU. `run_dir` receives console.log, agent.jsonl and qmp.log.
     pub fn start(args: &[OsString], files: &VmFiles, run_dir: &Path) -> Result<Vm, String> {
+        Self::start_with(args, files, run_dir, false)
+    }
+
+    /// [`Vm::start`]; with `interactive`, the serial console is also
+    /// echoed to our stdout and [`Vm::console_input`] feeds it (the shell).
+    pub fn start_with(
+        args: &[OsString],
+        files: &VmFiles,
+        run_dir: &Path,
+        interactive: bool,
+    ) -> Result<Vm, String> {
         let mut cmd = Command::new(QEMU);
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(if interactive {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -175,7 +192,8 @@ impl Vm {
         let log =
             File::create(run_dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
-        spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone());
+        spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone(), interactive);
+        let console_in = child.stdin.take();
         let mut err_pipe = child.stderr.take().expect("piped");
         let err_buf = Arc::clone(&stderr);
         thread::spawn(move || {
@@ -205,6 +223,7 @@ impl Vm {
             qmp: None,
             qmp_socket: files.qmp_socket.clone(),
             qmp_events: Vec::new(),
+            console_in,
             unclaimed: Vec::new(),
             qmp_log: File::create(run_dir.join("qmp.log")).map_err(|e| format!("qmp.log: {e}"))?,
             started,
@@ -386,6 +405,11 @@ impl Vm {
             }
             _ => unreachable!(),
         }
+    }
+
+    /// Take the serial console's input (only for `start_with(.., true)`).
+    pub fn console_input(&mut self) -> Option<std::process::ChildStdin> {
+        self.console_in.take()
     }
 
     /// How many QMP events named `name` have arrived so far.
@@ -626,33 +650,43 @@ fn describe(status: ExitStatus) -> String {
 }
 
 fn spawn_console_reader(
-    stdout: impl Read + Send + 'static,
+    mut stdout: impl Read + Send + 'static,
     mut log: File,
     console: Arc<Mutex<Vec<String>>>,
     tx: Sender<Event>,
+    echo: bool,
 ) {
     thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut raw = Vec::new();
+        // Read chunks, not lines: an interactive shell's prompt ends without
+        // a newline and must reach the user's terminal at once.
+        let mut chunk = [0u8; 4096];
+        let mut partial = Vec::new();
         let mut panicked = false;
         loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
+            let n = match stdout.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let _ = log.write_all(&raw);
-                    let line = String::from_utf8_lossy(&raw)
-                        .trim_end_matches(['\r', '\n'])
-                        .to_string();
-                    let is_panic = PANIC_MARKERS
-                        .iter()
-                        .chain(&OOPS_MARKERS)
-                        .any(|m| line.contains(m));
-                    console.lock().unwrap().push(line);
-                    if is_panic && !panicked {
-                        panicked = true;
-                        let _ = tx.send(Event::Panic);
-                    }
+                Ok(n) => n,
+            };
+            let _ = log.write_all(&chunk[..n]);
+            if echo {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&chunk[..n]);
+                let _ = out.flush();
+            }
+            partial.extend_from_slice(&chunk[..n]);
+            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
+                let raw: Vec<u8> = partial.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                let is_panic = PANIC_MARKERS
+                    .iter()
+                    .chain(&OOPS_MARKERS)
+                    .any(|m| line.contains(m));
+                console.lock().unwrap().push(line);
+                if is_panic && !panicked {
+                    panicked = true;
+                    let _ = tx.send(Event::Panic);
                 }
             }
         }

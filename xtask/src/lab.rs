@@ -58,11 +58,25 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
     )? {
         return Err(Error::new("invalid case files (above); no VM was started"));
     }
+    let env = vm_env(opts)?;
+    if harness(opts, &env, filters, harness_args)? {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "some cases failed; their artifacts are under {}",
+            opts.artifacts.display()
+        )))
+    }
+}
+
+/// Build what VMs need, pick the accelerator, and describe it all in the
+/// environment variables the harness reads.
+fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
     let built = build(opts)?;
     let probe_log = opts.cache.join("kvm-probe.log");
     let (accel, why) = accel::detect(&built.kernel.bzimage, &probe_log);
     eprintln!("[lab] accelerator: {accel} ({why})");
-    let env = vec![
+    Ok(vec![
         (
             "PMEM_LAB_KERNEL",
             built.kernel.bzimage.display().to_string(),
@@ -75,14 +89,32 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
         ("PMEM_LAB_KERNEL_RELEASE", built.kernel.release.clone()),
         ("PMEM_LAB_ACCEL", accel.to_string()),
         ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
-    ];
-    if harness(opts, &env, filters, harness_args)? {
+    ])
+}
+
+/// `cargo xtask lab shell CASE`: an interactive shell in the case's VM.
+pub fn shell(opts: &Options, case: &str) -> Result<()> {
+    let env = vm_env(opts)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&opts.workspace)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "pmem-lab-harness",
+            "--bin",
+            "pmem-lab-shell",
+            "--",
+            case,
+        ])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+    if status.success() {
         Ok(())
     } else {
-        Err(Error::new(format!(
-            "some cases failed; their artifacts are under {}",
-            opts.artifacts.display()
-        )))
+        Err(Error::new(format!("the shell session failed ({status})")))
     }
 }
 

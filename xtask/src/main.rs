@@ -20,6 +20,9 @@ commands:
   lab [FILTER...] [-- ARGS]  build what is missing, then run the cases whose
                              name contains a FILTER (all by default); ARGS go
                              to the test runner (e.g. --list, --exact)
+  lab shell CASE             boot CASE's machine, run its setup, and open a
+                             shell on the guest's serial console (Ctrl-C
+                             goes to the guest; `exit` ends the VM)
   kernel                     build (or reuse) the guest kernel
   image                      build (or reuse) kernel + guest initramfs
   deps                       check host packages, install them if root on Debian
@@ -30,6 +33,7 @@ options:
   --cache DIR          build cache (default $PMEM_LAB_CACHE, else
                        $XDG_CACHE_HOME/pmem-lab, else ~/.cache/pmem-lab)
   --jobs N             parallel make jobs (default: number of CPUs)
+  --vms N              VMs run in parallel (default: number of CPUs)
 ";
 
 /// Options shared by every command.
@@ -80,6 +84,12 @@ fn real_main() -> util::Result<()> {
         match arg.as_str() {
             "--kernel-tree" => opts.kernel_tree = Some(PathBuf::from(value("--kernel-tree")?)),
             "--cache" => opts.cache = PathBuf::from(value("--cache")?),
+            "--vms" => {
+                let n: usize = value("--vms")?
+                    .parse()
+                    .map_err(|_| util::Error::new("--vms takes a number"))?;
+                passthrough.push(format!("--test-threads={n}"));
+            }
             "--jobs" => {
                 opts.jobs = value("--jobs")?
                     .parse()
@@ -101,6 +111,10 @@ fn real_main() -> util::Result<()> {
         }
     }
     match command.as_str() {
+        "lab" if positional.first().is_some_and(|p| p == "shell") => match positional.get(1) {
+            Some(case) => lab::shell(&opts, case),
+            None => Err(util::Error::new("usage: cargo xtask lab shell CASE")),
+        },
         "lab" => lab::run(&opts, &positional, &passthrough),
         "kernel" => {
             deps::ensure(opts.kernel_tree.is_none())?;

@@ -166,6 +166,11 @@ pub struct RunRequest {
     pub env: BTreeMap<String, String>,
     /// The agent kills the program's process group after this long.
     pub timeout_ms: u64,
+    /// Run on this terminal instead (stdin, stdout and stderr), as a session
+    /// leader with it as controlling tty: an interactive shell on the serial
+    /// console, where Ctrl-C works. stdout/stderr are then not captured.
+    #[serde(default)]
+    pub tty: Option<String>,
 }
 
 /// Guest -> host.

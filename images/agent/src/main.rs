@@ -220,9 +220,24 @@ fn run(req: &RunRequest) -> Result<RunResult, String> {
         .ok_or_else(|| "empty argv".to_string())?;
     let start = Instant::now();
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(&req.env)
-        .stdin(if req.stdin.is_some() {
+    cmd.args(args).envs(&req.env);
+    if let Some(tty) = &req.tty {
+        let open = || OpenOptions::new().read(true).write(true).open(tty);
+        let t = open().map_err(|e| format!("open {tty}: {e}"))?;
+        cmd.stdin(t.try_clone().map_err(|e| e.to_string())?)
+            .stdout(t.try_clone().map_err(|e| e.to_string())?)
+            .stderr(t);
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        cmd.stdin(if req.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -231,6 +246,7 @@ fn run(req: &RunRequest) -> Result<RunResult, String> {
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills the program's children too.
         .process_group(0);
+    }
     let mut child = cmd.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
     if let (Some(input), Some(mut stdin)) = (req.stdin.clone(), child.stdin.take()) {
         thread::spawn(move || {
