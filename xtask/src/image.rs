@@ -33,6 +33,13 @@ enum Node {
 }
 
 /// Build (or reuse) the initramfs for `kernel`. Returns its path.
+/// Build the image into `out` unconditionally (for the benchmark).
+pub fn build_to(workspace: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
+    let agent = build_agent(workspace)?;
+    let tree = collect(workspace, kernel, &agent)?;
+    write_cpio_gz(&tree, out)
+}
+
 pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let agent = build_agent(workspace)?;
     let tree = collect(workspace, kernel, &agent)?;

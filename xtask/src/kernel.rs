@@ -173,6 +173,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     let estimate = fs::read_to_string(&count_file)
         .ok()
         .and_then(|s| s.trim().parse().ok());
+    let compile_start = std::time::Instant::now();
     let objects = make(
         Command::new("make")
             .arg("-C")
@@ -186,6 +187,11 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     )?;
     if cold {
         let _ = fs::write(&count_file, objects.to_string());
+        // For `cargo xtask bench`: what a cold build costs on this machine.
+        let _ = fs::write(
+            root.join("cold-build.txt"),
+            format!("{} {objects}\n", compile_start.elapsed().as_secs()),
+        );
     }
     let nfit_dir = nfit_test_mirror(src, &build)?;
     make(

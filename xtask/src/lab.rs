@@ -71,7 +71,7 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
 
 /// Build what VMs need, pick the accelerator, and describe it all in the
 /// environment variables the harness reads.
-fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
+pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
     let built = build(opts)?;
     let probe_log = opts.cache.join("kvm-probe.log");
     let (accel, why) = accel::detect(&built.kernel.bzimage, &probe_log);
@@ -90,6 +90,21 @@ fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
         ("PMEM_LAB_ACCEL", accel.to_string()),
         ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
     ])
+}
+
+/// Run the harness with the lab's environment and return what it printed
+/// (stdout and stderr), for the benchmark.
+pub fn harness_output(opts: &Options, args: &[String]) -> Result<String> {
+    let env = vm_env(opts)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&opts.workspace)
+        .args(["test", "--quiet", "--package", "pmem-lab-harness", "--test", "lab", "--"])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM.

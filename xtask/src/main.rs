@@ -2,6 +2,7 @@
 //! module; see docs/architecture.md.
 
 mod accel;
+mod bench;
 mod deps;
 mod image;
 mod kconfig;
@@ -26,6 +27,11 @@ commands:
   kernel                     build (or reuse) the guest kernel
   image                      build (or reuse) kernel + guest initramfs
   deps                       check host packages, install them if root on Debian
+  env                        build what VMs need and print the environment the
+                             harness reads, for eval in a shell
+  bench [runs N] [suite-runs N] [cold]
+                             medians of build, boot and case times (cold:
+                             rebuild the kernel from scratch first)
 
 options:
   --kernel-tree PATH   build this kernel tree (out of tree, O=) instead of
@@ -134,6 +140,30 @@ fn real_main() -> util::Result<()> {
             Ok(())
         }
         "deps" => deps::ensure(true),
+        "env" => {
+            // For running the harness by hand or under cargo-nextest:
+            // eval "$(cargo xtask env)"
+            for (k, v) in lab::vm_env(&opts)? {
+                println!("export {k}='{}'", v.replace('\'', r"'\''"));
+            }
+            Ok(())
+        }
+        "bench" => {
+            let mut b = bench::BenchOptions { runs: 5, suite_runs: 1, cold: false };
+            let mut words = positional.iter();
+            while let Some(w) = words.next() {
+                let mut num = |name: &str| -> util::Result<usize> {
+                    words.next().and_then(|v| v.parse().ok()).ok_or_else(|| util::Error::new(format!("{name} takes a number")))
+                };
+                match w.as_str() {
+                    "runs" => b.runs = num("runs")?,
+                    "suite-runs" => b.suite_runs = num("suite-runs")?,
+                    "cold" => b.cold = true,
+                    other => return Err(util::Error::new(format!("bench: unknown word `{other}` (runs N, suite-runs N, cold)"))),
+                }
+            }
+            bench::run(&opts, &b)
+        }
         "help" | "-h" | "--help" => {
             eprint!("{USAGE}");
             Ok(())
