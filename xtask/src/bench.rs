@@ -2,7 +2,7 @@
 //! (these machines are noisy; single timings mean little).
 //!
 //! Figures: the last cold kernel build (recorded by the build itself; rerun
-//! one with `--cold`), building the initramfs, boot to /init for the lab's
+//! one with `cargo xtask bench cold`), building the initramfs, boot to /init for the lab's
 //! kernel and for Debian's stock kernel on the same image (and their ratio),
 //! boot to agent ready and a typical case (from the harness's own timing
 //! line), and the whole suite.
@@ -41,7 +41,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             Some((Some(secs), Some(objs))) => {
                 format!("{} ({objs} objects)", fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0))))
             }
-            _ => "not recorded yet: run `cargo xtask bench --cold`".into(),
+            _ => "not recorded yet: run `cargo xtask bench cold`".into(),
         },
     ));
 
