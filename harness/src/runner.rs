@@ -194,12 +194,15 @@ pub fn nfit_test_preflight(env: &LabEnv) -> Result<(), String> {
     Ok(())
 }
 
-fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
-    let start = Instant::now();
-    if case.machine.nfit_test {
-        nfit_test_preflight(env)?;
-    }
-    // Sockets need short paths; backing files are sparse and go with them.
+/// Start the case's VM: its private directory (sockets need short paths;
+/// sparse NVDIMM backing files go with them, and all of it goes when the
+/// returned guard drops), the QEMU command line (saved in `dir`), QEMU.
+pub fn start_vm(
+    case: &Case,
+    env: &LabEnv,
+    dir: &Path,
+    interactive: bool,
+) -> Result<(Guest, tempfile::TempDir), String> {
     let private = tempfile::Builder::new()
         .prefix("pl-")
         .tempdir_in(
@@ -221,8 +224,16 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     }
     let args = machine::qemu_args(&case.machine, env.accel, &files);
     let _ = fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
-    let vm = Vm::start(&args, &files, dir)?;
-    let mut guest = Guest { vm };
+    let vm = Vm::start_with(&args, &files, dir, interactive)?;
+    Ok((Guest { vm }, private))
+}
+
+fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
+    let start = Instant::now();
+    if case.machine.nfit_test {
+        nfit_test_preflight(env)?;
+    }
+    let (mut guest, _private) = start_vm(case, env, dir, false)?;
     let mut log = StepLog::new(dir);
 
     let ready = guest

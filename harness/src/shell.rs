@@ -7,11 +7,9 @@
 //! terminal (a script pipes commands in), end of input sends Ctrl-D.
 
 use crate::case::Case;
-use crate::guest::Guest;
-use crate::machine::{self, VmFiles};
-use crate::runner::LabEnv;
+use crate::machine::VmFiles;
+use crate::runner::{self, LabEnv};
 use crate::setup;
-use crate::vm::{self, Vm};
 use pmem_lab_proto::RunRequest;
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
@@ -51,27 +49,9 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     let dir = env.artifacts.join(&case.id).join("shell");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let private = tempfile::Builder::new()
-        .prefix("pl-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let files = VmFiles::in_dir(
-        private.path(),
-        &env.kernel,
-        &env.initrd,
-        case.machine.nvdimms.len(),
-    );
-    for (nv, path) in case.machine.nvdimms.iter().zip(&files.nvdimm_backing) {
-        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.set_len(nv.size.bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let args = machine::qemu_args(&case.machine, env.accel, &files);
-    let _ = std::fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
-    let mut guest = Guest {
-        vm: Vm::start_with(&args, &files, &dir, true)?,
-    };
+    let (mut guest, private) = runner::start_vm(case, env, &dir, true)?;
+    let hmp = VmFiles::in_dir(private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
     guest
         .vm
         .wait_ready(case.boot_timeout)
@@ -89,7 +69,7 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     }
     eprintln!(
         "pmem-lab shell: QEMU monitor: socat - UNIX-CONNECT:{} (e.g. `mce ...`, `info registers`)",
-        files.hmp_socket.display()
+        hmp.display()
     );
     eprintln!(
         "pmem-lab shell: artifacts in {}; `exit` ends the VM\r",

@@ -28,7 +28,10 @@ pub struct BenchOptions {
 pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     if b.cold {
         let root = opts.cache.join("kernel");
-        eprintln!("[bench] --cold: removing {} to rebuild the kernel from scratch", root.display());
+        eprintln!(
+            "[bench] --cold: removing {} to rebuild the kernel from scratch",
+            root.display()
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
     let built = lab::build(opts)?;
@@ -37,35 +40,58 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     let cold = std::fs::read_to_string(opts.cache.join("kernel/cold-build.txt")).ok();
     rows.push((
         "kernel build, cold (last recorded)".into(),
-        match cold.as_deref().map(str::split_whitespace).map(|mut w| (w.next(), w.next())) {
+        match cold
+            .as_deref()
+            .map(str::split_whitespace)
+            .map(|mut w| (w.next(), w.next()))
+        {
             Some((Some(secs), Some(objs))) => {
-                format!("{} ({objs} objects)", fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0))))
+                format!(
+                    "{} ({objs} objects)",
+                    fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0)))
+                )
             }
             _ => "not recorded yet: run `cargo xtask bench cold`".into(),
         },
     ));
 
     let tmp = std::env::temp_dir().join(format!("pmem-lab-bench-{}.cpio.gz", std::process::id()));
-    let images = timed(b.runs, || image::build_to(&opts.workspace, &built.kernel, &tmp))?;
+    let images = timed(b.runs, || {
+        image::build_to(&opts.workspace, &built.kernel, &tmp)
+    })?;
     let _ = std::fs::remove_file(&tmp);
     rows.push(("initramfs build".into(), stats(&images)));
 
-    let ours = timed(b.runs, || boot_to_init(&built.kernel.bzimage, &built.initrd).map(|_| ()))?;
+    let ours = timed(b.runs, || {
+        boot_to_init(&built.kernel.bzimage, &built.initrd).map(|_| ())
+    })?;
     rows.push(("boot to /init, lab kernel".into(), stats(&ours)));
     match debian_kernel() {
         Ok(stock) => {
             let theirs = timed(b.runs, || boot_to_init(&stock, &built.initrd).map(|_| ()))?;
-            rows.push((format!("boot to /init, Debian {}", stock.display()), stats(&theirs)));
+            rows.push((
+                format!("boot to /init, Debian {}", stock.display()),
+                stats(&theirs),
+            ));
             rows.push((
                 "ratio Debian / lab kernel (medians)".into(),
-                format!("{:.2}x", median(&theirs).as_secs_f64() / median(&ours).as_secs_f64()),
+                format!(
+                    "{:.2}x",
+                    median(&theirs).as_secs_f64() / median(&ours).as_secs_f64()
+                ),
             ));
         }
-        Err(e) => rows.push(("boot to /init, Debian kernel".into(), format!("not measured: {e}"))),
+        Err(e) => rows.push((
+            "boot to /init, Debian kernel".into(),
+            format!("not measured: {e}"),
+        )),
     }
 
     let (boots, cases) = typical_case(opts, b.runs)?;
-    rows.push(("boot to agent ready (QEMU start -> agent)".into(), stats(&boots)));
+    rows.push((
+        "boot to agent ready (QEMU start -> agent)".into(),
+        stats(&boots),
+    ));
     rows.push((format!("typical case ({TYPICAL_CASE})"), stats(&cases)));
 
     if b.suite_runs > 0 {
@@ -98,15 +124,33 @@ fn median(v: &[Duration]) -> Duration {
 fn stats(v: &[Duration]) -> String {
     let mut s = v.to_vec();
     s.sort();
-    format!("{:.2}s ({:.2}..{:.2})", median(&s).as_secs_f64(), s[0].as_secs_f64(), s[s.len() - 1].as_secs_f64())
+    format!(
+        "{:.2}s ({:.2}..{:.2})",
+        median(&s).as_secs_f64(),
+        s[0].as_secs_f64(),
+        s[s.len() - 1].as_secs_f64()
+    )
 }
 
 /// Boot `kernel` with `initrd` under TCG until the kernel runs /init.
 fn boot_to_init(kernel: &Path, initrd: &Path) -> Result<Duration> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc,accel=tcg", "-cpu", "max,vendor=GenuineIntel", "-m", "2G"])
-        .args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-machine",
+            "pc,accel=tcg",
+            "-cpu",
+            "max,vendor=GenuineIntel",
+            "-m",
+            "2G",
+        ])
+        .args([
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -119,7 +163,10 @@ fn boot_to_init(kernel: &Path, initrd: &Path) -> Result<Duration> {
         .map_err(|e| Error::new(format!("cannot start QEMU: {e}")))?;
     let stdout = child.stdout.take().expect("piped");
     let mut seen = None;
-    for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+    for line in BufReader::new(stdout)
+        .lines()
+        .map_while(std::result::Result::ok)
+    {
         if line.contains("Run /init as init process") {
             seen = Some(start.elapsed());
             break;
@@ -134,7 +181,10 @@ fn boot_to_init(kernel: &Path, initrd: &Path) -> Result<Duration> {
 fn debian_kernel() -> Result<PathBuf> {
     let find = || {
         std::fs::read_dir("/boot").ok().and_then(|d| {
-            d.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+            d.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
         })
     };
     if let Some(k) = find() {
@@ -145,7 +195,12 @@ fn debian_kernel() -> Result<PathBuf> {
     }
     eprintln!("[bench] installing linux-image-amd64 for the stock-kernel comparison");
     let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "linux-image-amd64"])
+        .args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "linux-image-amd64",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null())
         .status()
@@ -170,9 +225,16 @@ fn typical_case(opts: &Options, n: usize) -> Result<(Vec<Duration>, Vec<Duration
             .ok_or_else(|| Error::new(format!("{TYPICAL_CASE} did not pass:\n{out}")))?;
         let secs = |after: &str| -> Option<Duration> {
             let rest = &line[line.find(after)? + after.len()..];
-            rest.split('s').next()?.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
+            rest.split('s')
+                .next()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .map(Duration::from_secs_f64)
         };
-        boots.push(secs("agent ready in").ok_or_else(|| Error::new(format!("cannot read {line:?}")))?);
+        boots.push(
+            secs("agent ready in").ok_or_else(|| Error::new(format!("cannot read {line:?}")))?,
+        );
         cases.push(secs("case took").ok_or_else(|| Error::new(format!("cannot read {line:?}")))?);
     }
     Ok((boots, cases))
@@ -183,6 +245,8 @@ fn suite(opts: &Options) -> Result<()> {
     if out.contains(" 0 failed") {
         Ok(())
     } else {
-        Err(Error::new(format!("the suite failed during the benchmark:\n{out}")))
+        Err(Error::new(format!(
+            "the suite failed during the benchmark:\n{out}"
+        )))
     }
 }

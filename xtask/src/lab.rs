@@ -99,12 +99,24 @@ pub fn harness_output(opts: &Options, args: &[String]) -> Result<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(&opts.workspace)
-        .args(["test", "--quiet", "--package", "pmem-lab-harness", "--test", "lab", "--"])
+        .args([
+            "test",
+            "--quiet",
+            "--package",
+            "pmem-lab-harness",
+            "--test",
+            "lab",
+            "--",
+        ])
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
-    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM.

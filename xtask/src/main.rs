@@ -149,17 +149,28 @@ fn real_main() -> util::Result<()> {
             Ok(())
         }
         "bench" => {
-            let mut b = bench::BenchOptions { runs: 5, suite_runs: 1, cold: false };
+            let mut b = bench::BenchOptions {
+                runs: 5,
+                suite_runs: 1,
+                cold: false,
+            };
             let mut words = positional.iter();
             while let Some(w) = words.next() {
                 let mut num = |name: &str| -> util::Result<usize> {
-                    words.next().and_then(|v| v.parse().ok()).ok_or_else(|| util::Error::new(format!("{name} takes a number")))
+                    words
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| util::Error::new(format!("{name} takes a number")))
                 };
                 match w.as_str() {
                     "runs" => b.runs = num("runs")?,
                     "suite-runs" => b.suite_runs = num("suite-runs")?,
                     "cold" => b.cold = true,
-                    other => return Err(util::Error::new(format!("bench: unknown word `{other}` (runs N, suite-runs N, cold)"))),
+                    other => {
+                        return Err(util::Error::new(format!(
+                            "bench: unknown word `{other}` (runs N, suite-runs N, cold)"
+                        )))
+                    }
                 }
             }
             bench::run(&opts, &b)

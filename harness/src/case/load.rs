@@ -623,15 +623,10 @@ impl Checker<'_> {
             }
             let (block, file) = match (&e.value.block, &e.value.file) {
                 (Some(b), None) => (b.value, None),
-                (None, Some(f)) => {
-                    let offset = e
-                        .value
-                        .offset
-                        .as_ref()
-                        .map(|o| o.value.bytes())
-                        .unwrap_or(0);
-                    (0, Some((f.value.clone(), offset)))
-                }
+                (None, Some(f)) => (
+                    0,
+                    Some((f.value.clone(), bytes(&e.value.offset).unwrap_or(0))),
+                ),
                 _ => {
                     self.error(
                         &e.referenced,
@@ -802,18 +797,8 @@ impl Checker<'_> {
         }
         if let Some(t) = &s.touch {
             let len = self.map_len(&t.value.map)?;
-            let offset = t
-                .value
-                .offset
-                .as_ref()
-                .map(|o| o.value.bytes())
-                .unwrap_or(0);
-            let length = t
-                .value
-                .length
-                .as_ref()
-                .map(|l| l.value.bytes())
-                .unwrap_or(len.saturating_sub(offset));
+            let offset = bytes(&t.value.offset).unwrap_or(0);
+            let length = bytes(&t.value.length).unwrap_or(len.saturating_sub(offset));
             let at = t
                 .value
                 .length
@@ -1214,6 +1199,11 @@ impl Checker<'_> {
             })
             .collect()
     }
+}
+
+/// An optional size field in bytes.
+fn bytes(size: &Option<Spanned<ByteSize>>) -> Option<u64> {
+    size.as_ref().map(|s| s.value.bytes())
 }
 
 /// Whether a namespace of this mode has the field a placeholder asks for.
