@@ -48,9 +48,13 @@ fn main() {
         let dir = std::env::var_os("PMEM_LAB_REPORT")
             .map(PathBuf::from)
             .unwrap_or_else(|| env.artifacts.with_file_name("report"));
-        match Reporter::create(&dir) {
-            Ok(r) => env.reporter = Some(Arc::new(r)),
-            Err(e) => eprintln!("pmem-lab: no report: {e}"),
+        // Under cargo-nextest every trial is its own process: nextest writes
+        // the JUnit report (.config/nextest.toml), ours would be overwritten.
+        if std::env::var_os("NEXTEST").is_none() {
+            match Reporter::create(&dir) {
+                Ok(r) => env.reporter = Some(Arc::new(r)),
+                Err(e) => eprintln!("pmem-lab: no report: {e}"),
+            }
         }
         env.cases_root = Some(root.clone());
         Arc::new(env)
