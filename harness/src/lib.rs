@@ -4,7 +4,9 @@
 
 pub mod address;
 pub mod badblocks;
+pub mod bundle;
 pub mod case;
+pub mod checks;
 pub mod dax;
 pub mod expect;
 pub mod guest;
@@ -14,6 +16,7 @@ pub mod known;
 pub mod machine;
 pub mod mce;
 pub mod oracle;
+pub mod preflight;
 pub mod qmp;
 pub mod report;
 pub mod runner;

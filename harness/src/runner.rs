@@ -6,10 +6,8 @@
 //! at the end, dmesg.txt. They are removed after a pass (unless
 //! PMEM_LAB_KEEP=1) and kept after a failure, whose message names the folder.
 
-use crate::address::Target;
-use crate::badblocks::{self, Range};
+use crate::badblocks;
 use crate::case::{Action, Case, NdctlOp, Step};
-use crate::dax;
 use crate::guest::Guest;
 use crate::inject;
 use crate::machine::{self, Accel, VmFiles};
@@ -17,6 +15,7 @@ use crate::oracle;
 use crate::setup::{self, Layout};
 use crate::template;
 use crate::vm::{self, Vm, VmError};
+use crate::{bundle, checks, dax, preflight};
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
 use std::fs;
@@ -101,97 +100,9 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     if result.is_ok() && !env.keep_passed {
         let _ = fs::remove_dir_all(&dir);
     } else {
-        write_bundle_extras(case, env, &dir);
+        bundle::write_bundle_extras(case, env, &dir);
     }
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
-}
-
-/// What a kept case folder needs beyond the run's own logs to be a bundle
-/// someone else can act on: the kernel config, the case file, and a
-/// reproducer that replays the case on the same kernel and image.
-fn write_bundle_extras(case: &Case, env: &LabEnv, dir: &Path) {
-    if let Some(config) = &env.kernel_config {
-        let _ = fs::copy(config, dir.join("kernel.config"));
-    }
-    let _ = fs::copy(&case.path, dir.join("case.yaml"));
-    let _ = fs::write(dir.join("reproduce.sh"), reproducer(case, env));
-}
-
-/// A shell script that reruns exactly this case (matrix cell included) with
-/// the same kernel, initramfs and accelerator, from the workspace.
-pub fn reproducer(case: &Case, env: &LabEnv) -> String {
-    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."));
-    let mut vars = vec![
-        format!("PMEM_LAB_KERNEL={}", q(&env.kernel)),
-        format!("PMEM_LAB_INITRD={}", q(&env.initrd)),
-        format!("PMEM_LAB_ACCEL={}", env.accel.name()),
-        // The replay's artifacts go beside this bundle, not over it.
-        format!(
-            "PMEM_LAB_ARTIFACTS={}",
-            q(&env.artifacts.join(&case.id).join("replay"))
-        ),
-        "PMEM_LAB_KEEP=1".to_string(),
-    ];
-    if let Some(root) = &env.cases_root {
-        vars.push(format!("PMEM_LAB_CASES={}", q(root)));
-    }
-    if let Some(config) = &env.kernel_config {
-        vars.push(format!("PMEM_LAB_KERNEL_CONFIG={}", q(config)));
-    }
-    format!(
-        "#!/bin/sh\n# Replays `{id}` on the kernel and image it failed with.\n\
-         cd {ws} &&\n{vars} \\\n  cargo test -p pmem-lab-harness --test lab -- --exact '{id}' \"$@\"\n",
-        id = case.id,
-        ws = q(workspace),
-        vars = vars.join(" \\\n"),
-    )
-}
-
-/// Options tools/testing/nvdimm/config_check.c insists on.
-const NFIT_TEST_CONFIG: [&str; 6] = [
-    "CONFIG_LIBNVDIMM=m",
-    "CONFIG_BLK_DEV_PMEM=m",
-    "CONFIG_ND_BTT=m",
-    "CONFIG_ND_PFN=m",
-    "CONFIG_DEV_DAX=m",
-    "CONFIG_DEV_DAX_PMEM=m",
-];
-
-/// A case that needs nfit_test on a kernel without it fails here, before
-/// boot, with the reason.
-pub fn nfit_test_preflight(env: &LabEnv) -> Result<(), String> {
-    let dir = env
-        .kernel
-        .parent()
-        .map(|p| p.join("nfit_test"))
-        .unwrap_or_default();
-    let module = dir.join("nfit_test.ko");
-    if !module.is_file() {
-        return Err(format!(
-            "this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
-             `cargo xtask kernel` builds them from tools/testing/nvdimm",
-            module.display()
-        ));
-    }
-    if let Some(config) = &env.kernel_config {
-        let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-        let missing: Vec<&str> = NFIT_TEST_CONFIG
-            .iter()
-            .copied()
-            .filter(|o| !text.lines().any(|l| l == *o))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "this case needs nfit_test, which needs {} in the kernel config ({})",
-                missing.join(", "),
-                config.display()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Start the case's VM: its private directory (sockets need short paths;
@@ -231,7 +142,7 @@ pub fn start_vm(
 fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     let start = Instant::now();
     if case.machine.nfit_test {
-        nfit_test_preflight(env)?;
+        preflight::nfit_test(env)?;
     }
     let (mut guest, _private) = start_vm(case, env, dir, false)?;
     let mut log = StepLog::new(dir);
@@ -394,7 +305,7 @@ impl CaseRun<'_> {
                 let result = self.command(step, &where_, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
                 if let (NdctlOp::Scrub { bus }, Some(0)) = (op, result.exit_code) {
-                    problems.extend(scrub_not_idle(bus, &result.stdout));
+                    problems.extend(checks::scrub_not_idle(bus, &result.stdout));
                 }
                 if let (NdctlOp::Clear { namespace, .. }, Some(0)) = (op, result.exit_code) {
                     cleared = Some(namespace.clone());
@@ -523,7 +434,7 @@ impl CaseRun<'_> {
             exact,
         } = &step.action
         {
-            let checked = check_badblocks(&snap, &self.layout, target, ranges, *exact);
+            let checked = checks::check_badblocks(&snap, &self.layout, target, ranges, *exact);
             self.log.line(format!(
                 "--- step {} `{}`: {}",
                 step.number,
@@ -533,7 +444,7 @@ impl CaseRun<'_> {
             problems.extend(checked.err());
         }
         if let Some(ns) = &cleared {
-            problems.extend(still_bad_after_clear(&snap, &self.layout, ns));
+            problems.extend(checks::still_bad_after_clear(&snap, &self.layout, ns));
         }
         let dmesg: Vec<&str> = snap.kmsg.iter().map(|r| r.text.as_str()).collect();
         for re in &step.dmesg {
@@ -647,114 +558,6 @@ impl CaseRun<'_> {
     }
 }
 
-/// `ndctl wait-scrub` returned: every bus it lists must be idle.
-fn scrub_not_idle(bus: &str, stdout: &str) -> Vec<String> {
-    match setup::json_list(stdout) {
-        Ok(buses) if !buses.is_empty() => buses
-            .iter()
-            .filter(|b| b["scrub_state"] != "idle")
-            .map(|b| {
-                format!(
-                    "{bus}: wait-scrub returned with scrub_state {}",
-                    b["scrub_state"]
-                )
-            })
-            .collect(),
-        Ok(_) => vec![format!("{bus}: wait-scrub listed no bus")],
-        Err(e) => vec![format!("{bus}: wait-scrub output: {e}")],
-    }
-}
-
-/// `clear-errors` said it succeeded: then no layer may still list a
-/// badblock in the namespace (ndctl issue 158: "clear reported success but
-/// badblocks remain").
-fn still_bad_after_clear(snap: &oracle::Snapshot, layout: &Layout, namespace: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let window =
-        oracle::expected_namespace_view(&layout.geometry, snap, namespace).unwrap_or_default();
-    let dev = layout
-        .namespaces
-        .get(namespace)
-        .map(|n| n.dev.as_str())
-        .unwrap_or("?");
-    if !window.is_empty() {
-        out.push(format!(
-            "clear-errors succeeded on {dev} (`{namespace}`) but its region still lists {} in the namespace's data",
-            badblocks::show(&window)
-        ));
-    }
-    if let Some(n) = snap.namespace(namespace) {
-        if !n.ndctl.is_empty() {
-            out.push(format!(
-                "clear-errors succeeded on {dev} but ndctl still lists {}",
-                badblocks::show(&n.ndctl)
-            ));
-        }
-        if let Some(s) = n.sysfs.as_ref().filter(|s| !s.is_empty()) {
-            out.push(format!(
-                "clear-errors succeeded on {dev} but its block device still lists {}",
-                badblocks::show(s)
-            ));
-        }
-    }
-    out
-}
-
-/// An `expect_badblocks` against every view of its target.
-fn check_badblocks(
-    snap: &oracle::Snapshot,
-    layout: &Layout,
-    target: &Target,
-    want: &[Range],
-    exact: bool,
-) -> Result<(), String> {
-    let (what, views): (String, Vec<(&str, &Vec<Range>)>) = match target {
-        Target::Region(i) => {
-            let r = snap
-                .region(*i)
-                .ok_or_else(|| format!("no region for NVDIMM {i}"))?;
-            (
-                r.dev.clone(),
-                vec![
-                    ("sysfs badblocks", &r.sysfs),
-                    ("ndctl list --media-errors", &r.ndctl),
-                ],
-            )
-        }
-        Target::Namespace(name) => {
-            let n = snap
-                .namespace(name)
-                .ok_or_else(|| format!("no namespace `{name}`"))?;
-            let mut v = vec![("ndctl list --media-errors", &n.ndctl)];
-            if let Some(s) = &n.sysfs {
-                v.push(("block device badblocks", s));
-            }
-            (format!("{} (`{name}`)", layout.namespaces[name].dev), v)
-        }
-    };
-    let wrong: Vec<String> = views
-        .iter()
-        .filter(|(_, have)| {
-            if exact {
-                have.as_slice() != want
-            } else {
-                !badblocks::covers(have, want)
-            }
-        })
-        .map(|(src, have)| format!("{src} has {}", badblocks::show(have)))
-        .collect();
-    if wrong.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: expected badblocks {} ({}), but {}",
-            badblocks::show(want),
-            if exact { "exactly" } else { "at least" },
-            wrong.join("; ")
-        ))
-    }
-}
-
 /// A captured stream for a failure message: trimmed, capped, indented.
 fn show(label: &str, text: &str) -> String {
     const MAX: usize = 4000;
@@ -821,49 +624,5 @@ impl StepLog {
 impl From<VmError> for String {
     fn from(e: VmError) -> String {
         e.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env_in(dir: &Path) -> LabEnv {
-        LabEnv {
-            kernel: dir.join("bzImage"),
-            initrd: dir.join("initrd"),
-            kernel_config: Some(dir.join("config")),
-            accel: Accel::Tcg,
-            artifacts: dir.join("artifacts"),
-            keep_passed: false,
-            reporter: None,
-            cases_root: None,
-        }
-    }
-
-    #[test]
-    fn nfit_test_preflight_names_what_is_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = env_in(dir.path());
-        let e = nfit_test_preflight(&env).unwrap_err();
-        assert!(
-            e.contains("no nfit_test modules") && e.contains("nfit_test.ko"),
-            "{e}"
-        );
-        fs::create_dir(dir.path().join("nfit_test")).unwrap();
-        fs::write(dir.path().join("nfit_test/nfit_test.ko"), b"").unwrap();
-        fs::write(
-            dir.path().join("config"),
-            "CONFIG_LIBNVDIMM=y\nCONFIG_BLK_DEV_PMEM=m\n",
-        )
-        .unwrap();
-        let e = nfit_test_preflight(&env).unwrap_err();
-        assert!(
-            e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
-            "{e}"
-        );
-        assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
-        fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
-        assert!(nfit_test_preflight(&env).is_ok());
     }
 }

@@ -1,0 +1,119 @@
+//! Checks the runner makes on top of a step's own expectations: a scrub that
+//! ended idle, a clear that left nothing behind, `expect_badblocks`.
+
+use crate::address::Target;
+use crate::badblocks::{self, Range};
+use crate::oracle;
+use crate::setup::{self, Layout};
+
+/// `ndctl wait-scrub` returned: every bus it lists must be idle.
+pub fn scrub_not_idle(bus: &str, stdout: &str) -> Vec<String> {
+    match setup::json_list(stdout) {
+        Ok(buses) if !buses.is_empty() => buses
+            .iter()
+            .filter(|b| b["scrub_state"] != "idle")
+            .map(|b| {
+                format!(
+                    "{bus}: wait-scrub returned with scrub_state {}",
+                    b["scrub_state"]
+                )
+            })
+            .collect(),
+        Ok(_) => vec![format!("{bus}: wait-scrub listed no bus")],
+        Err(e) => vec![format!("{bus}: wait-scrub output: {e}")],
+    }
+}
+
+/// `clear-errors` said it succeeded: then no layer may still list a
+/// badblock in the namespace (ndctl issue 158: "clear reported success but
+/// badblocks remain").
+pub fn still_bad_after_clear(
+    snap: &oracle::Snapshot,
+    layout: &Layout,
+    namespace: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let window =
+        oracle::expected_namespace_view(&layout.geometry, snap, namespace).unwrap_or_default();
+    let dev = layout
+        .namespaces
+        .get(namespace)
+        .map(|n| n.dev.as_str())
+        .unwrap_or("?");
+    if !window.is_empty() {
+        out.push(format!(
+            "clear-errors succeeded on {dev} (`{namespace}`) but its region still lists {} in the namespace's data",
+            badblocks::show(&window)
+        ));
+    }
+    if let Some(n) = snap.namespace(namespace) {
+        if !n.ndctl.is_empty() {
+            out.push(format!(
+                "clear-errors succeeded on {dev} but ndctl still lists {}",
+                badblocks::show(&n.ndctl)
+            ));
+        }
+        if let Some(s) = n.sysfs.as_ref().filter(|s| !s.is_empty()) {
+            out.push(format!(
+                "clear-errors succeeded on {dev} but its block device still lists {}",
+                badblocks::show(s)
+            ));
+        }
+    }
+    out
+}
+
+/// An `expect_badblocks` against every view of its target.
+pub fn check_badblocks(
+    snap: &oracle::Snapshot,
+    layout: &Layout,
+    target: &Target,
+    want: &[Range],
+    exact: bool,
+) -> Result<(), String> {
+    let (what, views): (String, Vec<(&str, &Vec<Range>)>) = match target {
+        Target::Region(i) => {
+            let r = snap
+                .region(*i)
+                .ok_or_else(|| format!("no region for NVDIMM {i}"))?;
+            (
+                r.dev.clone(),
+                vec![
+                    ("sysfs badblocks", &r.sysfs),
+                    ("ndctl list --media-errors", &r.ndctl),
+                ],
+            )
+        }
+        Target::Namespace(name) => {
+            let n = snap
+                .namespace(name)
+                .ok_or_else(|| format!("no namespace `{name}`"))?;
+            let mut v = vec![("ndctl list --media-errors", &n.ndctl)];
+            if let Some(s) = &n.sysfs {
+                v.push(("block device badblocks", s));
+            }
+            (format!("{} (`{name}`)", layout.namespaces[name].dev), v)
+        }
+    };
+    let wrong: Vec<String> = views
+        .iter()
+        .filter(|(_, have)| {
+            if exact {
+                have.as_slice() != want
+            } else {
+                !badblocks::covers(have, want)
+            }
+        })
+        .map(|(src, have)| format!("{src} has {}", badblocks::show(have)))
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: expected badblocks {} ({}), but {}",
+            badblocks::show(want),
+            if exact { "exactly" } else { "at least" },
+            wrong.join("; ")
+        ))
+    }
+}

@@ -1,0 +1,94 @@
+//! Checks a case's needs before anything boots.
+
+use crate::runner::LabEnv;
+use std::fs;
+
+/// Options tools/testing/nvdimm/config_check.c insists on.
+const NFIT_TEST_CONFIG: [&str; 6] = [
+    "CONFIG_LIBNVDIMM=m",
+    "CONFIG_BLK_DEV_PMEM=m",
+    "CONFIG_ND_BTT=m",
+    "CONFIG_ND_PFN=m",
+    "CONFIG_DEV_DAX=m",
+    "CONFIG_DEV_DAX_PMEM=m",
+];
+
+/// A case that needs nfit_test on a kernel without it fails here, before
+/// boot, with the reason.
+pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
+    let dir = env
+        .kernel
+        .parent()
+        .map(|p| p.join("nfit_test"))
+        .unwrap_or_default();
+    let module = dir.join("nfit_test.ko");
+    if !module.is_file() {
+        return Err(format!(
+            "this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
+             `cargo xtask kernel` builds them from tools/testing/nvdimm",
+            module.display()
+        ));
+    }
+    if let Some(config) = &env.kernel_config {
+        let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let missing: Vec<&str> = NFIT_TEST_CONFIG
+            .iter()
+            .copied()
+            .filter(|o| !text.lines().any(|l| l == *o))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this case needs nfit_test, which needs {} in the kernel config ({})",
+                missing.join(", "),
+                config.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Accel;
+    use std::path::Path;
+
+    fn env_in(dir: &Path) -> LabEnv {
+        LabEnv {
+            kernel: dir.join("bzImage"),
+            initrd: dir.join("initrd"),
+            kernel_config: Some(dir.join("config")),
+            accel: Accel::Tcg,
+            artifacts: dir.join("artifacts"),
+            keep_passed: false,
+            reporter: None,
+            cases_root: None,
+        }
+    }
+
+    #[test]
+    fn nfit_test_preflight_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        let e = nfit_test(&env).unwrap_err();
+        assert!(
+            e.contains("no nfit_test modules") && e.contains("nfit_test.ko"),
+            "{e}"
+        );
+        fs::create_dir(dir.path().join("nfit_test")).unwrap();
+        fs::write(dir.path().join("nfit_test/nfit_test.ko"), b"").unwrap();
+        fs::write(
+            dir.path().join("config"),
+            "CONFIG_LIBNVDIMM=y\nCONFIG_BLK_DEV_PMEM=m\n",
+        )
+        .unwrap();
+        let e = nfit_test(&env).unwrap_err();
+        assert!(
+            e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
+            "{e}"
+        );
+        assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
+        fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
+        assert!(nfit_test(&env).is_ok());
+    }
+}
