@@ -13,6 +13,32 @@ use std::time::{Duration, Instant};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A bare boot of a kernel (and optionally an initramfs) with the lab's
+/// CPU model and the serial console on stdout: the KVM probe and the
+/// benchmark's boot-to-/init timing. The cases' machines are built by the
+/// harness (harness/src/machine.rs); this one stays here to keep xtask free
+/// of the harness's dependencies.
+pub fn bare_boot(accel: &str, kernel: &Path, initrd: Option<&Path>, memory: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.arg("-machine")
+        .arg(format!("pc,accel={accel}"))
+        .args(["-cpu", "max,vendor=GenuineIntel", "-m", memory])
+        .args([
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 panic=-1"]);
+    if let Some(initrd) = initrd {
+        cmd.arg("-initrd").arg(initrd);
+    }
+    cmd
+}
+
 /// `("kvm" | "tcg", why)`.
 /// The probe's console goes to `console_log` (kept for diagnosis).
 pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
@@ -44,25 +70,7 @@ fn probe(bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
     // A file, not a pipe: nobody reads while we wait, and a pipe could fill.
     let log = std::fs::File::create(console_log)
         .map_err(|e| format!("{}: {e}", console_log.display()))?;
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc,accel=kvm",
-            "-cpu",
-            "max,vendor=GenuineIntel",
-            "-m",
-            "256M",
-        ])
-        .args([
-            "-nodefaults",
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(bzimage)
-        .args(["-append", "console=ttyS0 panic=-1"])
+    let mut child = bare_boot("kvm", bzimage, None, "256M")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(Stdio::piped())

@@ -135,27 +135,7 @@ fn stats(v: &[Duration]) -> String {
 /// Boot `kernel` with `initrd` under TCG until the kernel runs /init.
 fn boot_to_init(kernel: &Path, initrd: &Path) -> Result<Duration> {
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "pc,accel=tcg",
-            "-cpu",
-            "max,vendor=GenuineIntel",
-            "-m",
-            "2G",
-        ])
-        .args([
-            "-nodefaults",
-            "-nographic",
-            "-no-reboot",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1"])
+    let mut child = crate::accel::bare_boot("tcg", kernel, Some(initrd), "2G")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

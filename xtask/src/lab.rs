@@ -96,20 +96,8 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
 /// (stdout and stderr), for the benchmark.
 pub fn harness_output(opts: &Options, args: &[String]) -> Result<String> {
     let env = vm_env(opts)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&opts.workspace)
-        .args([
-            "test",
-            "--quiet",
-            "--package",
-            "pmem-lab-harness",
-            "--test",
-            "lab",
-            "--",
-        ])
+    let out = harness_command(opts, &env)
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
     Ok(format!(
@@ -119,13 +107,39 @@ pub fn harness_output(opts: &Options, args: &[String]) -> Result<String> {
     ))
 }
 
+/// `cargo <args>` in the workspace with the lab's environment.
+fn cargo(opts: &Options, env: &[(&str, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&opts.workspace)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// The harness's `lab` test target, ready for its own arguments.
+fn harness_command(opts: &Options, env: &[(&str, String)]) -> Command {
+    cargo(
+        opts,
+        env,
+        &[
+            "test",
+            "--quiet",
+            "--package",
+            "pmem-lab-harness",
+            "--test",
+            "lab",
+            "--",
+        ],
+    )
+}
+
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM.
 pub fn shell(opts: &Options, case: &str) -> Result<()> {
     let env = vm_env(opts)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&opts.workspace)
-        .args([
+    let status = cargo(
+        opts,
+        &env,
+        &[
             "run",
             "--quiet",
             "--package",
@@ -134,10 +148,10 @@ pub fn shell(opts: &Options, case: &str) -> Result<()> {
             "pmem-lab-shell",
             "--",
             case,
-        ])
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .status()
-        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        ],
+    )
+    .status()
+    .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
     if status.success() {
         Ok(())
     } else {
@@ -153,21 +167,8 @@ fn harness(
     filters: &[String],
     extra: &[String],
 ) -> Result<bool> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&opts.workspace)
-        .args([
-            "test",
-            "--quiet",
-            "--package",
-            "pmem-lab-harness",
-            "--test",
-            "lab",
-            "--",
-        ])
-        .args(filters)
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut cmd = harness_command(opts, env);
+    cmd.args(filters).args(extra);
     let status = cmd
         .status()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
