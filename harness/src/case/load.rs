@@ -597,17 +597,7 @@ impl Checker<'_> {
         namespaces: &[NamespaceSpec],
     ) -> Option<NdctlOp> {
         let known_ns = |me: &mut Self, ns: &Spanned<String>| {
-            if !namespaces.iter().any(|n| n.name == ns.value) {
-                let known: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
-                me.error(
-                    &ns.referenced,
-                    format!(
-                        "unknown namespace `{}` (setup defines: {})",
-                        ns.value,
-                        known.join(", ")
-                    ),
-                );
-            }
+            me.namespace(&ns.value, &ns.referenced, namespaces);
             ns.value.clone()
         };
         if let Some(e) = &s.inject_error {
@@ -722,16 +712,11 @@ impl Checker<'_> {
     ) -> Option<(String, Action)> {
         if let Some(m) = &s.map {
             let name = m.value.name.value.clone();
-            let ns = namespaces
-                .iter()
-                .find(|n| n.name == m.value.namespace.value);
-            let Some(ns) = ns else {
-                self.error(
-                    &m.value.namespace.referenced,
-                    format!("unknown namespace `{}`", m.value.namespace.value),
-                );
-                return None;
-            };
+            let ns = self.namespace(
+                &m.value.namespace.value,
+                &m.value.namespace.referenced,
+                namespaces,
+            )?;
             if ns.mode != NamespaceMode::Devdax {
                 self.error(
                     &m.value.namespace.referenced,
@@ -887,6 +872,30 @@ impl Checker<'_> {
         len
     }
 
+    /// The setup namespace a step names, or an error at `at` listing the
+    /// names setup defines.
+    fn namespace<'n>(
+        &mut self,
+        name: &str,
+        at: &Location,
+        namespaces: &'n [NamespaceSpec],
+    ) -> Option<&'n NamespaceSpec> {
+        let found = namespaces.iter().find(|n| n.name == name);
+        if found.is_none() {
+            let known: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            self.error(
+                at,
+                format!("unknown namespace `{name}` (setup defines: {known})"),
+            );
+        }
+        found
+    }
+
     fn cpu(&mut self, cpu: &Option<Spanned<u32>>, machine: &MachineSpec) -> u32 {
         let Some(c) = cpu else { return 0 };
         if c.value >= machine.cpus {
@@ -950,22 +959,9 @@ impl Checker<'_> {
         namespaces: &[NamespaceSpec],
     ) -> Option<Target> {
         match (namespace, region) {
-            (Some(ns), None) => {
-                if namespaces.iter().any(|n| n.name == ns.value) {
-                    Some(Target::Namespace(ns.value.clone()))
-                } else {
-                    let known: Vec<_> = namespaces.iter().map(|n| n.name.as_str()).collect();
-                    self.error(
-                        &ns.referenced,
-                        format!(
-                            "unknown namespace `{}` (setup defines: {})",
-                            ns.value,
-                            known.join(", ")
-                        ),
-                    );
-                    None
-                }
-            }
+            (Some(ns), None) => self
+                .namespace(&ns.value, &ns.referenced, namespaces)
+                .map(|n| Target::Namespace(n.name.clone())),
             (None, Some(r)) => {
                 if r.value < machine.nvdimms.len() {
                     Some(Target::Region(r.value))
@@ -1068,18 +1064,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let cpu = e.cpu.as_ref().map(|c| c.value).unwrap_or(0);
-        if let Some(c) = &e.cpu {
-            if c.value >= machine.cpus {
-                self.error(
-                    &c.referenced,
-                    format!(
-                        "cpu {} does not exist: the machine has {}",
-                        c.value, machine.cpus
-                    ),
-                );
-            }
-        }
+        let cpu = self.cpu(&e.cpu, machine);
         Some(Action::Inject {
             kind: kind?,
             at: address::Location {
@@ -1138,20 +1123,7 @@ impl Checker<'_> {
             Err(e) => return self.error(at, e),
         };
         for p in found {
-            let Some(ns) = namespaces.iter().find(|n| n.name == p.namespace) else {
-                let known: Vec<_> = namespaces.iter().map(|n| n.name.as_str()).collect();
-                let known = if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                };
-                self.error(
-                    at,
-                    format!(
-                        "unknown namespace `{}` (setup defines: {known})",
-                        p.namespace
-                    ),
-                );
+            let Some(ns) = self.namespace(&p.namespace, at, namespaces) else {
                 continue;
             };
             if let Err(e) = field_applies(ns, p.field) {
