@@ -33,6 +33,8 @@ pub fn reproducer(case: &Case, env: &LabEnv) -> String {
             q(&env.artifacts.join(&case.id).join("replay"))
         ),
         "PMEM_LAB_KEEP=1".to_string(),
+        // QEMU's ACPI tables for the machine come from this cache.
+        format!("PMEM_LAB_CACHE={}", q(&env.cache)),
     ];
     if let Some(root) = &env.cases_root {
         vars.push(format!("PMEM_LAB_CASES={}", q(root)));

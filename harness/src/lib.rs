@@ -2,6 +2,7 @@
 //! agent client, expectations and the case runner. The `lab` test target
 //! (tests/lab.rs) turns each case file into a libtest-mimic trial.
 
+pub mod acpi;
 pub mod address;
 pub mod badblocks;
 pub mod bundle;

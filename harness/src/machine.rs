@@ -19,6 +19,16 @@ pub struct MachineSpec {
     pub nvdimms: Vec<NvdimmSpec>,
     /// Boot with the nfit_test modules instead of the in-tree NVDIMM stack.
     pub nfit_test: bool,
+    /// Who answers the NVDIMM root _DSM (see [`crate::acpi`]).
+    pub root_dsm: RootDsm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootDsm {
+    /// The lab's ACPI table: ARS, error injection, clear-error.
+    Lab,
+    /// QEMU's table as it is: no root function but the query.
+    Qemu,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +36,16 @@ pub struct NvdimmSpec {
     pub size: ByteSize,
     pub label_size: ByteSize,
     pub align: ByteSize,
+    /// Latent media errors (lab root _DSM only): not part of QEMU's command
+    /// line, baked into the lab's ACPI table.
+    pub errors: Vec<LatentError>,
+}
+
+/// A media error present from boot, in bytes from the region's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentError {
+    pub offset: u64,
+    pub length: u64,
 }
 
 impl Default for MachineSpec {
@@ -35,6 +55,7 @@ impl Default for MachineSpec {
             memory: ByteSize(2 * GIB),
             nvdimms: Vec::new(),
             nfit_test: false,
+            root_dsm: RootDsm::Lab,
         }
     }
 }
@@ -64,6 +85,23 @@ impl NvdimmSpec {
 }
 
 impl MachineSpec {
+    /// Whether VMs of this machine boot with the lab's ACPI table.
+    pub fn lab_root_dsm(&self) -> bool {
+        self.root_dsm == RootDsm::Lab && !self.nvdimms.is_empty()
+    }
+
+    /// The machine as QEMU sees it: the same with the latent errors
+    /// dropped (they live in the lab's table, not on QEMU's command line).
+    /// What the cache of QEMU's own tables is keyed by.
+    pub fn qemu_shape(&self) -> MachineSpec {
+        let mut m = self.clone();
+        for nv in &mut m.nvdimms {
+            nv.errors.clear();
+        }
+        m.root_dsm = RootDsm::Qemu;
+        m
+    }
+
     /// Where each NVDIMM's region starts, relative to the first: QEMU places
     /// an NVDIMM at the first address after the previous one's region (the
     /// label area is not mapped) that its backend alignment allows. The
@@ -264,11 +302,13 @@ mod tests {
                     size: ByteSize(GIB),
                     label_size: NvdimmSpec::DEFAULT_LABEL_SIZE,
                     align: NvdimmSpec::DEFAULT_ALIGN,
+                    errors: vec![],
                 },
                 NvdimmSpec {
                     size: ByteSize(4 * GIB),
                     label_size: ByteSize(256 << 10),
                     align: ByteSize(GIB),
+                    errors: vec![],
                 },
             ],
             ..MachineSpec::default()

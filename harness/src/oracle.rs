@@ -9,7 +9,10 @@
 //!    `badblocks` for raw and fsdax) equal its region's badblocks inside the
 //!    namespace's data range, counted from the data start;
 //! 3. the kernel logged no BUG, Oops, WARNING, panic or similar during the
-//!    step, unless the case's `allow_dmesg` covers the line.
+//!    step, no ACPI interpreter error or warning (a fault in the lab's own
+//!    ACPI table shows up this way), and no warning or error from the NFIT
+//!    driver (e.g. "detected truncated ars results" from a malformed ARS
+//!    status), unless the case's `allow_dmesg` covers the line.
 //!
 //! A violation fails the case with both sides printed.
 
@@ -245,11 +248,25 @@ pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<
     out
 }
 
+/// ACPICA's own messages ("ACPI Error: Aborting method ...", "ACPI BIOS
+/// Error (bug): ..."), at any level.
+const ACPI_TROUBLE: [&str; 3] = ["ACPI Error", "ACPI Warning", "ACPI BIOS "];
+
+/// The NFIT driver's device prefix: at warning level or worse (printk level
+/// 4 or lower), its messages mean the firmware interface misbehaved.
+const NFIT_DEVICE: &str = "nfit ACPI0012:";
+
+fn is_trouble(r: &KmsgRecord) -> bool {
+    KERNEL_TROUBLE.iter().any(|m| r.text.contains(m))
+        || ACPI_TROUBLE.iter().any(|m| r.text.starts_with(m))
+        || (r.level <= 4 && r.text.starts_with(NFIT_DEVICE))
+}
+
 /// Log lines that mean kernel trouble and are not allowed by the case.
 pub fn kernel_trouble(records: &[KmsgRecord], allow: &[Regex]) -> Vec<String> {
     records
         .iter()
-        .filter(|r| KERNEL_TROUBLE.iter().any(|m| r.text.contains(m)))
+        .filter(|r| is_trouble(r))
         .filter(|r| !allow.iter().any(|a| a.is_match(&r.text)))
         .map(KmsgRecord::render)
         .collect()
@@ -384,5 +401,25 @@ mod tests {
         );
         let allow = [Regex::new("nfit/core.c").unwrap()];
         assert!(violations(&geometry(), &snap, &allow).is_empty());
+    }
+
+    #[test]
+    fn acpi_errors_and_nfit_warnings_fail() {
+        let rec = |level, text: &str| KmsgRecord {
+            seq: 1,
+            level,
+            usec: 1,
+            text: text.into(),
+        };
+        let log = [
+            rec(4, "nfit ACPI0012:00: detected truncated ars results"),
+            rec(3, "ACPI Error: Aborting method \\_SB.NVDR._DSM due to previous error (AE_AML_BUFFER_LIMIT)"),
+            rec(6, "nfit ACPI0012:00: ARS: range 1 complete"),
+            rec(6, "ACPI: Table Upgrade: install [SSDT-PMLAB - ROOTDSM]"),
+        ];
+        let bad = kernel_trouble(&log, &[]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("truncated ars results"));
+        assert!(bad[1].contains("AE_AML_BUFFER_LIMIT"));
     }
 }

@@ -63,6 +63,7 @@ mod tests {
             keep_passed: false,
             reporter: None,
             cases_root: None,
+            cache: dir.join("cache"),
         }
     }
 

@@ -6,6 +6,7 @@
 //! at the end, dmesg.txt. They are removed after a pass (unless
 //! PMEM_LAB_KEEP=1) and kept after a failure, whose message names the folder.
 
+use crate::acpi;
 use crate::badblocks;
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::guest::Guest;
@@ -37,6 +38,9 @@ pub struct LabEnv {
     pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
     /// The cases root the run loaded (for reproducers).
     pub cases_root: Option<PathBuf>,
+    /// The lab's build cache (QEMU's ACPI tables per machine shape go to
+    /// `acpi/` in it): PMEM_LAB_CACHE, else ~/.cache/pmem-lab.
+    pub cache: PathBuf,
 }
 
 impl LabEnv {
@@ -79,8 +83,23 @@ impl LabEnv {
             kernel_config: std::env::var_os("PMEM_LAB_KERNEL_CONFIG").map(PathBuf::from),
             reporter: None,
             cases_root: None,
+            cache: default_cache(),
         }))
     }
+}
+
+/// PMEM_LAB_CACHE, else $XDG_CACHE_HOME/pmem-lab, else ~/.cache/pmem-lab
+/// (what `cargo xtask` uses too).
+pub fn default_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("PMEM_LAB_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("pmem-lab");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/pmem-lab"))
+        .unwrap_or_else(|| std::env::temp_dir().join("pmem-lab-cache"))
 }
 
 /// Timings of a passed case.
@@ -105,11 +124,22 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
 }
 
-/// Start the case's VM: its private directory (sockets need short paths;
-/// sparse NVDIMM backing files go with them, and all of it goes when the
-/// returned guard drops), the QEMU command line (saved in `dir`), QEMU.
+/// Start the case's VM (see [`start_machine`]).
 pub fn start_vm(
     case: &Case,
+    env: &LabEnv,
+    dir: &Path,
+    interactive: bool,
+) -> Result<(Guest, tempfile::TempDir), String> {
+    start_machine(&case.machine, env, dir, interactive)
+}
+
+/// Start a VM of `machine`: its private directory (sockets need short paths;
+/// sparse NVDIMM backing files and the initrd with the lab's ACPI tables go
+/// with them, and all of it goes when the returned guard drops), the QEMU
+/// command line (saved in `dir`), QEMU.
+pub fn start_machine(
+    machine: &machine::MachineSpec,
     env: &LabEnv,
     dir: &Path,
     interactive: bool,
@@ -122,18 +152,24 @@ pub fn start_vm(
                 .unwrap_or_else(std::env::temp_dir),
         )
         .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
-    let files = VmFiles::in_dir(
-        private.path(),
-        &env.kernel,
-        &env.initrd,
-        case.machine.nvdimms.len(),
-    );
-    for (nv, path) in case.machine.nvdimms.iter().zip(&files.nvdimm_backing) {
+    let initrd = if machine.lab_root_dsm() {
+        let mut bytes = acpi::initrd_prefix(machine, env, dir)
+            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
+        let base = fs::read(&env.initrd).map_err(|e| format!("{}: {e}", env.initrd.display()))?;
+        bytes.extend_from_slice(&base);
+        let path = private.path().join("initrd");
+        fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        path
+    } else {
+        env.initrd.clone()
+    };
+    let files = VmFiles::in_dir(private.path(), &env.kernel, &initrd, machine.nvdimms.len());
+    for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
         let f = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         f.set_len(nv.size.bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let args = machine::qemu_args(&case.machine, env.accel, &files);
+    let args = machine::qemu_args(machine, env.accel, &files);
     let _ = fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
     let vm = Vm::start_with(&args, &files, dir, interactive)?;
     Ok((Guest { vm }, private))
@@ -157,6 +193,9 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         ready.guest_uptime.as_secs_f64(),
         ready.kernel_release
     ));
+    if case.machine.lab_root_dsm() {
+        acpi::check_upgraded(&mut guest).map_err(|e| format!("boot: {e}"))?;
+    }
     let outcome = setup::create_namespaces(&mut guest, case)
         .map_err(|e| format!("setup: {e}"))
         .and_then(|layout| {

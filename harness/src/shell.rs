@@ -56,6 +56,9 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
         .vm
         .wait_ready(case.boot_timeout)
         .map_err(|e| format!("boot: {e}"))?;
+    if case.machine.lab_root_dsm() {
+        crate::acpi::check_upgraded(&mut guest).map_err(|e| format!("boot: {e}"))?;
+    }
     let layout = setup::create_namespaces(&mut guest, case).map_err(|e| format!("setup: {e}"))?;
     eprintln!("pmem-lab shell: setup done:");
     for (name, ns) in &layout.namespaces {

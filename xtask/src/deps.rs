@@ -43,6 +43,11 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
             present: || is_static("/bin/busybox"),
         },
         Need {
+            what: "iasl (compiles the lab's ACPI table)",
+            package: "acpica-tools",
+            present: || tool("iasl"),
+        },
+        Need {
             what: "mkfs.ext4",
             package: "e2fsprogs",
             present: || tool("mke2fs"),

@@ -89,6 +89,7 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
         ("PMEM_LAB_KERNEL_RELEASE", built.kernel.release.clone()),
         ("PMEM_LAB_ACCEL", accel.to_string()),
         ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
+        ("PMEM_LAB_CACHE", opts.cache.display().to_string()),
     ])
 }
 

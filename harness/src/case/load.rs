@@ -8,10 +8,11 @@ use super::{
     Action, Case, CaseError, NamespaceSpec, NdctlOp, Step, DEFAULT_BOOT_TIMEOUT,
     DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
 };
+use crate::acpi;
 use crate::address::{self, Base, Target};
 use crate::badblocks::{self, Range, SECTOR};
 use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
-use crate::machine::{MachineSpec, NvdimmSpec};
+use crate::machine::{LatentError, MachineSpec, NvdimmSpec, RootDsm};
 use crate::mce;
 use crate::size::{ByteSize, GIB, KIB, MIB};
 use crate::template::{self, NsField};
@@ -249,7 +250,79 @@ impl Checker<'_> {
         for nv in &m.nvdimms {
             spec.nvdimms.push(self.nvdimm(&nv.value));
         }
+        if let Some(r) = &m.root_dsm {
+            spec.root_dsm = match r.value.as_str() {
+                "lab" => RootDsm::Lab,
+                "qemu" => RootDsm::Qemu,
+                other => {
+                    self.error(
+                        &r.referenced,
+                        format!("root_dsm is `lab` or `qemu`, not `{other}`"),
+                    );
+                    RootDsm::Lab
+                }
+            };
+        }
+        self.latent_errors(m, &spec);
         spec
+    }
+
+    /// Latent errors need the lab's table and must fit in it.
+    fn latent_errors(&mut self, m: &model::MachineSection, spec: &MachineSpec) {
+        let mut units = 0u64;
+        for (entry, nv) in m.nvdimms.iter().zip(&spec.nvdimms) {
+            for e in &entry.value.errors {
+                if spec.root_dsm != RootDsm::Lab {
+                    self.error(
+                        &e.referenced,
+                        "latent errors live in the lab's ACPI table: drop `root_dsm: qemu`",
+                    );
+                }
+                let at = e.value.offset.value.bytes();
+                let len = e.value.length.as_ref().map_or(512, |l| l.value.bytes());
+                let unit = acpi::ERROR_UNIT;
+                if at % unit != 0 {
+                    self.error(
+                        &e.value.offset.referenced,
+                        format!(
+                            "an error offset is a multiple of {unit} bytes (the clear-error unit)"
+                        ),
+                    );
+                }
+                if len == 0 || len % unit != 0 {
+                    let at = e
+                        .value
+                        .length
+                        .as_ref()
+                        .map_or(&e.referenced, |l| &l.referenced);
+                    self.error(
+                        at,
+                        format!("an error length is a non-zero multiple of {unit} bytes"),
+                    );
+                }
+                if at + len > nv.region_size() {
+                    self.error(
+                        &e.value.offset.referenced,
+                        format!(
+                            "error at {} + {len} bytes ends past the NVDIMM's {} region",
+                            ByteSize(at),
+                            ByteSize(nv.region_size())
+                        ),
+                    );
+                }
+                units += len.div_ceil(unit);
+                if units > acpi::MAX_ERROR_UNITS {
+                    self.error(
+                        &e.referenced,
+                        format!(
+                            "the lab's table holds {} error units of {unit} bytes ({} KiB) in all",
+                            acpi::MAX_ERROR_UNITS,
+                            acpi::MAX_ERROR_UNITS * unit / 1024
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn nvdimm(&mut self, nv: &model::NvdimmEntry) -> NvdimmSpec {
@@ -285,6 +358,14 @@ impl Checker<'_> {
             size: nv.size.value,
             label_size,
             align,
+            errors: nv
+                .errors
+                .iter()
+                .map(|e| LatentError {
+                    offset: e.value.offset.value.bytes(),
+                    length: e.value.length.as_ref().map_or(512, |l| l.value.bytes()),
+                })
+                .collect(),
         };
         if !spec.size.is_multiple_of(align) {
             self.error(

@@ -45,6 +45,10 @@ pub struct MachineSection {
     pub nfit_test: bool,
     /// How long to wait for the guest agent after QEMU starts.
     pub boot_timeout: Option<Timeout>,
+    /// Who answers the NVDIMM root device's _DSM: `lab` (default: the lab's
+    /// ACPI table, with ARS, error injection and clear-error) or `qemu`
+    /// (QEMU's own table, which implements none of them).
+    pub root_dsm: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +58,19 @@ pub struct NvdimmEntry {
     pub label_size: Option<Spanned<ByteSize>>,
     /// Alignment of the host memory backend (`memory-backend-file,align=`).
     pub align: Option<Spanned<ByteSize>>,
+    /// Latent media errors the lab's root _DSM reports from boot on (ARS).
+    #[serde(default)]
+    pub errors: Vec<Spanned<LatentErrorEntry>>,
+}
+
+/// A media error present before boot, at an offset into the NVDIMM's region.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentErrorEntry {
+    /// Bytes from the region's first byte; a multiple of 256.
+    pub offset: Spanned<ByteSize>,
+    /// Default 512 (one sector); a multiple of 256.
+    pub length: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

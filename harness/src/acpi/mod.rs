@@ -1,0 +1,145 @@
+//! The lab's ACPI table upgrade: ARS, error injection and clear-error on
+//! QEMU's NVDIMMs.
+//!
+//! QEMU's NVDIMM root device answers no root `_DSM` function but the query,
+//! so on a stock QEMU `ndctl start-scrub`, `inject-error` and `clear-errors`
+//! fail. With `root_dsm: lab` (the default for machines with NVDIMMs) the
+//! lab boots every VM with two extra ACPI tables in an uncompressed cpio put
+//! in front of the initramfs, which the kernel's ACPI table upgrade
+//! (CONFIG_ACPI_TABLE_UPGRADE) picks up before it parses the firmware's
+//! tables:
+//!
+//! 1. QEMU's own NVDIMM SSDT, read from a guest on the same machine (see
+//!    [`qemu_tables`]), with its root `_DSM` renamed to `QDSM` and its OEM
+//!    revision raised so that it replaces the firmware's copy; labels,
+//!    `_FIT` and the per-DIMM methods keep reaching QEMU unchanged;
+//! 2. the lab's SSDT ([`root_dsm`], images/acpi/root-dsm.asl), which adds
+//!    the root `_DSM`: ARS capabilities/start/status, clear uncorrectable
+//!    error, and ARS error inject/clear/status, with the machine's latent
+//!    errors (`machine.nvdimms[].errors`) in its error list from boot.
+//!
+//! Both tables and the rendered ASL are kept in the case's artifacts.
+
+pub mod qemu_tables;
+pub mod root_dsm;
+pub mod table;
+
+use crate::guest::Guest;
+use crate::machine::MachineSpec;
+use crate::runner::LabEnv;
+use root_dsm::SpaError;
+use std::io::Write as _;
+use std::path::Path;
+
+/// The clear-error unit the lab's table reports (`clear_err_unit`), and the
+/// granularity of its error list.
+pub const ERROR_UNIT: u64 = 256;
+/// How many units of [`ERROR_UNIT`] the table's error list holds.
+pub const MAX_ERROR_UNITS: u64 = 256;
+
+/// What the kernel logs when it takes each table (drivers/acpi/tables.c).
+pub const OVERRIDE_LINE: &str = "Table Upgrade: override [SSDT-BOCHS -  NVDIMM]";
+pub const INSTALL_LINE: &str = "Table Upgrade: install [SSDT-PMLAB - ROOTDSM]";
+
+const TABLE_DIR: &str = "kernel/firmware/acpi";
+
+/// The cpio archive to put in front of the initramfs for `machine`; the
+/// tables also go to `dir`.
+pub fn initrd_prefix(machine: &MachineSpec, env: &LabEnv, dir: &Path) -> Result<Vec<u8>, String> {
+    let qemu = qemu_tables::get(&machine.qemu_shape(), env, &dir.join("acpi-probe"))?;
+    if qemu.spa.len() != machine.nvdimms.len() {
+        return Err(format!(
+            "QEMU's NFIT has {} persistent-memory ranges for {} NVDIMMs",
+            qemu.spa.len(),
+            machine.nvdimms.len()
+        ));
+    }
+    let errors: Vec<SpaError> = machine
+        .nvdimms
+        .iter()
+        .zip(&qemu.spa)
+        .flat_map(|(nv, spa)| {
+            nv.errors.iter().map(|e| SpaError {
+                address: spa.base + e.offset,
+                length: e.length,
+            })
+        })
+        .collect();
+    let lab = root_dsm::compile(&root_dsm::render(&qemu.spa, &errors)?, dir)?;
+    let patched = table::patch_qemu_ssdt(&qemu.ssdt)?;
+    let _ = std::fs::write(dir.join("qemu-nvdimm-ssdt.aml"), &patched);
+    cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])
+        .map_err(|e| format!("cannot write the ACPI cpio: {e}"))
+}
+
+/// An uncompressed newc archive with `tables` under kernel/firmware/acpi/
+/// (the kernel only looks for tables in an uncompressed archive at the very
+/// start of the initrd).
+fn cpio(tables: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut ino = 1;
+    let mut entry = |name: String, mode: u32, data: &[u8], out: &mut Vec<u8>| {
+        let b = cpio::newc::Builder::new(&name).ino(ino).mode(mode).nlink(1);
+        ino += 1;
+        let mut w = b.write(out, data.len() as u32);
+        w.write_all(data)?;
+        w.finish().map(|_| ())
+    };
+    let mut path = String::new();
+    for part in TABLE_DIR.split('/') {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(part);
+        entry(path.clone(), 0o040755, &[], &mut out)?;
+    }
+    for (name, data) in tables {
+        entry(format!("{TABLE_DIR}/{name}"), 0o100644, data, &mut out)?;
+    }
+    cpio::newc::trailer(&mut out)?;
+    Ok(out)
+}
+
+/// After boot: the kernel took both tables, or the case cannot mean what it
+/// says.
+pub fn check_upgraded(guest: &mut Guest) -> Result<(), String> {
+    let log = guest.kmsg(None).map_err(|e| format!("kernel log: {e}"))?;
+    for line in [OVERRIDE_LINE, INSTALL_LINE] {
+        if !log.iter().any(|r| r.text.contains(line)) {
+            return Err(format!(
+                "the kernel did not log \"{line}\": the lab's ACPI tables were not used \
+                 (is CONFIG_ACPI_TABLE_UPGRADE set? the tables are in the case's artifacts)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_holds_the_tables_under_the_upgrade_path() {
+        let a = cpio(&[("x.aml", b"SSDT....")]).unwrap();
+        let mut r = std::io::Cursor::new(a);
+        let mut names = Vec::new();
+        loop {
+            let e = cpio::NewcReader::new(r).unwrap();
+            if e.entry().is_trailer() {
+                break;
+            }
+            names.push((e.entry().name().to_string(), e.entry().file_size()));
+            r = e.finish().unwrap();
+        }
+        assert_eq!(
+            names,
+            vec![
+                ("kernel".to_string(), 0),
+                ("kernel/firmware".to_string(), 0),
+                ("kernel/firmware/acpi".to_string(), 0),
+                ("kernel/firmware/acpi/x.aml".to_string(), 8),
+            ]
+        );
+    }
+}
