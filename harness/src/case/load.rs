@@ -716,11 +716,18 @@ impl Checker<'_> {
                     "count must be at least 1",
                 );
             }
+            if let Some(n) = e.value.notify.as_ref().filter(|_| e.value.uninject) {
+                self.error(
+                    &n.referenced,
+                    "`notify` goes with an injection, not `uninject`",
+                );
+            }
             return Some(NdctlOp::InjectError {
                 namespace,
                 block,
                 count,
                 uninject: e.value.uninject,
+                notify: e.value.notify.as_ref().is_none_or(|n| n.value),
                 file,
             });
         }

@@ -161,6 +161,9 @@ pub enum NdctlOp {
         block: u64,
         count: u64,
         uninject: bool,
+        /// Ask the platform to notify the kernel (ndctl's default), which
+        /// then scrubs; `false` passes `--no-notify`.
+        notify: bool,
         /// Aim at byte `.1` of file `.0` instead of `block` (resolved in the
         /// guest with FIEMAP).
         file: Option<(String, u64)>,
@@ -190,6 +193,7 @@ impl NdctlOp {
                 block,
                 count,
                 uninject,
+                notify,
                 ..
             } => {
                 let mut a = v(&[
@@ -200,6 +204,8 @@ impl NdctlOp {
                 ]);
                 if *uninject {
                     a.push("--uninject".into());
+                } else if !*notify {
+                    a.push("--no-notify".into());
                 }
                 a.push(dev(namespace));
                 a

@@ -211,6 +211,10 @@ pub struct InjectErrorEntry {
     /// Remove the injected error instead (`--uninject`).
     #[serde(default)]
     pub uninject: bool,
+    /// `false`: `--no-notify`, the platform does not tell the kernel, which
+    /// learns of the error at the next scrub. Default true (ndctl waits for
+    /// the scrub the notification starts).
+    pub notify: Option<Spanned<bool>>,
     /// Only list the injected errors (`--status`).
     #[serde(default)]
     pub status: bool,
