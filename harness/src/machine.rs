@@ -21,6 +21,21 @@ pub struct MachineSpec {
     pub nfit_test: bool,
     /// Who answers the NVDIMM root _DSM (see [`crate::acpi`]).
     pub root_dsm: RootDsm,
+    /// Deliberate misbehaviour of the lab's root _DSM.
+    pub dsm_faults: Vec<DsmFault>,
+}
+
+/// A firmware bug the lab's root _DSM can be told to have, to see what the
+/// kernel makes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsmFault {
+    /// ARS status: `out_length` one record short of `num_records`.
+    TruncatedArsStatus,
+}
+
+impl DsmFault {
+    pub const ALL: [(&'static str, DsmFault); 1] =
+        [("truncated-ars-status", DsmFault::TruncatedArsStatus)];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +71,7 @@ impl Default for MachineSpec {
             nvdimms: Vec::new(),
             nfit_test: false,
             root_dsm: RootDsm::Lab,
+            dsm_faults: Vec::new(),
         }
     }
 }
@@ -99,6 +115,7 @@ impl MachineSpec {
             nv.errors.clear();
         }
         m.root_dsm = RootDsm::Qemu;
+        m.dsm_faults.clear();
         m
     }
 

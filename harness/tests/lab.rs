@@ -150,6 +150,14 @@ const SELF_TESTS: &[SelfTest] = &[
         within: Duration::from_secs(20),
     },
     SelfTest {
+        // A firmware bug in the ARS status layout must fail the case through
+        // the oracle's kernel-log rule, with the kernel's own words.
+        id: "selftest/malformed-ars-status-fails-the-case",
+        yaml: "machine:\n  root_dsm_faults: [truncated-ars-status]\n  nvdimms:\n    - size: 1G\n      errors: [{offset: 64M}, {offset: 65M}]\nsteps:\n  - run: [true]\n",
+        must_say: &["kernel log:", "nfit ACPI0012:00: detected truncated ars results"],
+        within: Duration::from_secs(40),
+    },
+    SelfTest {
         id: "selftest/failed-expectation-names-step-and-values",
         yaml: "steps:\n  - run: [true]\n  - name: prints\n    sh: echo hello; exit 3\n    expect:\n      stdout: '^bye$'\n",
         must_say: &["step 2 `prints`", "expected exit 0, got exit 3", "stdout does not match /^bye$/", "hello", "artifacts: "],

@@ -44,6 +44,12 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
         /* NVDIMM SPA ranges as [first unit, end unit) pairs. */
         Name (LSPA, Package () { @@SPA@@ })
 
+        /*
+         * Firmware faults a case asked for (machine.root_dsm_faults):
+         * LFTR 1 = the ARS status claims one record less than it returns.
+         */
+        Name (LFTR, @@FAULT_TRUNCATE@@)
+
         /* The last ARS: LAST 0 = none since boot, 1 = complete. */
         Name (LAST, 0)
         Name (LASA, Buffer (8) {})
@@ -242,7 +248,12 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
                 Local0++
             }
             /* status DONE; out_length counts from itself: 44 + 24 n */
-            Local4 = Concatenate (LB4 (0), LB4 (44 + (24 * Local2)))
+            Local5 = 44 + (24 * Local2)
+            If (LFTR && Local2)
+            {
+                Local5 -= 24
+            }
+            Local4 = Concatenate (LB4 (0), LB4 (Local5))
             Concatenate (Local4, LASA, Local4)
             Concatenate (Local4, LASL, Local4)
             /* restart address and length: nothing to restart */

@@ -65,7 +65,10 @@ pub fn initrd_prefix(machine: &MachineSpec, env: &LabEnv, dir: &Path) -> Result<
             })
         })
         .collect();
-    let lab = root_dsm::compile(&root_dsm::render(&qemu.spa, &errors)?, dir)?;
+    let lab = root_dsm::compile(
+        &root_dsm::render(&qemu.spa, &errors, &machine.dsm_faults)?,
+        dir,
+    )?;
     let patched = table::patch_qemu_ssdt(&qemu.ssdt)?;
     let _ = std::fs::write(dir.join("qemu-nvdimm-ssdt.aml"), &patched);
     cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])

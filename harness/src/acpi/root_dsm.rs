@@ -3,6 +3,7 @@
 
 use super::table::Spa;
 use super::{ERROR_UNIT, MAX_ERROR_UNITS};
+use crate::machine::DsmFault;
 use std::path::Path;
 use std::process::Command;
 
@@ -31,8 +32,8 @@ fn unit(address: u64) -> Result<u64, String> {
     Ok(u)
 }
 
-/// The ASL source for these NVDIMM ranges and latent errors.
-pub fn render(spa: &[Spa], errors: &[SpaError]) -> Result<String, String> {
+/// The ASL source for these NVDIMM ranges, latent errors and faults.
+pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<String, String> {
     let mut units: Vec<u64> = Vec::new();
     for e in errors {
         let (first, end) = (
@@ -66,7 +67,15 @@ pub fn render(spa: &[Spa], errors: &[SpaError]) -> Result<String, String> {
         .replace("@@COUNT@@", &units.len().to_string())
         .replace("@@UNITS@@", &hex(&units))
         .replace("@@INJECTED@@", &vec!["0"; units.len()].join(", "))
-        .replace("@@SPA@@", &ranges.join(", "));
+        .replace("@@SPA@@", &ranges.join(", "))
+        .replace(
+            "@@FAULT_TRUNCATE@@",
+            if faults.contains(&DsmFault::TruncatedArsStatus) {
+                "1"
+            } else {
+                "0"
+            },
+        );
     Ok(out)
 }
 
@@ -111,9 +120,11 @@ mod tests {
                 address: 0x1_0000_0000 + (256 << 20),
                 length: 512,
             }],
+            &[],
         )
         .unwrap();
         assert!(asl.contains("Name (LCNT, 2)"), "{asl}");
+        assert!(asl.contains("Name (LFTR, 0)"));
         assert!(asl.contains("Package (256) { 0x1100000, 0x1100001 }"));
         assert!(asl.contains("Package (256) { 0, 0 }"));
         assert!(asl.contains("Package () { 0x1000000, 0x13fe000 }"));
@@ -123,8 +134,19 @@ mod tests {
     #[test]
     fn overlapping_errors_share_units() {
         let e = |address, length| SpaError { address, length };
-        let asl = render(&ONE_DIMM, &[e(0x1_0000_0000, 1024), e(0x1_0000_0200, 512)]).unwrap();
+        let asl = render(
+            &ONE_DIMM,
+            &[e(0x1_0000_0000, 1024), e(0x1_0000_0200, 512)],
+            &[],
+        )
+        .unwrap();
         assert!(asl.contains("Name (LCNT, 4)"));
+    }
+
+    #[test]
+    fn faults_switch_on_in_the_table() {
+        let asl = render(&ONE_DIMM, &[], &[DsmFault::TruncatedArsStatus]).unwrap();
+        assert!(asl.contains("Name (LFTR, 1)"));
     }
 
     #[test]
@@ -133,12 +155,12 @@ mod tests {
             base: 1 << 40,
             length: 1 << 30,
         }];
-        assert!(render(&far, &[]).unwrap_err().contains("above 1 TiB"));
+        assert!(render(&far, &[], &[]).unwrap_err().contains("above 1 TiB"));
         let many = SpaError {
             address: 0x1_0000_0000,
             length: (MAX_ERROR_UNITS + 1) * ERROR_UNIT,
         };
-        assert!(render(&ONE_DIMM, &[many])
+        assert!(render(&ONE_DIMM, &[many], &[])
             .unwrap_err()
             .contains("holds 256"));
     }

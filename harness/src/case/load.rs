@@ -12,7 +12,7 @@ use crate::acpi;
 use crate::address::{self, Base, Target};
 use crate::badblocks::{self, Range, SECTOR};
 use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
-use crate::machine::{LatentError, MachineSpec, NvdimmSpec, RootDsm};
+use crate::machine::{DsmFault, LatentError, MachineSpec, NvdimmSpec, RootDsm};
 use crate::mce;
 use crate::size::{ByteSize, GIB, KIB, MIB};
 use crate::template::{self, NsField};
@@ -263,6 +263,23 @@ impl Checker<'_> {
                 }
             };
         }
+        for f in &m.root_dsm_faults {
+            match DsmFault::ALL.iter().find(|(name, _)| *name == f.value) {
+                Some((_, fault)) if spec.root_dsm == RootDsm::Lab => spec.dsm_faults.push(*fault),
+                Some(_) => self.error(
+                    &f.referenced,
+                    "faults are for the lab's root _DSM: drop `root_dsm: qemu`",
+                ),
+                None => self.error(
+                    &f.referenced,
+                    format!(
+                        "unknown root _DSM fault `{}`; known: {}",
+                        f.value,
+                        DsmFault::ALL.map(|(n, _)| n).join(", ")
+                    ),
+                ),
+            }
+        }
         self.latent_errors(m, &spec);
         spec
     }
@@ -310,8 +327,9 @@ impl Checker<'_> {
                         ),
                     );
                 }
+                let before = units;
                 units += len.div_ceil(unit);
-                if units > acpi::MAX_ERROR_UNITS {
+                if units > acpi::MAX_ERROR_UNITS && before <= acpi::MAX_ERROR_UNITS {
                     self.error(
                         &e.referenced,
                         format!(
@@ -1376,6 +1394,67 @@ steps:
         assert!(e[0]
             .to_string()
             .starts_with("cases/t/case.yaml:3:5: unknown field `expcet`"));
+    }
+
+    #[test]
+    fn latent_errors_and_faults_are_checked_before_boot() {
+        let text = "\
+machine:
+  root_dsm: lab
+  root_dsm_faults: [truncated-ars-status, flaky]
+  nvdimms:
+    - size: 1G
+      errors:
+        - {offset: 100M}
+        - {offset: 0x1001}
+        - {offset: 1021M, length: 2M}
+        - {offset: 8M, length: 0}
+steps:
+  - run: [true]
+";
+        let got = errors(text);
+        let want = [
+            "3:43 unknown root _DSM fault `flaky`; known: truncated-ars-status",
+            "8:20 an error offset is a multiple of 256 bytes",
+            "9:20 error at 1021M + 2097152 bytes ends past the NVDIMM's 1022M region",
+            "9:11 the lab's table holds 256 error units of 256 bytes (64 KiB) in all",
+            "10:32 an error length is a non-zero multiple of 256 bytes",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.contains(w), "{g} !~ {w}");
+        }
+        let case = load(
+            &text
+                .replace(", flaky", "")
+                .replace("0x1001", "0x1000")
+                .replace("1021M, length: 2M", "1000M, length: 8K")
+                .replace("length: 0", "length: 256"),
+        )
+        .unwrap();
+        let nv = &case.machine.nvdimms[0];
+        assert_eq!(nv.errors.len(), 4);
+        assert_eq!(
+            nv.errors[0],
+            LatentError {
+                offset: 100 << 20,
+                length: 512
+            }
+        );
+        assert_eq!(case.machine.dsm_faults, vec![DsmFault::TruncatedArsStatus]);
+
+        let stock = "machine:\n  root_dsm: qemu\n  nvdimms:\n    - size: 1G\n      errors: [{offset: 1M}]\nsteps:\n  - run: [true]\n";
+        assert!(
+            errors(stock)[0].contains("5:16 latent errors live in the lab's ACPI table"),
+            "{:?}",
+            errors(stock)
+        );
+        let bad = "machine:\n  root_dsm: firmware\nsteps:\n  - run: [true]\n";
+        assert!(
+            errors(bad)[0].contains("2:13 root_dsm is `lab` or `qemu`"),
+            "{:?}",
+            errors(bad)
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct MachineSection {
     /// ACPI table, with ARS, error injection and clear-error) or `qemu`
     /// (QEMU's own table, which implements none of them).
     pub root_dsm: Option<Spanned<String>>,
+    /// Firmware bugs for the lab's root _DSM to have (see
+    /// [`crate::machine::DsmFault`]): `truncated-ars-status`.
+    #[serde(default)]
+    pub root_dsm_faults: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
