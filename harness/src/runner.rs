@@ -108,6 +108,8 @@ pub struct Passed {
     pub boot: Duration,
     pub total: Duration,
     pub kernel_release: String,
+    /// Preparing the lab's ACPI tables before QEMU started, if used.
+    pub acpi_tables: Option<Duration>,
 }
 
 /// Run `case`; `Err` carries the full failure message.
@@ -124,13 +126,24 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
 }
 
+/// A started VM and what goes with it.
+pub struct Started {
+    pub guest: Guest,
+    /// The VM's private directory (sockets, NVDIMM files, initrd); removed
+    /// when dropped.
+    pub private: tempfile::TempDir,
+    /// Time spent preparing the lab's ACPI tables, when the machine has them
+    /// (a probe boot for a new machine shape included).
+    pub acpi_tables: Option<Duration>,
+}
+
 /// Start the case's VM (see [`start_machine`]).
 pub fn start_vm(
     case: &Case,
     env: &LabEnv,
     dir: &Path,
     interactive: bool,
-) -> Result<(Guest, tempfile::TempDir), String> {
+) -> Result<Started, String> {
     start_machine(&case.machine, env, dir, interactive)
 }
 
@@ -143,7 +156,7 @@ pub fn start_machine(
     env: &LabEnv,
     dir: &Path,
     interactive: bool,
-) -> Result<(Guest, tempfile::TempDir), String> {
+) -> Result<Started, String> {
     let private = tempfile::Builder::new()
         .prefix("pl-")
         .tempdir_in(
@@ -152,6 +165,7 @@ pub fn start_machine(
                 .unwrap_or_else(std::env::temp_dir),
         )
         .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
+    let tables_start = Instant::now();
     let initrd = if machine.lab_root_dsm() {
         let mut bytes = acpi::initrd_prefix(machine, env, dir)
             .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
@@ -163,6 +177,7 @@ pub fn start_machine(
     } else {
         env.initrd.clone()
     };
+    let acpi_tables = machine.lab_root_dsm().then(|| tables_start.elapsed());
     let files = VmFiles::in_dir(private.path(), &env.kernel, &initrd, machine.nvdimms.len());
     for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
         let f = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -172,7 +187,11 @@ pub fn start_machine(
     let args = machine::qemu_args(machine, env.accel, &files);
     let _ = fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
     let vm = Vm::start_with(&args, &files, dir, interactive)?;
-    Ok((Guest { vm }, private))
+    Ok(Started {
+        guest: Guest { vm },
+        private,
+        acpi_tables,
+    })
 }
 
 fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
@@ -180,7 +199,11 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     if case.machine.nfit_test {
         preflight::nfit_test(env)?;
     }
-    let (mut guest, _private) = start_vm(case, env, dir, false)?;
+    let Started {
+        mut guest,
+        private: _private,
+        acpi_tables,
+    } = start_vm(case, env, dir, false)?;
     let mut log = StepLog::new(dir);
 
     let ready = guest
@@ -219,6 +242,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         boot: ready.boot_time,
         total: start.elapsed(),
         kernel_release: ready.kernel_release,
+        acpi_tables,
     })
 }
 

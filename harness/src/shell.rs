@@ -50,7 +50,9 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
-    let (mut guest, private) = runner::start_vm(case, env, &dir, true)?;
+    let runner::Started {
+        mut guest, private, ..
+    } = runner::start_vm(case, env, &dir, true)?;
     let hmp = VmFiles::in_dir(private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
     guest
         .vm

@@ -229,8 +229,12 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
         let boot = result.as_ref().ok().map(|p| p.boot);
         let (outcome, verdict) = match (result, listed) {
             (Ok(passed), None) => {
+                let tables = passed
+                    .acpi_tables
+                    .map(|t| format!(", ACPI tables {:.3}s", t.as_secs_f64()))
+                    .unwrap_or_default();
                 eprintln!(
-                    "{}: agent ready in {:.2}s, case took {:.2}s ({})",
+                    "{}: agent ready in {:.2}s, case took {:.2}s ({}){tables}",
                     case.id,
                     passed.boot.as_secs_f64(),
                     passed.total.as_secs_f64(),

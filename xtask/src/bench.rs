@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 /// A typical case: one NVDIMM, setup, a few ndctl calls.
 const TYPICAL_CASE: &str = "namespaces/devdax-2m";
+/// The same machine shape with QEMU's own ACPI table (`root_dsm: qemu`): the
+/// cost of the lab's table is the difference.
+const STOCK_TABLE_CASE: &str = "ars/stock-qemu";
 
 pub struct BenchOptions {
     pub runs: usize,
@@ -87,12 +90,33 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         )),
     }
 
-    let (boots, cases) = typical_case(opts, b.runs)?;
+    let typical = case_timings(opts, TYPICAL_CASE, b.runs)?;
     rows.push((
         "boot to agent ready (QEMU start -> agent)".into(),
-        stats(&boots),
+        stats(&typical.boots),
     ));
-    rows.push((format!("typical case ({TYPICAL_CASE})"), stats(&cases)));
+    rows.push((
+        format!("typical case ({TYPICAL_CASE})"),
+        stats(&typical.cases),
+    ));
+    if !typical.tables.is_empty() {
+        rows.push((
+            "lab ACPI tables before QEMU starts".into(),
+            stats(&typical.tables),
+        ));
+    }
+    let stock = case_timings(opts, STOCK_TABLE_CASE, b.runs)?;
+    rows.push((
+        "boot to agent ready, QEMU's own ACPI table".into(),
+        stats(&stock.boots),
+    ));
+    rows.push((
+        "ratio boot lab table / QEMU's table (medians)".into(),
+        format!(
+            "{:.2}x",
+            median(&typical.boots).as_secs_f64() / median(&stock.boots).as_secs_f64()
+        ),
+    ));
 
     if b.suite_runs > 0 {
         let suite = timed(b.suite_runs, || suite(opts))?;
@@ -192,17 +216,28 @@ fn debian_kernel() -> Result<PathBuf> {
     find().ok_or_else(|| Error::new("linux-image-amd64 installed no /boot/vmlinuz-*"))
 }
 
-/// Run the typical case `n` times through the harness; its timing line
-/// gives (boot to agent ready, whole case).
-fn typical_case(opts: &Options, n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let mut boots = Vec::new();
-    let mut cases = Vec::new();
+/// Timings of one case over several runs.
+struct CaseTimings {
+    boots: Vec<Duration>,
+    cases: Vec<Duration>,
+    /// Empty when the case's machine does not use the lab's ACPI tables.
+    tables: Vec<Duration>,
+}
+
+/// Run `case` `n` times through the harness; its timing line gives boot to
+/// agent ready, the whole case, and the ACPI table preparation.
+fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
+    let mut t = CaseTimings {
+        boots: Vec::new(),
+        cases: Vec::new(),
+        tables: Vec::new(),
+    };
     for _ in 0..n.max(1) {
-        let out = lab::harness_output(opts, &[TYPICAL_CASE.to_string(), "--exact".into()])?;
+        let out = lab::harness_output(opts, &[case.to_string(), "--exact".into()])?;
         let line = out
             .lines()
-            .find(|l| l.starts_with(TYPICAL_CASE) && l.contains("agent ready in"))
-            .ok_or_else(|| Error::new(format!("{TYPICAL_CASE} did not pass:\n{out}")))?;
+            .find(|l| l.starts_with(case) && l.contains("agent ready in"))
+            .ok_or_else(|| Error::new(format!("{case} did not pass:\n{out}")))?;
         let secs = |after: &str| -> Option<Duration> {
             let rest = &line[line.find(after)? + after.len()..];
             rest.split('s')
@@ -212,12 +247,14 @@ fn typical_case(opts: &Options, n: usize) -> Result<(Vec<Duration>, Vec<Duration
                 .ok()
                 .map(Duration::from_secs_f64)
         };
-        boots.push(
-            secs("agent ready in").ok_or_else(|| Error::new(format!("cannot read {line:?}")))?,
-        );
-        cases.push(secs("case took").ok_or_else(|| Error::new(format!("cannot read {line:?}")))?);
+        let need = |what: &str| {
+            secs(what).ok_or_else(|| Error::new(format!("cannot read {what:?} in {line:?}")))
+        };
+        t.boots.push(need("agent ready in")?);
+        t.cases.push(need("case took")?);
+        t.tables.extend(secs("ACPI tables"));
     }
-    Ok((boots, cases))
+    Ok(t)
 }
 
 fn suite(opts: &Options) -> Result<()> {

@@ -137,7 +137,11 @@ fn publish(dir: &Path, shape: &MachineSpec, t: &QemuTables) -> Result<(), String
 /// Boot `shape` with QEMU's tables untouched and read them from sysfs.
 fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
     fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
-    let (mut guest, _private) = runner::start_machine(shape, env, probe_dir, false)?;
+    let runner::Started {
+        mut guest,
+        private: _private,
+        ..
+    } = runner::start_machine(shape, env, probe_dir, false)?;
     let result = guest
         .vm
         .wait_ready(Duration::from_secs(120))
