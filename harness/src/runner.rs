@@ -167,12 +167,9 @@ pub fn start_machine(
         .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
     let tables_start = Instant::now();
     let initrd = if machine.lab_root_dsm() {
-        let mut bytes = acpi::initrd_prefix(machine, env, dir)
-            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
-        let base = fs::read(&env.initrd).map_err(|e| format!("{}: {e}", env.initrd.display()))?;
-        bytes.extend_from_slice(&base);
         let path = private.path().join("initrd");
-        fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        acpi::write_initrd(machine, env, dir, &path)
+            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
         path
     } else {
         env.initrd.clone()

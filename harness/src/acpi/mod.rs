@@ -43,9 +43,23 @@ pub const INSTALL_LINE: &str = "Table Upgrade: install [SSDT-PMLAB - ROOTDSM]";
 
 const TABLE_DIR: &str = "kernel/firmware/acpi";
 
+/// Write to `out` the initrd a VM of `machine` boots: the tables' cpio,
+/// then the lab's image (`env.initrd`) as it is.
+pub fn write_initrd(
+    machine: &MachineSpec,
+    env: &LabEnv,
+    dir: &Path,
+    out: &Path,
+) -> Result<(), String> {
+    let mut bytes = initrd_prefix(machine, env, dir)?;
+    let image = std::fs::read(&env.initrd).map_err(|e| format!("{}: {e}", env.initrd.display()))?;
+    bytes.extend_from_slice(&image);
+    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
+}
+
 /// The cpio archive to put in front of the initramfs for `machine`; the
 /// tables also go to `dir`.
-pub fn initrd_prefix(machine: &MachineSpec, env: &LabEnv, dir: &Path) -> Result<Vec<u8>, String> {
+fn initrd_prefix(machine: &MachineSpec, env: &LabEnv, dir: &Path) -> Result<Vec<u8>, String> {
     let qemu = qemu_tables::get(&machine.qemu_shape(), env, &dir.join("acpi-probe"))?;
     if qemu.spa.len() != machine.nvdimms.len() {
         return Err(format!(
