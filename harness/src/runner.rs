@@ -135,6 +135,8 @@ pub struct Started {
     /// Time spent preparing the lab's ACPI tables, when the machine has them
     /// (a probe boot for a new machine shape included).
     pub acpi_tables: Option<Duration>,
+    /// QEMU's tables the lab's were built on (see [`acpi::check_upgraded`]).
+    pub qemu_tables: Option<acpi::qemu_tables::QemuTables>,
 }
 
 /// Start the case's VM (see [`start_machine`]).
@@ -166,10 +168,13 @@ pub fn start_machine(
         )
         .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
     let tables_start = Instant::now();
+    let mut qemu_tables = None;
     let initrd = if machine.lab_root_dsm() {
         let path = private.path().join("initrd");
-        acpi::write_initrd(machine, env, dir, &path)
-            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
+        qemu_tables = Some(
+            acpi::write_initrd(machine, env, dir, &path)
+                .map_err(|e| format!("the lab's ACPI tables: {e}"))?,
+        );
         path
     } else {
         env.initrd.clone()
@@ -188,6 +193,7 @@ pub fn start_machine(
         guest: Guest { vm },
         private,
         acpi_tables,
+        qemu_tables,
     })
 }
 
@@ -200,6 +206,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         mut guest,
         private: _private,
         acpi_tables,
+        qemu_tables,
     } = start_vm(case, env, dir, false)?;
     let mut log = StepLog::new(dir);
 
@@ -213,8 +220,8 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         ready.guest_uptime.as_secs_f64(),
         ready.kernel_release
     ));
-    if case.machine.lab_root_dsm() {
-        acpi::check_upgraded(&mut guest).map_err(|e| format!("boot: {e}"))?;
+    if let Some(built_on) = &qemu_tables {
+        acpi::check_upgraded(&mut guest, built_on).map_err(|e| format!("boot: {e}"))?;
     }
     let outcome = setup::create_namespaces(&mut guest, case)
         .map_err(|e| format!("setup: {e}"))

@@ -51,15 +51,18 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
     let runner::Started {
-        mut guest, private, ..
+        mut guest,
+        private,
+        qemu_tables,
+        ..
     } = runner::start_vm(case, env, &dir, true)?;
     let hmp = VmFiles::in_dir(private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
     guest
         .vm
         .wait_ready(case.boot_timeout)
         .map_err(|e| format!("boot: {e}"))?;
-    if case.machine.lab_root_dsm() {
-        crate::acpi::check_upgraded(&mut guest).map_err(|e| format!("boot: {e}"))?;
+    if let Some(built_on) = &qemu_tables {
+        crate::acpi::check_upgraded(&mut guest, built_on).map_err(|e| format!("boot: {e}"))?;
     }
     let layout = setup::create_namespaces(&mut guest, case).map_err(|e| format!("setup: {e}"))?;
     eprintln!("pmem-lab shell: setup done:");

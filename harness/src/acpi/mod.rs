@@ -27,6 +27,7 @@ pub mod table;
 use crate::guest::Guest;
 use crate::machine::MachineSpec;
 use crate::runner::LabEnv;
+use qemu_tables::QemuTables;
 use root_dsm::SpaError;
 use std::io::Write as _;
 use std::path::Path;
@@ -44,23 +45,25 @@ pub const INSTALL_LINE: &str = "Table Upgrade: install [SSDT-PMLAB - ROOTDSM]";
 const TABLE_DIR: &str = "kernel/firmware/acpi";
 
 /// Write to `out` the initrd a VM of `machine` boots: the tables' cpio,
-/// then the lab's image (`env.initrd`) as it is.
+/// then the lab's image (`env.initrd`) as it is. Returns QEMU's tables the
+/// lab's are built on, for [`check_upgraded`].
 pub fn write_initrd(
     machine: &MachineSpec,
     env: &LabEnv,
     dir: &Path,
     out: &Path,
-) -> Result<(), String> {
-    let mut bytes = initrd_prefix(machine, env, dir)?;
+) -> Result<QemuTables, String> {
+    let qemu = qemu_tables::get(&machine.qemu_shape(), env, &dir.join("acpi-probe"))?;
+    let mut bytes = initrd_prefix(machine, &qemu, dir)?;
     let image = std::fs::read(&env.initrd).map_err(|e| format!("{}: {e}", env.initrd.display()))?;
     bytes.extend_from_slice(&image);
-    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
+    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(qemu)
 }
 
 /// The cpio archive to put in front of the initramfs for `machine`; the
 /// tables also go to `dir`.
-fn initrd_prefix(machine: &MachineSpec, env: &LabEnv, dir: &Path) -> Result<Vec<u8>, String> {
-    let qemu = qemu_tables::get(&machine.qemu_shape(), env, &dir.join("acpi-probe"))?;
+fn initrd_prefix(machine: &MachineSpec, qemu: &QemuTables, dir: &Path) -> Result<Vec<u8>, String> {
     if qemu.spa.len() != machine.nvdimms.len() {
         return Err(format!(
             "QEMU's NFIT has {} persistent-memory ranges for {} NVDIMMs",
@@ -117,9 +120,10 @@ fn cpio(tables: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// After boot: the kernel took both tables, or the case cannot mean what it
-/// says.
-pub fn check_upgraded(guest: &mut Guest) -> Result<(), String> {
+/// After boot: the kernel took both tables, and the firmware's NFIT is the
+/// one they were built from (a guard against a cache entry that no longer
+/// matches the machine); else the case cannot mean what it says.
+pub fn check_upgraded(guest: &mut Guest, built_on: &QemuTables) -> Result<(), String> {
     let log = guest.kmsg(None).map_err(|e| format!("kernel log: {e}"))?;
     for line in [OVERRIDE_LINE, INSTALL_LINE] {
         if !log.iter().any(|r| r.text.contains(line)) {
@@ -128,6 +132,13 @@ pub fn check_upgraded(guest: &mut Guest) -> Result<(), String> {
                  (is CONFIG_ACPI_TABLE_UPGRADE set? the tables are in the case's artifacts)"
             ));
         }
+    }
+    if qemu_tables::dump(guest, "NFIT")? != built_on.nfit {
+        return Err(format!(
+            "the guest's NFIT differs from the one the lab's tables were built from: \
+             remove the stale cache entry {} and run again",
+            built_on.cached_in.display()
+        ));
     }
     Ok(())
 }

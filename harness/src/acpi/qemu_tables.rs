@@ -30,6 +30,8 @@ pub struct QemuTables {
     pub nfit: Vec<u8>,
     /// The NVDIMMs' SPA ranges from the NFIT, by address.
     pub spa: Vec<Spa>,
+    /// The cache entry they came from (or were published to).
+    pub cached_in: PathBuf,
 }
 
 const SSDT_FILE: &str = "qemu-nvdimm-ssdt.aml";
@@ -48,9 +50,10 @@ pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTa
     if let Ok(t) = load(&dir) {
         return Ok(t);
     }
-    let t = probe(shape, env, probe_dir)
+    let mut t = probe(shape, env, probe_dir)
         .map_err(|e| format!("reading QEMU's ACPI tables for this machine: {e}"))?;
     publish(&dir, shape, &t)?;
+    t.cached_in = dir;
     Ok(t)
 }
 
@@ -109,6 +112,7 @@ fn load(dir: &Path) -> Result<QemuTables, String> {
         ssdt: read(SSDT_FILE)?,
         spa: table::nfit_pm_ranges(&nfit)?,
         nfit,
+        cached_in: dir.to_path_buf(),
     })
 }
 
@@ -171,10 +175,12 @@ fn read_tables(guest: &mut Guest) -> Result<QemuTables, String> {
         ssdt,
         spa: table::nfit_pm_ranges(&nfit)?,
         nfit,
+        cached_in: PathBuf::new(),
     })
 }
 
-fn dump(guest: &mut Guest, name: &str) -> Result<Vec<u8>, String> {
+/// A table from the guest's sysfs, checked (checksum, header length).
+pub(super) fn dump(guest: &mut Guest, name: &str) -> Result<Vec<u8>, String> {
     let path = format!("{TABLES}/{name}");
     let bytes = table::parse_od(&guest.ok(&["od", "-An", "-v", "-tx1", &path])?.stdout)?;
     if !table::checksum_ok(&bytes) {
