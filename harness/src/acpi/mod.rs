@@ -88,9 +88,16 @@ fn initrd_prefix(machine: &MachineSpec, qemu: &QemuTables, dir: &Path) -> Result
     )?;
     let patched = table::patch_qemu_ssdt(&qemu.ssdt)?;
     let _ = std::fs::write(dir.join("qemu-nvdimm-ssdt.aml"), &patched);
-    cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])
-        .map_err(|e| format!("cannot write the ACPI cpio: {e}"))
+    let archive = cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])
+        .map_err(|e| format!("cannot write the ACPI cpio: {e}"))?;
+    // Kept for booting the machine by hand (docs/reproducing.md).
+    let _ = std::fs::write(dir.join(CPIO_ARTIFACT), &archive);
+    Ok(archive)
 }
+
+/// The tables' cpio in a case's artifacts: `cat` it in front of the image to
+/// boot the case's machine by hand.
+pub const CPIO_ARTIFACT: &str = "acpi-tables.cpio";
 
 /// An uncompressed newc archive with `tables` under kernel/firmware/acpi/
 /// (the kernel only looks for tables in an uncompressed archive at the very
