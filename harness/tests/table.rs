@@ -405,13 +405,15 @@ fn truncated_fault() -> Result<(), Failed> {
     eq(u32_at(&r[1], 4), 44 + 24, "out_length one record short")
 }
 
+type TrialFn = fn() -> Result<(), Failed>;
+
 fn main() {
     let args = Arguments::from_args();
     let missing = ["iasl", "acpiexec"].into_iter().find(|tool| {
         !std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
     });
-    let tests: [(&str, fn() -> Result<(), Failed>); 8] = [
+    let tests: [(&str, TrialFn); 8] = [
         ("query-and-forwarding", query_and_forwarding),
         ("ars-capabilities", ars_capabilities),
         (
