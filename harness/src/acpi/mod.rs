@@ -88,6 +88,8 @@ fn initrd_prefix(machine: &MachineSpec, qemu: &QemuTables, dir: &Path) -> Result
     )?;
     let patched = table::patch_qemu_ssdt(&qemu.ssdt)?;
     let _ = std::fs::write(dir.join("qemu-nvdimm-ssdt.aml"), &patched);
+    // Short names: the kernel truncates table file names past 18 characters
+    // (MAX_CPIO_FILE_NAME in lib/earlycpio.c), and says so in the log.
     let archive = cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])
         .map_err(|e| format!("cannot write the ACPI cpio: {e}"))?;
     // Kept for booting the machine by hand (docs/reproducing.md).
