@@ -63,6 +63,11 @@ pub struct LatentError {
     pub length: u64,
 }
 
+impl LatentError {
+    /// One sector, when a case gives no `length`.
+    pub const DEFAULT_LENGTH: u64 = 512;
+}
+
 impl Default for MachineSpec {
     fn default() -> Self {
         MachineSpec {

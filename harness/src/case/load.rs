@@ -288,15 +288,15 @@ impl Checker<'_> {
     fn latent_errors(&mut self, m: &model::MachineSection, spec: &MachineSpec) {
         let mut units = 0u64;
         for (entry, nv) in m.nvdimms.iter().zip(&spec.nvdimms) {
-            for e in &entry.value.errors {
+            // `nv.errors` is `entry.errors` with defaults filled in, in order.
+            for (e, latent) in entry.value.errors.iter().zip(&nv.errors) {
                 if spec.root_dsm != RootDsm::Lab {
                     self.error(
                         &e.referenced,
                         "latent errors live in the lab's ACPI table: drop `root_dsm: qemu`",
                     );
                 }
-                let at = e.value.offset.value.bytes();
-                let len = e.value.length.as_ref().map_or(512, |l| l.value.bytes());
+                let (at, len) = (latent.offset, latent.length);
                 let unit = acpi::ERROR_UNIT;
                 if at % unit != 0 {
                     self.error(
@@ -381,7 +381,11 @@ impl Checker<'_> {
                 .iter()
                 .map(|e| LatentError {
                     offset: e.value.offset.value.bytes(),
-                    length: e.value.length.as_ref().map_or(512, |l| l.value.bytes()),
+                    length: e
+                        .value
+                        .length
+                        .as_ref()
+                        .map_or(LatentError::DEFAULT_LENGTH, |l| l.value.bytes()),
                 })
                 .collect(),
         };
