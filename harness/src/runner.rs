@@ -132,11 +132,34 @@ pub struct Started {
     /// The VM's private directory (sockets, NVDIMM files, initrd); removed
     /// when dropped.
     pub private: tempfile::TempDir,
-    /// Time spent preparing the lab's ACPI tables, when the machine has them
-    /// (a probe boot for a new machine shape included).
-    pub acpi_tables: Option<Duration>,
-    /// QEMU's tables the lab's were built on (see [`acpi::check_upgraded`]).
-    pub qemu_tables: Option<acpi::qemu_tables::QemuTables>,
+    /// The lab's ACPI tables, when the machine has them.
+    pub acpi: Option<AcpiTables>,
+}
+
+/// What went into a VM's lab ACPI tables.
+pub struct AcpiTables {
+    /// QEMU's tables they were built on (see [`acpi::check_upgraded`]).
+    pub built_on: acpi::qemu_tables::QemuTables,
+    /// Time spent preparing them (a probe boot for a new machine shape
+    /// included).
+    pub took: Duration,
+}
+
+impl Started {
+    /// Wait for the agent, then check that the kernel took the lab's ACPI
+    /// tables (when there are any): what every user of a case VM needs
+    /// before setup.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, String> {
+        let ready = self
+            .guest
+            .vm
+            .wait_ready(timeout)
+            .map_err(|e| format!("boot: {e}"))?;
+        if let Some(t) = &self.acpi {
+            acpi::check_upgraded(&mut self.guest, &t.built_on).map_err(|e| format!("boot: {e}"))?;
+        }
+        Ok(ready)
+    }
 }
 
 /// Start the case's VM (see [`start_machine`]).
@@ -167,19 +190,20 @@ pub fn start_machine(
                 .unwrap_or_else(std::env::temp_dir),
         )
         .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
-    let tables_start = Instant::now();
-    let mut qemu_tables = None;
+    let mut acpi = None;
     let initrd = if machine.lab_root_dsm() {
         let path = private.path().join("initrd");
-        qemu_tables = Some(
-            acpi::write_initrd(machine, env, dir, &path)
-                .map_err(|e| format!("the lab's ACPI tables: {e}"))?,
-        );
+        let start = Instant::now();
+        let built_on = acpi::write_initrd(machine, env, dir, &path)
+            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
+        acpi = Some(AcpiTables {
+            built_on,
+            took: start.elapsed(),
+        });
         path
     } else {
         env.initrd.clone()
     };
-    let acpi_tables = machine.lab_root_dsm().then(|| tables_start.elapsed());
     let files = VmFiles::in_dir(private.path(), &env.kernel, &initrd, machine.nvdimms.len());
     for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
         let f = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -192,8 +216,7 @@ pub fn start_machine(
     Ok(Started {
         guest: Guest { vm },
         private,
-        acpi_tables,
-        qemu_tables,
+        acpi,
     })
 }
 
@@ -202,27 +225,22 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
     if case.machine.nfit_test {
         preflight::nfit_test(env)?;
     }
-    let Started {
-        mut guest,
-        private: _private,
-        acpi_tables,
-        qemu_tables,
-    } = start_vm(case, env, dir, false)?;
+    let mut started = start_vm(case, env, dir, false)?;
     let mut log = StepLog::new(dir);
 
-    let ready = guest
-        .vm
-        .wait_ready(case.boot_timeout)
-        .map_err(|e| format!("boot: {e}"))?;
+    let ready = started.wait_ready(case.boot_timeout)?;
     log.line(format!(
         "agent ready after {:.2}s (guest uptime {:.2}s, kernel {})",
         ready.boot_time.as_secs_f64(),
         ready.guest_uptime.as_secs_f64(),
         ready.kernel_release
     ));
-    if let Some(built_on) = &qemu_tables {
-        acpi::check_upgraded(&mut guest, built_on).map_err(|e| format!("boot: {e}"))?;
-    }
+    let acpi_tables = started.acpi.as_ref().map(|t| t.took);
+    let Started {
+        mut guest,
+        private: _private,
+        ..
+    } = started;
     let outcome = setup::create_namespaces(&mut guest, case)
         .map_err(|e| format!("setup: {e}"))
         .and_then(|layout| {

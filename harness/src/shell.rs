@@ -50,20 +50,14 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
+    let mut started = runner::start_vm(case, env, &dir, true)?;
+    let hmp = VmFiles::in_dir(started.private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
+    started.wait_ready(case.boot_timeout)?;
     let runner::Started {
         mut guest,
-        private,
-        qemu_tables,
+        private: _private,
         ..
-    } = runner::start_vm(case, env, &dir, true)?;
-    let hmp = VmFiles::in_dir(private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
-    guest
-        .vm
-        .wait_ready(case.boot_timeout)
-        .map_err(|e| format!("boot: {e}"))?;
-    if let Some(built_on) = &qemu_tables {
-        crate::acpi::check_upgraded(&mut guest, built_on).map_err(|e| format!("boot: {e}"))?;
-    }
+    } = started;
     let layout = setup::create_namespaces(&mut guest, case).map_err(|e| format!("setup: {e}"))?;
     eprintln!("pmem-lab shell: setup done:");
     for (name, ns) in &layout.namespaces {

@@ -141,17 +141,12 @@ fn publish(dir: &Path, shape: &MachineSpec, t: &QemuTables) -> Result<(), String
 /// Boot `shape` with QEMU's tables untouched and read them from sysfs.
 fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
     fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
-    let runner::Started {
-        mut guest,
-        private: _private,
-        ..
-    } = runner::start_machine(shape, env, probe_dir, false)?;
-    let result = guest
-        .vm
+    let mut vm = runner::start_machine(shape, env, probe_dir, false)?;
+    let result = vm
         .wait_ready(Duration::from_secs(120))
-        .map_err(|e| format!("probe boot (artifacts in {}): {e}", probe_dir.display()))
-        .and_then(|_| read_tables(&mut guest));
-    guest.vm.kill();
+        .map_err(|e| format!("probe (artifacts in {}): {e}", probe_dir.display()))
+        .and_then(|_| read_tables(&mut vm.guest));
+    vm.guest.vm.kill();
     result
 }
 
