@@ -2,6 +2,14 @@
 
 use crate::runner::LabEnv;
 use std::fs;
+use std::path::PathBuf;
+
+/// Where `name` is on PATH, if it is.
+pub fn program(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
 
 /// Options tools/testing/nvdimm/config_check.c insists on.
 const NFIT_TEST_CONFIG: [&str; 6] = [

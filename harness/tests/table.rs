@@ -14,7 +14,8 @@ use pmem_lab_harness::acpi::root_dsm::{self, SpaError};
 use pmem_lab_harness::acpi::table::Spa;
 use pmem_lab_harness::acpi::{ERROR_UNIT, MAX_ERROR_UNITS};
 use pmem_lab_harness::machine::DsmFault;
-use std::path::{Path, PathBuf};
+use pmem_lab_harness::preflight;
+use std::path::PathBuf;
 use std::process::Command;
 
 const STUB_DSDT: &str = r#"
@@ -95,17 +96,7 @@ impl Tables {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let asl = root_dsm::render(&SPA, errors, faults)?;
         root_dsm::compile(&asl, dir.path())?;
-        let stub = dir.path().join("stub.asl");
-        std::fs::write(&stub, STUB_DSDT).map_err(|e| e.to_string())?;
-        let out = Command::new("iasl")
-            .arg("-p")
-            .arg(dir.path().join("stub"))
-            .arg(&stub)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stdout).into_owned().into());
-        }
+        root_dsm::iasl(STUB_DSDT, dir.path(), "stub")?;
         Ok(Tables { dir })
     }
 
@@ -140,7 +131,7 @@ impl Tables {
             .arg("-b")
             .arg(batch.join(";"))
             .arg(self.path("stub.aml"))
-            .arg(self.path("pmem-lab-root-dsm.aml"))
+            .arg(self.path(&format!("{}.aml", root_dsm::STEM)))
             .output()
             .map_err(|e| format!("cannot run acpiexec: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -409,10 +400,9 @@ type TrialFn = fn() -> Result<(), Failed>;
 
 fn main() {
     let args = Arguments::from_args();
-    let missing = ["iasl", "acpiexec"].into_iter().find(|tool| {
-        !std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(tool).is_file()))
-    });
+    let missing = ["iasl", "acpiexec"]
+        .into_iter()
+        .find(|tool| preflight::program(tool).is_none());
     let tests: [(&str, TrialFn); 8] = [
         ("query-and-forwarding", query_and_forwarding),
         ("ars-capabilities", ars_capabilities),

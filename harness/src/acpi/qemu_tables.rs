@@ -13,6 +13,7 @@
 use super::table::{self, Spa};
 use crate::guest::Guest;
 use crate::machine::{MachineSpec, QEMU};
+use crate::preflight;
 use crate::runner::{self, LabEnv};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -85,11 +86,7 @@ fn qemu_identity() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let mut id = version;
-        let binary = std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(QEMU))
-                .find(|p| p.is_file())
-        });
+        let binary = preflight::program(QEMU);
         let bios = PathBuf::from("/usr/share/qemu/bios-256k.bin");
         for p in binary.into_iter().chain([bios]) {
             if let Ok(m) = fs::metadata(&p) {

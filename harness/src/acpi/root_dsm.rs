@@ -79,12 +79,20 @@ pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<S
     Ok(out)
 }
 
-/// Compile `asl` with iasl in `dir` (which keeps the .asl and the .aml for a
-/// failure's artifacts); the AML bytes.
+/// File stem of the lab's table in a case's artifacts (`.asl`, `.aml`).
+pub const STEM: &str = "pmem-lab-root-dsm";
+
+/// Compile the lab's table with iasl in `dir` (which keeps the .asl and the
+/// .aml for a failure's artifacts); the AML bytes.
 pub fn compile(asl: &str, dir: &Path) -> Result<Vec<u8>, String> {
-    let src = dir.join("pmem-lab-root-dsm.asl");
+    iasl(asl, dir, STEM)
+}
+
+/// Compile `asl` with iasl to `dir/STEM.aml` (source kept as `STEM.asl`).
+pub fn iasl(asl: &str, dir: &Path, stem: &str) -> Result<Vec<u8>, String> {
+    let prefix = dir.join(stem);
+    let src = prefix.with_extension("asl");
     std::fs::write(&src, asl).map_err(|e| format!("{}: {e}", src.display()))?;
-    let prefix = dir.join("pmem-lab-root-dsm");
     let out = Command::new("iasl")
         .arg("-p")
         .arg(&prefix)
