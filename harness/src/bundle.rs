@@ -2,6 +2,7 @@
 
 use crate::case::Case;
 use crate::runner::LabEnv;
+use pmem_lab_env::vars;
 use std::fs;
 use std::path::Path;
 
@@ -23,30 +24,32 @@ pub fn reproducer(case: &Case, env: &LabEnv) -> String {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."));
-    let mut vars = vec![
-        format!("PMEM_LAB_KERNEL={}", q(&env.kernel)),
-        format!("PMEM_LAB_INITRD={}", q(&env.initrd)),
-        format!("PMEM_LAB_ACCEL={}", env.accel.name()),
+    let mut env_vars = vec![
+        format!("{}={}", vars::KERNEL.name, q(&env.kernel)),
+        format!("{}={}", vars::INITRD.name, q(&env.initrd)),
+        format!("{}={}", vars::ACCEL.name, env.accel.name()),
+        format!("{}={}", vars::QEMU.name, q(&env.qemu.binary)),
         // The replay's artifacts go beside this bundle, not over it.
         format!(
-            "PMEM_LAB_ARTIFACTS={}",
+            "{}={}",
+            vars::ARTIFACTS.name,
             q(&env.artifacts.join(&case.id).join("replay"))
         ),
-        "PMEM_LAB_KEEP=1".to_string(),
+        format!("{}=1", vars::KEEP.name),
         // QEMU's ACPI tables for the machine come from this cache.
-        format!("PMEM_LAB_CACHE={}", q(&env.cache)),
+        format!("{}={}", vars::CACHE.name, q(&env.cache)),
     ];
     if let Some(root) = &env.cases_root {
-        vars.push(format!("PMEM_LAB_CASES={}", q(root)));
+        env_vars.push(format!("{}={}", vars::CASES.name, q(root)));
     }
     if let Some(config) = &env.kernel_config {
-        vars.push(format!("PMEM_LAB_KERNEL_CONFIG={}", q(config)));
+        env_vars.push(format!("{}={}", vars::KERNEL_CONFIG.name, q(config)));
     }
     format!(
         "#!/bin/sh\n# Replays `{id}` on the kernel and image it failed with.\n\
          cd {ws} &&\n{vars} \\\n  cargo test -p pmem-lab-harness --test lab -- --exact '{id}' \"$@\"\n",
         id = case.id,
         ws = q(workspace),
-        vars = vars.join(" \\\n"),
+        vars = env_vars.join(" \\\n"),
     )
 }

@@ -303,7 +303,7 @@ pub fn shell_quote_command(program: &str, args: &[OsString]) -> String {
         .join(" ")
 }
 
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c);
     if !s.is_empty() && s.chars().all(plain) {
         s.to_string()

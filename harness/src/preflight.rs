@@ -2,14 +2,8 @@
 
 use crate::runner::LabEnv;
 use std::fs;
-use std::path::PathBuf;
 
-/// Where `name` is on PATH, if it is.
-pub fn program(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use pmem_lab_env::program;
 
 /// Options tools/testing/nvdimm/config_check.c insists on.
 const NFIT_TEST_CONFIG: [&str; 6] = [
@@ -72,6 +66,7 @@ mod tests {
             reporter: None,
             cases_root: None,
             cache: dir.join("cache"),
+            qemu: pmem_lab_env::qemu::Qemu::at(dir.join("qemu")),
         }
     }
 

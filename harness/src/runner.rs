@@ -17,6 +17,8 @@ use crate::setup::{self, Layout};
 use crate::template;
 use crate::vm::{self, Vm, VmError};
 use crate::{bundle, checks, dax, preflight};
+use pmem_lab_env::qemu::Qemu;
+use pmem_lab_env::vars;
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
 use std::fs;
@@ -41,65 +43,50 @@ pub struct LabEnv {
     /// The lab's build cache (QEMU's ACPI tables per machine shape go to
     /// `acpi/` in it): PMEM_LAB_CACHE, else ~/.cache/pmem-lab.
     pub cache: PathBuf,
+    /// The QEMU every VM of the run starts (see [`pmem_lab_env::qemu`]).
+    pub qemu: Qemu,
 }
 
 impl LabEnv {
-    pub const KERNEL: &'static str = "PMEM_LAB_KERNEL";
-    pub const INITRD: &'static str = "PMEM_LAB_INITRD";
-
     /// `Ok(None)` when no kernel/initrd is configured: VM cases are then
     /// listed as ignored with the reason.
     pub fn from_env(default_artifacts: &Path) -> Result<Option<LabEnv>, String> {
-        let (Some(kernel), Some(initrd)) = (
-            std::env::var_os(Self::KERNEL),
-            std::env::var_os(Self::INITRD),
-        ) else {
+        let (Some(kernel), Some(initrd)) = (vars::KERNEL.get(), vars::INITRD.get()) else {
             return Ok(None);
         };
         let (kernel, initrd) = (PathBuf::from(kernel), PathBuf::from(initrd));
-        for (var, p) in [(Self::KERNEL, &kernel), (Self::INITRD, &initrd)] {
+        for (var, p) in [(vars::KERNEL, &kernel), (vars::INITRD, &initrd)] {
             if !p.is_file() {
                 return Err(format!(
-                    "{var}={} does not exist: run `cargo xtask lab` to build it",
+                    "{}={} does not exist: run `cargo xtask lab` to build it",
+                    var.name,
                     p.display()
                 ));
             }
         }
-        let artifacts = std::env::var_os("PMEM_LAB_ARTIFACTS")
+        let artifacts = vars::ARTIFACTS
+            .get()
             .map(PathBuf::from)
             .unwrap_or_else(|| default_artifacts.to_path_buf());
-        let accel = match std::env::var("PMEM_LAB_ACCEL").as_deref() {
-            Ok("kvm") => Accel::Kvm,
-            Ok("tcg") | Err(_) => Accel::Tcg,
-            Ok(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
+        let accel = match vars::ACCEL.get_str().as_deref() {
+            Some("kvm") => Accel::Kvm,
+            Some("tcg") | None => Accel::Tcg,
+            Some(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
         };
-        let keep_passed = std::env::var("PMEM_LAB_KEEP").is_ok_and(|v| v == "1");
+        let qemu = Qemu::from_env().map_err(|e| e.to_string())?;
         Ok(Some(LabEnv {
             kernel,
             initrd,
             accel,
             artifacts,
-            keep_passed,
-            kernel_config: std::env::var_os("PMEM_LAB_KERNEL_CONFIG").map(PathBuf::from),
+            keep_passed: vars::KEEP.is_on(),
+            kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),
             reporter: None,
             cases_root: None,
-            cache: default_cache(),
+            cache: pmem_lab_env::default_cache(),
+            qemu,
         }))
     }
-}
-
-/// PMEM_LAB_CACHE, else $XDG_CACHE_HOME/pmem-lab, else ~/.cache/pmem-lab
-/// (what `cargo xtask` uses too).
-pub fn default_cache() -> PathBuf {
-    if let Some(d) = std::env::var_os("PMEM_LAB_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("pmem-lab");
-    }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/pmem-lab"))
-        .unwrap_or_else(|| std::env::temp_dir().join("pmem-lab-cache"))
 }
 
 /// Timings of a passed case.
@@ -185,7 +172,8 @@ pub fn start_machine(
     let private = tempfile::Builder::new()
         .prefix("pl-")
         .tempdir_in(
-            std::env::var_os("PMEM_LAB_TMPDIR")
+            vars::TMPDIR
+                .get()
                 .map(PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
         )
@@ -211,8 +199,11 @@ pub fn start_machine(
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let args = machine::qemu_args(machine, env.accel, &files);
-    let _ = fs::write(dir.join("qemu-cmdline.txt"), vm::command_line(&args) + "\n");
-    let vm = Vm::start_with(&args, &files, dir, interactive)?;
+    let _ = fs::write(
+        dir.join("qemu-cmdline.txt"),
+        vm::command_line(&env.qemu, &args) + "\n",
+    );
+    let vm = Vm::start_with(&env.qemu, &args, &files, dir, interactive)?;
     Ok(Started {
         guest: Guest { vm },
         private,

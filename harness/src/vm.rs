@@ -14,8 +14,9 @@
 //! kernel panic on the console, or QEMU dying. QMP events are kept in order
 //! ([`Vm::qmp_events`]) whoever was waiting when they came.
 
-use crate::machine::{self, VmFiles, QEMU};
+use crate::machine::{self, VmFiles};
 use crate::qmp;
+use pmem_lab_env::qemu::Qemu;
 use pmem_lab_proto::{GuestMessage, Reply, Request, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::ffi::OsString;
@@ -24,7 +25,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -143,19 +144,25 @@ pub struct Vm {
 
 impl Vm {
     /// Start QEMU. `run_dir` receives console.log, agent.jsonl and qmp.log.
-    pub fn start(args: &[OsString], files: &VmFiles, run_dir: &Path) -> Result<Vm, String> {
-        Self::start_with(args, files, run_dir, false)
+    pub fn start(
+        qemu: &Qemu,
+        args: &[OsString],
+        files: &VmFiles,
+        run_dir: &Path,
+    ) -> Result<Vm, String> {
+        Self::start_with(qemu, args, files, run_dir, false)
     }
 
     /// [`Vm::start`]; with `interactive`, the serial console is also
     /// echoed to our stdout and [`Vm::console_input`] feeds it (the shell).
     pub fn start_with(
+        qemu: &Qemu,
         args: &[OsString],
         files: &VmFiles,
         run_dir: &Path,
         interactive: bool,
     ) -> Result<Vm, String> {
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = qemu.command();
         cmd.args(args)
             .stdin(if interactive {
                 Stdio::piped()
@@ -179,9 +186,12 @@ impl Vm {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {QEMU}: {e} (install qemu-system-x86)"))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start {}: {e} (run `cargo xtask deps`)",
+                qemu.binary.display()
+            )
+        })?;
         let started = Instant::now();
         let pid = child.id() as i32;
         let (tx, events) = mpsc::channel();
@@ -734,7 +744,24 @@ fn spawn_agent_reader(stream: UnixStream, tx: Sender<Event>) {
     });
 }
 
-/// The QEMU command line as a shell command, for artifacts and reproducing.
-pub fn command_line(args: &[OsString]) -> String {
-    machine::shell_quote_command(QEMU, args)
+/// The QEMU command line as a shell command, for artifacts and reproducing:
+/// a private copy's library path and firmware folders included.
+pub fn command_line(qemu: &Qemu, args: &[OsString]) -> String {
+    let cmd = qemu.command();
+    let env: String = cmd
+        .get_envs()
+        .filter_map(|(k, v)| {
+            Some(format!(
+                "{}={} ",
+                k.to_string_lossy(),
+                machine::shell_quote(&v?.to_string_lossy())
+            ))
+        })
+        .collect();
+    let all: Vec<OsString> = cmd
+        .get_args()
+        .map(OsString::from)
+        .chain(args.iter().cloned())
+        .collect();
+    env + &machine::shell_quote_command(&qemu.binary.to_string_lossy(), &all)
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 fn main() {
     let args = Arguments::from_args();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = std::env::var_os("PMEM_LAB_CASES")
+    let root = pmem_lab_env::vars::CASES
+        .get()
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("../cases"));
     // Absolute paths in messages: clickable, and right whatever the cwd.
@@ -45,7 +46,8 @@ fn main() {
     let known = known_failures(manifest);
     let lab = lab.ok().flatten().map(|mut env| {
         // Reports only when VMs run: a validation pass has nothing to say.
-        let dir = std::env::var_os("PMEM_LAB_REPORT")
+        let dir = pmem_lab_env::vars::REPORT
+            .get()
             .map(PathBuf::from)
             .unwrap_or_else(|| env.artifacts.with_file_name("report"));
         // Under cargo-nextest every trial is its own process: nextest writes
@@ -208,7 +210,8 @@ fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
 }
 
 fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
-    let path = std::env::var_os("PMEM_LAB_KNOWN_FAILURES")
+    let path = pmem_lab_env::vars::KNOWN_FAILURES
+        .get()
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("../known-failures.yaml"));
     match known::load(&path) {
@@ -224,7 +227,9 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
     Trial::ignorable_test(case.id.clone(), move || {
         let start = Instant::now();
         let result = runner::run_case(&case, &lab);
-        let release = std::env::var("PMEM_LAB_KERNEL_RELEASE").unwrap_or_default();
+        let release = pmem_lab_env::vars::KERNEL_RELEASE
+            .get_str()
+            .unwrap_or_default();
         let listed = known.iter().find(|k| k.covers(&case.id, &release));
         let boot = result.as_ref().ok().map(|p| p.boot);
         let (outcome, verdict) = match (result, listed) {

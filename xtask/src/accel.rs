@@ -6,6 +6,8 @@
 //! it must get as far as its "Kernel panic ... Unable to mount root fs", which
 //! (with panic=-1 and -no-reboot) ends QEMU within a second or two.
 
+use pmem_lab_env::qemu::Qemu;
+use pmem_lab_env::vars;
 use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,8 +20,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// benchmark's boot-to-/init timing. The cases' machines are built by the
 /// harness (harness/src/machine.rs); this one stays here to keep xtask free
 /// of the harness's dependencies.
-pub fn bare_boot(accel: &str, kernel: &Path, initrd: Option<&Path>, memory: &str) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
+pub fn bare_boot(
+    qemu: &Qemu,
+    accel: &str,
+    kernel: &Path,
+    initrd: Option<&Path>,
+    memory: &str,
+) -> Command {
+    let mut cmd = qemu.command();
     cmd.arg("-machine")
         .arg(format!("pc,accel={accel}"))
         .args(["-cpu", "max,vendor=GenuineIntel", "-m", memory])
@@ -41,8 +49,8 @@ pub fn bare_boot(accel: &str, kernel: &Path, initrd: Option<&Path>, memory: &str
 
 /// `("kvm" | "tcg", why)`.
 /// The probe's console goes to `console_log` (kept for diagnosis).
-pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
-    if let Ok(forced) = std::env::var("PMEM_LAB_ACCEL") {
+pub fn detect(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> (&'static str, String) {
+    if let Some(forced) = vars::ACCEL.get_str() {
         return match forced.as_str() {
             "kvm" => ("kvm", "forced by PMEM_LAB_ACCEL".into()),
             _ => ("tcg", "forced by PMEM_LAB_ACCEL".into()),
@@ -56,7 +64,7 @@ pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
     {
         return ("tcg", "no usable /dev/kvm".into());
     }
-    match probe(bzimage, console_log) {
+    match probe(qemu, bzimage, console_log) {
         Ok(t) => (
             "kvm",
             format!("KVM probe booted the kernel in {:.1}s", t.as_secs_f64()),
@@ -65,12 +73,12 @@ pub fn detect(bzimage: &Path, console_log: &Path) -> (&'static str, String) {
     }
 }
 
-fn probe(bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
+fn probe(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
     let start = Instant::now();
     // A file, not a pipe: nobody reads while we wait, and a pipe could fill.
     let log = std::fs::File::create(console_log)
         .map_err(|e| format!("{}: {e}", console_log.display()))?;
-    let mut child = bare_boot("kvm", bzimage, None, "256M")
+    let mut child = bare_boot(qemu, "kvm", bzimage, None, "256M")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(Stdio::piped())

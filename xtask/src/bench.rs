@@ -2,7 +2,7 @@
 //! (these machines are noisy; single timings mean little).
 //!
 //! Figures: the last cold kernel build (recorded by the build itself; rerun
-//! one with `cargo xtask bench cold`), building the initramfs, boot to /init for the lab's
+//! one with `cargo xtask bench --cold`), building the initramfs, boot to /init for the lab's
 //! kernel and for Debian's stock kernel on the same image (and their ratio),
 //! boot to agent ready and a typical case (from the harness's own timing
 //! line), and the whole suite.
@@ -11,6 +11,7 @@ use crate::lab;
 use crate::progress::fmt_duration;
 use crate::util::{self, Error, Result};
 use crate::{image, Options};
+use pmem_lab_env::qemu::Qemu;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,6 +39,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         let _ = std::fs::remove_dir_all(&root);
     }
     let built = lab::build(opts)?;
+    let qemu = lab::qemu(opts)?;
     let mut rows: Vec<(String, String)> = Vec::new();
 
     let cold = std::fs::read_to_string(opts.cache.join("kernel/cold-build.txt")).ok();
@@ -54,7 +56,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
                     fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0)))
                 )
             }
-            _ => "not recorded yet: run `cargo xtask bench cold`".into(),
+            _ => "not recorded yet: run `cargo xtask bench --cold`".into(),
         },
     ));
 
@@ -66,12 +68,14 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     rows.push(("initramfs build".into(), stats(&images)));
 
     let ours = timed(b.runs, || {
-        boot_to_init(&built.kernel.bzimage, &built.initrd).map(|_| ())
+        boot_to_init(&qemu, &built.kernel.bzimage, &built.initrd).map(|_| ())
     })?;
     rows.push(("boot to /init, lab kernel".into(), stats(&ours)));
     match debian_kernel() {
         Ok(stock) => {
-            let theirs = timed(b.runs, || boot_to_init(&stock, &built.initrd).map(|_| ()))?;
+            let theirs = timed(b.runs, || {
+                boot_to_init(&qemu, &stock, &built.initrd).map(|_| ())
+            })?;
             rows.push((
                 format!("boot to /init, Debian {}", stock.display()),
                 stats(&theirs),
@@ -157,9 +161,9 @@ fn stats(v: &[Duration]) -> String {
 }
 
 /// Boot `kernel` with `initrd` under TCG until the kernel runs /init.
-fn boot_to_init(kernel: &Path, initrd: &Path) -> Result<Duration> {
+fn boot_to_init(qemu: &Qemu, kernel: &Path, initrd: &Path) -> Result<Duration> {
     let start = Instant::now();
-    let mut child = crate::accel::bare_boot("tcg", kernel, Some(initrd), "2G")
+    let mut child = crate::accel::bare_boot(qemu, "tcg", kernel, Some(initrd), "2G")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -83,17 +83,12 @@ pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
     let (sh, package, format) = (Shell::new()?, deps::DEBIAN_KERNEL_PACKAGE, "-f=${Version}");
     let version = cmd!(sh, "dpkg-query -W {format} {package}").read()?;
     let version = version.trim().to_string();
-    let safe: String = version
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let dir = cache.join("src").join(format!("debian-{safe}"));
+    let dir = cache
+        .join("src")
+        .join(format!("debian-{}", crate::util::safe_name(&version)));
+    // An interrupted unpack left its staging folder: remove it whether or
+    // not this run unpacks.
+    crate::util::sweep_staging(&cache.join("src"), ".unpack-");
     if !dir.join("Makefile").is_file() {
         unpack(Path::new(deps::DEBIAN_KERNEL_TARBALL), &dir)?;
     }
@@ -108,7 +103,6 @@ fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
     let parent = dest.parent().expect("dest has a parent");
     io_at(fs::create_dir_all(parent), "create", parent)?;
     let staging = parent.join(format!(".unpack-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
     io_at(fs::create_dir_all(&staging), "create", &staging)?;
     eprintln!("[kernel] unpacking {} (once)", tarball.display());
     let sh = Shell::new()?;

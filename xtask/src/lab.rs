@@ -3,6 +3,8 @@
 
 use crate::util::{self, Error, Result};
 use crate::{accel, deps, image, kernel, Options};
+use pmem_lab_env::qemu::Qemu;
+use pmem_lab_env::vars;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -14,7 +16,7 @@ pub struct Built {
 }
 
 pub fn build(opts: &Options) -> Result<Built> {
-    deps::ensure(opts.kernel_tree.is_none())?;
+    deps::ensure(&opts.host(), opts.kernel_tree.is_none())?;
     let t = Instant::now();
     let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
     let kernel = kernel::ensure(&src, &fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
@@ -47,19 +49,32 @@ pub fn fragments(workspace: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Result<()> {
-    // Malformed cases fail here, in seconds, before a kernel build or a VM.
+/// The QEMU the run uses (see [`pmem_lab_env::qemu`]).
+pub fn qemu(opts: &Options) -> Result<Qemu> {
+    Qemu::find(opts.qemu.clone(), &opts.cache).map_err(|e| Error::new(e.to_string()))
+}
+
+pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Result<()> {
+    // Malformed cases fail here, in seconds, before a kernel build or a VM;
+    // so does a filter that selects nothing.
     eprintln!("[lab] checking case files");
-    if !harness(
-        opts,
-        &[],
-        &["validate/".to_string()],
-        &["--quiet".to_string()],
-    )? {
+    if !harness(opts, &[], &["validate/".to_string(), "--quiet".to_string()])? {
         return Err(Error::new("invalid case files (above); no VM was started"));
     }
+    let mut args: Vec<String> = filter.map(str::to_string).into_iter().collect();
+    args.extend(runner_args.iter().cloned());
+    if let Some(n) = opts.vms {
+        args.push(format!("--test-threads={n}"));
+    }
+    let listing = !runner_args.iter().any(|a| a == "--list");
+    if listing && selected_cases(opts, &args)? == 0 {
+        return Err(Error::new(format!(
+            "no case matches {}: `cargo xtask lab -- --list` lists them",
+            filter.map_or("the selection".to_string(), |f| format!("`{f}`"))
+        )));
+    }
     let env = vm_env(opts)?;
-    if harness(opts, &env, filters, harness_args)? {
+    if harness(opts, &env, &args)? {
         Ok(())
     } else {
         Err(Error::new(format!(
@@ -73,23 +88,24 @@ pub fn run(opts: &Options, filters: &[String], harness_args: &[String]) -> Resul
 /// environment variables the harness reads.
 pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
     let built = build(opts)?;
+    let qemu = qemu(opts)?;
+    let version = qemu
+        .version_line()
+        .map_err(|e| Error::new(format!("QEMU does not start: {e}")))?;
+    eprintln!("[lab] QEMU: {} ({version})", qemu.binary.display());
     let probe_log = opts.cache.join("kvm-probe.log");
-    let (accel, why) = accel::detect(&built.kernel.bzimage, &probe_log);
+    let (accel, why) = accel::detect(&qemu, &built.kernel.bzimage, &probe_log);
     eprintln!("[lab] accelerator: {accel} ({why})");
+    let path = |p: &Path| p.display().to_string();
     Ok(vec![
-        (
-            "PMEM_LAB_KERNEL",
-            built.kernel.bzimage.display().to_string(),
-        ),
-        ("PMEM_LAB_INITRD", built.initrd.display().to_string()),
-        (
-            "PMEM_LAB_KERNEL_CONFIG",
-            built.kernel.config.display().to_string(),
-        ),
-        ("PMEM_LAB_KERNEL_RELEASE", built.kernel.release.clone()),
-        ("PMEM_LAB_ACCEL", accel.to_string()),
-        ("PMEM_LAB_ARTIFACTS", opts.artifacts.display().to_string()),
-        ("PMEM_LAB_CACHE", opts.cache.display().to_string()),
+        (vars::KERNEL.name, path(&built.kernel.bzimage)),
+        (vars::INITRD.name, path(&built.initrd)),
+        (vars::KERNEL_CONFIG.name, path(&built.kernel.config)),
+        (vars::KERNEL_RELEASE.name, built.kernel.release.clone()),
+        (vars::ACCEL.name, accel.to_string()),
+        (vars::QEMU.name, path(&qemu.binary)),
+        (vars::ARTIFACTS.name, path(&opts.artifacts)),
+        (vars::CACHE.name, path(&opts.cache)),
     ])
 }
 
@@ -134,13 +150,31 @@ fn harness_command(opts: &Options, env: &[(&str, String)]) -> Command {
     )
 }
 
-/// `cargo xtask lab shell CASE`: an interactive shell in the case's VM.
+/// How many case trials (VM cases, not validation) the runner would run
+/// with `args`: `--list` asks it without running anything.
+fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
+    let out = harness_command(opts, &[])
+        .args(args)
+        .arg("--list")
+        .output()
+        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::new(format!(
+            "the test runner cannot list the cases:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test") && !l.starts_with("validate/"))
+        .count())
+}
+
+/// `cargo xtask lab shell CASE`: an interactive shell in the case's VM. The
+/// case is found and checked first, before anything is built.
 pub fn shell(opts: &Options, case: &str) -> Result<()> {
-    let env = vm_env(opts)?;
-    let status = cargo(
-        opts,
-        &env,
-        &[
+    let shell = |env: &[(&str, String)], extra: &[&str]| {
+        let mut args = vec![
             "run",
             "--quiet",
             "--package",
@@ -148,11 +182,20 @@ pub fn shell(opts: &Options, case: &str) -> Result<()> {
             "--bin",
             "pmem-lab-shell",
             "--",
-            case,
-        ],
-    )
-    .status()
-    .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        ];
+        args.extend(extra);
+        args.push(case);
+        cargo(opts, env, &args)
+            .status()
+            .map_err(|e| Error::new(format!("cannot run cargo: {e}")))
+    };
+    if !shell(&[], &["--check"])?.success() {
+        return Err(Error::new(format!(
+            "no shell: case `{case}` (above); nothing was built"
+        )));
+    }
+    let env = vm_env(opts)?;
+    let status = shell(&env, &[])?;
     if status.success() {
         Ok(())
     } else {
@@ -162,14 +205,9 @@ pub fn shell(opts: &Options, case: &str) -> Result<()> {
 
 /// Run the harness's `lab` target: `cargo test -p pmem-lab-harness --test lab`.
 /// `Ok(false)` when some trial failed.
-fn harness(
-    opts: &Options,
-    env: &[(&str, String)],
-    filters: &[String],
-    extra: &[String],
-) -> Result<bool> {
+fn harness(opts: &Options, env: &[(&str, String)], args: &[String]) -> Result<bool> {
     let mut cmd = harness_command(opts, env);
-    cmd.args(filters).args(extra);
+    cmd.args(args);
     let status = cmd
         .status()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;

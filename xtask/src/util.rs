@@ -130,6 +130,44 @@ pub fn publish_dir(staged: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `s` with every character outside `[A-Za-z0-9.-]` replaced by `-`: a
+/// version or identity made safe for a folder name.
+pub fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Remove the staging folders `<dir>/<prefix>PID` that an interrupted run
+/// left behind (their PID is gone), and say so.
+pub fn sweep_staging(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|p| {
+            p != std::process::id() && Path::new("/proc").join(p.to_string()).exists()
+        });
+        if !alive {
+            eprintln!(
+                "[lab] removing {}, left by an interrupted run",
+                e.path().display()
+            );
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 pub fn nproc() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -150,6 +188,36 @@ mod tests {
         assert_ne!(a, c);
         assert_ne!(a, d);
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn stale_staging_folders_are_swept_live_ones_kept() {
+        let dir = tempfile_dir("sweep");
+        let mine = dir.join(format!(".unpack-{}", std::process::id()));
+        let dead = dir.join(".unpack-999999999");
+        let other = dir.join("debian-6.12");
+        for d in [&mine, &dead, &other] {
+            fs::create_dir_all(d).unwrap();
+        }
+        sweep_staging(&dir, ".unpack-");
+        assert!(!dead.exists());
+        // Our own PID counts as stale: a previous run of this process
+        // cannot exist, so what carries our PID is leftover too.
+        assert!(!mine.exists());
+        assert!(other.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_are_made_safe() {
+        assert_eq!(safe_name("1:7.2+dfsg-7"), "1-7.2-dfsg-7");
     }
 
     #[test]

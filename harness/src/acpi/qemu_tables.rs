@@ -12,8 +12,9 @@
 
 use super::table::{self, Spa};
 use crate::guest::Guest;
-use crate::machine::{MachineSpec, QEMU};
-use crate::preflight;
+use crate::machine::MachineSpec;
+use pmem_lab_env::qemu::Qemu;
+
 use crate::runner::{self, LabEnv};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -53,7 +54,7 @@ pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTa
     }
     let mut t = probe(shape, env, probe_dir)
         .map_err(|e| format!("reading QEMU's ACPI tables for this machine: {e}"))?;
-    publish(&dir, shape, &t)?;
+    publish(&dir, shape, &env.qemu, &t)?;
     t.cached_in = dir;
     Ok(t)
 }
@@ -66,7 +67,7 @@ fn key_lock(key: &str) -> Arc<Mutex<()>> {
 
 fn key(shape: &MachineSpec, env: &LabEnv) -> String {
     let mut h = Sha256::new();
-    h.update(qemu_identity().as_bytes());
+    h.update(qemu_identity(&env.qemu).as_bytes());
     h.update(env.accel.name().as_bytes());
     h.update(format!("{shape:?}").as_bytes());
     h.finalize()
@@ -77,18 +78,17 @@ fn key(shape: &MachineSpec, env: &LabEnv) -> String {
 }
 
 /// QEMU's version line plus the size and mtime of its binary and BIOS.
-fn qemu_identity() -> String {
+fn qemu_identity(qemu: &Qemu) -> String {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
-        let version = std::process::Command::new(QEMU)
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let mut id = version;
-        let binary = preflight::program(QEMU);
-        let bios = PathBuf::from("/usr/share/qemu/bios-256k.bin");
-        for p in binary.into_iter().chain([bios]) {
+        let mut id = qemu.version_line().unwrap_or_default();
+        let bios = qemu
+            .firmware
+            .iter()
+            .map(|d| d.join("bios-256k.bin"))
+            .chain([PathBuf::from("/usr/share/qemu/bios-256k.bin")])
+            .find(|p| p.is_file());
+        for p in [qemu.binary.clone()].into_iter().chain(bios) {
             if let Ok(m) = fs::metadata(&p) {
                 let mtime = m
                     .modified()
@@ -113,7 +113,7 @@ fn load(dir: &Path) -> Result<QemuTables, String> {
     })
 }
 
-fn publish(dir: &Path, shape: &MachineSpec, t: &QemuTables) -> Result<(), String> {
+fn publish(dir: &Path, shape: &MachineSpec, qemu: &Qemu, t: &QemuTables) -> Result<(), String> {
     let parent = dir.parent().expect("cache/acpi/key");
     fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let tmp = tempfile::tempdir_in(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -125,7 +125,7 @@ fn publish(dir: &Path, shape: &MachineSpec, t: &QemuTables) -> Result<(), String
     write(NFIT_FILE, &t.nfit)?;
     write(
         "machine.txt",
-        format!("{shape:#?}\n{}\n", qemu_identity()).as_bytes(),
+        format!("{shape:#?}\n{}\n", qemu_identity(qemu)).as_bytes(),
     )?;
     let staged = tmp.keep();
     if fs::rename(&staged, dir).is_err() {

@@ -1,6 +1,8 @@
-//! `pmem-lab-shell CASE`: see [`pmem_lab_harness::shell`]. Started by
-//! `cargo xtask lab shell CASE`, which builds what it needs and sets
-//! PMEM_LAB_KERNEL, PMEM_LAB_INITRD and PMEM_LAB_ACCEL.
+//! `pmem-lab-shell [--check] CASE`: see [`pmem_lab_harness::shell`].
+//! Started by `cargo xtask lab shell CASE`: first with `--check`, which only
+//! finds and validates the case (so a typo is reported before any build),
+//! then, once the kernel and image are ready, with PMEM_LAB_KERNEL,
+//! PMEM_LAB_INITRD and PMEM_LAB_ACCEL set.
 
 use pmem_lab_harness::case;
 use pmem_lab_harness::runner::LabEnv;
@@ -19,11 +21,17 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<(), String> {
-    let id = std::env::args()
-        .nth(1)
-        .ok_or("usage: pmem-lab-shell CASE (a case id, e.g. devdax/s3-consume[2M])")?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let check_only = args.first().is_some_and(|a| a == "--check");
+    if check_only {
+        args.remove(0);
+    }
+    let [id] = <[String; 1]>::try_from(args).map_err(|_| {
+        "usage: pmem-lab-shell [--check] CASE (a case id, e.g. devdax/s3-consume[2M])"
+    })?;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = std::env::var_os("PMEM_LAB_CASES")
+    let root = pmem_lab_env::vars::CASES
+        .get()
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest.join("../cases"));
     let loaded = case::load_dir(&root)?;
@@ -33,11 +41,12 @@ fn real_main() -> Result<(), String> {
             .map(|l| l.id.as_str())
             .filter(|i| i.contains(id.as_str()))
             .collect();
-        format!(
-            "no case `{id}` under {}; matching: {}",
-            root.display(),
-            near.join(", ")
-        )
+        let near = if near.is_empty() {
+            "`cargo xtask lab -- --list` lists the cases".to_string()
+        } else {
+            format!("did you mean: {}", near.join(", "))
+        };
+        format!("no case `{id}` under {}; {near}", root.display())
     })?;
     let case = found.case.as_ref().map_err(|errs| {
         errs.iter()
@@ -45,6 +54,9 @@ fn real_main() -> Result<(), String> {
             .collect::<Vec<_>>()
             .join("\n")
     })?;
+    if check_only {
+        return Ok(());
+    }
     let artifacts = manifest.join("../target/pmem-lab/artifacts");
     let env = LabEnv::from_env(&artifacts)?.ok_or(
         "PMEM_LAB_KERNEL and PMEM_LAB_INITRD are not set: use `cargo xtask lab shell CASE`",

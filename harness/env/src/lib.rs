@@ -1,0 +1,32 @@
+//! What `cargo xtask` and the harness agree on, in one place: the
+//! environment variables that carry a run's configuration from the CLI to the
+//! test runner ([`vars`]), and which QEMU the lab runs and how ([`qemu`]).
+//!
+//! Both sides link this crate, so a variable's name is written once and the
+//! compiler checks every use. It has no dependencies: xtask stays lean.
+
+pub mod qemu;
+pub mod vars;
+
+use std::path::PathBuf;
+
+/// Where `name` is on PATH, if it is: the one PATH lookup of the lab.
+pub fn program(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The lab's build cache: `PMEM_LAB_CACHE`, else `$XDG_CACHE_HOME/pmem-lab`,
+/// else `~/.cache/pmem-lab`.
+pub fn default_cache() -> PathBuf {
+    if let Some(dir) = vars::CACHE.get() {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(xdg).join("pmem-lab");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/pmem-lab"))
+        .unwrap_or_else(|| std::env::temp_dir().join("pmem-lab-cache"))
+}

@@ -1,0 +1,222 @@
+//! The command line, declared (clap derive). Every value is checked here, at
+//! parse time, before any package, kernel or VM work starts: a bad `--jobs`
+//! or a missing `--kernel-tree` is an error in milliseconds, not after a
+//! ten-minute build.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "pmem-lab: a QEMU lab for Linux persistent-memory error handling",
+    after_help = "Environment: see docs/architecture.md (PMEM_LAB_*). Docs: docs/."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: Global,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Build this kernel tree (out of tree, O=) instead of Debian's
+    /// linux-source-6.12; your tree is never written to.
+    #[arg(long, global = true, value_name = "DIR", value_parser = kernel_tree)]
+    pub kernel_tree: Option<PathBuf>,
+    /// Build cache [default: $PMEM_LAB_CACHE, else $XDG_CACHE_HOME/pmem-lab,
+    /// else ~/.cache/pmem-lab].
+    #[arg(long, global = true, value_name = "DIR", value_parser = cache_dir)]
+    pub cache: Option<PathBuf>,
+    /// Parallel make jobs [default: number of CPUs].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
+    /// VMs run in parallel [default: number of CPUs].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub vms: Option<u16>,
+    /// The qemu-system-x86_64 to run [default: $PMEM_LAB_QEMU, else PATH,
+    /// else the lab's private copy].
+    #[arg(long, global = true, value_name = "PATH", value_parser = qemu_binary)]
+    pub qemu: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build what is missing, then run the cases whose name contains a
+    /// FILTER (all by default).
+    #[command(args_conflicts_with_subcommands = true)]
+    Lab {
+        #[command(subcommand)]
+        shell: Option<LabCommand>,
+        /// Run only the cases whose name contains this (e.g. `devdax`,
+        /// `clear/`); the test runner takes one filter.
+        #[arg(value_name = "FILTER")]
+        filter: Option<String>,
+        /// Arguments for the test runner after `--` (e.g. --list, --exact).
+        #[arg(last = true, value_name = "ARGS")]
+        runner_args: Vec<String>,
+    },
+    /// Build (or reuse) the guest kernel.
+    Kernel,
+    /// Build (or reuse) kernel + guest initramfs.
+    Image,
+    /// Check host packages; install them if root on Debian (never removing
+    /// or downgrading one).
+    Deps,
+    /// Build what VMs need and print the environment the harness reads, for
+    /// `eval` in a shell.
+    Env,
+    /// Medians of build, boot and case times.
+    Bench {
+        /// Runs per figure.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+        runs: u16,
+        /// Runs of the whole suite (0: skip it).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=20))]
+        suite_runs: u16,
+        /// Rebuild the kernel from scratch first.
+        #[arg(long)]
+        cold: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Boot CASE's machine, run its setup, and open a shell on the guest's
+    /// serial console (Ctrl-C goes to the guest; `exit` ends the VM).
+    Shell {
+        /// A case id as `cargo xtask lab -- --list` shows it.
+        case: String,
+    },
+}
+
+fn kernel_tree(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_dir() {
+        return Err(format!("{s} is not a directory: name a Linux source tree"));
+    }
+    if !p.join("Makefile").is_file() || !p.join("Kconfig").is_file() {
+        return Err(format!(
+            "{s} has no Makefile and Kconfig: it does not look like a Linux source tree"
+        ));
+    }
+    p.canonicalize().map_err(|e| format!("{s}: {e}"))
+}
+
+fn cache_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if s.is_empty() {
+        return Err("the cache needs a path".into());
+    }
+    if p.exists() && !p.is_dir() {
+        return Err(format!("{s} exists and is not a directory"));
+    }
+    // The first existing ancestor must be a directory we can write into.
+    let mut probe = p.as_path();
+    while !probe.exists() {
+        match probe.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => probe = parent,
+            _ => break,
+        }
+    }
+    if probe.exists() && probe.metadata().is_ok_and(|m| m.permissions().readonly()) {
+        return Err(format!("{} is read-only", probe.display()));
+    }
+    Ok(std::path::absolute(&p).unwrap_or(p))
+}
+
+fn qemu_binary(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_file() {
+        return Err(format!(
+            "{s} is not a file: name a qemu-system-x86_64 binary"
+        ));
+    }
+    Ok(std::path::absolute(&p).unwrap_or(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cargo xtask").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_grammar_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn zero_jobs_and_vms_are_refused_at_parse_time() {
+        for bad in [
+            &["lab", "--vms", "0"][..],
+            &["lab", "--jobs", "0"],
+            &["kernel", "--jobs", "x"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn negative_counts_are_not_values() {
+        assert!(parse(&["lab", "--vms", "-1"]).is_err());
+    }
+
+    #[test]
+    fn paths_are_checked_at_parse_time() {
+        let e = parse(&["lab", "--kernel-tree", "/nonexistent/linux"]).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        let e = parse(&["lab", "--kernel-tree", "/"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not look like a Linux source tree"),
+            "{e}"
+        );
+        let e = parse(&["lab", "--cache", "/proc/version"]).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = parse(&["lab", "--qemu", "/nonexistent/qemu"]).unwrap_err();
+        assert!(e.to_string().contains("is not a file"), "{e}");
+    }
+
+    #[test]
+    fn lab_takes_filters_runner_args_or_shell() {
+        let cli = parse(&["lab", "devdax", "--vms", "2", "--", "--list"]).unwrap();
+        let Command::Lab {
+            shell: None,
+            filter,
+            runner_args,
+        } = cli.command
+        else {
+            panic!("lab")
+        };
+        assert_eq!(filter.as_deref(), Some("devdax"));
+        assert!(parse(&["lab", "devdax", "clear/"]).is_err());
+        assert_eq!(runner_args, ["--list"]);
+        assert_eq!(cli.global.vms, Some(2));
+        let cli = parse(&["lab", "shell", "namespaces/devdax-2m"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lab { shell: Some(LabCommand::Shell { ref case }), .. } if case == "namespaces/devdax-2m"
+        ));
+        assert!(parse(&["lab", "shell"]).is_err());
+    }
+
+    #[test]
+    fn help_is_a_display_not_an_error() {
+        let e = parse(&["--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        // clap prints DisplayHelp to stdout and exits 0.
+        assert_eq!(e.exit_code(), 0);
+    }
+}

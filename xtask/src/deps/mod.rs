@@ -1,0 +1,259 @@
+//! Host prerequisites: find what is missing and, on Debian/Ubuntu as root,
+//! install it; elsewhere print the exact command and stop.
+//!
+//! The machine is the user's: before installing, the lab simulates the
+//! install ([`apt`]) and never lets apt remove or downgrade a package. When
+//! only QEMU would (a newer qemu-utils from backports breaks Debian 12's
+//! qemu-system-common, say), QEMU comes from Debian's packages extracted into
+//! the lab's cache instead ([`private_qemu`]); anything else stops before any
+//! change, naming the conflict and what the user can do.
+
+pub mod apt;
+pub mod private_qemu;
+
+use crate::util::{find_in_path, Error};
+use pmem_lab_env::qemu::Qemu;
+use std::path::{Path, PathBuf};
+use xshell::{cmd, Shell};
+
+/// Something the lab needs on the host and the Debian package providing it.
+pub struct Need {
+    pub what: &'static str,
+    pub package: &'static str,
+    present: fn(&Host) -> bool,
+}
+
+/// What the needs are checked against: the user's choice of QEMU and the
+/// cache that may hold the lab's private copy.
+pub struct Host {
+    pub qemu: Option<PathBuf>,
+    pub cache: PathBuf,
+}
+
+/// The QEMU package: the one need that has a fallback (see [`private_qemu`]).
+pub const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+fn tool(name: &'static str) -> bool {
+    find_in_path(name).is_some()
+}
+
+/// The default kernel source: Debian's linux-source-6.12 tarball.
+pub const DEBIAN_KERNEL_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+pub const DEBIAN_KERNEL_PACKAGE: &str = "linux-source-6.12";
+
+pub fn needs(default_kernel_source: bool) -> Vec<Need> {
+    let mut v = vec![
+        Need {
+            what: "qemu-system-x86_64",
+            package: QEMU_PACKAGE,
+            present: |h| Qemu::find(h.qemu.clone(), &h.cache).is_ok(),
+        },
+        Need {
+            what: "ndctl",
+            package: "ndctl",
+            present: |_| tool("ndctl"),
+        },
+        Need {
+            what: "daxctl",
+            package: "daxctl",
+            present: |_| tool("daxctl"),
+        },
+        Need {
+            what: "busybox (static)",
+            package: "busybox-static",
+            present: |_| is_static("/bin/busybox"),
+        },
+        Need {
+            what: "iasl (compiles the lab's ACPI table)",
+            package: "acpica-tools",
+            present: |_| tool("iasl"),
+        },
+        Need {
+            what: "mkfs.ext4",
+            package: "e2fsprogs",
+            present: |_| tool("mke2fs"),
+        },
+        Need {
+            what: "make",
+            package: "make",
+            present: |_| tool("make"),
+        },
+        Need {
+            what: "gcc",
+            package: "gcc",
+            present: |_| tool("gcc"),
+        },
+        Need {
+            what: "flex",
+            package: "flex",
+            present: |_| tool("flex"),
+        },
+        Need {
+            what: "bison",
+            package: "bison",
+            present: |_| tool("bison"),
+        },
+        Need {
+            what: "bc",
+            package: "bc",
+            present: |_| tool("bc"),
+        },
+        Need {
+            what: "depmod",
+            package: "kmod",
+            present: |_| tool("depmod"),
+        },
+        Need {
+            what: "xz",
+            package: "xz-utils",
+            present: |_| tool("xz"),
+        },
+        Need {
+            // CONFIG_KERNEL_LZ4 compresses the bzImage with it.
+            what: "lz4",
+            package: "lz4",
+            present: |_| tool("lz4"),
+        },
+        Need {
+            what: "perl",
+            package: "perl",
+            present: |_| tool("perl"),
+        },
+        Need {
+            what: "libelf headers",
+            package: "libelf-dev",
+            present: |_| Path::new("/usr/include/libelf.h").exists(),
+        },
+        Need {
+            what: "OpenSSL headers",
+            package: "libssl-dev",
+            present: |_| Path::new("/usr/include/openssl/ssl.h").exists(),
+        },
+    ];
+    if default_kernel_source {
+        v.push(Need {
+            what: "kernel source tarball",
+            package: DEBIAN_KERNEL_PACKAGE,
+            present: |_| Path::new(DEBIAN_KERNEL_TARBALL).exists(),
+        });
+    }
+    v
+}
+
+/// busybox must be the static build: the initramfs carries no libc for it.
+fn is_static(path: &str) -> bool {
+    matches!(crate::util::elf_interpreter(Path::new(path)), Ok(None))
+}
+
+fn missing(host: &Host, default_kernel_source: bool) -> Vec<Need> {
+    needs(default_kernel_source)
+        .into_iter()
+        .filter(|n| !(n.present)(host))
+        .collect()
+}
+
+/// Make sure every need is met, installing with apt-get where we may and
+/// never removing or downgrading anything.
+pub fn ensure(host: &Host, default_kernel_source: bool) -> Result<(), Error> {
+    let missing = missing(host, default_kernel_source);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    packages.sort();
+    packages.dedup();
+    let what: Vec<&str> = missing.iter().map(|n| n.what).collect();
+    let debian = Path::new("/etc/debian_version").exists() && tool("apt-get");
+    let root = effective_uid() == 0;
+    if !(debian && root) {
+        return Err(Error::new(format!(
+            "missing on this host: {}.\nInstall them, e.g. on Debian/Ubuntu:\n  sudo apt-get update && \
+             sudo apt-get install --no-install-recommends {}",
+            what.join(", "),
+            packages.join(" ")
+        )));
+    }
+    eprintln!("[deps] missing: {}", what.join(", "));
+    let sh = Shell::new()?;
+    let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+    cmd!(sh, "apt-get update").run()?;
+    let (install, private) = choose(&packages)?;
+    if !install.is_empty() {
+        eprintln!("[deps] installing: {}", install.join(" "));
+        cmd!(
+            sh,
+            "apt-get install -y --no-install-recommends {install...}"
+        )
+        .run()?;
+    }
+    if private {
+        private_qemu::fetch(&host.cache)?;
+    }
+    let still: Vec<&str> = self::missing(host, default_kernel_source)
+        .iter()
+        .map(|n| n.what)
+        .collect();
+    if !still.is_empty() {
+        return Err(Error::new(format!(
+            "still missing after apt-get: {}",
+            still.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Which packages apt may install, and whether QEMU must come from the
+/// lab's private copy instead. Errs, before anything changed, when a
+/// package other than QEMU would remove or downgrade something.
+fn choose<'p>(packages: &[&'p str]) -> Result<(Vec<&'p str>, bool), Error> {
+    if apt::simulate(packages)?.harm(apt::older).is_empty() {
+        return Ok((packages.to_vec(), false));
+    }
+    // Find the culprits one by one.
+    let mut harmful = Vec::new();
+    for p in packages {
+        let harm = apt::simulate(&[p])?.harm(apt::older);
+        if !harm.is_empty() {
+            harmful.push((*p, harm));
+        }
+    }
+    let others: Vec<&(&str, Vec<String>)> =
+        harmful.iter().filter(|(p, _)| *p != QEMU_PACKAGE).collect();
+    let rest: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !harmful.iter().any(|(h, _)| h == p))
+        .collect();
+    if others.is_empty() && (rest.is_empty() || apt::simulate(&rest)?.harm(apt::older).is_empty()) {
+        let (_, harm) = &harmful[0];
+        eprintln!(
+            "[deps] installing {QEMU_PACKAGE} would {}: the lab never removes or downgrades your \
+             packages, so it runs QEMU from Debian's packages extracted into its cache instead",
+            harm.join(", ")
+        );
+        return Ok((rest, true));
+    }
+    let lines: Vec<String> = harmful
+        .iter()
+        .map(|(p, harm)| format!("  - installing {p} would {}", harm.join(", ")))
+        .collect();
+    Err(Error::new(format!(
+        "nothing was installed: the lab never removes or downgrades your packages, and\n{}\n\
+         What you can do: install those packages yourself from a suite that matches what you have \
+         (e.g. `apt-get install -t bookworm-backports PACKAGE` if your sources list backports), or \
+         remove the conflicting packages yourself if you no longer need them; then run the lab again.",
+        lines.join("\n")
+    )))
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self/status avoids a libc dependency for one number.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
+}

@@ -1,0 +1,76 @@
+//! QEMU from Debian's packages, extracted into the lab's cache, for machines
+//! where installing it would remove or downgrade a package the user has.
+//!
+//! `apt-get download` fetches the packages that an install of
+//! qemu-system-x86 would unpack (the simulation's `Inst` lines: QEMU, its
+//! firmware, and the libraries the machine lacks) without installing them;
+//! `dpkg-deb -x` extracts each into `<cache>/qemu/debian-<version>/root`.
+//! [`pmem_lab_env::qemu::Qemu`] starts that binary with the copy's library
+//! path and firmware folders. The system's apt configuration and package set
+//! are never changed. Staged in a sibling folder and renamed into place; an
+//! interrupted fetch leaves a `.fetch-PID` folder that the next one removes.
+
+use super::{apt, QEMU_PACKAGE};
+use crate::util::{self, io_at, Error, Result};
+use pmem_lab_env::qemu::{self, Qemu};
+use std::fs;
+use std::path::{Path, PathBuf};
+use xshell::{cmd, Shell};
+
+/// Fetch (or reuse) the private copy; its binary.
+pub fn fetch(cache: &Path) -> Result<PathBuf> {
+    let plan = apt::simulate(&[QEMU_PACKAGE])?;
+    let version = plan
+        .installs
+        .iter()
+        .find(|i| i.package == QEMU_PACKAGE)
+        .map(|i| i.version.clone())
+        .ok_or_else(|| Error::new(format!("apt plans no {QEMU_PACKAGE} to fetch")))?;
+    let parent = cache.join(qemu::CACHE_DIR);
+    let dest = parent.join(format!("debian-{}", util::safe_name(&version)));
+    let binary = dest.join("root/usr/bin").join(qemu::PROGRAM);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    io_at(fs::create_dir_all(&parent), "create", &parent)?;
+    util::sweep_staging(&parent, ".fetch-");
+    let staging = parent.join(format!(".fetch-{}", std::process::id()));
+    let debs = staging.join("debs");
+    io_at(fs::create_dir_all(&debs), "create", &debs)?;
+    let packages: Vec<&str> = plan.installs.iter().map(|i| i.package.as_str()).collect();
+    eprintln!(
+        "[deps] fetching {QEMU_PACKAGE} {version} and {} companion package(s) into {}",
+        packages.len() - 1,
+        dest.display()
+    );
+    let sh = Shell::new()?;
+    sh.change_dir(&debs);
+    cmd!(sh, "apt-get download {packages...}").run()?;
+    let root = staging.join("root");
+    let mut names = Vec::new();
+    for deb in io_at(fs::read_dir(&debs), "read", &debs)?.flatten() {
+        let deb = deb.path();
+        cmd!(sh, "dpkg-deb -x {deb} {root}").quiet().run()?;
+        names.push(
+            deb.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    names.sort();
+    let list = staging.join("packages.txt");
+    io_at(fs::write(&list, names.join("\n") + "\n"), "write", &list)?;
+    let _ = fs::remove_dir_all(&debs);
+    // Prove it starts before publishing it.
+    let staged = Qemu::at(root.join("usr/bin").join(qemu::PROGRAM));
+    let line = staged.version_line().map_err(|e| {
+        Error::new(format!(
+            "the extracted QEMU does not start ({e}); its packages are in {}",
+            staging.display()
+        ))
+    })?;
+    util::publish_dir(&staging, &dest)?;
+    eprintln!("[deps] private QEMU ready: {line}");
+    Ok(binary)
+}
