@@ -1,7 +1,7 @@
 //! What makes a failed case's folder a bundle someone else can act on.
 
 use crate::case::Case;
-use crate::runner::LabEnv;
+use crate::lab_env::LabEnv;
 use pmem_lab_env::vars;
 use std::fs;
 use std::path::Path;

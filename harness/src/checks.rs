@@ -3,12 +3,13 @@
 
 use crate::address::Target;
 use crate::badblocks::{self, Range};
+use crate::ndctl;
 use crate::oracle;
-use crate::setup::{self, Layout};
+use crate::setup::Layout;
 
 /// `ndctl wait-scrub` returned: every bus it lists must be idle.
 pub fn scrub_not_idle(bus: &str, stdout: &str) -> Vec<String> {
-    match setup::json_list(stdout) {
+    match ndctl::json_list(stdout) {
         Ok(buses) if !buses.is_empty() => buses
             .iter()
             .filter(|b| b["scrub_state"] != "idle")

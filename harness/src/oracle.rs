@@ -19,7 +19,8 @@
 use crate::address::Geometry;
 use crate::badblocks::{self, Range, SECTOR};
 use crate::guest::Guest;
-use crate::setup::{json_list, Layout};
+use crate::ndctl::json_list;
+use crate::setup::Layout;
 use pmem_lab_proto::KmsgRecord;
 use regex::Regex;
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! Checks a case's needs before anything boots.
 
-use crate::runner::LabEnv;
+use crate::lab_env::LabEnv;
 use std::fs;
 
 pub use pmem_lab_env::program;

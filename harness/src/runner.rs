@@ -6,88 +6,22 @@
 //! at the end, dmesg.txt. They are removed after a pass (unless
 //! PMEM_LAB_KEEP=1) and kept after a failure, whose message names the folder.
 
-use crate::acpi;
 use crate::badblocks;
+use crate::boot::{start_vm, Started};
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::guest::Guest;
 use crate::inject;
-use crate::machine::{self, Accel, VmFiles};
+use crate::lab_env::LabEnv;
 use crate::oracle;
 use crate::setup::{self, Layout};
 use crate::template;
-use crate::vm::{self, Vm, VmError};
+use crate::vm::VmError;
 use crate::{bundle, checks, dax, preflight};
-use pmem_lab_env::qemu::Qemu;
-use pmem_lab_env::vars;
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// What the runner needs from the build: set by `cargo xtask lab` through
-/// the environment (see [`LabEnv::from_env`]).
-#[derive(Debug, Clone)]
-pub struct LabEnv {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    /// The kernel's .config, copied next to a failure's artifacts.
-    pub kernel_config: Option<PathBuf>,
-    pub accel: Accel,
-    pub artifacts: PathBuf,
-    pub keep_passed: bool,
-    /// Step and case events for CI (see [`crate::report`]).
-    pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
-    /// The cases root the run loaded (for reproducers).
-    pub cases_root: Option<PathBuf>,
-    /// The lab's build cache (QEMU's ACPI tables per machine shape go to
-    /// `acpi/` in it): PMEM_LAB_CACHE, else ~/.cache/pmem-lab.
-    pub cache: PathBuf,
-    /// The QEMU every VM of the run starts (see [`pmem_lab_env::qemu`]).
-    pub qemu: Qemu,
-}
-
-impl LabEnv {
-    /// `Ok(None)` when no kernel/initrd is configured: VM cases are then
-    /// listed as ignored with the reason.
-    pub fn from_env(default_artifacts: &Path) -> Result<Option<LabEnv>, String> {
-        let (Some(kernel), Some(initrd)) = (vars::KERNEL.get(), vars::INITRD.get()) else {
-            return Ok(None);
-        };
-        let (kernel, initrd) = (PathBuf::from(kernel), PathBuf::from(initrd));
-        for (var, p) in [(vars::KERNEL, &kernel), (vars::INITRD, &initrd)] {
-            if !p.is_file() {
-                return Err(format!(
-                    "{}={} does not exist: run `cargo xtask lab` to build it",
-                    var.name,
-                    p.display()
-                ));
-            }
-        }
-        let artifacts = vars::ARTIFACTS
-            .get()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| default_artifacts.to_path_buf());
-        let accel = match vars::ACCEL.get_str().as_deref() {
-            Some("kvm") => Accel::Kvm,
-            Some("tcg") | None => Accel::Tcg,
-            Some(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
-        };
-        let qemu = Qemu::from_env().map_err(|e| e.to_string())?;
-        Ok(Some(LabEnv {
-            kernel,
-            initrd,
-            accel,
-            artifacts,
-            keep_passed: vars::KEEP.is_on(),
-            kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),
-            reporter: None,
-            cases_root: None,
-            cache: pmem_lab_env::default_cache(),
-            qemu,
-        }))
-    }
-}
 
 /// Timings of a passed case.
 #[derive(Debug, Clone)]
@@ -111,104 +45,6 @@ pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
         bundle::write_bundle_extras(case, env, &dir);
     }
     result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
-}
-
-/// A started VM and what goes with it.
-pub struct Started {
-    pub guest: Guest,
-    /// The VM's private directory (sockets, NVDIMM files, initrd); removed
-    /// when dropped.
-    pub private: tempfile::TempDir,
-    /// The lab's ACPI tables, when the machine has them.
-    pub acpi: Option<AcpiTables>,
-}
-
-/// What went into a VM's lab ACPI tables.
-pub struct AcpiTables {
-    /// QEMU's tables they were built on (see [`acpi::check_upgraded`]).
-    pub built_on: acpi::qemu_tables::QemuTables,
-    /// Time spent preparing them (a probe boot for a new machine shape
-    /// included).
-    pub took: Duration,
-}
-
-impl Started {
-    /// Wait for the agent, then check that the kernel took the lab's ACPI
-    /// tables (when there are any): what every user of a case VM needs
-    /// before setup.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, String> {
-        let ready = self
-            .guest
-            .vm
-            .wait_ready(timeout)
-            .map_err(|e| format!("boot: {e}"))?;
-        if let Some(t) = &self.acpi {
-            acpi::check_upgraded(&mut self.guest, &t.built_on).map_err(|e| format!("boot: {e}"))?;
-        }
-        Ok(ready)
-    }
-}
-
-/// Start the case's VM (see [`start_machine`]).
-pub fn start_vm(
-    case: &Case,
-    env: &LabEnv,
-    dir: &Path,
-    interactive: bool,
-) -> Result<Started, String> {
-    start_machine(&case.machine, env, dir, interactive)
-}
-
-/// Start a VM of `machine`: its private directory (sockets need short paths;
-/// sparse NVDIMM backing files and the initrd with the lab's ACPI tables go
-/// with them, and all of it goes when the returned guard drops), the QEMU
-/// command line (saved in `dir`), QEMU.
-pub fn start_machine(
-    machine: &machine::MachineSpec,
-    env: &LabEnv,
-    dir: &Path,
-    interactive: bool,
-) -> Result<Started, String> {
-    let private = tempfile::Builder::new()
-        .prefix("pl-")
-        .tempdir_in(
-            vars::TMPDIR
-                .get()
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir),
-        )
-        .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
-    let mut acpi = None;
-    let initrd = if machine.lab_root_dsm() {
-        let path = private.path().join("initrd");
-        let start = Instant::now();
-        let built_on = acpi::write_initrd(machine, env, dir, &path)
-            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
-        acpi = Some(AcpiTables {
-            built_on,
-            took: start.elapsed(),
-        });
-        path
-    } else {
-        env.initrd.clone()
-    };
-    let files = VmFiles::in_dir(private.path(), &env.kernel, &initrd, machine.nvdimms.len());
-    for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
-        let f = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.set_len(nv.size.bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let args = machine::qemu_args(machine, env.accel, &files);
-    let _ = fs::write(
-        dir.join("qemu-cmdline.txt"),
-        vm::command_line(&env.qemu, &args) + "\n",
-    );
-    let vm = Vm::start_with(&env.qemu, &args, &files, dir, interactive)?;
-    Ok(Started {
-        guest: Guest { vm },
-        private,
-        acpi,
-    })
 }
 
 fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {

@@ -4,6 +4,7 @@
 use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
 use crate::guest::Guest;
+use crate::ndctl::json_list;
 use crate::template::NsField;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -41,20 +42,6 @@ impl Layout {
         };
         v.cloned()
             .ok_or_else(|| format!("namespace `{name}` ({}) has no {}", ns.dev, field.name()))
-    }
-}
-
-/// `ndctl list` prints a bare object for one result, an array for several and
-/// nothing for none; always give back a list.
-pub fn json_list(stdout: &str) -> Result<Vec<Value>, String> {
-    if stdout.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    match serde_json::from_str::<Value>(stdout) {
-        Ok(Value::Array(items)) => Ok(items),
-        Ok(v @ Value::Object(_)) => Ok(vec![v]),
-        Ok(other) => Err(format!("expected a JSON list, got {other}")),
-        Err(e) => Err(format!("not JSON ({e}): {stdout}")),
     }
 }
 

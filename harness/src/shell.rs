@@ -6,9 +6,10 @@
 //! byte through). When that shell exits, the VM is killed. Without a
 //! terminal (a script pipes commands in), end of input sends Ctrl-D.
 
+use crate::boot;
 use crate::case::Case;
+use crate::lab_env::LabEnv;
 use crate::machine::VmFiles;
-use crate::runner::{self, LabEnv};
 use crate::setup;
 use pmem_lab_proto::RunRequest;
 use std::io::{IsTerminal, Read, Write};
@@ -50,10 +51,10 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
-    let mut started = runner::start_vm(case, env, &dir, true)?;
+    let mut started = boot::start_vm(case, env, &dir, true)?;
     let hmp = VmFiles::in_dir(started.private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
     started.wait_ready(case.boot_timeout)?;
-    let runner::Started {
+    let boot::Started {
         mut guest,
         private: _private,
         ..

@@ -9,8 +9,9 @@
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::known::{self, KnownFailure};
+use pmem_lab_harness::lab_env::LabEnv;
 use pmem_lab_harness::report::{CaseRecord, Outcome, Reporter};
-use pmem_lab_harness::runner::{self, LabEnv};
+use pmem_lab_harness::runner;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -25,18 +25,14 @@ pub mod root_dsm;
 pub mod table;
 
 use crate::guest::Guest;
+use crate::lab_env::LabEnv;
 use crate::machine::MachineSpec;
-use crate::runner::LabEnv;
 use qemu_tables::QemuTables;
 use root_dsm::SpaError;
 use std::io::Write as _;
 use std::path::Path;
 
-/// The clear-error unit the lab's table reports (`clear_err_unit`), and the
-/// granularity of its error list.
-pub const ERROR_UNIT: u64 = 256;
-/// How many units of [`ERROR_UNIT`] the table's error list holds.
-pub const MAX_ERROR_UNITS: u64 = 256;
+pub use pmem_lab_spec::machine::{ERROR_UNIT, MAX_ERROR_UNITS};
 
 /// What the kernel logs when it takes each table (drivers/acpi/tables.c).
 pub const OVERRIDE_LINE: &str = "Table Upgrade: override [SSDT-BOCHS -  NVDIMM]";

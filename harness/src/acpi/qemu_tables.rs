@@ -15,7 +15,8 @@ use crate::guest::Guest;
 use crate::machine::MachineSpec;
 use pmem_lab_env::qemu::Qemu;
 
-use crate::runner::{self, LabEnv};
+use crate::lab_env::LabEnv;
+use crate::launch;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
@@ -138,12 +139,15 @@ fn publish(dir: &Path, shape: &MachineSpec, qemu: &Qemu, t: &QemuTables) -> Resu
 /// Boot `shape` with QEMU's tables untouched and read them from sysfs.
 fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
     fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
-    let mut vm = runner::start_machine(shape, env, probe_dir, false)?;
-    let result = vm
+    let private = launch::private_dir()?;
+    let vm = launch::start(shape, env, probe_dir, private.path(), &env.initrd, false)?;
+    let mut guest = Guest { vm };
+    let result = guest
+        .vm
         .wait_ready(Duration::from_secs(120))
         .map_err(|e| format!("probe (artifacts in {}): {e}", probe_dir.display()))
-        .and_then(|_| read_tables(&mut vm.guest));
-    vm.guest.vm.kill();
+        .and_then(|_| read_tables(&mut guest));
+    guest.vm.kill();
     result
 }
 

@@ -5,7 +5,7 @@
 //! PMEM_LAB_INITRD and PMEM_LAB_ACCEL set.
 
 use pmem_lab_harness::case;
-use pmem_lab_harness::runner::LabEnv;
+use pmem_lab_harness::lab_env::LabEnv;
 use pmem_lab_harness::shell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

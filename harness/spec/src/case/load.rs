@@ -8,7 +8,6 @@ use super::{
     Action, Case, CaseError, NamespaceSpec, NdctlOp, Step, DEFAULT_BOOT_TIMEOUT,
     DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
 };
-use crate::acpi;
 use crate::address::{self, Base, Target};
 use crate::badblocks::{self, Range, SECTOR};
 use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
@@ -297,7 +296,7 @@ impl Checker<'_> {
                     );
                 }
                 let (at, len) = (latent.offset, latent.length);
-                let unit = acpi::ERROR_UNIT;
+                let unit = crate::machine::ERROR_UNIT;
                 if at % unit != 0 {
                     self.error(
                         &e.value.offset.referenced,
@@ -329,13 +328,15 @@ impl Checker<'_> {
                 }
                 let before = units;
                 units += len.div_ceil(unit);
-                if units > acpi::MAX_ERROR_UNITS && before <= acpi::MAX_ERROR_UNITS {
+                if units > crate::machine::MAX_ERROR_UNITS
+                    && before <= crate::machine::MAX_ERROR_UNITS
+                {
                     self.error(
                         &e.referenced,
                         format!(
                             "the lab's table holds {} error units of {unit} bytes ({} KiB) in all",
-                            acpi::MAX_ERROR_UNITS,
-                            acpi::MAX_ERROR_UNITS * unit / 1024
+                            crate::machine::MAX_ERROR_UNITS,
+                            crate::machine::MAX_ERROR_UNITS * unit / 1024
                         ),
                     );
                 }

@@ -6,6 +6,7 @@
 //! can name the line and column. [`super::load`] turns this into the checked
 //! [`super::Case`] that the runner uses.
 
+pub use crate::namespace::NamespaceMode;
 use crate::size::{ByteSize, Timeout};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -102,25 +103,6 @@ pub struct NamespaceEntry {
     /// be divided).
     pub size: Option<Spanned<ByteSize>>,
     pub align: Option<Spanned<ByteSize>>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum NamespaceMode {
-    Raw,
-    Fsdax,
-    Devdax,
-}
-
-impl NamespaceMode {
-    /// The name `ndctl create-namespace --mode` takes.
-    pub fn ndctl_name(self) -> &'static str {
-        match self {
-            NamespaceMode::Raw => "raw",
-            NamespaceMode::Fsdax => "fsdax",
-            NamespaceMode::Devdax => "devdax",
-        }
-    }
 }
 
 /// One step. Exactly one action field (`run`, `sh`) must be present; the

@@ -18,7 +18,7 @@
 //! --media-errors`, "fixed up for dev dax") from its data start.
 
 use crate::badblocks::SECTOR;
-use crate::case::NamespaceMode;
+use crate::namespace::NamespaceMode;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionGeometry {

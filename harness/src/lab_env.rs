@@ -1,0 +1,71 @@
+//! What a run needs from the build and the user, read once from the
+//! environment contract ([`pmem_lab_env::vars`]) that `cargo xtask lab` sets.
+
+use crate::machine::Accel;
+use pmem_lab_env::qemu::Qemu;
+use pmem_lab_env::vars;
+use std::path::{Path, PathBuf};
+
+/// What the runner needs from the build: set by `cargo xtask lab` through
+/// the environment (see [`LabEnv::from_env`]).
+#[derive(Debug, Clone)]
+pub struct LabEnv {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel's .config, copied next to a failure's artifacts.
+    pub kernel_config: Option<PathBuf>,
+    pub accel: Accel,
+    pub artifacts: PathBuf,
+    pub keep_passed: bool,
+    /// Step and case events for CI (see [`crate::report`]).
+    pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
+    /// The cases root the run loaded (for reproducers).
+    pub cases_root: Option<PathBuf>,
+    /// The lab's build cache (QEMU's ACPI tables per machine shape go to
+    /// `acpi/` in it): PMEM_LAB_CACHE, else ~/.cache/pmem-lab.
+    pub cache: PathBuf,
+    /// The QEMU every VM of the run starts (see [`pmem_lab_env::qemu`]).
+    pub qemu: Qemu,
+}
+
+impl LabEnv {
+    /// `Ok(None)` when no kernel/initrd is configured: VM cases are then
+    /// listed as ignored with the reason.
+    pub fn from_env(default_artifacts: &Path) -> Result<Option<LabEnv>, String> {
+        let (Some(kernel), Some(initrd)) = (vars::KERNEL.get(), vars::INITRD.get()) else {
+            return Ok(None);
+        };
+        let (kernel, initrd) = (PathBuf::from(kernel), PathBuf::from(initrd));
+        for (var, p) in [(vars::KERNEL, &kernel), (vars::INITRD, &initrd)] {
+            if !p.is_file() {
+                return Err(format!(
+                    "{}={} does not exist: run `cargo xtask lab` to build it",
+                    var.name,
+                    p.display()
+                ));
+            }
+        }
+        let artifacts = vars::ARTIFACTS
+            .get()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_artifacts.to_path_buf());
+        let accel = match vars::ACCEL.get_str().as_deref() {
+            Some("kvm") => Accel::Kvm,
+            Some("tcg") | None => Accel::Tcg,
+            Some(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
+        };
+        let qemu = Qemu::from_env().map_err(|e| e.to_string())?;
+        Ok(Some(LabEnv {
+            kernel,
+            initrd,
+            accel,
+            artifacts,
+            keep_passed: vars::KEEP.is_on(),
+            kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),
+            reporter: None,
+            cases_root: None,
+            cache: pmem_lab_env::default_cache(),
+            qemu,
+        }))
+    }
+}
