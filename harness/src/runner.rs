@@ -35,6 +35,17 @@ pub struct Passed {
 
 /// Run `case`; `Err` carries the full failure message.
 pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
+    // The loader only makes ids of plain names; this folder is deleted and
+    // recreated, so check again that it stays inside the artifacts root.
+    if !Path::new(&case.id)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "case id `{}` does not name a folder inside the artifacts root",
+            case.id
+        ));
+    }
     let dir = env.artifacts.join(&case.id);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -176,7 +187,11 @@ impl CaseRun<'_> {
                         .map(expand)
                         .transpose()
                         .map_err(|e| format!("{where_}: {e}"))?,
-                    env: env.clone(),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| expand(v).map(|v| (k.clone(), v)))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("{where_}: {e}"))?,
                     timeout_ms: step.timeout.as_millis() as u64,
                     tty: None,
                 };
@@ -336,7 +351,7 @@ impl CaseRun<'_> {
                 );
             }
             Action::MceKill { policy } => {
-                dax::mce_kill(self.guest, policy).map_err(|e| format!("{where_}: {e}"))?;
+                dax::mce_kill(self.guest, policy.name()).map_err(|e| format!("{where_}: {e}"))?;
             }
         }
         let snap = self.observe(&format!("step {}", step.number))?;

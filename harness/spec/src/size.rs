@@ -86,11 +86,15 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A step timeout or similar, written `30s`, `500ms`, `2m`.
+/// A step timeout or similar, written `30s`, `500ms`, `2m`: from 1 ms to
+/// [`Timeout::MAX`]. Zero waits for nothing and an hour outlives any CI job,
+/// so both are refused where they are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeout(pub Duration);
 
 impl Timeout {
+    pub const MAX: Duration = Duration::from_secs(3600);
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -101,9 +105,15 @@ impl Timeout {
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
             _ => return Err(format!("`{text}`: unknown duration unit (use ms, s or m)")),
         };
+        if d.is_zero() {
+            return Err(format!("`{text}` waits for nothing: write at least 1ms"));
+        }
+        if d > Self::MAX {
+            return Err(format!("`{text}` is longer than the limit of 60m"));
+        }
         Ok(Timeout(d))
     }
 }

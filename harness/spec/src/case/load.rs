@@ -3,7 +3,7 @@
 //! are reported at once, before any VM boots.
 
 use super::matrix;
-use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
+use super::model::{self, ActionEntry, CaseFile, ExitEntry, NamespaceMode, Patterns};
 use super::{
     Action, Case, CaseError, NamespaceSpec, NdctlOp, Step, DEFAULT_BOOT_TIMEOUT,
     DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
@@ -18,6 +18,15 @@ use crate::template::{self, NsField};
 use serde_saphyr::{Location, Spanned};
 use std::path::{Path, PathBuf};
 
+/// The most times a step may repeat: enough for reliability runs, few
+/// enough that a typo cannot hold a VM for days.
+pub const MAX_REPEAT: u32 = 1000;
+
+/// Guest memory bound: the machines here have 24G, and cases need 2G.
+pub const MAX_MEMORY: u64 = 16 * GIB;
+/// One NVDIMM's bound.
+pub const MAX_NVDIMM: u64 = 256 * GIB;
+
 /// The outcome for one file under the cases root.
 pub struct Loaded {
     pub path: PathBuf,
@@ -26,41 +35,188 @@ pub struct Loaded {
     pub case: Result<Case, Vec<CaseError>>,
 }
 
-/// Every `*.yaml` under `root`, sorted by path.
+/// A case file's size limit: the largest case today is a few KiB.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024;
+/// How deep case folders may nest.
+pub const MAX_DEPTH: usize = 8;
+/// How many case files a cases root may hold.
+pub const MAX_FILES: usize = 2000;
+
+/// Every `*.yaml` / `*.yml` under `root`, sorted by path. Only regular files
+/// are read; a symlink counts when it points at a regular file inside the
+/// root, and directory symlinks are never followed (no loops, no escapes).
+/// Problems with a path (a FIFO, a huge file, an unsafe name, two files for
+/// one id) are reported as that file's errors; an empty root is an error.
 pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
-    let mut files = Vec::new();
-    collect_yaml(root, &mut files)
+    let real_root = root
+        .canonicalize()
         .map_err(|e| format!("cannot read cases under {}: {e}", root.display()))?;
-    files.sort();
-    Ok(files
+    let mut found = Vec::new();
+    collect_yaml(&real_root, root, 0, &mut found)
+        .map_err(|e| format!("cannot read cases under {}: {e}", root.display()))?;
+    if found.is_empty() {
+        return Err(format!(
+            "no case files (*.yaml) under {}: add one (see docs/cases.md) or point PMEM_LAB_CASES at your cases",
+            root.display()
+        ));
+    }
+    if found.len() > MAX_FILES {
+        return Err(format!(
+            "{} case files under {}: the limit is {MAX_FILES}",
+            found.len(),
+            root.display()
+        ));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<String> = found.iter().map(|(p, _)| case_id(root, p)).collect();
+    Ok(found
         .into_iter()
-        .flat_map(|path| load_file(root, &path))
+        .zip(&ids)
+        .flat_map(|((path, problem), id)| {
+            let fail = |message: String| {
+                vec![Loaded {
+                    path: path.clone(),
+                    id: id.clone(),
+                    case: Err(vec![CaseError {
+                        path: path.clone(),
+                        line: 0,
+                        column: 0,
+                        message,
+                        snippet: String::new(),
+                    }]),
+                }]
+            };
+            if let Some(problem) = problem {
+                return fail(problem);
+            }
+            if ids.iter().filter(|i| *i == id).count() > 1 {
+                return fail(format!(
+                    "two case files make the id `{id}` (`.yaml` and `.yml`?): rename one"
+                ));
+            }
+            if let Err(e) = check_id(id) {
+                return fail(e);
+            }
+            // A bug in a check must not hide the other files' errors.
+            match std::panic::catch_unwind(|| load_file(root, &path)) {
+                Ok(loaded) => loaded,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    fail(format!(
+                        "internal error while checking this file ({what}): a bug of the lab, please report it with this file"
+                    ))
+                }
+            }
+        })
         .collect())
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_yaml(&path, out)?;
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
+/// `namespaces/devdax-2m` for `<root>/namespaces/devdax-2m.yaml`.
+fn case_id(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .with_extension("")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Case ids name artifacts folders: every part uses a closed set of
+/// characters and none starts with a dot.
+fn check_id(id: &str) -> Result<(), String> {
+    for part in id.split('/') {
+        let ok = !part.is_empty()
+            && !part.starts_with('.')
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !ok {
+            return Err(format!(
+                "`{part}` in the case id `{id}`: file and folder names of cases use letters, digits, `.`, `_` and `-`, and do not start with `.`"
+            ));
         }
     }
     Ok(())
 }
 
+/// Walk `dir` (shown under `shown`, the root as the user named it).
+/// Each found file comes with a problem that stops it from being read.
+fn collect_yaml(
+    real_root: &Path,
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<(PathBuf, Option<String>)>,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if meta.is_dir() {
+            if depth + 1 >= MAX_DEPTH {
+                out.push((
+                    path.clone(),
+                    Some(format!("case folders nest at most {MAX_DEPTH} deep")),
+                ));
+                continue;
+            }
+            collect_yaml(real_root, &path, depth + 1, out)?;
+        } else if !yaml || out.len() > MAX_FILES {
+            continue;
+        } else if meta.file_type().is_symlink() {
+            let problem = match path.canonicalize() {
+                Ok(t) if !t.starts_with(real_root) => Some(format!(
+                    "a symlink out of the cases root (to {}): copy the case instead",
+                    t.display()
+                )),
+                Ok(t) if !t.is_file() => Some(format!(
+                    "a symlink to {}, which is not a regular file",
+                    t.display()
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!("a broken symlink: {e}")),
+            };
+            out.push((path, problem));
+        } else if !meta.is_file() {
+            out.push((
+                path,
+                Some(
+                    "not a regular file (a FIFO, socket or device?): cases are regular files"
+                        .into(),
+                ),
+            ));
+        } else {
+            out.push((path, None));
+        }
+    }
+    Ok(())
+}
+
+/// A case file's text, at most [`MAX_FILE_BYTES`].
+fn read_case(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "larger than {} KiB: a case file stays small",
+            MAX_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+}
+
 /// One file: one case, or one per matrix cell (`id[cell]`).
 pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
-    let id = path
-        .strip_prefix(root)
-        .unwrap_or(path)
-        .with_extension("")
-        .to_string_lossy()
-        .into_owned();
+    let id = case_id(root, path);
     let failed = |line, column, message: String, snippet: String| Loaded {
         path: path.to_path_buf(),
         id: id.clone(),
@@ -72,9 +228,9 @@ pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
             snippet,
         }]),
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_case(path) {
         Ok(t) => t,
-        Err(e) => return vec![failed(0, 0, format!("cannot read: {e}"), String::new())],
+        Err(e) => return vec![failed(0, 0, e, String::new())],
     };
     let cells = match matrix::cells(&text) {
         Ok(Some(cells)) => cells,
@@ -120,7 +276,17 @@ fn snippet(text: &str, line: u32, column: u32) -> String {
 
 /// Parse and check one case from its text.
 pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError>> {
-    let file: CaseFile = serde_saphyr::from_str(text).map_err(|e| vec![parse_error(path, &e)])?;
+    if text.trim().is_empty() {
+        return Err(vec![CaseError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "the file is empty: a case needs at least `steps:`".to_string(),
+            snippet: String::new(),
+        }]);
+    }
+    let file: CaseFile = serde_saphyr::from_str_with_options(text, yaml_options())
+        .map_err(|e| vec![parse_error(path, &e)])?;
     let mut v = Checker {
         path,
         text,
@@ -159,9 +325,62 @@ fn parse_error(path: &Path, e: &serde_saphyr::Error) -> CaseError {
         path: path.to_path_buf(),
         line,
         column,
-        message: message.to_string(),
+        message: plain_words(message),
         snippet,
     }
+}
+
+/// The parser's limits for a case file: far above any real case (the
+/// largest has a few hundred nodes), far below what would take a second or
+/// a hundred megabytes (anchors and aliases can multiply a small file).
+pub fn yaml_options() -> serde_saphyr::Options {
+    // Both types are non-exhaustive: start from the defaults.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 50_000;
+    budget.max_aliases = 1_000;
+    budget.max_nodes = 20_000;
+    budget.max_depth = 32;
+    budget.max_total_scalar_bytes = 1 << 20;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// serde-saphyr's wording where it speaks of its own internals, in the
+/// case author's terms.
+fn plain_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("`{key}` is given twice in this map");
+    }
+    if let Some(ty) = message.strip_prefix("invalid ") {
+        if ["u8", "u16", "u32", "u64", "usize", "i32", "i64"].contains(&ty.trim()) {
+            return "expected a whole number (not negative, not a word)".to_string();
+        }
+    }
+    if let Some(name) = message.strip_prefix("data did not match any variant of untagged enum ") {
+        return match name.trim() {
+            "SectorEntry" => "a sector is a number or a map {sector: N, count: N}".to_string(),
+            "SignalExpectEntry" => {
+                "a signal is `none` or a map with name, code, offset, lsb".to_string()
+            }
+            "ExitEntry" => "exit is a number, `nonzero` or `any`".to_string(),
+            "Patterns" => "expected a regex or a list of regexes".to_string(),
+            _ => "this value has none of the accepted forms (see docs/cases.md)".to_string(),
+        };
+    }
+    if message.contains("budget") {
+        return "the file expands to too much data (YAML anchors and aliases, or nesting): \
+                a case file stays small"
+            .to_string();
+    }
+    if message.starts_with("tabs disallowed") {
+        return "a tab in the indentation: YAML indents with spaces".to_string();
+    }
+    message.to_string()
 }
 
 struct Checker<'a> {
@@ -235,10 +454,16 @@ impl Checker<'_> {
             spec.cpus = cpus.value;
         }
         if let Some(mem) = &m.memory {
-            if mem.value.bytes() < 256 * MIB || !mem.value.is_multiple_of(ByteSize(2 * MIB)) {
+            if mem.value.bytes() < 256 * MIB
+                || mem.value.bytes() > MAX_MEMORY
+                || !mem.value.is_multiple_of(ByteSize(2 * MIB))
+            {
                 self.error(
                     &mem.referenced,
-                    "memory must be at least 256M and a multiple of 2M",
+                    format!(
+                        "memory is from 256M to {} and a multiple of 2M",
+                        ByteSize(MAX_MEMORY)
+                    ),
                 );
             }
             spec.memory = mem.value;
@@ -247,6 +472,16 @@ impl Checker<'_> {
             self.error(&m.nvdimms[8].referenced, "at most 8 NVDIMMs");
         }
         for nv in &m.nvdimms {
+            if nv.value.size.value.bytes() > MAX_NVDIMM {
+                self.error(
+                    &nv.value.size.referenced,
+                    format!(
+                        "an NVDIMM is at most {} (QEMU maps it into guest memory; the lab's backing file is sparse, the guest's page tables are not)",
+                        ByteSize(MAX_NVDIMM)
+                    ),
+                );
+                continue;
+            }
             spec.nvdimms.push(self.nvdimm(&nv.value));
         }
         if let Some(r) = &m.root_dsm {
@@ -316,7 +551,7 @@ impl Checker<'_> {
                         format!("an error length is a non-zero multiple of {unit} bytes"),
                     );
                 }
-                if at + len > nv.region_size() {
+                if at.checked_add(len).is_none_or(|end| end > nv.region_size()) {
                     self.error(
                         &e.value.offset.referenced,
                         format!(
@@ -485,7 +720,7 @@ impl Checker<'_> {
                 .get(nvdimm)
                 .filter(|_| bus.is_none() && !whole_region)
             {
-                used[nvdimm] += size.bytes();
+                used[nvdimm] = used[nvdimm].saturating_add(size.bytes());
                 if used[nvdimm] > nv.usable() {
                     self.error(
                         &size_at,
@@ -593,87 +828,50 @@ impl Checker<'_> {
     ) -> Option<Step> {
         let s = &entry.value;
         let at = entry.referenced;
-        let given: Vec<&str> = [
-            ("run", s.run.is_some()),
-            ("sh", s.sh.is_some()),
-            ("inject", s.inject.is_some()),
-            ("expect_badblocks", s.expect_badblocks.is_some()),
-            ("map", s.map.is_some()),
-            ("unmap", s.unmap.is_some()),
-            ("touch", s.touch.is_some()),
-            ("consume", s.consume.is_some()),
-            ("poison", s.poison.is_some()),
-            ("signals", s.signals.is_some()),
-            ("mce_kill", s.mce_kill.is_some()),
-            ("inject_error", s.inject_error.is_some()),
-            ("scrub", s.scrub.is_some()),
-            ("clear", s.clear.is_some()),
-        ]
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(n, _)| *n)
-        .collect();
-        if given.len() != 1 {
-            let msg = if given.is_empty() {
-                "this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, \
-                 `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, \
-                 `inject_error`, `scrub`, `clear`"
-                    .to_string()
-            } else {
+        let actions = s.actions();
+        let [(key, kind)] = actions[..] else {
+            let msg = if actions.is_empty() {
                 format!(
-                    "a step has one action, this one has {}",
-                    given.join(" and ")
+                    "this step has no action: add one of {}",
+                    model::StepEntry::KINDS
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
+            } else {
+                let keys: Vec<&str> = actions.iter().map(|(k, _)| *k).collect();
+                format!("a step has one action, this one has {}", keys.join(" and "))
             };
             self.error(&at, msg);
             return None;
+        };
+        let (name, action) = self.action(s, kind, machine, namespaces)?;
+        if !action.runs_command() {
+            self.refuse_command_fields(s, key, &at);
         }
-        let is_command = s.run.is_some()
-            || s.sh.is_some()
-            || s.inject_error.is_some()
-            || s.scrub.is_some()
-            || s.clear.is_some();
-        if !is_command {
-            self.refuse_command_fields(s, given[0], &at);
-        }
-        if let Some(f) = s.expect.faults.as_ref().filter(|_| s.touch.is_none()) {
+        if let Some(f) = s
+            .expect
+            .faults
+            .as_ref()
+            .filter(|_| !matches!(action, Action::Touch { .. }))
+        {
             self.error(&f.referenced, "`expect.faults` applies to `touch` steps");
         }
-        let signal_step = s.consume.is_some() || s.poison.is_some() || s.signals.is_some();
-        if let Some(f) = s.expect.signal.as_ref().filter(|_| !signal_step) {
+        if let Some(f) = s
+            .expect
+            .signal
+            .as_ref()
+            .filter(|_| !action.reports_signal())
+        {
             self.error(
                 &f.referenced,
                 "`expect.signal` applies to `consume`, `poison` and `signals` steps",
             );
         }
-        let (name, action) = if let Some(run) = &s.run {
-            if run.value.is_empty() {
-                self.error(&run.referenced, "run needs at least a program name");
-            }
-            for arg in &run.value {
-                self.check_placeholders(&arg.value, &arg.referenced, namespaces);
-            }
-            let argv: Vec<String> = run.value.iter().map(|a| a.value.clone()).collect();
-            (argv.join(" "), self.run_action(s, argv, namespaces))
-        } else if let Some(sh) = &s.sh {
-            self.check_placeholders(&sh.value, &sh.referenced, namespaces);
-            let argv = vec!["sh".to_string(), "-c".to_string(), sh.value.clone()];
-            (sh.value.clone(), self.run_action(s, argv, namespaces))
-        } else if let Some(inject) = &s.inject {
-            let action = self.inject(&inject.value, machine, namespaces)?;
-            (format!("inject {}", inject.value.kind.value), action)
-        } else if let Some(op) = self.ndctl_step(s, namespaces) {
-            let argv = op.argv(|ns| format!("<{ns}>"));
-            (argv.join(" "), Action::Ndctl(op))
-        } else if let Some(b) = &s.expect_badblocks {
-            let action = self.expect_badblocks(b, machine, namespaces)?;
-            ("expect_badblocks".to_string(), action)
-        } else {
-            self.dax_step(s, machine, namespaces)?
-        };
         let repeat = match &s.repeat {
-            Some(r) if r.value == 0 => {
-                self.error(&r.referenced, "repeat must be at least 1");
+            Some(r) if r.value == 0 || r.value > MAX_REPEAT => {
+                self.error(&r.referenced, format!("repeat is from 1 to {MAX_REPEAT}"));
                 1
             }
             Some(r) => r.value,
@@ -694,82 +892,169 @@ impl Checker<'_> {
         })
     }
 
-    /// inject_error, scrub, clear: ndctl commands with checked arguments.
-    fn ndctl_step(
+    /// A step's action, checked: one arm per step kind, and the compiler
+    /// makes sure there is one.
+    fn action(
         &mut self,
         s: &model::StepEntry,
+        kind: ActionEntry<'_>,
+        machine: &MachineSpec,
+        namespaces: &[NamespaceSpec],
+    ) -> Option<(String, Action)> {
+        match kind {
+            ActionEntry::Run(run) => {
+                match run.value.first() {
+                    None => self.error(&run.referenced, "run needs at least a program name"),
+                    Some(p) if p.value.trim().is_empty() => {
+                        self.error(&p.referenced, "the program name is empty")
+                    }
+                    Some(_) => {}
+                }
+                for arg in &run.value {
+                    self.check_placeholders(&arg.value, &arg.referenced, namespaces);
+                }
+                let argv: Vec<String> = run.value.iter().map(|a| a.value.clone()).collect();
+                Some((argv.join(" "), self.run_action(s, argv, namespaces)))
+            }
+            ActionEntry::Sh(sh) => {
+                if sh.value.trim().is_empty() {
+                    self.error(&sh.referenced, "the script is empty");
+                }
+                self.check_placeholders(&sh.value, &sh.referenced, namespaces);
+                let argv = vec!["sh".to_string(), "-c".to_string(), sh.value.clone()];
+                Some((sh.value.clone(), self.run_action(s, argv, namespaces)))
+            }
+            ActionEntry::Inject(inject) => {
+                let action = self.inject(&inject.value, machine, namespaces)?;
+                Some((format!("inject {}", inject.value.kind.value), action))
+            }
+            ActionEntry::ExpectBadblocks(b) => {
+                let action = self.expect_badblocks(b, machine, namespaces)?;
+                Some(("expect_badblocks".to_string(), action))
+            }
+            ActionEntry::Map(m) => self.map(m, namespaces),
+            ActionEntry::Unmap(u) => {
+                if self.maps.remove(&u.value).is_none() {
+                    self.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
+                }
+                Some((
+                    format!("unmap {}", u.value),
+                    Action::Unmap {
+                        name: u.value.clone(),
+                    },
+                ))
+            }
+            ActionEntry::Touch(t) => self.touch(t, machine),
+            ActionEntry::Consume(c) => self.read_line(c, true, machine),
+            ActionEntry::Poison(c) => self.read_line(c, false, machine),
+            ActionEntry::Signals(sig) => {
+                let wait = sig
+                    .value
+                    .wait
+                    .map(|t| t.0)
+                    .unwrap_or(std::time::Duration::from_secs(2));
+                Some(("signals".to_string(), Action::Signals { wait }))
+            }
+            ActionEntry::MceKill(policy) => Some((
+                format!("mce_kill {}", policy.value.name()),
+                Action::MceKill {
+                    policy: policy.value,
+                },
+            )),
+            ActionEntry::InjectError(e) => {
+                let op = self.inject_error(e, namespaces)?;
+                self.ndctl(op)
+            }
+            ActionEntry::Scrub(bus) => {
+                if !["ACPI.NFIT", "nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
+                    self.error(
+                        &bus.referenced,
+                        format!("bus `{}`: ACPI.NFIT, nfit_test.0 or nfit_test.1", bus.value),
+                    );
+                }
+                self.ndctl(NdctlOp::Scrub {
+                    bus: bus.value.clone(),
+                })
+            }
+            ActionEntry::Clear(c) => {
+                self.namespace(
+                    &c.value.namespace.value,
+                    &c.value.namespace.referenced,
+                    namespaces,
+                );
+                self.ndctl(NdctlOp::Clear {
+                    namespace: c.value.namespace.value.clone(),
+                    scrub: c.value.scrub,
+                })
+            }
+        }
+    }
+
+    /// An ndctl step, named by its command line.
+    fn ndctl(&mut self, op: NdctlOp) -> Option<(String, Action)> {
+        let argv = op.argv(|ns| format!("<{ns}>"));
+        Some((argv.join(" "), Action::Ndctl(op)))
+    }
+
+    /// `ndctl inject-error` with checked arguments.
+    fn inject_error(
+        &mut self,
+        e: &Spanned<model::InjectErrorEntry>,
         namespaces: &[NamespaceSpec],
     ) -> Option<NdctlOp> {
-        let known_ns = |me: &mut Self, ns: &Spanned<String>| {
-            me.namespace(&ns.value, &ns.referenced, namespaces);
-            ns.value.clone()
+        let namespace = e.value.namespace.value.clone();
+        self.namespace(&namespace, &e.value.namespace.referenced, namespaces);
+        if e.value.status {
+            if let Some(b) = &e.value.block {
+                self.error(
+                    &b.referenced,
+                    "`status: true` lists injected errors: no `block`",
+                );
+            }
+            return Some(NdctlOp::InjectStatus { namespace });
+        }
+        let (block, file) = match (&e.value.block, &e.value.file) {
+            (Some(b), None) => (b.value, None),
+            (None, Some(f)) => (
+                0,
+                Some((f.value.clone(), bytes(&e.value.offset).unwrap_or(0))),
+            ),
+            _ => {
+                self.error(
+                    &e.referenced,
+                    "inject_error needs `block` (a 512-byte block of the namespace data) or `file` (+ `offset`)",
+                );
+                return None;
+            }
         };
-        if let Some(e) = &s.inject_error {
-            let namespace = known_ns(self, &e.value.namespace);
-            if e.value.status {
-                if let Some(b) = &e.value.block {
-                    self.error(
-                        &b.referenced,
-                        "`status: true` lists injected errors: no `block`",
-                    );
-                }
-                return Some(NdctlOp::InjectStatus { namespace });
-            }
-            let (block, file) = match (&e.value.block, &e.value.file) {
-                (Some(b), None) => (b.value, None),
-                (None, Some(f)) => (
-                    0,
-                    Some((f.value.clone(), bytes(&e.value.offset).unwrap_or(0))),
-                ),
-                _ => {
-                    self.error(
-                        &e.referenced,
-                        "inject_error needs `block` (a 512-byte block of the namespace data) or `file` (+ `offset`)",
-                    );
-                    return None;
-                }
-            };
-            if let (Some(o), None) = (&e.value.offset, &e.value.file) {
-                self.error(&o.referenced, "`offset` goes with `file`");
-            }
-            let count = e.value.count.as_ref().map(|c| c.value).unwrap_or(1);
-            if count == 0 {
-                self.error(
-                    &e.value.count.as_ref().unwrap().referenced,
-                    "count must be at least 1",
-                );
-            }
-            if let Some(n) = e.value.notify.as_ref().filter(|_| e.value.uninject) {
-                self.error(
-                    &n.referenced,
-                    "`notify` goes with an injection, not `uninject`",
-                );
-            }
-            return Some(NdctlOp::InjectError {
-                namespace,
-                block,
-                count,
-                uninject: e.value.uninject,
-                notify: e.value.notify.as_ref().is_none_or(|n| n.value),
-                file,
-            });
+        if let (Some(o), None) = (&e.value.offset, &e.value.file) {
+            self.error(&o.referenced, "`offset` goes with `file`");
         }
-        if let Some(bus) = &s.scrub {
-            if !["ACPI.NFIT", "nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
-                self.error(
-                    &bus.referenced,
-                    format!("bus `{}`: ACPI.NFIT, nfit_test.0 or nfit_test.1", bus.value),
-                );
+        let count = match &e.value.count {
+            Some(c) if c.value == 0 => {
+                self.error(&c.referenced, "count must be at least 1");
+                1
             }
-            return Some(NdctlOp::Scrub {
-                bus: bus.value.clone(),
-            });
+            Some(c) if block.checked_add(c.value).is_none() => {
+                self.error(&c.referenced, "block + count overflows 64 bits");
+                1
+            }
+            Some(c) => c.value,
+            None => 1,
+        };
+        if let Some(n) = e.value.notify.as_ref().filter(|_| e.value.uninject) {
+            self.error(
+                &n.referenced,
+                "`notify` goes with an injection, not `uninject`",
+            );
         }
-        let c = s.clear.as_ref()?;
-        let namespace = known_ns(self, &c.value.namespace);
-        Some(NdctlOp::Clear {
+        Some(NdctlOp::InjectError {
             namespace,
-            scrub: c.value.scrub,
+            block,
+            count,
+            uninject: e.value.uninject,
+            notify: e.value.notify.as_ref().is_none_or(|n| n.value),
+            file,
         })
     }
 
@@ -814,153 +1099,138 @@ impl Checker<'_> {
         }
     }
 
-    /// map, unmap, touch, consume, poison, signals, mce_kill.
-    fn dax_step(
+    /// `map`: a window of a devdax namespace, whole pages of its align.
+    fn map(
         &mut self,
-        s: &model::StepEntry,
-        machine: &MachineSpec,
+        m: &Spanned<model::MapEntry>,
         namespaces: &[NamespaceSpec],
     ) -> Option<(String, Action)> {
-        if let Some(m) = &s.map {
-            let name = m.value.name.value.clone();
-            let ns = self.namespace(
-                &m.value.namespace.value,
-                &m.value.namespace.referenced,
-                namespaces,
-            )?;
-            if ns.mode != NamespaceMode::Devdax {
-                self.error(
-                    &m.value.namespace.referenced,
-                    format!(
-                        "namespace `{}` is {}: `map` maps device-dax",
-                        ns.name,
-                        ns.mode.ndctl_name()
-                    ),
-                );
-            }
-            let align = ns.align.unwrap_or(ByteSize(2 * MIB));
-            let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
-            let length = m.value.length.value;
-            for (what, v, at) in [
-                (
-                    "offset",
-                    offset,
-                    m.value
-                        .offset
-                        .as_ref()
-                        .map(|o| o.referenced)
-                        .unwrap_or(m.referenced),
-                ),
-                ("length", length, m.value.length.referenced),
-            ] {
-                if !v.is_multiple_of(align) {
-                    self.error(&at, format!("{what} {v} is not a multiple of the device's align {align}: device-dax maps whole pages of its size"));
-                }
-            }
-            if length.bytes() == 0 || offset.bytes() + length.bytes() > ns.size.bytes() {
-                self.error(
-                    &m.value.length.referenced,
-                    format!(
-                        "{offset}+{length} does not fit in namespace `{}` ({})",
-                        ns.name, ns.size
-                    ),
-                );
-            }
-            if self.maps.insert(name.clone(), length.bytes()).is_some() {
-                self.error(
-                    &m.value.name.referenced,
-                    format!("mapping `{name}` already exists: unmap it first"),
-                );
-            }
-            let action = Action::Map {
-                name: name.clone(),
-                namespace: ns.name.clone(),
-                offset: offset.bytes(),
-                length: length.bytes(),
-            };
-            return Some((format!("map {name}"), action));
-        }
-        if let Some(u) = &s.unmap {
-            if self.maps.remove(&u.value).is_none() {
-                self.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
-            }
-            return Some((
-                format!("unmap {}", u.value),
-                Action::Unmap {
-                    name: u.value.clone(),
-                },
-            ));
-        }
-        if let Some(t) = &s.touch {
-            let len = self.map_len(&t.value.map)?;
-            let offset = bytes(&t.value.offset).unwrap_or(0);
-            let length = bytes(&t.value.length).unwrap_or(len.saturating_sub(offset));
-            let at = t
-                .value
-                .length
-                .as_ref()
-                .map(|l| l.referenced)
-                .unwrap_or(t.referenced);
-            if offset + length > len || length == 0 {
-                self.error(&at, format!("touch window {offset:#x}+{length:#x} is outside mapping `{}` ({len:#x} bytes)", t.value.map.value));
-            }
-            let cpu = self.cpu(&t.value.cpu, machine);
-            let action = Action::Touch {
-                map: t.value.map.value.clone(),
-                offset,
-                length,
-                cpu: t.value.cpu.as_ref().map(|_| cpu),
-            };
-            return Some((format!("touch {}", t.value.map.value), action));
-        }
-        if let Some(c) = s.consume.as_ref().or(s.poison.as_ref()) {
-            let len = self.map_len(&c.value.map)?;
-            let offset = c.value.offset.value.bytes();
-            if offset >= len {
-                self.error(
-                    &c.value.offset.referenced,
-                    format!(
-                        "offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)",
-                        c.value.map.value
-                    ),
-                );
-            }
-            let consume = s.consume.is_some();
-            if consume && !offset.is_multiple_of(mce::GRANULE) {
-                self.error(&c.value.offset.referenced, format!("offset {offset:#x} is not a multiple of {}: a machine check names a whole cache line", mce::GRANULE));
-            }
-            let cpu = self.cpu(&c.value.cpu, machine);
-            let map = c.value.map.value.clone();
-            return Some(if consume {
-                (
-                    format!("consume {map}"),
-                    Action::Consume { map, offset, cpu },
-                )
-            } else {
-                (format!("poison {map}"), Action::Poison { map, offset, cpu })
-            });
-        }
-        if let Some(sig) = &s.signals {
-            let wait = sig
-                .value
-                .wait
-                .map(|t| t.0)
-                .unwrap_or(std::time::Duration::from_secs(2));
-            return Some(("signals".to_string(), Action::Signals { wait }));
-        }
-        let policy = s.mce_kill.as_ref().expect("one action");
-        if !["early", "late", "default"].contains(&policy.value.as_str()) {
+        let name = m.value.name.value.clone();
+        let ns = self.namespace(
+            &m.value.namespace.value,
+            &m.value.namespace.referenced,
+            namespaces,
+        )?;
+        if ns.mode != NamespaceMode::Devdax {
             self.error(
-                &policy.referenced,
-                format!("mce_kill `{}`: use early, late or default", policy.value),
+                &m.value.namespace.referenced,
+                format!(
+                    "namespace `{}` is {}: `map` maps device-dax",
+                    ns.name,
+                    ns.mode.ndctl_name()
+                ),
             );
         }
-        Some((
-            format!("mce_kill {}", policy.value),
-            Action::MceKill {
-                policy: policy.value.clone(),
-            },
-        ))
+        let align = ns.align.unwrap_or(ByteSize(2 * MIB));
+        let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
+        let length = m.value.length.value;
+        for (what, v, at) in [
+            (
+                "offset",
+                offset,
+                m.value
+                    .offset
+                    .as_ref()
+                    .map(|o| o.referenced)
+                    .unwrap_or(m.referenced),
+            ),
+            ("length", length, m.value.length.referenced),
+        ] {
+            if !v.is_multiple_of(align) {
+                self.error(&at, format!("{what} {v} is not a multiple of the device's align {align}: device-dax maps whole pages of its size"));
+            }
+        }
+        let end = offset.bytes().checked_add(length.bytes());
+        if length.bytes() == 0 || end.is_none_or(|end| end > ns.size.bytes()) {
+            self.error(
+                &m.value.length.referenced,
+                format!(
+                    "{offset}+{length} does not fit in namespace `{}` ({})",
+                    ns.name, ns.size
+                ),
+            );
+        }
+        if self.maps.insert(name.clone(), length.bytes()).is_some() {
+            self.error(
+                &m.value.name.referenced,
+                format!("mapping `{name}` already exists: unmap it first"),
+            );
+        }
+        let action = Action::Map {
+            name: name.clone(),
+            namespace: ns.name.clone(),
+            offset: offset.bytes(),
+            length: length.bytes(),
+        };
+        Some((format!("map {name}"), action))
+    }
+
+    /// `touch`: a window inside a live mapping.
+    fn touch(
+        &mut self,
+        t: &Spanned<model::TouchEntry>,
+        machine: &MachineSpec,
+    ) -> Option<(String, Action)> {
+        let len = self.map_len(&t.value.map)?;
+        let offset = bytes(&t.value.offset).unwrap_or(0);
+        let length = bytes(&t.value.length).unwrap_or(len.saturating_sub(offset));
+        let at = t
+            .value
+            .length
+            .as_ref()
+            .map(|l| l.referenced)
+            .unwrap_or(t.referenced);
+        if offset.checked_add(length).is_none_or(|end| end > len) || length == 0 {
+            self.error(
+                &at,
+                format!(
+                    "touch window {offset:#x}+{length:#x} is outside mapping `{}` ({len:#x} bytes)",
+                    t.value.map.value
+                ),
+            );
+        }
+        let cpu = self.cpu(&t.value.cpu, machine);
+        let action = Action::Touch {
+            map: t.value.map.value.clone(),
+            offset,
+            length,
+            cpu: t.value.cpu.as_ref().map(|_| cpu),
+        };
+        Some((format!("touch {}", t.value.map.value), action))
+    }
+
+    /// `consume` (a machine check at a line the reader loads) or `poison`
+    /// (MADV_HWPOISON of the page): a place inside a live mapping.
+    fn read_line(
+        &mut self,
+        c: &Spanned<model::ConsumeEntry>,
+        consume: bool,
+        machine: &MachineSpec,
+    ) -> Option<(String, Action)> {
+        let len = self.map_len(&c.value.map)?;
+        let offset = c.value.offset.value.bytes();
+        if offset >= len {
+            self.error(
+                &c.value.offset.referenced,
+                format!(
+                    "offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)",
+                    c.value.map.value
+                ),
+            );
+        }
+        if consume && !offset.is_multiple_of(mce::GRANULE) {
+            self.error(&c.value.offset.referenced, format!("offset {offset:#x} is not a multiple of {}: a machine check names a whole cache line", mce::GRANULE));
+        }
+        let cpu = self.cpu(&c.value.cpu, machine);
+        let map = c.value.map.value.clone();
+        Some(if consume {
+            (
+                format!("consume {map}"),
+                Action::Consume { map, offset, cpu },
+            )
+        } else {
+            (format!("poison {map}"), Action::Poison { map, offset, cpu })
+        })
     }
 
     fn map_len(&mut self, map: &Spanned<String>) -> Option<u64> {
@@ -1030,10 +1300,19 @@ impl Checker<'_> {
         if let Some(stdin) = &s.stdin {
             self.check_placeholders(&stdin.value, &stdin.referenced, namespaces);
         }
+        // Values may hold placeholders too (the runner expands them); names
+        // are the program's environment names and stay literal.
+        for value in s.env.values() {
+            self.check_placeholders(&value.value, &value.referenced, namespaces);
+        }
         Action::Run {
             argv,
             stdin: s.stdin.as_ref().map(|x| x.value.clone()),
-            env: s.env.clone(),
+            env: s
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
         }
     }
 
@@ -1247,7 +1526,14 @@ impl Checker<'_> {
         let exit = match &e.exit {
             None => ExitExpect::Code(0),
             Some(x) => match &x.value {
-                ExitEntry::Code(c) => ExitExpect::Code(*c),
+                ExitEntry::Code(c) if (0..=255).contains(c) => ExitExpect::Code(*c),
+                ExitEntry::Code(c) => {
+                    self.error(
+                        &x.referenced,
+                        format!("exit {c}: an exit status is from 0 to 255 (a signal shows as 128 + its number)"),
+                    );
+                    ExitExpect::Any
+                }
                 ExitEntry::Word(w) if w == "any" => ExitExpect::Any,
                 ExitEntry::Word(w) if w == "nonzero" => ExitExpect::NonZero,
                 ExitEntry::Word(w) => {

@@ -38,17 +38,13 @@ pub struct Cell {
 /// A located problem: (line, column, message).
 pub type Problem = (u32, u32, String);
 
+/// The most cells one file may expand to: each is a VM boot.
+pub const MAX_CELLS: usize = 64;
+
 #[derive(Deserialize)]
 struct Head {
     #[serde(default)]
-    matrix: Option<Spanned<MatrixEntry>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MatrixEntry {
-    Product(BTreeMap<String, Vec<Value>>),
-    Cells(Vec<BTreeMap<String, Value>>),
+    matrix: Option<Spanned<Value>>,
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -60,32 +56,67 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// A cell's name becomes part of a case id, and so of a folder name under
+/// the artifacts root: a closed set of characters, and never `..`.
+fn safe_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 100
+        && !label.contains("..")
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._=,+-".contains(c))
+}
+
 /// The cells of a file, or `None` when it has no matrix. Syntax errors are
 /// left for the real parse to report.
 pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
-    let Ok(head) = serde_saphyr::from_str::<Head>(text) else {
+    let Ok(head) = serde_saphyr::from_str_with_options::<Head>(text, super::load::yaml_options())
+    else {
         return Ok(None);
     };
     let Some(m) = head.matrix else {
+        if let Some(at) = text.find(OPEN) {
+            let (line, col) = line_col(text, at);
+            return Err((
+                line,
+                col,
+                "`${matrix.…}` is used but the file has no `matrix:`".to_string(),
+            ));
+        }
         return Ok(None);
     };
     let at = (m.referenced.line() as u32, m.referenced.column() as u32);
     let bad = |msg: &str| (at.0, at.1, msg.to_string());
+    let scalars = |key: &str, v: &Value| {
+        scalar(v).ok_or_else(|| bad(&format!("matrix `{key}`: values must be scalars")))
+    };
     let rows: Vec<BTreeMap<String, String>> = match m.value {
-        MatrixEntry::Product(axes) => {
-            let mut rows = vec![BTreeMap::new()];
-            for (key, values) in axes {
+        Value::Object(axes) => {
+            let mut total: usize = 1;
+            for (key, values) in &axes {
+                let Value::Array(values) = values else {
+                    return Err(bad(&format!(
+                        "matrix `{key}`: write a list of values, e.g. `{key}: [4K, 2M]`"
+                    )));
+                };
                 if values.is_empty() {
                     return Err(bad(&format!("matrix key `{key}` has no values")));
                 }
+                total = total.saturating_mul(values.len());
+            }
+            if total > MAX_CELLS {
+                return Err(bad(&format!(
+                    "the matrix makes {total} cells; the limit is {MAX_CELLS} (each cell boots a VM)"
+                )));
+            }
+            let mut rows = vec![BTreeMap::new()];
+            for (key, values) in &axes {
+                let values = values.as_array().expect("checked above");
                 let mut next = Vec::new();
                 for row in &rows {
-                    for v in &values {
-                        let v = scalar(v).ok_or_else(|| {
-                            bad(&format!("matrix `{key}`: values must be scalars"))
-                        })?;
+                    for v in values {
                         let mut r = row.clone();
-                        r.insert(key.clone(), v);
+                        r.insert(key.clone(), scalars(key, v)?);
                         next.push(r);
                     }
                 }
@@ -93,18 +124,31 @@ pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
             }
             rows
         }
-        MatrixEntry::Cells(cells) => cells
-            .into_iter()
-            .map(|c| {
-                c.into_iter()
-                    .map(|(k, v)| {
-                        scalar(&v)
-                            .map(|s| (k.clone(), s))
-                            .ok_or_else(|| bad(&format!("matrix `{k}`: values must be scalars")))
-                    })
-                    .collect()
-            })
-            .collect::<Result<_, _>>()?,
+        Value::Array(cells) => {
+            if cells.len() > MAX_CELLS {
+                return Err(bad(&format!(
+                    "the matrix lists {} cells; the limit is {MAX_CELLS} (each cell boots a VM)",
+                    cells.len()
+                )));
+            }
+            cells
+                .iter()
+                .map(|c| match c {
+                    Value::Object(c) => c
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), scalars(k, v)?)))
+                        .collect(),
+                    _ => Err(bad(
+                        "a matrix cell is a map of values, e.g. `- {align: 4K, size: 512M}`",
+                    )),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => {
+            return Err(bad(
+                "matrix is a map of lists (every combination) or a list of maps (one per cell)",
+            ))
+        }
     };
     if rows.is_empty() || rows.iter().all(|r| r.is_empty()) {
         return Err(bad("the matrix has no cells"));
@@ -124,6 +168,13 @@ pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
         })
         .collect();
     for (i, c) in cells.iter().enumerate() {
+        if !safe_label(&c.label) {
+            return Err(bad(&format!(
+                "matrix cell `{}`: a cell's name (its `name`, else key=value pairs) uses letters, digits and `._=,+-` only, \
+                 without `..`, at most 100 characters: it names the cell's artifacts folder",
+                c.label
+            )));
+        }
         if cells[..i].iter().any(|o| o.label == c.label) {
             return Err(bad(&format!(
                 "two matrix cells are both named `{}`",

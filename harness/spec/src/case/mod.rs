@@ -146,11 +146,45 @@ pub enum Action {
     },
     /// prctl(PR_MCE_KILL) on the agent's main thread.
     MceKill {
-        policy: String,
+        policy: model::MceKillPolicy,
     },
     /// An ndctl command on a bus or namespace: its result is checked like
     /// a `run`'s.
     Ndctl(NdctlOp),
+}
+
+impl Action {
+    /// Whether the step runs a command whose result `expect` checks (exit,
+    /// stdout, stderr, json) and which takes `stdin` and `env`.
+    pub fn runs_command(&self) -> bool {
+        match self {
+            Action::Run { .. } | Action::Ndctl(_) => true,
+            Action::Inject { .. }
+            | Action::ExpectBadblocks { .. }
+            | Action::Map { .. }
+            | Action::Unmap { .. }
+            | Action::Touch { .. }
+            | Action::Consume { .. }
+            | Action::Poison { .. }
+            | Action::Signals { .. }
+            | Action::MceKill { .. } => false,
+        }
+    }
+
+    /// Whether the step reports a signal that `expect.signal` checks.
+    pub fn reports_signal(&self) -> bool {
+        match self {
+            Action::Consume { .. } | Action::Poison { .. } | Action::Signals { .. } => true,
+            Action::Run { .. }
+            | Action::Ndctl(_)
+            | Action::Inject { .. }
+            | Action::ExpectBadblocks { .. }
+            | Action::Map { .. }
+            | Action::Unmap { .. }
+            | Action::Touch { .. }
+            | Action::MceKill { .. } => false,
+        }
+    }
 }
 
 /// The ndctl error-handling commands a case can name as steps.

@@ -105,49 +105,103 @@ pub struct NamespaceEntry {
     pub align: Option<Spanned<ByteSize>>,
 }
 
-/// One step. Exactly one action field (`run`, `sh`) must be present; the
-/// other fields qualify it. New step kinds are new action fields.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepEntry {
-    pub name: Option<String>,
+/// The step kinds, each once: its YAML key, the type of its value, and the
+/// [`ActionEntry`] variant the loader matches on. The macro writes the
+/// [`StepEntry`] fields and [`StepEntry::actions`], so a kind added here is
+/// a field of the YAML and a variant every `match` must handle; the
+/// compiler then points at each place that needs it (docs/architecture.md,
+/// "Adding a step kind").
+macro_rules! step_kinds {
+    ($($(#[$doc:meta])* $key:ident: $ty:ty => $variant:ident,)*) => {
+        /// One step. Exactly one action field must be present; the other
+        /// fields qualify it.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct StepEntry {
+            pub name: Option<String>,
+            $($(#[$doc])* pub $key: Option<Spanned<$ty>>,)*
+            pub stdin: Option<Spanned<String>>,
+            #[serde(default)]
+            pub env: BTreeMap<String, Spanned<String>>,
+            pub timeout: Option<Timeout>,
+            /// Run the step this many times (each must pass).
+            pub repeat: Option<Spanned<u32>>,
+            #[serde(default)]
+            pub expect: ExpectEntry,
+        }
+
+        /// The action of a step, by kind.
+        #[derive(Debug, Clone, Copy)]
+        pub enum ActionEntry<'a> {
+            $($variant(&'a Spanned<$ty>),)*
+        }
+
+        impl StepEntry {
+            /// Every step kind's YAML key, in declaration order.
+            pub const KINDS: &'static [&'static str] = &[$(stringify!($key)),*];
+
+            /// The action fields present, with their keys.
+            pub fn actions(&self) -> Vec<(&'static str, ActionEntry<'_>)> {
+                let mut found = Vec::new();
+                $(if let Some(v) = &self.$key {
+                    found.push((stringify!($key), ActionEntry::$variant(v)));
+                })*
+                found
+            }
+        }
+    };
+}
+
+step_kinds! {
     /// Program and arguments, run by the guest agent without a shell.
-    pub run: Option<Spanned<Vec<Spanned<String>>>>,
+    run: Vec<Spanned<String>> => Run,
     /// A guest shell script, run as `sh -c SCRIPT`.
-    pub sh: Option<Spanned<String>>,
-    pub stdin: Option<Spanned<String>>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub timeout: Option<Timeout>,
+    sh: String => Sh,
     /// Inject a machine check (see [`crate::mce`]).
-    pub inject: Option<Spanned<InjectEntry>>,
+    inject: InjectEntry => Inject,
     /// Check the badblocks of a region or namespace.
-    pub expect_badblocks: Option<Spanned<BadblocksEntry>>,
+    expect_badblocks: BadblocksEntry => ExpectBadblocks,
     /// mmap a range of a devdax namespace in the agent, under a name.
-    pub map: Option<Spanned<MapEntry>>,
+    map: MapEntry => Map,
     /// munmap a named mapping.
-    pub unmap: Option<Spanned<String>>,
+    unmap: String => Unmap,
     /// Read every 4 KiB of a window of a mapping, counting minor faults.
-    pub touch: Option<Spanned<TouchEntry>>,
+    touch: TouchEntry => Touch,
     /// Read a line of a mapping in a tight loop while the lab injects a
     /// data-load machine check (SRAR) there.
-    pub consume: Option<Spanned<ConsumeEntry>>,
+    consume: ConsumeEntry => Consume,
     /// madvise(MADV_HWPOISON) a page of a mapping (software injection).
-    pub poison: Option<Spanned<ConsumeEntry>>,
+    poison: ConsumeEntry => Poison,
     /// Collect the SIGBUS signals the agent itself received (early kill).
-    pub signals: Option<Spanned<SignalsEntry>>,
+    signals: SignalsEntry => Signals,
     /// prctl(PR_MCE_KILL) for the agent: `early`, `late` or `default`.
-    pub mce_kill: Option<Spanned<String>>,
-    /// `ndctl inject-error` on a namespace (nfit_test buses).
-    pub inject_error: Option<Spanned<InjectErrorEntry>>,
+    mce_kill: MceKillPolicy => MceKill,
+    /// `ndctl inject-error` on a namespace.
+    inject_error: InjectErrorEntry => InjectError,
     /// `ndctl start-scrub` then `ndctl wait-scrub` on a bus.
-    pub scrub: Option<Spanned<String>>,
+    scrub: String => Scrub,
     /// `ndctl clear-errors` on a namespace.
-    pub clear: Option<Spanned<ClearEntry>>,
-    /// Run the step this many times (each must pass).
-    pub repeat: Option<Spanned<u32>>,
-    #[serde(default)]
-    pub expect: ExpectEntry,
+    clear: ClearEntry => Clear,
+}
+
+/// `mce_kill`'s policies (prctl PR_MCE_KILL): a closed vocabulary, so serde
+/// refuses anything else where it is written.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MceKillPolicy {
+    Early,
+    Late,
+    Default,
+}
+
+impl MceKillPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            MceKillPolicy::Early => "early",
+            MceKillPolicy::Late => "late",
+            MceKillPolicy::Default => "default",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,250 @@
+//! A corpus of malformed case files: each must be refused with the exact
+//! location and message, and none may panic.
+
+use pmem_lab_spec::case::load_dir;
+use std::path::Path;
+
+/// Write `text` as `<root>/t/case.yaml` and load the root; the first error.
+fn first_error(text: &str) -> String {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("t")).unwrap();
+    std::fs::write(root.path().join("t/case.yaml"), text).unwrap();
+    match std::panic::catch_unwind(|| load_dir(root.path())) {
+        Err(_) => "PANICKED".to_string(),
+        Ok(Err(e)) => format!("dir: {e}"),
+        Ok(Ok(loaded)) => match loaded.iter().find_map(|l| l.case.as_ref().err()) {
+            None => "accepted".to_string(),
+            Some(e) => format!("{}:{} {}", e[0].line, e[0].column, e[0].message),
+        },
+    }
+}
+
+/// (what, file text, expected first error as `line:col message-prefix`).
+const CORPUS: &[(&str, &str, &str)] = &[
+    ("empty file", "", "1:1 the file is empty: a case needs at least `steps:`"),
+    ("no steps", "description: x\n", "1:1 missing field `steps`"),
+    ("steps not a list", "steps: 3\n", "1:8 expected sequence start"),
+    ("empty step list", "steps: []\n", "1:8 a case needs at least one step"),
+    ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, matrix"),
+    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, stdin, env, timeout, repeat, expect"),
+    ("step without action", "steps:\n  - name: x\n", "2:5 this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, `inject_error`, `scrub`, `clear`"),
+    ("step with two actions", "steps:\n  - run: [true]\n    sh: true\n", "2:5 a step has one action, this one has run and sh"),
+    ("empty run", "steps:\n  - run: []\n", "2:10 run needs at least a program name"),
+    ("empty program name", "steps:\n  - run: [\"\"]\n", "2:11 the program name is empty"),
+    ("empty sh", "steps:\n  - sh: \"\"\n", "2:9 the script is empty"),
+    ("blank sh", "steps:\n  - sh: \"   \"\n", "2:9 the script is empty"),
+    ("exit 256", "steps:\n  - run: [true]\n    expect: {exit: 256}\n", "3:20 exit 256: an exit status is from 0 to 255 (a signal shows as 128 + its number)"),
+    ("exit -1", "steps:\n  - run: [true]\n    expect: {exit: -1}\n", "3:20 exit -1: an exit status is from 0 to 255 (a signal shows as 128 + its number)"),
+    ("exit word", "steps:\n  - run: [true]\n    expect: {exit: often}\n", "3:20 exit `often`: write a number, `nonzero` or `any`"),
+    ("zero timeout", "steps:\n  - run: [true]\n    timeout: 0s\n", "3:14 `0s` waits for nothing: write at least 1ms"),
+    ("huge timeout", "steps:\n  - run: [true]\n    timeout: 999999999999999999m\n", "3:14 `999999999999999999m` is longer than the limit of 60m"),
+    ("timeout over an hour", "steps:\n  - run: [true]\n    timeout: 61m\n", "3:14 `61m` is longer than the limit of 60m"),
+    ("timeout unit", "steps:\n  - run: [true]\n    timeout: 3h\n", "3:14 `3h`: unknown duration unit (use ms, s or m)"),
+    ("zero boot timeout", "machine:\n  boot_timeout: 0ms\nsteps:\n  - run: [true]\n", "2:17 `0ms` waits for nothing: write at least 1ms"),
+    ("zero signal wait", "steps:\n  - signals: {wait: 0s}\n", "2:21 `0s` waits for nothing: write at least 1ms"),
+    ("repeat zero", "steps:\n  - run: [true]\n    repeat: 0\n", "3:13 repeat is from 1 to 1000"),
+    ("repeat huge", "steps:\n  - run: [true]\n    repeat: 1000000000\n", "3:13 repeat is from 1 to 1000"),
+    ("repeat negative", "steps:\n  - run: [true]\n    repeat: -1\n", "3:13 expected a whole number (not negative, not a word)"),
+    ("cpus zero", "machine:\n  cpus: 0\nsteps:\n  - run: [true]\n", "2:9 cpus must be between 1 and 8"),
+    ("cpus word", "machine:\n  cpus: many\nsteps:\n  - run: [true]\n", "2:9 expected a whole number (not negative, not a word)"),
+    ("memory huge", "machine:\n  memory: 99999T\nsteps:\n  - run: [true]\n", "2:11 memory is from 256M to 16G and a multiple of 2M"),
+    ("memory overflow", "machine:\n  memory: 99999999999T\nsteps:\n  - run: [true]\n", "2:11 `99999999999T` overflows 64 bits"),
+    ("nvdimm huge", "machine:\n  nvdimms:\n    - size: 99999T\nsteps:\n  - run: [true]\n", "3:13 an NVDIMM is at most 256G (QEMU maps it into guest memory; the lab's backing file is sparse, the guest's page tables are not)"),
+    ("nvdimm negative", "machine:\n  nvdimms:\n    - size: -1\nsteps:\n  - run: [true]\n", "3:13 a size cannot be negative"),
+    ("size unit", "machine:\n  nvdimms:\n    - size: 1Q\nsteps:\n  - run: [true]\n", "3:13 `1Q`: unknown size unit `Q` (use K, M, G or T, binary)"),
+    ("namespace sizes overflow", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: a, mode: fsdax, size: 16777200T}\n    - {name: b, mode: fsdax, size: 16777200T}\nsteps:\n  - run: [true]\n", "6:36 NVDIMM 0 (1G, 128K label area) is too small: its namespaces need 16777200T, it has 1008M usable"),
+    ("latent error near 2^64", "machine:\n  nvdimms:\n    - size: 1G\n      errors: [{offset: 18446744073709551360}]\nsteps:\n  - run: [true]\n", "4:25 error at 18446744073709551360 + 512 bytes ends past the NVDIMM's 1022M region"),
+    ("map offset overflow", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - map: {name: m, namespace: d, offset: 18446744073707454464, length: 2M}\n", "8:72 17592186044414M+2M does not fit in namespace `d` (512M)"),
+    ("touch overflow", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - map: {name: m, namespace: d, length: 2M}\n  - touch: {map: m, offset: 4K, length: 18446744073709551615}\n", "9:41 touch window 0x1000+0xffffffffffffffff is outside mapping `m` (0x200000 bytes)"),
+    ("inject_error namespace only", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: p, mode: fsdax, size: 512M}\nsteps:\n  - inject_error: {namespace: p}\n", "8:19 inject_error needs `block` (a 512-byte block of the namespace data) or `file` (+ `offset`)"),
+    ("inject_error count zero", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: p, mode: fsdax, size: 512M}\nsteps:\n  - inject_error: {namespace: p, block: 8, count: 0}\n", "8:51 count must be at least 1"),
+    ("unknown namespace", "steps:\n  - clear: {namespace: nope}\n", "2:24 unknown namespace `nope` (setup defines: none)"),
+    ("placeholder in env", "steps:\n  - run: [env]\n    env: {X: \"${ns.nope.dev}\"}\n", "3:14 unknown namespace `nope` (setup defines: none)"),
+    ("unclosed placeholder", "steps:\n  - run: [echo, \"${ns.a\"]\n", "2:17 `${ns.a` is not closed with `}`"),
+    ("duplicate key", "steps:\n  - run: [true]\nsteps:\n  - run: [false]\n", "3:1 `steps` is given twice in this map"),
+    ("tab indentation", "steps:\n\t- run: [true]\n", "2:2 a tab in the indentation: YAML indents with spaces"),
+    ("tab before a later item", "description: x\nsteps:\n  - run: [true]\n\t- sh: x\n", "4:2 a tab in the indentation: YAML indents with spaces"),
+    ("unclosed flow list", "steps:\n  - run: [a, b\n", "2:10 unclosed bracket '['"),
+    ("bad sector entry", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - expect_badblocks: {region: 0, sectors: [{first: 1}]}\n", "5:45 a sector is a number or a map {sector: N, count: N}"),
+    ("bad regex", "steps:\n  - run: [true]\n    expect: {stdout: \"(\"}\n", "3:22 bad regex: regex parse error:"),
+    ("signal word", "steps:\n  - signals: {}\n    expect: {signal: sometimes}\n", "3:22 signal `sometimes`: write `none` or a map with name, code, offset, lsb"),
+    ("matrix scalar", "matrix: 5\nsteps:\n  - run: [echo, \"${matrix.x}\"]\n", "1:9 matrix is a map of lists (every combination) or a list of maps (one per cell)"),
+    ("matrix map of maps", "matrix:\n  x: {a: 1}\nsteps:\n  - run: [echo, \"${matrix.x}\"]\n", "2:3 matrix `x`: write a list of values, e.g. `x: [4K, 2M]`"),
+    ("placeholder without matrix", "steps:\n  - run: [echo, \"${matrix.x}\"]\n", "2:18 `${matrix.…}` is used but the file has no `matrix:`"),
+    ("matrix unknown key", "matrix:\n  x: [1, 2]\nsteps:\n  - run: [echo, \"${matrix.y}\"]\n", "4:18 `${matrix.y}`: the matrix has no `y` (it has: x)"),
+    ("matrix cell path", "matrix:\n  - {name: ../../etc, x: 1}\nsteps:\n  - run: [echo, \"${matrix.x}\"]\n", "2:3 matrix cell `../../etc`: a cell's name (its `name`, else key=value pairs) uses letters, digits and `._=,+-` only, without `..`, at most 100 characters: it names the cell's artifacts folder"),
+    ("matrix cell slash", "matrix:\n  x: [a/b]\nsteps:\n  - run: [echo, \"${matrix.x}\"]\n", "2:3 matrix cell `x=a/b`: a cell's name (its `name`, else key=value pairs) uses letters, digits and `._=,+-` only, without `..`, at most 100 characters: it names the cell's artifacts folder"),
+    ("matrix too large", "matrix:\n  a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n  b: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n  c: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nsteps:\n  - run: [echo, \"${matrix.a}\"]\n", "2:3 the matrix makes 1000 cells; the limit is 64 (each cell boots a VM)"),
+    ("matrix empty axis", "matrix:\n  a: []\nsteps:\n  - run: [echo, \"${matrix.a}\"]\n", "2:3 matrix key `a` has no values"),
+    ("alias bomb", "matrix:\n a: &a [x, x, x, x, x, x, x, x, x, x]\n b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\nsteps:\n  - run: [true]\n", "6:9 the file expands to too much data (YAML anchors and aliases, or nesting): a case file stays small"),
+    ("cpu out of range", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - map: {name: m, namespace: d, length: 2M}\n  - consume: {map: m, offset: 0, cpu: 4294967295}\n", "9:39 cpu 4294967295 does not exist: the machine has 1"),
+    ("mce_kill word", "steps:\n  - mce_kill: sometimes\n", "2:15 unknown variant `sometimes`, expected one of early, late, default"),
+    ("root_dsm word", "machine:\n  root_dsm: bios\nsteps:\n  - run: [true]\n", "2:13 root_dsm is `lab` or `qemu`, not `bios`"),
+    ("inject kind", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: boom, region: 0, offset: 0}\n", "5:20 unknown kind `boom`: use `scrub`"),
+];
+
+#[test]
+fn every_malformed_case_is_refused_at_its_place() {
+    let mut report = Vec::new();
+    for (what, text, want) in CORPUS {
+        let got = first_error(text);
+        if !got.starts_with(want) {
+            report.push(format!("{what}: want {want:?}\n    got  {got:?}"));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "{} of {}:\n{}",
+        report.len(),
+        CORPUS.len(),
+        report.join("\n")
+    );
+}
+
+/// Each file alone: checked in well under a second.
+#[test]
+fn every_malformed_case_is_checked_quickly() {
+    for (what, text, _) in CORPUS {
+        let start = std::time::Instant::now();
+        let _ = first_error(text);
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "{what}: {took:?}");
+    }
+}
+
+const GOOD: &str = "steps:\n  - run: [true]\n";
+
+fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = root.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    root
+}
+
+/// (id, message) of every failed file.
+fn problems(root: &Path) -> Vec<(String, String)> {
+    load_dir(root)
+        .unwrap()
+        .iter()
+        .filter_map(|l| Some((l.id.clone(), l.case.as_ref().err()?[0].message.clone())))
+        .collect()
+}
+
+#[test]
+fn an_empty_root_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let e = load_dir(root.path()).err().unwrap();
+    assert!(e.starts_with("no case files (*.yaml) under"), "{e}");
+    std::fs::write(root.path().join("notes.txt"), "x").unwrap();
+    assert!(load_dir(root.path()).is_err());
+}
+
+#[test]
+fn two_files_for_one_id_are_both_refused() {
+    let root = root_with(&[("a/x.yaml", GOOD), ("a/x.yml", GOOD), ("a/y.yaml", GOOD)]);
+    let p = problems(root.path());
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p
+        .iter()
+        .all(|(id, m)| id == "a/x" && m.starts_with("two case files make the id `a/x`")));
+}
+
+#[test]
+fn directory_symlinks_are_not_followed() {
+    let root = root_with(&[("a/x.yaml", GOOD)]);
+    // A loop back into the tree and a way out of it.
+    std::os::unix::fs::symlink(root.path(), root.path().join("a/loop")).unwrap();
+    std::os::unix::fs::symlink("/", root.path().join("out")).unwrap();
+    let loaded = load_dir(root.path()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert!(loaded[0].case.is_ok());
+}
+
+#[test]
+fn file_symlinks_must_stay_inside_and_be_regular() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("o.yaml"), GOOD).unwrap();
+    let root = root_with(&[("a/x.yaml", GOOD)]);
+    let link = |target: &Path, name: &str| {
+        std::os::unix::fs::symlink(target, root.path().join(name)).unwrap()
+    };
+    link(&root.path().join("a/x.yaml"), "inside.yaml");
+    link(&outside.path().join("o.yaml"), "escape.yaml");
+    link(Path::new("/dev/zero"), "zero.yaml");
+    link(Path::new("/nonexistent.yaml"), "broken.yaml");
+    let p = problems(root.path());
+    let msg = |id: &str| p.iter().find(|(i, _)| i == id).map(|(_, m)| m.clone());
+    assert_eq!(msg("inside"), None, "{p:?}");
+    assert!(
+        msg("escape")
+            .unwrap()
+            .starts_with("a symlink out of the cases root"),
+        "{p:?}"
+    );
+    assert!(
+        msg("zero")
+            .unwrap()
+            .starts_with("a symlink out of the cases root"),
+        "{p:?}"
+    );
+    assert!(
+        msg("broken").unwrap().starts_with("a broken symlink"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_fifo_is_refused_without_being_opened() {
+    let root = root_with(&[("a/x.yaml", GOOD)]);
+    let fifo = root.path().join("a/pipe.yaml");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !status.is_ok_and(|s| s.success()) {
+        return; // no mkfifo here: nothing to test
+    }
+    let p = problems(root.path());
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].1.starts_with("not a regular file"), "{p:?}");
+}
+
+#[test]
+fn a_huge_file_is_refused_unread() {
+    let big = format!("steps:\n  - run: [true]\n#{}\n", "x".repeat(300 * 1024));
+    let root = root_with(&[("a/big.yaml", &big)]);
+    let p = problems(root.path());
+    assert_eq!(p[0].1, "larger than 256 KiB: a case file stays small");
+}
+
+#[test]
+fn unsafe_names_are_refused() {
+    let root = root_with(&[
+        ("a b/x.yaml", GOOD),
+        (".hidden/y.yaml", GOOD),
+        ("ok/z.yaml", GOOD),
+    ]);
+    let p = problems(root.path());
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p.iter().any(|(_, m)| m.starts_with("`a b` in the case id")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|(_, m)| m.starts_with("`.hidden` in the case id")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn one_bad_file_does_not_hide_the_others() {
+    let root = root_with(&[
+        ("a/bad1.yaml", "steps: []\n"),
+        ("a/good.yaml", GOOD),
+        ("b/bad2.yaml", "steps:\n  - run: [true]\n    timeout: 0s\n"),
+    ]);
+    let p = problems(root.path());
+    let ids: Vec<&str> = p.iter().map(|(i, _)| i.as_str()).collect();
+    assert_eq!(ids, ["a/bad1", "b/bad2"]);
+}
