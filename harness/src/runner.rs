@@ -8,6 +8,7 @@
 
 use crate::badblocks;
 use crate::boot::{start_vm, Started};
+use crate::case::step::{BadblocksCheck, Command, InjectAt, LineSpec, MapSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::guest::Guest;
 use crate::inject;
@@ -174,7 +175,8 @@ impl CaseRun<'_> {
         // A namespace `clear-errors` said it cleared.
         let mut cleared: Option<String> = None;
         match &step.action {
-            Action::Run { argv, stdin, env } => {
+            Action::Run(Command { argv, stdin, env })
+            | Action::Sh(Command { argv, stdin, env }) => {
                 let expand = |s: &str| template::expand(s, |ns, f| self.layout.lookup(ns, f));
                 let req = RunRequest {
                     argv: argv
@@ -198,7 +200,7 @@ impl CaseRun<'_> {
                 let result = self.command(step, &where_, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
             }
-            Action::Ndctl(op) => {
+            Action::InjectError(op) | Action::Scrub(op) | Action::Clear(op) => {
                 if let NdctlOp::Scrub { bus } = op {
                     let start = RunRequest {
                         argv: vec!["ndctl".into(), "start-scrub".into(), bus.clone()],
@@ -238,7 +240,7 @@ impl CaseRun<'_> {
                     cleared = Some(namespace.clone());
                 }
             }
-            Action::Inject { kind, at, cpu } => {
+            Action::Inject(InjectAt { kind, at, cpu }) => {
                 let done = inject::inject(
                     self.guest,
                     &self.layout,
@@ -256,13 +258,13 @@ impl CaseRun<'_> {
                     done.describe()
                 ));
             }
-            Action::ExpectBadblocks { .. } => {}
-            Action::Map {
+            Action::ExpectBadblocks(_) => {}
+            Action::Map(MapSpec {
                 name,
                 namespace,
                 offset,
                 length,
-            } => {
+            }) => {
                 dax::map(
                     self.guest,
                     &self.layout,
@@ -274,16 +276,16 @@ impl CaseRun<'_> {
                 )
                 .map_err(|e| format!("{where_}: {e}"))?;
             }
-            Action::Unmap { name } => {
+            Action::Unmap(name) => {
                 dax::unmap(self.guest, &mut self.maps, name)
                     .map_err(|e| format!("{where_}: {e}"))?;
             }
-            Action::Touch {
+            Action::Touch(TouchSpec {
                 map,
                 offset,
                 length,
                 cpu,
-            } => {
+            }) => {
                 let (pages, faults) = dax::touch(self.guest, map, *offset, *length, *cpu)
                     .map_err(|e| format!("{where_}: {e}"))?;
                 self.log.line(format!(
@@ -296,7 +298,7 @@ impl CaseRun<'_> {
                     ));
                 }
             }
-            Action::Consume { map, offset, cpu } => {
+            Action::Consume(LineSpec { map, offset, cpu }) => {
                 let done = dax::consume(
                     self.guest,
                     &self.layout,
@@ -320,7 +322,7 @@ impl CaseRun<'_> {
                         .unwrap_or_default(),
                 );
             }
-            Action::Poison { map, offset, cpu } => {
+            Action::Poison(LineSpec { map, offset, cpu }) => {
                 let signal = dax::poison(self.guest, map, *offset, *cpu)
                     .map_err(|e| format!("{where_}: {e}"))?;
                 self.log.line(format!(
@@ -335,7 +337,7 @@ impl CaseRun<'_> {
                         .unwrap_or_default(),
                 );
             }
-            Action::Signals { wait } => {
+            Action::Signals(wait) => {
                 let got = dax::signals(self.guest, *wait).map_err(|e| format!("{where_}: {e}"))?;
                 self.log
                     .line(format!("--- step {} `{}`: {got:?}", step.number, step.name));
@@ -350,16 +352,16 @@ impl CaseRun<'_> {
                         .unwrap_or_default(),
                 );
             }
-            Action::MceKill { policy } => {
+            Action::MceKill(policy) => {
                 dax::mce_kill(self.guest, policy.name()).map_err(|e| format!("{where_}: {e}"))?;
             }
         }
         let snap = self.observe(&format!("step {}", step.number))?;
-        if let Action::ExpectBadblocks {
+        if let Action::ExpectBadblocks(BadblocksCheck {
             target,
             ranges,
             exact,
-        } = &step.action
+        }) = &step.action
         {
             let checked = checks::check_badblocks(&snap, &self.layout, target, ranges, *exact);
             self.log.line(format!(

@@ -3,16 +3,14 @@
 //! are reported at once, before any VM boots.
 
 use super::matrix;
-use super::model::{self, ActionEntry, CaseFile, ExitEntry, NamespaceMode, Patterns};
+use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
+use super::step::{Scope, StepEntry};
 use super::{
-    Action, Case, CaseError, NamespaceSpec, NdctlOp, Step, DEFAULT_BOOT_TIMEOUT,
-    DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
+    Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
 };
-use crate::address::{self, Base, Target};
-use crate::badblocks::{self, Range, SECTOR};
+use crate::address::Target;
 use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
 use crate::machine::{DsmFault, LatentError, MachineSpec, NvdimmSpec, RootDsm};
-use crate::mce;
 use crate::size::{ByteSize, GIB, KIB, MIB};
 use crate::template::{self, NsField};
 use serde_saphyr::{Location, Spanned};
@@ -383,16 +381,18 @@ fn plain_words(message: &str) -> String {
     message.to_string()
 }
 
-struct Checker<'a> {
+/// The checks of one file: every problem found, and the state that checks
+/// of later steps depend on. Step kinds add their checks in `step/`.
+pub(crate) struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<CaseError>,
     /// Mappings alive at the step being checked: name -> length.
-    maps: std::collections::BTreeMap<String, u64>,
+    pub(crate) maps: std::collections::BTreeMap<String, u64>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, at: &Location, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, at: &Location, message: impl Into<String>) {
         let (line, column) = (at.line() as u32, at.column() as u32);
         let snippet = snippet(self.text, line, column);
         self.errors.push(CaseError {
@@ -822,40 +822,39 @@ impl Checker<'_> {
     fn step(
         &mut self,
         number: usize,
-        entry: &Spanned<model::StepEntry>,
+        entry: &Spanned<StepEntry>,
         machine: &MachineSpec,
         namespaces: &[NamespaceSpec],
     ) -> Option<Step> {
         let s = &entry.value;
         let at = entry.referenced;
-        let actions = s.actions();
-        let [(key, kind)] = actions[..] else {
-            let msg = if actions.is_empty() {
+        let keys = s.action_keys();
+        let [key] = keys[..] else {
+            let msg = if keys.is_empty() {
                 format!(
                     "this step has no action: add one of {}",
-                    model::StepEntry::KINDS
+                    StepEntry::KINDS
                         .iter()
                         .map(|k| format!("`{k}`"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
             } else {
-                let keys: Vec<&str> = actions.iter().map(|(k, _)| *k).collect();
                 format!("a step has one action, this one has {}", keys.join(" and "))
             };
             self.error(&at, msg);
             return None;
         };
-        let (name, action) = self.action(s, kind, machine, namespaces)?;
+        let scope = Scope {
+            machine,
+            namespaces,
+            step: s,
+        };
+        let (name, action) = s.check_action(self, &scope)?;
         if !action.runs_command() {
             self.refuse_command_fields(s, key, &at);
         }
-        if let Some(f) = s
-            .expect
-            .faults
-            .as_ref()
-            .filter(|_| !matches!(action, Action::Touch { .. }))
-        {
+        if let Some(f) = s.expect.faults.as_ref().filter(|_| !action.counts_faults()) {
             self.error(&f.referenced, "`expect.faults` applies to `touch` steps");
         }
         if let Some(f) = s
@@ -889,172 +888,6 @@ impl Checker<'_> {
             faults: s.expect.faults.as_ref().map(|f| f.value),
             signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
             repeat,
-        })
-    }
-
-    /// A step's action, checked: one arm per step kind, and the compiler
-    /// makes sure there is one.
-    fn action(
-        &mut self,
-        s: &model::StepEntry,
-        kind: ActionEntry<'_>,
-        machine: &MachineSpec,
-        namespaces: &[NamespaceSpec],
-    ) -> Option<(String, Action)> {
-        match kind {
-            ActionEntry::Run(run) => {
-                match run.value.first() {
-                    None => self.error(&run.referenced, "run needs at least a program name"),
-                    Some(p) if p.value.trim().is_empty() => {
-                        self.error(&p.referenced, "the program name is empty")
-                    }
-                    Some(_) => {}
-                }
-                for arg in &run.value {
-                    self.check_placeholders(&arg.value, &arg.referenced, namespaces);
-                }
-                let argv: Vec<String> = run.value.iter().map(|a| a.value.clone()).collect();
-                Some((argv.join(" "), self.run_action(s, argv, namespaces)))
-            }
-            ActionEntry::Sh(sh) => {
-                if sh.value.trim().is_empty() {
-                    self.error(&sh.referenced, "the script is empty");
-                }
-                self.check_placeholders(&sh.value, &sh.referenced, namespaces);
-                let argv = vec!["sh".to_string(), "-c".to_string(), sh.value.clone()];
-                Some((sh.value.clone(), self.run_action(s, argv, namespaces)))
-            }
-            ActionEntry::Inject(inject) => {
-                let action = self.inject(&inject.value, machine, namespaces)?;
-                Some((format!("inject {}", inject.value.kind.value), action))
-            }
-            ActionEntry::ExpectBadblocks(b) => {
-                let action = self.expect_badblocks(b, machine, namespaces)?;
-                Some(("expect_badblocks".to_string(), action))
-            }
-            ActionEntry::Map(m) => self.map(m, namespaces),
-            ActionEntry::Unmap(u) => {
-                if self.maps.remove(&u.value).is_none() {
-                    self.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
-                }
-                Some((
-                    format!("unmap {}", u.value),
-                    Action::Unmap {
-                        name: u.value.clone(),
-                    },
-                ))
-            }
-            ActionEntry::Touch(t) => self.touch(t, machine),
-            ActionEntry::Consume(c) => self.read_line(c, true, machine),
-            ActionEntry::Poison(c) => self.read_line(c, false, machine),
-            ActionEntry::Signals(sig) => {
-                let wait = sig
-                    .value
-                    .wait
-                    .map(|t| t.0)
-                    .unwrap_or(std::time::Duration::from_secs(2));
-                Some(("signals".to_string(), Action::Signals { wait }))
-            }
-            ActionEntry::MceKill(policy) => Some((
-                format!("mce_kill {}", policy.value.name()),
-                Action::MceKill {
-                    policy: policy.value,
-                },
-            )),
-            ActionEntry::InjectError(e) => {
-                let op = self.inject_error(e, namespaces)?;
-                self.ndctl(op)
-            }
-            ActionEntry::Scrub(bus) => {
-                if !["ACPI.NFIT", "nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
-                    self.error(
-                        &bus.referenced,
-                        format!("bus `{}`: ACPI.NFIT, nfit_test.0 or nfit_test.1", bus.value),
-                    );
-                }
-                self.ndctl(NdctlOp::Scrub {
-                    bus: bus.value.clone(),
-                })
-            }
-            ActionEntry::Clear(c) => {
-                self.namespace(
-                    &c.value.namespace.value,
-                    &c.value.namespace.referenced,
-                    namespaces,
-                );
-                self.ndctl(NdctlOp::Clear {
-                    namespace: c.value.namespace.value.clone(),
-                    scrub: c.value.scrub,
-                })
-            }
-        }
-    }
-
-    /// An ndctl step, named by its command line.
-    fn ndctl(&mut self, op: NdctlOp) -> Option<(String, Action)> {
-        let argv = op.argv(|ns| format!("<{ns}>"));
-        Some((argv.join(" "), Action::Ndctl(op)))
-    }
-
-    /// `ndctl inject-error` with checked arguments.
-    fn inject_error(
-        &mut self,
-        e: &Spanned<model::InjectErrorEntry>,
-        namespaces: &[NamespaceSpec],
-    ) -> Option<NdctlOp> {
-        let namespace = e.value.namespace.value.clone();
-        self.namespace(&namespace, &e.value.namespace.referenced, namespaces);
-        if e.value.status {
-            if let Some(b) = &e.value.block {
-                self.error(
-                    &b.referenced,
-                    "`status: true` lists injected errors: no `block`",
-                );
-            }
-            return Some(NdctlOp::InjectStatus { namespace });
-        }
-        let (block, file) = match (&e.value.block, &e.value.file) {
-            (Some(b), None) => (b.value, None),
-            (None, Some(f)) => (
-                0,
-                Some((f.value.clone(), bytes(&e.value.offset).unwrap_or(0))),
-            ),
-            _ => {
-                self.error(
-                    &e.referenced,
-                    "inject_error needs `block` (a 512-byte block of the namespace data) or `file` (+ `offset`)",
-                );
-                return None;
-            }
-        };
-        if let (Some(o), None) = (&e.value.offset, &e.value.file) {
-            self.error(&o.referenced, "`offset` goes with `file`");
-        }
-        let count = match &e.value.count {
-            Some(c) if c.value == 0 => {
-                self.error(&c.referenced, "count must be at least 1");
-                1
-            }
-            Some(c) if block.checked_add(c.value).is_none() => {
-                self.error(&c.referenced, "block + count overflows 64 bits");
-                1
-            }
-            Some(c) => c.value,
-            None => 1,
-        };
-        if let Some(n) = e.value.notify.as_ref().filter(|_| e.value.uninject) {
-            self.error(
-                &n.referenced,
-                "`notify` goes with an injection, not `uninject`",
-            );
-        }
-        Some(NdctlOp::InjectError {
-            namespace,
-            block,
-            count,
-            uninject: e.value.uninject,
-            notify: e.value.notify.as_ref().is_none_or(|n| n.value),
-            file,
         })
     }
 
@@ -1099,141 +932,7 @@ impl Checker<'_> {
         }
     }
 
-    /// `map`: a window of a devdax namespace, whole pages of its align.
-    fn map(
-        &mut self,
-        m: &Spanned<model::MapEntry>,
-        namespaces: &[NamespaceSpec],
-    ) -> Option<(String, Action)> {
-        let name = m.value.name.value.clone();
-        let ns = self.namespace(
-            &m.value.namespace.value,
-            &m.value.namespace.referenced,
-            namespaces,
-        )?;
-        if ns.mode != NamespaceMode::Devdax {
-            self.error(
-                &m.value.namespace.referenced,
-                format!(
-                    "namespace `{}` is {}: `map` maps device-dax",
-                    ns.name,
-                    ns.mode.ndctl_name()
-                ),
-            );
-        }
-        let align = ns.align.unwrap_or(ByteSize(2 * MIB));
-        let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
-        let length = m.value.length.value;
-        for (what, v, at) in [
-            (
-                "offset",
-                offset,
-                m.value
-                    .offset
-                    .as_ref()
-                    .map(|o| o.referenced)
-                    .unwrap_or(m.referenced),
-            ),
-            ("length", length, m.value.length.referenced),
-        ] {
-            if !v.is_multiple_of(align) {
-                self.error(&at, format!("{what} {v} is not a multiple of the device's align {align}: device-dax maps whole pages of its size"));
-            }
-        }
-        let end = offset.bytes().checked_add(length.bytes());
-        if length.bytes() == 0 || end.is_none_or(|end| end > ns.size.bytes()) {
-            self.error(
-                &m.value.length.referenced,
-                format!(
-                    "{offset}+{length} does not fit in namespace `{}` ({})",
-                    ns.name, ns.size
-                ),
-            );
-        }
-        if self.maps.insert(name.clone(), length.bytes()).is_some() {
-            self.error(
-                &m.value.name.referenced,
-                format!("mapping `{name}` already exists: unmap it first"),
-            );
-        }
-        let action = Action::Map {
-            name: name.clone(),
-            namespace: ns.name.clone(),
-            offset: offset.bytes(),
-            length: length.bytes(),
-        };
-        Some((format!("map {name}"), action))
-    }
-
-    /// `touch`: a window inside a live mapping.
-    fn touch(
-        &mut self,
-        t: &Spanned<model::TouchEntry>,
-        machine: &MachineSpec,
-    ) -> Option<(String, Action)> {
-        let len = self.map_len(&t.value.map)?;
-        let offset = bytes(&t.value.offset).unwrap_or(0);
-        let length = bytes(&t.value.length).unwrap_or(len.saturating_sub(offset));
-        let at = t
-            .value
-            .length
-            .as_ref()
-            .map(|l| l.referenced)
-            .unwrap_or(t.referenced);
-        if offset.checked_add(length).is_none_or(|end| end > len) || length == 0 {
-            self.error(
-                &at,
-                format!(
-                    "touch window {offset:#x}+{length:#x} is outside mapping `{}` ({len:#x} bytes)",
-                    t.value.map.value
-                ),
-            );
-        }
-        let cpu = self.cpu(&t.value.cpu, machine);
-        let action = Action::Touch {
-            map: t.value.map.value.clone(),
-            offset,
-            length,
-            cpu: t.value.cpu.as_ref().map(|_| cpu),
-        };
-        Some((format!("touch {}", t.value.map.value), action))
-    }
-
-    /// `consume` (a machine check at a line the reader loads) or `poison`
-    /// (MADV_HWPOISON of the page): a place inside a live mapping.
-    fn read_line(
-        &mut self,
-        c: &Spanned<model::ConsumeEntry>,
-        consume: bool,
-        machine: &MachineSpec,
-    ) -> Option<(String, Action)> {
-        let len = self.map_len(&c.value.map)?;
-        let offset = c.value.offset.value.bytes();
-        if offset >= len {
-            self.error(
-                &c.value.offset.referenced,
-                format!(
-                    "offset {offset:#x} is outside mapping `{}` ({len:#x} bytes)",
-                    c.value.map.value
-                ),
-            );
-        }
-        if consume && !offset.is_multiple_of(mce::GRANULE) {
-            self.error(&c.value.offset.referenced, format!("offset {offset:#x} is not a multiple of {}: a machine check names a whole cache line", mce::GRANULE));
-        }
-        let cpu = self.cpu(&c.value.cpu, machine);
-        let map = c.value.map.value.clone();
-        Some(if consume {
-            (
-                format!("consume {map}"),
-                Action::Consume { map, offset, cpu },
-            )
-        } else {
-            (format!("poison {map}"), Action::Poison { map, offset, cpu })
-        })
-    }
-
-    fn map_len(&mut self, map: &Spanned<String>) -> Option<u64> {
+    pub(crate) fn map_len(&mut self, map: &Spanned<String>) -> Option<u64> {
         let len = self.maps.get(&map.value).copied();
         if len.is_none() {
             let live: Vec<&str> = self.maps.keys().map(String::as_str).collect();
@@ -1255,7 +954,7 @@ impl Checker<'_> {
 
     /// The setup namespace a step names, or an error at `at` listing the
     /// names setup defines.
-    fn namespace<'n>(
+    pub(crate) fn namespace<'n>(
         &mut self,
         name: &str,
         at: &Location,
@@ -1277,7 +976,7 @@ impl Checker<'_> {
         found
     }
 
-    fn cpu(&mut self, cpu: &Option<Spanned<u32>>, machine: &MachineSpec) -> u32 {
+    pub(crate) fn cpu(&mut self, cpu: &Option<Spanned<u32>>, machine: &MachineSpec) -> u32 {
         let Some(c) = cpu else { return 0 };
         if c.value >= machine.cpus {
             self.error(
@@ -1291,34 +990,9 @@ impl Checker<'_> {
         c.value
     }
 
-    fn run_action(
-        &mut self,
-        s: &model::StepEntry,
-        argv: Vec<String>,
-        namespaces: &[NamespaceSpec],
-    ) -> Action {
-        if let Some(stdin) = &s.stdin {
-            self.check_placeholders(&stdin.value, &stdin.referenced, namespaces);
-        }
-        // Values may hold placeholders too (the runner expands them); names
-        // are the program's environment names and stay literal.
-        for value in s.env.values() {
-            self.check_placeholders(&value.value, &value.referenced, namespaces);
-        }
-        Action::Run {
-            argv,
-            stdin: s.stdin.as_ref().map(|x| x.value.clone()),
-            env: s
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-        }
-    }
-
     /// `stdin`, `env` and the result expectations only make sense for a
     /// command; elsewhere they would silently check nothing.
-    fn refuse_command_fields(&mut self, s: &model::StepEntry, action: &str, at: &Location) {
+    fn refuse_command_fields(&mut self, s: &StepEntry, action: &str, at: &Location) {
         let e = &s.expect;
         let spans = [
             s.stdin.as_ref().map(|x| x.referenced),
@@ -1340,7 +1014,7 @@ impl Checker<'_> {
     }
 
     /// The target of an inject or expect_badblocks: a namespace or a region.
-    fn target(
+    pub(crate) fn target(
         &mut self,
         at: &Location,
         namespace: &Option<Spanned<String>>,
@@ -1377,137 +1051,12 @@ impl Checker<'_> {
         }
     }
 
-    fn inject(
+    pub(crate) fn check_placeholders(
         &mut self,
-        e: &model::InjectEntry,
-        machine: &MachineSpec,
+        text: &str,
+        at: &Location,
         namespaces: &[NamespaceSpec],
-    ) -> Option<Action> {
-        let kind = match mce::Kind::from_name(&e.kind.value) {
-            Some(mce::Kind::Load) => {
-                self.error(
-                    &e.kind.referenced,
-                    "kind `load` (SRAR) must hit a task that is reading the line: a `consume` step injects it; \
-                     on an idle CPU it panics the guest",
-                );
-                None
-            }
-            Some(k) => Some(k),
-            None => {
-                self.error(
-                    &e.kind.referenced,
-                    format!("unknown kind `{}`: use `scrub`", e.kind.value),
-                );
-                None
-            }
-        };
-        let target = self.target(
-            &e.kind.referenced,
-            &e.namespace,
-            &e.region,
-            machine,
-            namespaces,
-        );
-        let base = match e.from.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
-            None | Some(("data", _)) => Base::Data,
-            Some(("start", at)) => {
-                if e.namespace.is_none() {
-                    self.error(&at, "`from: start` applies to a namespace");
-                }
-                Base::Start
-            }
-            Some((other, at)) => {
-                self.error(&at, format!("from `{other}`: use `data` or `start`"));
-                Base::Data
-            }
-        };
-        let offset = e.offset.value.bytes();
-        if !offset.is_multiple_of(mce::GRANULE) {
-            self.error(
-                &e.offset.referenced,
-                format!(
-                    "offset {:#x} is not a multiple of {} bytes: a machine check names a whole cache line",
-                    offset,
-                    mce::GRANULE
-                ),
-            );
-        }
-        // The exact bound (the data size) is only known in the VM; what the
-        // raw sizes already rule out is an error now.
-        let limit = match &target {
-            Some(Target::Namespace(n)) => namespaces
-                .iter()
-                .find(|x| &x.name == n)
-                .map(|x| x.size.bytes()),
-            Some(Target::Region(i)) => machine.nvdimms.get(*i).map(|nv| nv.region_size()),
-            None => None,
-        };
-        if let Some(limit) = limit {
-            if offset >= limit {
-                self.error(
-                    &e.offset.referenced,
-                    format!(
-                        "offset {} is beyond the target's {} bytes",
-                        e.offset.value,
-                        ByteSize(limit)
-                    ),
-                );
-            }
-        }
-        let cpu = self.cpu(&e.cpu, machine);
-        Some(Action::Inject {
-            kind: kind?,
-            at: address::Location {
-                target: target?,
-                offset,
-                base,
-            },
-            cpu,
-        })
-    }
-
-    fn expect_badblocks(
-        &mut self,
-        b: &Spanned<model::BadblocksEntry>,
-        machine: &MachineSpec,
-        namespaces: &[NamespaceSpec],
-    ) -> Option<Action> {
-        let e = &b.value;
-        let target = self.target(&b.referenced, &e.namespace, &e.region, machine, namespaces);
-        let exact = match e.r#match.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
-            None | Some(("exact", _)) => true,
-            Some(("contains", _)) => false,
-            Some((other, at)) => {
-                self.error(&at, format!("match `{other}`: use `exact` or `contains`"));
-                true
-            }
-        };
-        let mut ranges: Vec<Range> = e
-            .sectors
-            .iter()
-            .map(|s| match s {
-                model::SectorEntry::One(n) => Range {
-                    sector: *n,
-                    count: 1,
-                },
-                model::SectorEntry::Range { sector, count } => Range {
-                    sector: *sector,
-                    count: *count,
-                },
-            })
-            .collect();
-        ranges.extend(e.offsets.iter().map(|o| Range {
-            sector: o.bytes() / SECTOR,
-            count: 1,
-        }));
-        Some(Action::ExpectBadblocks {
-            target: target?,
-            ranges: badblocks::normalize(ranges),
-            exact,
-        })
-    }
-
-    fn check_placeholders(&mut self, text: &str, at: &Location, namespaces: &[NamespaceSpec]) {
+    ) {
         let found = match template::placeholders(text) {
             Ok(p) => p,
             Err(e) => return self.error(at, e),
@@ -1571,7 +1120,7 @@ impl Checker<'_> {
 }
 
 /// An optional size field in bytes.
-fn bytes(size: &Option<Spanned<ByteSize>>) -> Option<u64> {
+pub(crate) fn bytes(size: &Option<Spanned<ByteSize>>) -> Option<u64> {
     size.as_ref().map(|s| s.value.bytes())
 }
 
@@ -1662,7 +1211,7 @@ steps:
         assert_eq!(c.steps[1].timeout, std::time::Duration::from_secs(90));
         assert_eq!(c.steps[1].expect.exit, ExitExpect::NonZero);
         assert_eq!(c.steps[1].expect.stderr.len(), 2);
-        let Action::Run { argv, .. } = &c.steps[1].action else {
+        let Action::Sh(crate::case::step::Command { argv, .. }) = &c.steps[1].action else {
             panic!("a run step")
         };
         assert_eq!(argv[..2], ["sh", "-c"]);
