@@ -94,6 +94,25 @@ impl Guest {
         }
     }
 
+    /// Create or replace a regular file (see [`Op::PutFile`]).
+    pub fn put_file(
+        &mut self,
+        path: &str,
+        contents: Vec<u8>,
+        executable: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let op = Op::PutFile {
+            path: path.to_string(),
+            contents,
+            executable,
+        };
+        match self.vm.request(op, timeout).map_err(|e| e.to_string())? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other).to_string()),
+        }
+    }
+
     /// Kernel log records after sequence number `after`.
     pub fn kmsg(&mut self, after: Option<u64>) -> Result<Vec<KmsgRecord>, VmError> {
         match self.vm.request(Op::Kmsg { after }, HOUSEKEEPING_TIMEOUT)? {

@@ -8,7 +8,7 @@
 
 use crate::badblocks;
 use crate::boot::{start_vm, Started};
-use crate::case::step::{BadblocksCheck, Command, InjectAt, LineSpec, MapSpec, TouchSpec};
+use crate::case::step::{BadblocksCheck, Command, InjectAt, LineSpec, MapSpec, PutSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::guest::Guest;
 use crate::inject;
@@ -351,6 +351,24 @@ impl CaseRun<'_> {
                         .map(|e| e.check(&got, base))
                         .unwrap_or_default(),
                 );
+            }
+            Action::Put(PutSpec {
+                source,
+                to,
+                executable,
+            }) => {
+                let contents =
+                    fs::read(source).map_err(|e| format!("{where_}: {}: {e}", source.display()))?;
+                let bytes = contents.len();
+                self.guest
+                    .put_file(to, contents, *executable, step.timeout)
+                    .map_err(|e| format!("{where_}: {e}"))?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {} ({bytes} bytes) -> {to}",
+                    step.number,
+                    step.name,
+                    source.display()
+                ));
             }
             Action::MceKill(policy) => {
                 dax::mce_kill(self.guest, policy.name()).map_err(|e| format!("{where_}: {e}"))?;

@@ -26,7 +26,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("steps not a list", "steps: 3\n", "1:8 expected sequence start"),
     ("empty step list", "steps: []\n", "1:8 a case needs at least one step"),
     ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, matrix"),
-    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, stdin, env, timeout, repeat, expect"),
+    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, stdin, env, timeout, repeat, expect"),
     ("step without action", "steps:\n  - name: x\n", "2:5 this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, `inject_error`, `scrub`, `clear`"),
     ("step with two actions", "steps:\n  - run: [true]\n    sh: true\n", "2:5 a step has one action, this one has run and sh"),
     ("empty run", "steps:\n  - run: []\n", "2:10 run needs at least a program name"),
@@ -81,6 +81,12 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("mce_kill word", "steps:\n  - mce_kill: sometimes\n", "2:15 unknown variant `sometimes`, expected one of early, late, default"),
     ("root_dsm word", "machine:\n  root_dsm: bios\nsteps:\n  - run: [true]\n", "2:13 root_dsm is `lab` or `qemu`, not `bios`"),
     ("inject kind", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: boom, region: 0, offset: 0}\n", "5:20 unknown kind `boom`: use `scrub`"),
+    ("put out of the folder", "steps:\n  - put: {from: ../x, to: /tmp/x}\n", "2:17 `../x`: `from` is a path relative to the case file's folder, without `..`"),
+    ("put absolute source", "steps:\n  - put: {from: /etc/passwd, to: /tmp/x}\n", "2:17 `/etc/passwd`: `from` is a path relative to the case file's folder, without `..`"),
+    ("put missing source", "steps:\n  - put: {from: nope.sh, to: /tmp/x}\n", "2:17 `nope.sh`: No such file or directory (os error 2)"),
+    ("put relative target", "steps:\n  - put: {from: case.yaml, to: tmp/x}\n", "2:32 `to` is an absolute guest file path without `..`, e.g. /tmp/repro"),
+    ("put into sysfs", "steps:\n  - put: {from: case.yaml, to: /sys/x}\n", "2:32 `to` is a regular file: not under /proc, /sys or /dev"),
+    ("put a folder", "steps:\n  - put: {from: ., to: /tmp/x}\n", "2:17 `.` is not a regular file"),
 ];
 
 #[test]

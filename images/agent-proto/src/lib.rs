@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bump on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Name of the virtio-serial port (`virtserialport,name=...`). The agent finds
 /// its device by this name under /sys/class/virtio-ports.
@@ -53,6 +53,14 @@ pub enum Op {
     WriteFile {
         path: String,
         contents: String,
+    },
+    /// Create (or replace) a regular file with `contents`, its folders as
+    /// needed: a program or script a case brings into the guest.
+    PutFile {
+        path: String,
+        contents: Vec<u8>,
+        /// Mode 0755 instead of 0644.
+        executable: bool,
     },
     /// mmap `length` bytes of a device-dax character device at `offset`
     /// (MAP_SHARED, read/write) and keep the mapping as `name`.

@@ -109,6 +109,14 @@ fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
                 .map_err(|e| format!("write {path}: {e}"))?;
             Reply::Done
         }
+        Op::PutFile {
+            path,
+            contents,
+            executable,
+        } => {
+            put_file(&path, &contents, executable).map_err(|e| format!("put {path}: {e}"))?;
+            Reply::Done
+        }
         Op::Kmsg { after } => Reply::Kmsg {
             records: kmsg(after)?,
         },
@@ -368,4 +376,19 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String
         }
         String::from_utf8_lossy(&buf).into_owned()
     })
+}
+
+/// Write a whole file: into a temporary name beside it, then renamed, so a
+/// program never runs a half-written copy.
+fn put_file(path: &str, contents: &[u8], executable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("pmem-lab-part");
+    std::fs::write(&tmp, contents)?;
+    let mode = if executable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
 }

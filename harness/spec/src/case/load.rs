@@ -392,6 +392,11 @@ pub(crate) struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// The folder of the case file: files a case brings are found there.
+    pub(crate) fn case_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     pub(crate) fn error(&mut self, at: &Location, message: impl Into<String>) {
         let (line, column) = (at.line() as u32, at.column() as u32);
         let snippet = snippet(self.text, line, column);

@@ -16,6 +16,7 @@ mod consume;
 mod inject;
 mod map;
 mod ndctl;
+mod put;
 mod signals;
 mod touch;
 
@@ -25,6 +26,7 @@ pub use consume::LineSpec;
 pub use inject::InjectAt;
 pub use map::MapSpec;
 pub use ndctl::NdctlOp;
+pub use put::PutSpec;
 pub use signals::MceKillPolicy;
 pub use touch::TouchSpec;
 
@@ -211,6 +213,8 @@ step_kinds! {
     scrub => ndctl::Scrub,
     /// `ndctl clear-errors` on a namespace.
     clear => ndctl::Clear,
+    /// Copy a file the case brings into the guest.
+    put => put::Put,
 }
 
 #[cfg(test)]

@@ -1,0 +1,135 @@
+//! `put`: a file the case brings (a reproducer, a script, a static program)
+//! copied into the guest before later steps run it.
+
+use super::{Check, Checker, Kind, Scope};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use std::path::{Component, Path, PathBuf};
+
+/// The largest file a case may bring: it crosses the agent's JSON channel.
+pub const MAX_PUT_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutEntry {
+    /// A file beside the case: relative to the case file's folder, inside it.
+    pub from: Spanned<String>,
+    /// Where it goes in the guest: an absolute path.
+    pub to: Spanned<String>,
+    /// Mode 0755 instead of 0644.
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// A host file to copy into the guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutSpec {
+    /// Resolved when the case was loaded; inside the case's folder.
+    pub source: PathBuf,
+    pub to: String,
+    pub executable: bool,
+}
+
+pub struct Put;
+
+impl Kind for Put {
+    type Entry = PutEntry;
+    type Checked = PutSpec;
+    const REFERENCE: &'static str = r#"
+### `put`
+
+```yaml
+- put: {from: files/badblocks-report.sh, to: /tmp/report, executable: true}
+- run: [/tmp/report, "${ns.fs.blockdev}"]
+```
+
+| field | default | meaning |
+|---|---|---|
+| `from` | required | a file beside the case, relative to the case file's folder; it must stay inside that folder (no `..`, no absolute path, no symlink out) and be a regular file of at most 4 MiB |
+| `to` | required | the guest path, absolute; folders are created |
+| `executable` | false | mode 0755 instead of 0644 |
+
+Copies the user's own reproducer, script or static program into the guest
+(written to a temporary name and renamed, so nothing runs a half-written
+copy). The file is checked when the case is loaded and read when the step
+runs. Files that are not `*.yaml` are not cases, so a case's files can live
+in a folder beside it (`cases/guest/files/`).
+"#;
+}
+
+impl Check for Put {
+    fn check(
+        ck: &mut Checker<'_>,
+        _scope: &Scope<'_>,
+        p: &Spanned<PutEntry>,
+    ) -> Option<(String, PutSpec)> {
+        let e = &p.value;
+        let source = source(ck.case_dir(), &e.from.value);
+        if let Err(why) = &source {
+            ck.error(&e.from.referenced, why.clone());
+        }
+        let to = Path::new(&e.to.value);
+        if !to.is_absolute()
+            || to.components().any(|c| matches!(c, Component::ParentDir))
+            || e.to.value.ends_with('/')
+        {
+            ck.error(
+                &e.to.referenced,
+                "`to` is an absolute guest file path without `..`, e.g. /tmp/repro",
+            );
+        } else if ["/proc", "/sys", "/dev"].iter().any(|d| to.starts_with(d)) {
+            ck.error(
+                &e.to.referenced,
+                "`to` is a regular file: not under /proc, /sys or /dev",
+            );
+        }
+        Some((
+            format!("put {}", e.to.value),
+            PutSpec {
+                source: source.ok()?,
+                to: e.to.value.clone(),
+                executable: e.executable,
+            },
+        ))
+    }
+}
+
+/// `from` resolved in `dir` (the case file's folder), or why not.
+fn source(dir: &Path, from: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(from);
+    if from.is_empty()
+        || rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "`{from}`: `from` is a path relative to the case file's folder, without `..`"
+        ));
+    }
+    let real_dir = dir
+        .canonicalize()
+        .map_err(|e| format!("the case's folder {}: {e}", dir.display()))?;
+    let path = dir.join(rel);
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("`{from}`: {e} (looked for {})", path.display()))?;
+    if !real.starts_with(&real_dir) {
+        return Err(format!(
+            "`{from}` leads out of the case's folder (to {})",
+            real.display()
+        ));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| format!("`{from}`: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("`{from}` is not a regular file"));
+    }
+    if meta.len() > MAX_PUT_BYTES {
+        return Err(format!(
+            "`{from}` has {} bytes; a case brings at most {} MiB",
+            meta.len(),
+            MAX_PUT_BYTES >> 20
+        ));
+    }
+    Ok(real)
+}
