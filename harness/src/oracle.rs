@@ -24,6 +24,7 @@ use crate::setup::Layout;
 use pmem_lab_proto::KmsgRecord;
 use regex::Regex;
 use serde_json::{json, Value};
+use std::fmt;
 
 /// Kernel log text that means something went wrong in the kernel itself.
 const KERNEL_TROUBLE: [&str; 9] = [
@@ -201,16 +202,72 @@ pub fn expected_namespace_view(
 }
 
 /// Every broken rule, one message each, with both sides.
-pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<String> {
+/// An invariant the error state broke.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Violation {
+    /// A region's sysfs and ndctl badblocks differ.
+    RegionViews {
+        region: String,
+        sysfs: Vec<Range>,
+        ndctl: Vec<Range>,
+    },
+    /// ndctl's namespace badblocks are not the region's, shifted.
+    NamespaceNdctl {
+        dev: String,
+        name: String,
+        ndctl: Vec<Range>,
+        region: String,
+        region_sysfs: Vec<Range>,
+        want: Vec<Range>,
+    },
+    /// The block device's badblocks are not the region's, shifted.
+    NamespaceBlock {
+        dev: String,
+        name: String,
+        sysfs: Vec<Range>,
+        want: Vec<Range>,
+    },
+    /// A kernel log line that means trouble (the rendered record).
+    KernelLog(String),
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = badblocks::show;
+        match self {
+            Violation::RegionViews { region, sysfs, ndctl } => write!(
+                f,
+                "{region}: sysfs badblocks {} but ndctl list --media-errors {}",
+                show(sysfs),
+                show(ndctl)
+            ),
+            Violation::NamespaceNdctl { dev, name, ndctl, region, region_sysfs, want } => write!(
+                f,
+                "{dev} (`{name}`): ndctl lists badblocks {} but its region {region} has {} there, which is {} from the data start",
+                show(ndctl),
+                show(region_sysfs),
+                show(want)
+            ),
+            Violation::NamespaceBlock { dev, name, sysfs, want } => write!(
+                f,
+                "{dev} (`{name}`): block device badblocks {} but its region's view gives {}",
+                show(sysfs),
+                show(want)
+            ),
+            Violation::KernelLog(line) => write!(f, "kernel log: {line}"),
+        }
+    }
+}
+
+pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<Violation> {
     let mut out = Vec::new();
     for r in &snap.regions {
         if r.sysfs != r.ndctl {
-            out.push(format!(
-                "{}: sysfs badblocks {} but ndctl list --media-errors {}",
-                r.dev,
-                badblocks::show(&r.sysfs),
-                badblocks::show(&r.ndctl)
-            ));
+            out.push(Violation::RegionViews {
+                region: r.dev.clone(),
+                sysfs: r.sysfs.clone(),
+                ndctl: r.ndctl.clone(),
+            });
         }
     }
     for n in &snap.namespaces {
@@ -219,32 +276,30 @@ pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<
         };
         let region = &snap.regions[geometry.namespace(&n.name).map(|g| g.region).unwrap_or(0)];
         if n.ndctl != want {
-            out.push(format!(
-                "{} (`{}`): ndctl lists badblocks {} but its region {} has {} there, which is {} from the data start",
-                n.dev,
-                n.name,
-                badblocks::show(&n.ndctl),
-                region.dev,
-                badblocks::show(&region.sysfs),
-                badblocks::show(&want)
-            ));
+            out.push(Violation::NamespaceNdctl {
+                dev: n.dev.clone(),
+                name: n.name.clone(),
+                ndctl: n.ndctl.clone(),
+                region: region.dev.clone(),
+                region_sysfs: region.sysfs.clone(),
+                want: want.clone(),
+            });
         }
         if let Some(sysfs) = &n.sysfs {
             if *sysfs != want {
-                out.push(format!(
-                    "{} (`{}`): block device badblocks {} but its region's view gives {}",
-                    n.dev,
-                    n.name,
-                    badblocks::show(sysfs),
-                    badblocks::show(&want)
-                ));
+                out.push(Violation::NamespaceBlock {
+                    dev: n.dev.clone(),
+                    name: n.name.clone(),
+                    sysfs: sysfs.clone(),
+                    want: want.clone(),
+                });
             }
         }
     }
     out.extend(
         kernel_trouble(&snap.kmsg, allow)
             .into_iter()
-            .map(|l| format!("kernel log: {l}")),
+            .map(Violation::KernelLog),
     );
     out
 }
@@ -346,7 +401,10 @@ mod tests {
     fn clear_reported_but_badblocks_remaining_is_caught() {
         // The namespace claims clean while the region still has the error.
         let snap = snapshot(vec![r(4104, 1)], vec![], vec![]);
-        let v = violations(&geometry(), &snap, &[]);
+        let v: Vec<String> = violations(&geometry(), &snap, &[])
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(
             v[0].contains("ndctl lists badblocks [] but its region region0 has [4104]"),
@@ -369,7 +427,10 @@ mod tests {
     fn sysfs_and_ndctl_must_agree_on_regions() {
         let mut snap = snapshot(vec![], vec![], vec![]);
         snap.regions[0].ndctl = vec![r(1, 1)];
-        let v = violations(&geometry(), &snap, &[]);
+        let v: Vec<String> = violations(&geometry(), &snap, &[])
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         assert_eq!(
             v,
             ["region0: sysfs badblocks [] but ndctl list --media-errors [1]"]
@@ -393,7 +454,10 @@ mod tests {
                 text: "WARNING: CPU: 0 PID: 1 at drivers/acpi/nfit/core.c:3000".into(),
             },
         ];
-        let v = violations(&geometry(), &snap, &[]);
+        let v: Vec<String> = violations(&geometry(), &snap, &[])
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
         assert_eq!(v.len(), 1);
         assert!(
             v[0].starts_with("kernel log: [    0.000002] WARNING: CPU: 0"),

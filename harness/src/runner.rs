@@ -128,7 +128,11 @@ impl CaseRun<'_> {
         if !broken.is_empty() {
             return Err(format!(
                 "after boot and setup, the oracle found:\n  - {}",
-                broken.join("\n  - ")
+                broken
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  - ")
             ));
         }
         for step in &self.case.steps {
@@ -404,17 +408,15 @@ impl CaseRun<'_> {
                 problems.push(format!("the kernel logged {l:?}, which matches /{re}/"));
             }
         }
-        problems.extend(
-            oracle::violations(&self.layout.geometry, &snap, &case.allow_dmesg)
-                .into_iter()
-                .map(|v| format!("oracle: {v}")),
-        );
+        let broken = oracle::violations(&self.layout.geometry, &snap, &case.allow_dmesg);
+        let kernel_trouble = broken
+            .iter()
+            .any(|v| matches!(v, oracle::Violation::KernelLog(_)));
+        problems.extend(broken.iter().map(|v| format!("oracle: {v}")));
         if problems.is_empty() {
             return Ok(());
         }
-        if !(step.dmesg.is_empty() && step.dmesg_not.is_empty())
-            || problems.iter().any(|p| p.starts_with("oracle: kernel log"))
-        {
+        if !(step.dmesg.is_empty() && step.dmesg_not.is_empty()) || kernel_trouble {
             let lines: Vec<String> = snap.kmsg.iter().map(|r| r.render()).collect();
             details.push_str(&show("kernel log during the step", &lines.join("\n")));
         }
