@@ -64,8 +64,9 @@ pub enum Target {
     Region(usize),
 }
 
-/// Where a namespace offset counts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a namespace offset counts from (`from:` in a case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Base {
     /// Offset 0 is the first byte of data (what mmap of the dax device or a
     /// read of the block device at 0 reaches). The default.

@@ -4,6 +4,7 @@
 //! (harness/src/machine.rs).
 
 use crate::size::{ByteSize, GIB};
+use serde::Deserialize;
 
 /// The clear-error unit the lab's ACPI table reports (`clear_err_unit`),
 /// and the granularity of its error list.
@@ -27,18 +28,15 @@ pub struct MachineSpec {
 
 /// A firmware bug the lab's root _DSM can be told to have, to see what the
 /// kernel makes of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DsmFault {
     /// ARS status: `out_length` one record short of `num_records`.
     TruncatedArsStatus,
 }
 
-impl DsmFault {
-    pub const ALL: [(&'static str, DsmFault); 1] =
-        [("truncated-ars-status", DsmFault::TruncatedArsStatus)];
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RootDsm {
     /// The lab's ACPI table: ARS, error injection, clear-error.
     Lab,

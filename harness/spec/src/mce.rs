@@ -74,7 +74,8 @@ pub const GRANULE: u64 = 1 << misc::ADDR_LSB_CACHELINE;
 
 /// The kinds of error the lab emulates, named by what happens on real
 /// hardware.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The patrol scrubber found an uncorrectable error in memory nobody is
     /// reading: SRAO (software recoverable, action optional). Linux logs it,
@@ -88,14 +89,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn from_name(name: &str) -> Option<Kind> {
-        match name {
-            "scrub" => Some(Kind::Scrub),
-            "load" => Some(Kind::Load),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Kind::Scrub => "scrub",
@@ -201,8 +194,9 @@ mod tests {
     #[test]
     fn kinds_round_trip_by_name() {
         for k in [Kind::Scrub, Kind::Load] {
-            assert_eq!(Kind::from_name(k.name()), Some(k));
+            let parsed: Kind = serde_saphyr::from_str(k.name()).unwrap();
+            assert_eq!(parsed, k);
         }
-        assert_eq!(Kind::from_name("srao"), None);
+        assert!(serde_saphyr::from_str::<Kind>("srao").is_err());
     }
 }

@@ -21,3 +21,26 @@ impl NamespaceMode {
         }
     }
 }
+
+/// An NVDIMM bus a case names: QEMU's NVDIMMs (the ACPI NFIT bus) or one of
+/// nfit_test's two.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum Bus {
+    #[serde(rename = "ACPI.NFIT")]
+    AcpiNfit,
+    #[serde(rename = "nfit_test.0")]
+    NfitTest0,
+    #[serde(rename = "nfit_test.1")]
+    NfitTest1,
+}
+
+impl Bus {
+    /// The provider name ndctl takes (`ndctl start-scrub ACPI.NFIT`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bus::AcpiNfit => "ACPI.NFIT",
+            Bus::NfitTest0 => "nfit_test.0",
+            Bus::NfitTest1 => "nfit_test.1",
+        }
+    }
+}

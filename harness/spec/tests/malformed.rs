@@ -79,14 +79,21 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("alias bomb", "matrix:\n a: &a [x, x, x, x, x, x, x, x, x, x]\n b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\nsteps:\n  - run: [true]\n", "6:9 the file expands to too much data (YAML anchors and aliases, or nesting): a case file stays small"),
     ("cpu out of range", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - map: {name: m, namespace: d, length: 2M}\n  - consume: {map: m, offset: 0, cpu: 4294967295}\n", "9:39 cpu 4294967295 does not exist: the machine has 1"),
     ("mce_kill word", "steps:\n  - mce_kill: sometimes\n", "2:15 unknown variant `sometimes`, expected one of early, late, default"),
-    ("root_dsm word", "machine:\n  root_dsm: bios\nsteps:\n  - run: [true]\n", "2:13 root_dsm is `lab` or `qemu`, not `bios`"),
-    ("inject kind", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: boom, region: 0, offset: 0}\n", "5:20 unknown kind `boom`: use `scrub`"),
+    ("root_dsm word", "machine:\n  root_dsm: bios\nsteps:\n  - run: [true]\n", "2:13 unknown variant `bios`, expected one of lab, qemu"),
+    ("inject kind", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: boom, region: 0, offset: 0}\n", "5:20 unknown variant `boom`, expected one of scrub, load"),
     ("put out of the folder", "steps:\n  - put: {from: ../x, to: /tmp/x}\n", "2:17 `../x`: `from` is a path relative to the case file's folder, without `..`"),
     ("put absolute source", "steps:\n  - put: {from: /etc/passwd, to: /tmp/x}\n", "2:17 `/etc/passwd`: `from` is a path relative to the case file's folder, without `..`"),
     ("put missing source", "steps:\n  - put: {from: nope.sh, to: /tmp/x}\n", "2:17 `nope.sh`: No such file or directory (os error 2)"),
     ("put relative target", "steps:\n  - put: {from: case.yaml, to: tmp/x}\n", "2:32 `to` is an absolute guest file path without `..`, e.g. /tmp/repro"),
     ("put into sysfs", "steps:\n  - put: {from: case.yaml, to: /sys/x}\n", "2:32 `to` is a regular file: not under /proc, /sys or /dev"),
     ("put a folder", "steps:\n  - put: {from: ., to: /tmp/x}\n", "2:17 `.` is not a regular file"),
+    ("scrub bus word", "steps:\n  - scrub: ACPI\n", "2:12 unknown variant `ACPI`, expected one of ACPI.NFIT, nfit_test.0, nfit_test.1"),
+    ("match word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - expect_badblocks: {region: 0, match: some}\n", "5:42 unknown variant `some`, expected one of exact, contains"),
+    ("from word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: scrub, region: 0, offset: 0, from: end}\n", "5:55 unknown variant `end`, expected one of data, start"),
+    ("namespace on ACPI.NFIT bus", "machine:\n  nfit_test: true\nsetup:\n  namespaces:\n    - {name: a, bus: ACPI.NFIT, mode: raw}\nsteps:\n  - run: [true]\n", "5:22 QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1)"),
+    ("fault word", "machine:\n  root_dsm_faults: [flaky]\nsteps:\n  - run: [true]\n", "2:21 unknown variant `flaky`, expected one of truncated-ars-status"),
+    ("signal code word", "steps:\n  - signals: {}\n    expect: {signal: {code: BUS_OOPS}}\n", "3:29 unknown variant `BUS_OOPS`, expected one of BUS_ADRALN, BUS_ADRERR, BUS_OBJERR, BUS_MCEERR_AR, BUS_MCEERR_AO"),
+    ("signal name word", "steps:\n  - signals: {}\n    expect: {signal: {name: SIGSEGV}}\n", "3:29 unknown variant `SIGSEGV`, expected one of SIGBUS"),
 ];
 
 #[test]

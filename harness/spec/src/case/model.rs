@@ -7,6 +7,8 @@
 //! [`super::Case`] that the runner uses.
 
 pub use super::step::StepEntry;
+use crate::machine::{DsmFault, RootDsm};
+pub use crate::namespace::Bus;
 pub use crate::namespace::NamespaceMode;
 use crate::size::{ByteSize, Timeout};
 use serde::Deserialize;
@@ -49,11 +51,11 @@ pub struct MachineSection {
     /// Who answers the NVDIMM root device's _DSM: `lab` (default: the lab's
     /// ACPI table, with ARS, error injection and clear-error) or `qemu`
     /// (QEMU's own table, which implements none of them).
-    pub root_dsm: Option<Spanned<String>>,
+    pub root_dsm: Option<Spanned<RootDsm>>,
     /// Firmware bugs for the lab's root _DSM to have (see
     /// [`crate::machine::DsmFault`]): `truncated-ars-status`.
     #[serde(default)]
-    pub root_dsm_faults: Vec<Spanned<String>>,
+    pub root_dsm_faults: Vec<Spanned<DsmFault>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,7 +96,7 @@ pub struct NamespaceEntry {
     pub nvdimm: Option<Spanned<usize>>,
     /// An nfit_test bus (`nfit_test.0`, `nfit_test.1`) instead of QEMU's
     /// NVDIMMs; needs `machine.nfit_test`.
-    pub bus: Option<Spanned<String>>,
+    pub bus: Option<Spanned<Bus>>,
     /// With `bus`: which of its pmem regions, by address order (default 0).
     pub region: Option<Spanned<usize>>,
     pub mode: NamespaceMode,
@@ -126,33 +128,121 @@ pub struct ExpectEntry {
     pub signal: Option<Spanned<SignalExpectEntry>>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+/// `expect.signal`: `none`, or what the signal must be.
+#[derive(Debug, Clone)]
 pub enum SignalExpectEntry {
-    /// `none`
-    Word(String),
+    None,
     Some(SignalFields),
+}
+
+impl<'de> Deserialize<'de> for SignalExpectEntry {
+    /// By hand rather than `untagged`: an unknown `code` inside the map then
+    /// keeps its own message and place.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SignalExpectEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`none` or a map with name, code, offset, lsb")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "none" => Ok(SignalExpectEntry::None),
+                    other => Err(E::custom(format!(
+                        "signal `{other}`: write `none` or a map with name, code, offset, lsb"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                SignalFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(SignalExpectEntry::Some)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SignalFields {
     /// Default SIGBUS.
-    pub name: Option<String>,
+    pub name: Option<SignalName>,
     /// e.g. BUS_MCEERR_AR.
-    pub code: Option<String>,
+    pub code: Option<SignalCode>,
     /// si_addr as an offset into the mapping.
     pub offset: Option<ByteSize>,
     /// si_addr_lsb.
     pub lsb: Option<u16>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+/// The signals the lab reports.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum SignalName {
+    #[serde(rename = "SIGBUS")]
+    Sigbus,
+}
+
+/// SIGBUS's si_code values (include/uapi/asm-generic/siginfo.h).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SignalCode {
+    BusAdraln,
+    BusAdrerr,
+    BusObjerr,
+    BusMceerrAr,
+    BusMceerrAo,
+}
+
+impl SignalCode {
+    /// The name the agent reports, e.g. `BUS_MCEERR_AR`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalCode::BusAdraln => "BUS_ADRALN",
+            SignalCode::BusAdrerr => "BUS_ADRERR",
+            SignalCode::BusObjerr => "BUS_OBJERR",
+            SignalCode::BusMceerrAr => "BUS_MCEERR_AR",
+            SignalCode::BusMceerrAo => "BUS_MCEERR_AO",
+        }
+    }
+}
+
+/// `expect.exit`: a status, or a word.
+#[derive(Debug, Clone)]
 pub enum ExitEntry {
-    Code(i32),
-    /// `any` or `nonzero`.
-    Word(String),
+    Code(i64),
+    NonZero,
+    Any,
+}
+
+impl<'de> Deserialize<'de> for ExitEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ExitEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an exit status, `nonzero` or `any`")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(ExitEntry::Code(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(ExitEntry::Code(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "nonzero" => Ok(ExitEntry::NonZero),
+                    "any" => Ok(ExitEntry::Any),
+                    other => Err(E::custom(format!(
+                        "exit `{other}`: write a number, `nonzero` or `any`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -20,7 +20,7 @@ pub struct BadblocksEntry {
     #[serde(default)]
     pub offsets: Vec<ByteSize>,
     /// `exact` (default) or `contains`.
-    pub r#match: Option<Spanned<String>>,
+    pub r#match: Option<Spanned<MatchMode>>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -28,6 +28,16 @@ pub struct BadblocksEntry {
 pub enum SectorEntry {
     One(u64),
     Range { sector: u64, count: u64 },
+}
+
+/// `match:` of expect_badblocks.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    /// The lists must be equal (the default).
+    Exact,
+    /// The target must list at least these.
+    Contains,
 }
 
 /// The expected badblocks of a target.
@@ -86,14 +96,10 @@ impl Check for ExpectBadblocks {
             scope.machine,
             scope.namespaces,
         );
-        let exact = match e.r#match.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
-            None | Some(("exact", _)) => true,
-            Some(("contains", _)) => false,
-            Some((other, at)) => {
-                ck.error(&at, format!("match `{other}`: use `exact` or `contains`"));
-                true
-            }
-        };
+        let exact = e
+            .r#match
+            .as_ref()
+            .is_none_or(|m| m.value == MatchMode::Exact);
         let mut ranges: Vec<Range> = e
             .sectors
             .iter()

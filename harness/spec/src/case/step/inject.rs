@@ -13,14 +13,14 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct InjectEntry {
     /// `scrub` (SRAO) for now; `load` (SRAR) needs a reader: see `consume`.
-    pub kind: Spanned<String>,
+    pub kind: Spanned<mce::Kind>,
     pub namespace: Option<Spanned<String>>,
     /// A QEMU NVDIMM index: the location is in that NVDIMM's region.
     pub region: Option<Spanned<usize>>,
     pub offset: Spanned<ByteSize>,
     /// `data` (default): offset 0 is the first byte of the namespace's data;
     /// `start`: its first byte, metadata included.
-    pub from: Option<Spanned<String>>,
+    pub from: Option<Spanned<Base>>,
     /// vCPU that takes the machine check (default 0).
     pub cpu: Option<Spanned<u32>>,
 }
@@ -86,8 +86,8 @@ impl Check for Inject {
         entry: &Spanned<InjectEntry>,
     ) -> Option<(String, InjectAt)> {
         let e = &entry.value;
-        let kind = match mce::Kind::from_name(&e.kind.value) {
-            Some(mce::Kind::Load) => {
+        let kind = match e.kind.value {
+            mce::Kind::Load => {
                 ck.error(
                     &e.kind.referenced,
                     "kind `load` (SRAR) must hit a task that is reading the line: a `consume` step injects it; \
@@ -95,14 +95,7 @@ impl Check for Inject {
                 );
                 None
             }
-            Some(k) => Some(k),
-            None => {
-                ck.error(
-                    &e.kind.referenced,
-                    format!("unknown kind `{}`: use `scrub`", e.kind.value),
-                );
-                None
-            }
+            k @ mce::Kind::Scrub => Some(k),
         };
         let target = ck.target(
             &e.kind.referenced,
@@ -111,17 +104,13 @@ impl Check for Inject {
             scope.machine,
             scope.namespaces,
         );
-        let base = match e.from.as_ref().map(|f| (f.value.as_str(), f.referenced)) {
-            None | Some(("data", _)) => Base::Data,
-            Some(("start", at)) => {
-                if e.namespace.is_none() {
-                    ck.error(&at, "`from: start` applies to a namespace");
+        let base = match &e.from {
+            None => Base::Data,
+            Some(f) => {
+                if f.value == Base::Start && e.namespace.is_none() {
+                    ck.error(&f.referenced, "`from: start` applies to a namespace");
                 }
-                Base::Start
-            }
-            Some((other, at)) => {
-                ck.error(&at, format!("from `{other}`: use `data` or `start`"));
-                Base::Data
+                f.value
             }
         };
         let offset = e.offset.value.bytes();
@@ -160,7 +149,7 @@ impl Check for Inject {
         }
         let cpu = ck.cpu(&e.cpu, scope.machine);
         Some((
-            format!("inject {}", e.kind.value),
+            format!("inject {}", e.kind.value.name()),
             InjectAt {
                 kind: kind?,
                 at: Location {

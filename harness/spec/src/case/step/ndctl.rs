@@ -2,6 +2,7 @@
 //! ndctl; their results are checked like `run`'s.
 
 use super::{Check, Checker, Kind, Scope};
+use crate::namespace::Bus;
 use crate::size::ByteSize;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -227,7 +228,7 @@ impl Check for InjectError {
 }
 
 impl Kind for Scrub {
-    type Entry = String;
+    type Entry = Bus;
     type Checked = NdctlOp;
     const RUNS_COMMAND: bool = true;
     const REFERENCE: &'static str = r#"
@@ -246,18 +247,12 @@ lists must be back to `idle`.
 
 impl Check for Scrub {
     fn check(
-        ck: &mut Checker<'_>,
+        _ck: &mut Checker<'_>,
         _scope: &Scope<'_>,
-        bus: &Spanned<String>,
+        bus: &Spanned<Bus>,
     ) -> Option<(String, NdctlOp)> {
-        if !["ACPI.NFIT", "nfit_test.0", "nfit_test.1"].contains(&bus.value.as_str()) {
-            ck.error(
-                &bus.referenced,
-                format!("bus `{}`: ACPI.NFIT, nfit_test.0 or nfit_test.1", bus.value),
-            );
-        }
         Some(named(NdctlOp::Scrub {
-            bus: bus.value.clone(),
+            bus: bus.value.name().to_string(),
         }))
     }
 }
