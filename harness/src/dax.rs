@@ -166,7 +166,7 @@ pub fn consume(
         .vm
         .wait_for("the reader to start", deadline, |e| match e {
             Event::Agent(GuestMessage::Status { id: i, state, pc })
-                if *i == id && state == "reading" =>
+                if *i == id && *state == pmem_lab_proto::Progress::Reading =>
             {
                 Some(Ok(pc.unwrap_or(0)))
             }

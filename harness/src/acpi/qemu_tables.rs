@@ -12,7 +12,7 @@
 
 use super::table::{self, Spa};
 use crate::guest::Guest;
-use crate::machine::MachineSpec;
+use crate::machine::{self, MachineSpec, VmFiles};
 use pmem_lab_env::qemu::Qemu;
 
 use crate::lab_env::LabEnv;
@@ -55,7 +55,7 @@ pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTa
     }
     let mut t = probe(shape, env, probe_dir)
         .map_err(|e| format!("reading QEMU's ACPI tables for this machine: {e}"))?;
-    publish(&dir, shape, &env.qemu, &t)?;
+    publish(&dir, shape, env, &t)?;
     t.cached_in = dir;
     Ok(t)
 }
@@ -66,16 +66,32 @@ fn key_lock(key: &str) -> Arc<Mutex<()>> {
     Arc::clone(map.entry(key.to_string()).or_default())
 }
 
+/// The cache key: QEMU's identity and the command line the shape gives
+/// (with fixed file names), which is exactly what decides QEMU's tables.
 fn key(shape: &MachineSpec, env: &LabEnv) -> String {
     let mut h = Sha256::new();
     h.update(qemu_identity(&env.qemu).as_bytes());
-    h.update(env.accel.name().as_bytes());
-    h.update(format!("{shape:?}").as_bytes());
+    for arg in shape_args(shape, env) {
+        h.update(arg.as_encoded_bytes());
+        h.update([0]);
+    }
     h.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// QEMU's arguments for `shape` with placeholder file names: the same for
+/// every VM of the shape.
+fn shape_args(shape: &MachineSpec, env: &LabEnv) -> Vec<std::ffi::OsString> {
+    let files = VmFiles::in_dir(
+        Path::new("/vm"),
+        Path::new("/kernel"),
+        Path::new("/initrd"),
+        shape.nvdimms.len(),
+    );
+    machine::qemu_args(shape, env.accel, &files)
 }
 
 /// QEMU's version line plus the size and mtime of its binary and BIOS.
@@ -114,7 +130,7 @@ fn load(dir: &Path) -> Result<QemuTables, String> {
     })
 }
 
-fn publish(dir: &Path, shape: &MachineSpec, qemu: &Qemu, t: &QemuTables) -> Result<(), String> {
+fn publish(dir: &Path, shape: &MachineSpec, env: &LabEnv, t: &QemuTables) -> Result<(), String> {
     let parent = dir.parent().expect("cache/acpi/key");
     fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let tmp = tempfile::tempdir_in(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
@@ -126,7 +142,16 @@ fn publish(dir: &Path, shape: &MachineSpec, qemu: &Qemu, t: &QemuTables) -> Resu
     write(NFIT_FILE, &t.nfit)?;
     write(
         "machine.txt",
-        format!("{shape:#?}\n{}\n", qemu_identity(qemu)).as_bytes(),
+        format!(
+            "{}\n{}\n",
+            shape_args(shape, env)
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            qemu_identity(&env.qemu)
+        )
+        .as_bytes(),
     )?;
     let staged = tmp.keep();
     if fs::rename(&staged, dir).is_err() {

@@ -201,12 +201,20 @@ pub enum GuestMessage {
     /// Progress of a request still running (e.g. `reading` for `consume`).
     Status {
         id: u64,
-        state: String,
+        state: Progress,
         /// For `reading`: the address of the reader's loop, so the lab can
         /// check that the CPU is executing it before it injects.
         #[serde(default)]
         pc: Option<u64>,
     },
+}
+
+/// What a long request reports while it runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// `consume`: the reader is looping over the line; `pc` says where.
+    Reading,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -150,7 +150,7 @@ fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
             let action = dax::child_action_read(&name, offset)?;
             let status = GuestMessage::Status {
                 id,
-                state: "reading".into(),
+                state: pmem_lab_proto::Progress::Reading,
                 pc: Some(dax::spin_pc()),
             };
             let (signal, took) =
