@@ -53,3 +53,48 @@ pub fn reproducer(case: &Case, env: &LabEnv) -> String {
         vars = env_vars.join(" \\\n"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Accel;
+    use pmem_lab_env::qemu::Qemu;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_reproducer_replays_exactly_this_case_with_the_same_parts() {
+        let case = crate::case::load_str(
+            "devdax/s3-consume[2M]",
+            Path::new("/w/cases/devdax/s3-consume.yaml"),
+            "steps:\n  - run: [true]\n",
+        )
+        .unwrap();
+        let env = LabEnv {
+            kernel: PathBuf::from("/cache/kernel/k1/bzImage"),
+            initrd: PathBuf::from("/cache/it's/initrd.cpio.gz"),
+            kernel_config: Some(PathBuf::from("/cache/kernel/k1/config")),
+            accel: Accel::Tcg,
+            artifacts: PathBuf::from("/w/target/pmem-lab/artifacts"),
+            keep_passed: false,
+            reporter: None,
+            cases_root: Some(PathBuf::from("/w/cases")),
+            cache: PathBuf::from("/cache"),
+            qemu: Qemu::at(PathBuf::from("/usr/bin/qemu-system-x86_64")),
+        };
+        let script = reproducer(&case, &env);
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+        for line in [
+            "PMEM_LAB_KERNEL='/cache/kernel/k1/bzImage'",
+            r"PMEM_LAB_INITRD='/cache/it'\''s/initrd.cpio.gz'",
+            "PMEM_LAB_ACCEL=tcg",
+            "PMEM_LAB_QEMU='/usr/bin/qemu-system-x86_64'",
+            "PMEM_LAB_ARTIFACTS='/w/target/pmem-lab/artifacts/devdax/s3-consume[2M]/replay'",
+            "PMEM_LAB_KEEP=1",
+            "PMEM_LAB_CASES='/w/cases'",
+            "PMEM_LAB_KERNEL_CONFIG='/cache/kernel/k1/config'",
+            "--exact 'devdax/s3-consume[2M]'",
+        ] {
+            assert!(script.contains(line), "{line} not in:\n{script}");
+        }
+    }
+}

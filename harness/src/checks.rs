@@ -118,3 +118,93 @@ pub fn check_badblocks(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::fixtures::{geometry, r, snapshot};
+    use crate::setup::NamespaceInfo;
+
+    fn layout() -> Layout {
+        let mut l = Layout {
+            regions: vec!["region0".into()],
+            geometry: geometry(),
+            ..Layout::default()
+        };
+        l.namespaces.insert(
+            "fs".into(),
+            NamespaceInfo {
+                dev: "namespace0.0".into(),
+                region: "region0".into(),
+                chardev: None,
+                blockdev: Some("pmem0".into()),
+            },
+        );
+        l
+    }
+
+    #[test]
+    fn a_scrub_must_end_idle_on_every_bus() {
+        assert!(scrub_not_idle(
+            "ACPI.NFIT",
+            r#"{"provider":"ACPI.NFIT","scrub_state":"idle"}"#
+        )
+        .is_empty());
+        assert_eq!(
+            scrub_not_idle(
+                "ACPI.NFIT",
+                r#"[{"scrub_state":"idle"},{"scrub_state":"active"}]"#
+            ),
+            [r#"ACPI.NFIT: wait-scrub returned with scrub_state "active""#]
+        );
+        assert_eq!(
+            scrub_not_idle("nfit_test.0", ""),
+            ["nfit_test.0: wait-scrub listed no bus"]
+        );
+        assert!(scrub_not_idle("x", "garbage")[0].starts_with("x: wait-scrub output: not JSON"));
+    }
+
+    #[test]
+    fn a_successful_clear_must_leave_nothing_in_any_view() {
+        // Data starts 2 MiB (sector 4096) into the region.
+        assert!(
+            still_bad_after_clear(&snapshot(vec![], vec![], vec![]), &layout(), "fs").is_empty()
+        );
+        let left = still_bad_after_clear(
+            &snapshot(vec![r(4104, 1)], vec![r(8, 1)], vec![r(8, 1)]),
+            &layout(),
+            "fs",
+        );
+        assert_eq!(
+            left,
+            [
+                "clear-errors succeeded on namespace0.0 (`fs`) but its region still lists [8] in the namespace's data",
+                "clear-errors succeeded on namespace0.0 but ndctl still lists [8]",
+                "clear-errors succeeded on namespace0.0 but its block device still lists [8]",
+            ]
+        );
+        // A badblock outside the namespace's data is not the clear's business.
+        assert!(
+            still_bad_after_clear(&snapshot(vec![r(10, 1)], vec![], vec![]), &layout(), "fs")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn expected_badblocks_are_checked_in_every_view() {
+        let snap = snapshot(vec![r(4104, 2)], vec![r(8, 2)], vec![r(8, 1)]);
+        let ns = Target::Namespace("fs".into());
+        let e = check_badblocks(&snap, &layout(), &ns, &[r(8, 2)], true).unwrap_err();
+        assert_eq!(
+            e,
+            "namespace0.0 (`fs`): expected badblocks [8+2] (exactly), but block device badblocks has [8]"
+        );
+        assert!(check_badblocks(&snap, &layout(), &ns, &[r(8, 1)], false).is_ok());
+        let region = Target::Region(0);
+        assert!(check_badblocks(&snap, &layout(), &region, &[r(4104, 2)], true).is_ok());
+        assert_eq!(
+            check_badblocks(&snap, &layout(), &Target::Region(3), &[], true).unwrap_err(),
+            "no region for NVDIMM 3"
+        );
+    }
+}

@@ -328,18 +328,20 @@ pub fn kernel_trouble(records: &[KmsgRecord], allow: &[Regex]) -> Vec<String> {
         .collect()
 }
 
+/// A one-region machine with an fsdax namespace whose data starts 2 MiB
+/// in, and snapshots of it: for the oracle's tests and the checks'.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::address::{NamespaceGeometry, RegionGeometry};
     use crate::case::NamespaceMode;
     use crate::size::MIB;
 
-    fn r(sector: u64, count: u64) -> Range {
+    pub fn r(sector: u64, count: u64) -> Range {
         Range { sector, count }
     }
 
-    fn geometry() -> Geometry {
+    pub fn geometry() -> Geometry {
         let start = 0x1_0000_0000;
         Geometry {
             regions: vec![RegionGeometry {
@@ -359,7 +361,7 @@ mod tests {
         }
     }
 
-    fn snapshot(region: Vec<Range>, ns_ndctl: Vec<Range>, ns_sysfs: Vec<Range>) -> Snapshot {
+    pub fn snapshot(region: Vec<Range>, ns_ndctl: Vec<Range>, ns_sysfs: Vec<Range>) -> Snapshot {
         Snapshot {
             regions: vec![RegionState {
                 dev: "region0".into(),
@@ -376,6 +378,12 @@ mod tests {
             ndctl_json: Value::Null,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{geometry, r, snapshot};
+    use super::*;
 
     #[test]
     fn regions_are_found_however_ndctl_nests_them() {

@@ -38,6 +38,8 @@ pub struct CaseRecord {
     pub duration: Duration,
     /// QEMU start to agent ready.
     pub boot: Option<Duration>,
+    /// Preparing the lab's ACPI tables, when the machine has them.
+    pub acpi_tables: Option<Duration>,
 }
 
 /// Where reports go and what has been recorded so far.
@@ -96,7 +98,9 @@ impl Reporter {
         self.event(json!({
             "type": "case", "case": record.id, "status": record.outcome.name(),
             "duration_ms": record.duration.as_millis() as u64,
-            "boot_ms": record.boot.map(|b| b.as_millis() as u64), "message": message,
+            "boot_ms": record.boot.map(|b| b.as_millis() as u64),
+            "acpi_tables_ms": record.acpi_tables.map(|t| t.as_millis() as u64),
+            "message": message,
         }));
         self.cases.lock().unwrap().push(record);
     }
@@ -147,6 +151,7 @@ mod tests {
             outcome,
             duration: Duration::from_millis(1500),
             boot: Some(Duration::from_secs(2)),
+            acpi_tables: None,
         }
     }
 

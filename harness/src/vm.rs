@@ -492,12 +492,7 @@ impl Vm {
                     if let Some(v) = pick(&event) {
                         return Ok(v);
                     }
-                    let keep = matches!(
-                        event,
-                        Event::Agent(GuestMessage::Response { .. } | GuestMessage::Status { .. })
-                            | Event::Qmp(qmp::Message::Return { .. } | qmp::Message::Error { .. })
-                    );
-                    if keep {
+                    if keep_for_later(&event) {
                         self.unclaimed.push(event);
                     }
                 }
@@ -603,21 +598,8 @@ impl Vm {
         seen.then(|| self.panic_text())
     }
 
-    /// From a little before the first panic-related line to the end.
     fn panic_text(&self) -> String {
-        let lines = self.console.lock().unwrap();
-        let first = lines
-            .iter()
-            .position(|l| {
-                l.contains(PANIC_MARKERS[0])
-                    || l.contains("BUG:")
-                    || l.contains("Oops:")
-                    || l.contains("Machine check")
-            })
-            .unwrap_or(lines.len().saturating_sub(30));
-        let start = first.saturating_sub(5);
-        let end = lines.len().min(start + 80);
-        lines[start..end].join("\n")
+        panic_window(&self.console.lock().unwrap())
     }
 
     pub fn console_tail(&self, n: usize) -> String {
@@ -651,6 +633,67 @@ impl Drop for Vm {
     }
 }
 
+/// Replies and progress that nobody waits for yet are kept for a later
+/// wait; QMP events are kept by [`Vm::record`]; the rest is only logged.
+fn keep_for_later(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Agent(GuestMessage::Response { .. } | GuestMessage::Status { .. })
+            | Event::Qmp(qmp::Message::Return { .. } | qmp::Message::Error { .. })
+    )
+}
+
+/// The console from a little before the first panic-related line: five
+/// lines of lead-in, at most 80 lines (else the last 30 lines).
+fn panic_window(lines: &[String]) -> String {
+    let first = lines
+        .iter()
+        .position(|l| {
+            l.contains(PANIC_MARKERS[0])
+                || l.contains("BUG:")
+                || l.contains("Oops:")
+                || l.contains("Machine check")
+        })
+        .unwrap_or(lines.len().saturating_sub(30));
+    let start = first.saturating_sub(5);
+    let end = lines.len().min(start + 80);
+    lines[start..end].join("\n")
+}
+
+/// Console bytes to lines: chunks end anywhere, lines end in `\n` (with or
+/// without `\r`), and the first panic or Oops line is reported once.
+#[derive(Default)]
+struct ConsoleLines {
+    partial: Vec<u8>,
+    panicked: bool,
+}
+
+impl ConsoleLines {
+    /// The complete lines in `chunk` (with what came before), and whether
+    /// one of them is the first sign of a panic or an Oops.
+    fn feed(&mut self, chunk: &[u8]) -> (Vec<String>, bool) {
+        self.partial.extend_from_slice(chunk);
+        let mut lines = Vec::new();
+        let mut first_panic = false;
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            let is_panic = PANIC_MARKERS
+                .iter()
+                .chain(&OOPS_MARKERS)
+                .any(|m| line.contains(m));
+            if is_panic && !self.panicked {
+                self.panicked = true;
+                first_panic = true;
+            }
+            lines.push(line);
+        }
+        (lines, first_panic)
+    }
+}
+
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit status {c}"),
@@ -670,8 +713,7 @@ fn spawn_console_reader(
         // Read chunks, not lines: an interactive shell's prompt ends without
         // a newline and must reach the user's terminal at once.
         let mut chunk = [0u8; 4096];
-        let mut partial = Vec::new();
-        let mut panicked = false;
+        let mut splitter = ConsoleLines::default();
         loop {
             let n = match stdout.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
@@ -683,21 +725,10 @@ fn spawn_console_reader(
                 let _ = out.write_all(&chunk[..n]);
                 let _ = out.flush();
             }
-            partial.extend_from_slice(&chunk[..n]);
-            while let Some(end) = partial.iter().position(|b| *b == b'\n') {
-                let raw: Vec<u8> = partial.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&raw)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string();
-                let is_panic = PANIC_MARKERS
-                    .iter()
-                    .chain(&OOPS_MARKERS)
-                    .any(|m| line.contains(m));
-                console.lock().unwrap().push(line);
-                if is_panic && !panicked {
-                    panicked = true;
-                    let _ = tx.send(Event::Panic);
-                }
+            let (lines, first_panic) = splitter.feed(&chunk[..n]);
+            console.lock().unwrap().extend(lines);
+            if first_panic {
+                let _ = tx.send(Event::Panic);
             }
         }
     });
@@ -764,4 +795,78 @@ pub fn command_line(qemu: &Qemu, args: &[OsString]) -> String {
         .chain(args.iter().cloned())
         .collect();
     env + &machine::shell_quote_command(&qemu.binary.to_string_lossy(), &all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn console_chunks_become_lines_and_the_first_panic_is_reported_once() {
+        let mut c = ConsoleLines::default();
+        assert_eq!(c.feed(b"[    0.1] boot"), (vec![], false));
+        assert_eq!(
+            c.feed(b"ing\r\nsecond\n[    1.0] Kernel panic - not syncing: x\n"),
+            (
+                vec![
+                    "[    0.1] booting".to_string(),
+                    "second".to_string(),
+                    "[    1.0] Kernel panic - not syncing: x".to_string()
+                ],
+                true
+            )
+        );
+        // The stack after it is not a second report.
+        assert_eq!(
+            c.feed(b"---[ end Kernel panic - not syncing: x ]---\n"),
+            (
+                vec!["---[ end Kernel panic - not syncing: x ]---".to_string()],
+                false
+            )
+        );
+        let mut oops = ConsoleLines::default();
+        assert!(
+            oops.feed(b"BUG: kernel NULL pointer dereference, address: 0\n")
+                .1
+        );
+        // Invalid UTF-8 does not lose the line.
+        assert_eq!(ConsoleLines::default().feed(b"a\xffb\n").0, ["a\u{fffd}b"]);
+    }
+
+    #[test]
+    fn the_panic_window_starts_a_little_before_the_first_sign() {
+        let mut lines: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+        lines[100] = "Oops: 0000 [#1] SMP".into();
+        let w = panic_window(&lines);
+        assert!(w.starts_with("line 95\n"), "{w}");
+        assert_eq!(w.lines().count(), 80);
+        // No sign: the last 30 lines.
+        let quiet: Vec<String> = (0..50).map(|i| format!("l{i}")).collect();
+        let w = panic_window(&quiet);
+        assert!(w.starts_with("l15\n") && w.ends_with("l49"), "{w}");
+    }
+
+    #[test]
+    fn replies_wait_for_a_later_wait_other_messages_do_not() {
+        let reply = Event::Agent(GuestMessage::Response {
+            id: 1,
+            reply: Reply::Done,
+        });
+        let status = Event::Agent(GuestMessage::Status {
+            id: 2,
+            state: pmem_lab_proto::Progress::Reading,
+            pc: None,
+        });
+        assert!(keep_for_later(&reply));
+        assert!(keep_for_later(&status));
+        assert!(!keep_for_later(&Event::Panic));
+        assert!(!keep_for_later(&Event::AgentClosed));
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        assert_eq!(describe(ExitStatus::from_raw(1 << 8)), "exit status 1");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
 }

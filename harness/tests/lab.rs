@@ -233,6 +233,7 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
             .unwrap_or_default();
         let listed = known.iter().find(|k| k.covers(&case.id, &release));
         let boot = result.as_ref().ok().map(|p| p.boot);
+        let acpi_tables = result.as_ref().ok().and_then(|p| p.acpi_tables);
         let (outcome, verdict) = match (result, listed) {
             (Ok(passed), None) => {
                 let tables = passed
@@ -271,6 +272,7 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                 outcome,
                 duration: start.elapsed(),
                 boot,
+                acpi_tables,
             });
         }
         verdict

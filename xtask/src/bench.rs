@@ -14,7 +14,7 @@ use crate::{image, Options};
 use pmem_lab_env::qemu::Qemu;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// A typical case: one NVDIMM, setup, a few ndctl calls.
@@ -71,7 +71,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         boot_to_init(&qemu, &built.kernel.bzimage, &built.initrd).map(|_| ())
     })?;
     rows.push(("boot to /init, lab kernel".into(), stats(&ours)));
-    match debian_kernel() {
+    match debian_kernel(&opts.cache) {
         Ok(stock) => {
             let theirs = timed(b.runs, || {
                 boot_to_init(&qemu, &stock, &built.initrd).map(|_| ())
@@ -186,38 +186,44 @@ fn boot_to_init(qemu: &Qemu, kernel: &Path, initrd: &Path) -> Result<Duration> {
 }
 
 /// Debian's stock kernel image, installed with apt-get (as root) if absent.
-fn debian_kernel() -> Result<PathBuf> {
-    let find = || {
-        std::fs::read_dir("/boot").ok().and_then(|d| {
+/// Debian's stock kernel for the comparison: /boot's, else the image of
+/// `linux-image-amd64` extracted into the cache (downloaded, never
+/// installed: the machine is the user's).
+fn debian_kernel(cache: &Path) -> Result<PathBuf> {
+    let vmlinuz_in = |dir: &Path| {
+        std::fs::read_dir(dir).ok().and_then(|d| {
             d.flatten().map(|e| e.path()).find(|p| {
                 p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
             })
         })
     };
-    if let Some(k) = find() {
+    if let Some(k) = vmlinuz_in(Path::new("/boot")) {
+        return Ok(k);
+    }
+    let dest = cache.join("stock-kernel");
+    if let Some(k) = vmlinuz_in(&dest.join("root/boot")) {
         return Ok(k);
     }
     if util::find_in_path("apt-get").is_none() {
         return Err(Error::new("no /boot/vmlinuz-* and no apt-get"));
     }
-    eprintln!("[bench] installing linux-image-amd64 for the stock-kernel comparison");
-    let ok = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "linux-image-amd64",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        return Err(Error::new("apt-get install linux-image-amd64 failed"));
-    }
-    find().ok_or_else(|| Error::new("linux-image-amd64 installed no /boot/vmlinuz-*"))
+    let plan = crate::deps::apt::simulate(&["linux-image-amd64"])?;
+    let image = plan
+        .installs
+        .iter()
+        .find(|i| i.package.starts_with("linux-image-") && i.package != "linux-image-amd64")
+        .ok_or_else(|| Error::new("apt plans no linux-image-* package"))?;
+    eprintln!(
+        "[bench] extracting {} into {} for the stock-kernel comparison",
+        image.package,
+        dest.display()
+    );
+    let debs = dest.join("debs");
+    util::io_at(std::fs::create_dir_all(&debs), "create", &debs)?;
+    crate::deps::extract_packages(&[image.package.as_str()], &debs, &dest.join("root"))?;
+    vmlinuz_in(&dest.join("root/boot"))
+        .ok_or_else(|| Error::new(format!("{} holds no boot/vmlinuz-*", image.package)))
 }
 
 /// Timings of one case over several runs.
@@ -228,7 +234,7 @@ struct CaseTimings {
     tables: Vec<Duration>,
 }
 
-/// Run `case` `n` times through the harness; its timing line gives boot to
+/// Run `case` `n` times through the harness; its `case` event gives boot to
 /// agent ready, the whole case, and the ACPI table preparation.
 fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
     let mut t = CaseTimings {
@@ -237,37 +243,37 @@ fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
         tables: Vec::new(),
     };
     for _ in 0..n.max(1) {
-        let out = lab::harness_output(opts, &[case.to_string(), "--exact".into()])?;
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(case) && l.contains("agent ready in"))
-            .ok_or_else(|| Error::new(format!("{case} did not pass:\n{out}")))?;
-        let secs = |after: &str| -> Option<Duration> {
-            let rest = &line[line.find(after)? + after.len()..];
-            rest.split('s')
-                .next()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .map(Duration::from_secs_f64)
-        };
-        let need = |what: &str| {
-            secs(what).ok_or_else(|| Error::new(format!("cannot read {what:?} in {line:?}")))
-        };
-        t.boots.push(need("agent ready in")?);
-        t.cases.push(need("case took")?);
-        t.tables.extend(secs("ACPI tables"));
+        let run = lab::harness_run(opts, &[case.to_string(), "--exact".into()])?;
+        let event = run
+            .cases
+            .iter()
+            .find(|e| e["case"] == case && e["status"] == "passed")
+            .ok_or_else(|| Error::new(format!("{case} did not pass:\n{}", run.output)))?;
+        let ms = |key: &str| event[key].as_u64().map(Duration::from_millis);
+        let need =
+            |key: &str| ms(key).ok_or_else(|| Error::new(format!("no {key} in the event {event}")));
+        t.boots.push(need("boot_ms")?);
+        t.cases.push(need("duration_ms")?);
+        t.tables.extend(ms("acpi_tables_ms"));
     }
     Ok(t)
 }
 
 fn suite(opts: &Options) -> Result<()> {
-    let out = lab::harness_output(opts, &[])?;
-    if out.contains(" 0 failed") {
+    let run = lab::harness_run(opts, &[])?;
+    let failed: Vec<&str> = run
+        .cases
+        .iter()
+        .filter(|e| e["status"] == "failed")
+        .filter_map(|e| e["case"].as_str())
+        .collect();
+    if run.success && failed.is_empty() && !run.cases.is_empty() {
         Ok(())
     } else {
         Err(Error::new(format!(
-            "the suite failed during the benchmark:\n{out}"
+            "the suite failed during the benchmark (failed: {}):\n{}",
+            failed.join(", "),
+            run.output
         )))
     }
 }

@@ -109,19 +109,44 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
-/// Run the harness with the lab's environment and return what it printed
-/// (stdout and stderr), for the benchmark.
-pub fn harness_output(opts: &Options, args: &[String]) -> Result<String> {
-    let env = vm_env(opts)?;
+/// What a harness run reported: its exit status, the `case` events of its
+/// events.jsonl (see harness/src/report.rs) and its output for messages.
+pub struct HarnessRun {
+    pub success: bool,
+    pub cases: Vec<serde_json::Value>,
+    pub output: String,
+}
+
+/// Run the harness with the lab's environment and a report folder of its
+/// own, and read the events it wrote: the benchmark's figures come from the
+/// report, not from the human-readable lines.
+pub fn harness_run(opts: &Options, args: &[String]) -> Result<HarnessRun> {
+    let mut env = vm_env(opts)?;
+    let report = opts
+        .cache
+        .join(format!("bench-report-{}", std::process::id()));
+    env.push((vars::REPORT.name, report.display().to_string()));
     let out = harness_command(opts, &env)
         .args(args)
         .output()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    let events = report.join("events.jsonl");
+    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&report);
+    let cases = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "case")
+        .collect();
+    Ok(HarnessRun {
+        success: out.status.success(),
+        cases,
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
 }
 
 /// `cargo <args>` in the workspace with the lab's environment.

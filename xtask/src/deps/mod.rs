@@ -246,6 +246,29 @@ fn choose<'p>(packages: &[&'p str]) -> Result<(Vec<&'p str>, bool), Error> {
     )))
 }
 
+/// `apt-get download` `packages` into `debs` and extract each into `root`
+/// (`dpkg-deb -x`): their files without installing anything. The `.deb`s
+/// are removed afterwards; returns their file names.
+pub fn extract_packages(packages: &[&str], debs: &Path, root: &Path) -> Result<Vec<String>, Error> {
+    let sh = Shell::new()?;
+    sh.change_dir(debs);
+    cmd!(sh, "apt-get download {packages...}").run()?;
+    let mut names = Vec::new();
+    for deb in crate::util::io_at(std::fs::read_dir(debs), "read", debs)?.flatten() {
+        let deb = deb.path();
+        cmd!(sh, "dpkg-deb -x {deb} {root}").quiet().run()?;
+        names.push(
+            deb.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    names.sort();
+    let _ = std::fs::remove_dir_all(debs);
+    Ok(names)
+}
+
 fn effective_uid() -> u32 {
     // /proc/self/status avoids a libc dependency for one number.
     std::fs::read_to_string("/proc/self/status")

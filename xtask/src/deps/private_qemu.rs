@@ -15,7 +15,6 @@ use crate::util::{self, io_at, Error, Result};
 use pmem_lab_env::qemu::{self, Qemu};
 use std::fs;
 use std::path::{Path, PathBuf};
-use xshell::{cmd, Shell};
 
 /// Fetch (or reuse) the private copy; its binary.
 pub fn fetch(cache: &Path) -> Result<PathBuf> {
@@ -43,25 +42,10 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
         packages.len() - 1,
         dest.display()
     );
-    let sh = Shell::new()?;
-    sh.change_dir(&debs);
-    cmd!(sh, "apt-get download {packages...}").run()?;
     let root = staging.join("root");
-    let mut names = Vec::new();
-    for deb in io_at(fs::read_dir(&debs), "read", &debs)?.flatten() {
-        let deb = deb.path();
-        cmd!(sh, "dpkg-deb -x {deb} {root}").quiet().run()?;
-        names.push(
-            deb.file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    names.sort();
+    let names = super::extract_packages(&packages, &debs, &root)?;
     let list = staging.join("packages.txt");
     io_at(fs::write(&list, names.join("\n") + "\n"), "write", &list)?;
-    let _ = fs::remove_dir_all(&debs);
     // Prove it starts before publishing it.
     let staged = Qemu::at(root.join("usr/bin").join(qemu::PROGRAM));
     let line = staged.version_line().map_err(|e| {
