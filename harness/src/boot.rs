@@ -38,7 +38,7 @@ impl Started {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, String> {
         let ready = self
             .guest
-            .vm
+            .machine()
             .wait_ready(timeout)
             .map_err(|e| format!("boot: {e}"))?;
         if let Some(t) = &self.acpi {
@@ -85,7 +85,7 @@ pub fn start_machine(
     };
     let vm = launch::start(machine, env, dir, private.path(), &initrd, interactive)?;
     Ok(Started {
-        guest: Guest { vm },
+        guest: Guest::new(vm),
         private,
         acpi,
     })

@@ -2,12 +2,13 @@
 //! touching, and consuming poison while the lab injects the machine check.
 
 use crate::address::{Base, Location, Target};
-use crate::guest::{Guest, HOUSEKEEPING_TIMEOUT};
+use crate::case::step::{LineSpec, MapSpec};
+use crate::guest::Guest;
 use crate::inject::MEMORY_FAILURE;
 use crate::mce::{Injection, Kind};
 use crate::qmp;
 use crate::setup::Layout;
-use crate::vm::Event;
+use crate::vm::{Event, Vm};
 use pmem_lab_proto::{GuestMessage, Op, Reply, SignalInfo};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,85 +42,36 @@ impl Maps {
     }
 }
 
-fn expect_reply(reply: Reply) -> Result<Reply, String> {
-    match reply {
-        Reply::Error { message } => Err(message),
-        other => Ok(other),
-    }
-}
-
-fn call(guest: &mut Guest, op: Op) -> Result<Reply, String> {
-    expect_reply(
-        guest
-            .vm
-            .request(op, HOUSEKEEPING_TIMEOUT)
-            .map_err(|e| e.to_string())?,
-    )
-}
-
 pub fn map(
     guest: &mut Guest,
     layout: &Layout,
     maps: &mut Maps,
-    name: &str,
-    namespace: &str,
-    offset: u64,
-    length: u64,
+    spec: &MapSpec,
 ) -> Result<(), String> {
     let dev = layout
         .namespaces
-        .get(namespace)
-        .and_then(|n| n.chardev.clone());
-    let dev = dev.ok_or_else(|| format!("namespace `{namespace}` has no dax device"))?;
-    let op = Op::Map {
-        name: name.into(),
-        path: format!("/dev/{dev}"),
-        offset,
-        length,
-    };
-    match call(guest, op)? {
-        Reply::Mapped { address } => {
-            maps.0.insert(
-                name.into(),
-                MapState {
-                    namespace: namespace.into(),
-                    offset,
-                    length,
-                    base: address,
-                },
-            );
-            Ok(())
-        }
-        other => Err(format!("unexpected reply {other:?}")),
-    }
-}
-
-pub fn unmap(guest: &mut Guest, maps: &mut Maps, name: &str) -> Result<(), String> {
-    call(guest, Op::Unmap { name: name.into() })?;
-    maps.0.remove(name);
+        .get(&spec.namespace)
+        .and_then(|n| n.chardev.clone())
+        .ok_or_else(|| format!("namespace `{}` has no dax device", spec.namespace))?;
+    let base = guest
+        .map_dax(&spec.name, &format!("/dev/{dev}"), spec.offset, spec.length)
+        .map_err(|e| e.to_string())?;
+    maps.0.insert(
+        spec.name.clone(),
+        MapState {
+            namespace: spec.namespace.clone(),
+            offset: spec.offset,
+            length: spec.length,
+            base,
+        },
+    );
     Ok(())
 }
 
-/// (pages touched, minor faults taken).
-pub fn touch(
-    guest: &mut Guest,
-    name: &str,
-    offset: u64,
-    length: u64,
-    cpu: Option<u32>,
-) -> Result<(u64, u64), String> {
-    match call(
-        guest,
-        Op::Touch {
-            name: name.into(),
-            offset,
-            length,
-            cpu,
-        },
-    )? {
-        Reply::Touched { pages, faults } => Ok((pages, faults)),
-        other => Err(format!("unexpected reply {other:?}")),
-    }
+pub fn unmap(guest: &mut Guest, maps: &mut Maps, name: &str) -> Result<(), String> {
+    guest.unmap(name).map_err(|e| e.to_string())?;
+    maps.0.remove(name);
+    Ok(())
 }
 
 /// What a consume did, for the step log.
@@ -132,17 +84,20 @@ pub struct Consumed {
 /// Have the agent read `offset` of mapping `name` on `cpu`; once it says it
 /// is reading, inject a data-load machine check (SRAR) at that line on that
 /// CPU; collect the signal the reader got.
-#[allow(clippy::too_many_arguments)]
 pub fn consume(
     guest: &mut Guest,
     layout: &Layout,
     maps: &Maps,
-    name: &str,
-    offset: u64,
-    cpu: u32,
+    line: &LineSpec,
     cpus: u32,
     timeout: Duration,
 ) -> Result<Consumed, String> {
+    let LineSpec {
+        map: name,
+        offset,
+        cpu,
+    } = line;
+    let (offset, cpu) = (*offset, *cpu);
     let m = maps.get(name)?;
     let at = Location {
         target: Target::Namespace(m.namespace.clone()),
@@ -152,8 +107,8 @@ pub fn consume(
     let resolved = layout.geometry.resolve(&at)?;
     let injection = Injection::new(Kind::Load, resolved.gpa, cpu, cpus);
     let command = injection.hmp_command();
-    let id = guest
-        .vm
+    let vm = guest.machine();
+    let id = vm
         .send(Op::Consume {
             name: name.into(),
             offset,
@@ -162,8 +117,7 @@ pub fn consume(
         })
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + timeout;
-    let first = guest
-        .vm
+    let first = vm
         .wait_for("the reader to start", deadline, |e| match e {
             Event::Agent(GuestMessage::Status { id: i, state, pc })
                 if *i == id && *state == pmem_lab_proto::Progress::Reading =>
@@ -177,18 +131,15 @@ pub fn consume(
         })
         .map_err(|e| e.to_string())?;
     let pc = first.map_err(|reply| format!("the reader ended before reading: {reply:?}"))?;
-    let seen = guest.vm.qmp_event_count(MEMORY_FAILURE);
+    let seen = vm.qmp_event_count(MEMORY_FAILURE);
     let injected_at = Instant::now();
-    let attempts = inject_on_the_loop(guest, cpu, pc, &command, deadline)?;
-    let reply = guest
-        .vm
+    let attempts = inject_on_the_loop(vm, cpu, pc, &command, deadline)?;
+    let reply = vm
         .wait_reply(id, deadline.saturating_duration_since(Instant::now()))
         .map_err(|e| format!("the reader's report: {e}"))?;
-    guest
-        .vm
-        .wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10))
+    vm.wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    match expect_reply(reply)? {
+    match reply {
         Reply::Consumed { signal, .. } => Ok(Consumed {
             note: format!(
                 "`{command}` at GPA {:#x} (mapping `{name}` + {offset:#x}), reader caught on its loop \
@@ -198,6 +149,7 @@ pub fn consume(
             ),
             signal,
         }),
+        Reply::Error { message } => Err(message),
         other => Err(format!("unexpected reply {other:?}")),
     }
 }
@@ -213,14 +165,13 @@ const LOOP_SPAN: u64 = 128;
 /// instruction when the VM resumes), else resume and look again a few
 /// milliseconds later. Returns the number of attempts.
 fn inject_on_the_loop(
-    guest: &mut Guest,
+    vm: &mut Vm,
     cpu: u32,
     pc: u64,
     command: &str,
     deadline: Instant,
 ) -> Result<u32, String> {
     let t = Duration::from_secs(10);
-    let vm = &mut guest.vm;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -246,45 +197,4 @@ fn inject_on_the_loop(
         }
         std::thread::sleep(Duration::from_millis(3 + u64::from(attempts % 7)));
     }
-}
-
-pub fn poison(
-    guest: &mut Guest,
-    name: &str,
-    offset: u64,
-    cpu: u32,
-) -> Result<Option<SignalInfo>, String> {
-    match call(
-        guest,
-        Op::Poison {
-            name: name.into(),
-            offset,
-            cpu: Some(cpu),
-        },
-    )? {
-        Reply::Consumed { signal, .. } => Ok(signal),
-        other => Err(format!("unexpected reply {other:?}")),
-    }
-}
-
-pub fn signals(guest: &mut Guest, wait: Duration) -> Result<Vec<SignalInfo>, String> {
-    match call(
-        guest,
-        Op::Signals {
-            wait_ms: wait.as_millis() as u64,
-        },
-    )? {
-        Reply::Signals { signals } => Ok(signals),
-        other => Err(format!("unexpected reply {other:?}")),
-    }
-}
-
-pub fn mce_kill(guest: &mut Guest, policy: &str) -> Result<(), String> {
-    call(
-        guest,
-        Op::MceKill {
-            policy: policy.into(),
-        },
-    )
-    .map(|_| ())
 }

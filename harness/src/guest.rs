@@ -1,7 +1,7 @@
 //! Talking to the guest agent, on top of [`Vm`].
 
 use crate::vm::{Vm, VmError};
-use pmem_lab_proto::{FileRead, KmsgRecord, Op, Reply, RunRequest, RunResult};
+use pmem_lab_proto::{Extent, FileRead, KmsgRecord, Op, Reply, RunRequest, RunResult, SignalInfo};
 use std::time::Duration;
 
 /// Slack on top of a command's own timeout: under TCG the agent's reply can
@@ -10,19 +10,149 @@ const REPLY_SLACK: Duration = Duration::from_secs(15);
 /// Timeout of the lab's own housekeeping commands (ndctl list, cat, ...).
 pub const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The guest agent's typed client: one method per agent operation, each
+/// waiting for the reply it expects. The machine underneath (QMP, HMP, QEMU's
+/// events, its life) is [`Guest::machine`]'s.
 pub struct Guest {
-    pub vm: Vm,
+    vm: Vm,
 }
 
 impl Guest {
+    pub fn new(vm: Vm) -> Guest {
+        Guest { vm }
+    }
+
+    /// The VM: host-side operations (QMP, HMP, stop and resume, QEMU's
+    /// events), and agent requests that must stay in flight while the host
+    /// acts ([`Vm::send`], [`Vm::wait_reply`]).
+    pub fn machine(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+
+    /// Kill QEMU now (also done when the guest is dropped).
+    pub fn kill(&mut self) {
+        self.vm.kill();
+    }
+
+    /// Send `op`, wait for its reply, and take the reply `pick` expects:
+    /// the one call-and-expect path of every agent operation. An agent
+    /// `Error` reply, or any other reply, is a protocol error.
+    fn call<T>(
+        &mut self,
+        op: Op,
+        timeout: Duration,
+        pick: impl FnOnce(Reply) -> Result<T, Reply>,
+    ) -> Result<T, VmError> {
+        let reply = self.vm.request(op, timeout)?;
+        pick(reply).map_err(unexpected)
+    }
+
+    fn done(&mut self, op: Op, timeout: Duration) -> Result<(), VmError> {
+        self.call(op, timeout, |r| match r {
+            Reply::Done => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// mmap `length` bytes of the dax device `path` at `offset` as `name`;
+    /// the mapping's address in the agent.
+    pub fn map_dax(
+        &mut self,
+        name: &str,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<u64, VmError> {
+        let op = Op::Map {
+            name: name.into(),
+            path: path.into(),
+            offset,
+            length,
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
+            Reply::Mapped { address } => Ok(address),
+            other => Err(other),
+        })
+    }
+
+    pub fn unmap(&mut self, name: &str) -> Result<(), VmError> {
+        self.done(Op::Unmap { name: name.into() }, HOUSEKEEPING_TIMEOUT)
+    }
+
+    /// (pages touched, minor faults taken).
+    pub fn touch(
+        &mut self,
+        name: &str,
+        offset: u64,
+        length: u64,
+        cpu: Option<u32>,
+    ) -> Result<(u64, u64), VmError> {
+        let op = Op::Touch {
+            name: name.into(),
+            offset,
+            length,
+            cpu,
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
+            Reply::Touched { pages, faults } => Ok((pages, faults)),
+            other => Err(other),
+        })
+    }
+
+    /// madvise(MADV_HWPOISON) the page at `offset` of mapping `name` from a
+    /// child pinned to `cpu`; the signal it got.
+    pub fn poison(
+        &mut self,
+        name: &str,
+        offset: u64,
+        cpu: u32,
+    ) -> Result<Option<SignalInfo>, VmError> {
+        let op = Op::Poison {
+            name: name.into(),
+            offset,
+            cpu: Some(cpu),
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
+            Reply::Consumed { signal, .. } => Ok(signal),
+            other => Err(other),
+        })
+    }
+
+    /// The SIGBUS signals the agent received, waiting up to `wait` for one.
+    pub fn signals(&mut self, wait: Duration) -> Result<Vec<SignalInfo>, VmError> {
+        let op = Op::Signals {
+            wait_ms: wait.as_millis() as u64,
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT + wait, |r| match r {
+            Reply::Signals { signals } => Ok(signals),
+            other => Err(other),
+        })
+    }
+
+    pub fn mce_kill(&mut self, policy: &str) -> Result<(), VmError> {
+        let op = Op::MceKill {
+            policy: policy.into(),
+        };
+        self.done(op, HOUSEKEEPING_TIMEOUT)
+    }
+
+    /// A file's extents (FS_IOC_FIEMAP).
+    pub fn fiemap(&mut self, path: &str) -> Result<Vec<Extent>, VmError> {
+        let op = Op::Fiemap { path: path.into() };
+        self.call(op, Duration::from_secs(30), |r| match r {
+            Reply::Extents { extents } => Ok(extents),
+            other => Err(other),
+        })
+    }
+
     /// Run a command; an error means the VM or the agent failed, not the
     /// command (a failing command is an `Ok` with its exit status).
     pub fn run(&mut self, req: RunRequest) -> Result<RunResult, VmError> {
         let wait = Duration::from_millis(req.timeout_ms) + REPLY_SLACK;
-        match self.vm.request(Op::Run(req), wait)? {
+        self.call(Op::Run(req), wait, |r| match r {
             Reply::Run(r) => Ok(r),
-            other => Err(unexpected(other)),
-        }
+            other => Err(other),
+        })
     }
 
     /// Run a lab housekeeping command that must succeed.
@@ -51,12 +181,10 @@ impl Guest {
     /// Read files (sysfs attributes) in one round trip; per file, its text
     /// or why it could not be read.
     pub fn read_files(&mut self, paths: &[String]) -> Result<Vec<Result<String, String>>, VmError> {
-        match self.vm.request(
-            Op::ReadFiles {
-                paths: paths.to_vec(),
-            },
-            HOUSEKEEPING_TIMEOUT,
-        )? {
+        let op = Op::ReadFiles {
+            paths: paths.to_vec(),
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
             Reply::Files { files } => Ok(files
                 .into_iter()
                 .map(|f| match f {
@@ -64,8 +192,8 @@ impl Guest {
                     FileRead::Error { message } => Err(message),
                 })
                 .collect()),
-            other => Err(unexpected(other)),
-        }
+            other => Err(other),
+        })
     }
 
     /// Read files that must exist; the error names the first that does not.
@@ -84,14 +212,8 @@ impl Guest {
             path: path.to_string(),
             contents: contents.to_string(),
         };
-        match self
-            .vm
-            .request(op, HOUSEKEEPING_TIMEOUT)
-            .map_err(|e| e.to_string())?
-        {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other).to_string()),
-        }
+        self.done(op, HOUSEKEEPING_TIMEOUT)
+            .map_err(|e| e.to_string())
     }
 
     /// Create or replace a regular file (see [`Op::PutFile`]).
@@ -107,18 +229,15 @@ impl Guest {
             contents,
             executable,
         };
-        match self.vm.request(op, timeout).map_err(|e| e.to_string())? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other).to_string()),
-        }
+        self.done(op, timeout).map_err(|e| e.to_string())
     }
 
     /// Kernel log records after sequence number `after`.
     pub fn kmsg(&mut self, after: Option<u64>) -> Result<Vec<KmsgRecord>, VmError> {
-        match self.vm.request(Op::Kmsg { after }, HOUSEKEEPING_TIMEOUT)? {
+        self.call(Op::Kmsg { after }, HOUSEKEEPING_TIMEOUT, |r| match r {
             Reply::Kmsg { records } => Ok(records),
-            other => Err(unexpected(other)),
-        }
+            other => Err(other),
+        })
     }
 }
 

@@ -1,10 +1,11 @@
 //! Performing an `inject` step: translate the location, have QEMU raise the
 //! machine check, and wait until both QEMU and the guest show it.
 
-use crate::address::{Location, Resolved};
+use crate::address::Resolved;
 use crate::badblocks::{self, Range};
+use crate::case::step::InjectAt;
 use crate::guest::Guest;
-use crate::mce::{Injection, Kind};
+use crate::mce::Injection;
 use crate::setup::Layout;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,17 +46,18 @@ impl Injected {
     }
 }
 
-/// Inject `kind` at `at` and wait (up to `timeout`) for QEMU's
+/// Inject the step's machine check and wait (up to `timeout`) for QEMU's
 /// MEMORY_FAILURE event and for the region's badblocks to list the sector.
+/// `cpus`: the machine's, for broadcast.
 pub fn inject(
     guest: &mut Guest,
     layout: &Layout,
-    kind: Kind,
-    at: &Location,
-    cpu: u32,
+    step: &InjectAt,
     cpus: u32,
     timeout: Duration,
 ) -> Result<Injected, String> {
+    let InjectAt { kind, at, cpu } = step;
+    let (kind, cpu) = (*kind, *cpu);
     let start = Instant::now();
     let resolved = layout
         .geometry
@@ -63,16 +65,16 @@ pub fn inject(
         .map_err(|e| format!("cannot inject: {e}"))?;
     let injection = Injection::new(kind, resolved.gpa, cpu, cpus);
     let command = injection.hmp_command();
-    let seen = guest.vm.qmp_event_count(MEMORY_FAILURE);
+    let seen = guest.machine().qmp_event_count(MEMORY_FAILURE);
     let answer = guest
-        .vm
+        .machine()
         .hmp(&command, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     if !answer.trim().is_empty() {
         return Err(format!("QEMU did not take `{command}`: {}", answer.trim()));
     }
     guest
-        .vm
+        .machine()
         .wait_qmp_event(MEMORY_FAILURE, seen, timeout)
         .map_err(|e| format!("`{command}`: {e}"))?;
     let region = layout.geometry.region(resolved.region)?.dev.clone();

@@ -8,7 +8,7 @@
 
 use crate::badblocks;
 use crate::boot::{start_vm, Started};
-use crate::case::step::{BadblocksCheck, Command, InjectAt, LineSpec, MapSpec, PutSpec, TouchSpec};
+use crate::case::step::{BadblocksCheck, Command, LineSpec, PutSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::guest::Guest;
 use crate::inject;
@@ -97,7 +97,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
             run.steps()
         });
     save_dmesg(&mut guest, dir);
-    guest.vm.kill();
+    guest.kill();
     outcome?;
     Ok(Passed {
         boot: ready.boot_time,
@@ -244,13 +244,11 @@ impl CaseRun<'_> {
                     cleared = Some(namespace.clone());
                 }
             }
-            Action::Inject(InjectAt { kind, at, cpu }) => {
+            Action::Inject(spec) => {
                 let done = inject::inject(
                     self.guest,
                     &self.layout,
-                    *kind,
-                    at,
-                    *cpu,
+                    spec,
                     case.machine.cpus,
                     step.timeout,
                 )
@@ -263,22 +261,9 @@ impl CaseRun<'_> {
                 ));
             }
             Action::ExpectBadblocks(_) => {}
-            Action::Map(MapSpec {
-                name,
-                namespace,
-                offset,
-                length,
-            }) => {
-                dax::map(
-                    self.guest,
-                    &self.layout,
-                    &mut self.maps,
-                    name,
-                    namespace,
-                    *offset,
-                    *length,
-                )
-                .map_err(|e| format!("{where_}: {e}"))?;
+            Action::Map(spec) => {
+                dax::map(self.guest, &self.layout, &mut self.maps, spec)
+                    .map_err(|e| format!("{where_}: {e}"))?;
             }
             Action::Unmap(name) => {
                 dax::unmap(self.guest, &mut self.maps, name)
@@ -290,7 +275,9 @@ impl CaseRun<'_> {
                 length,
                 cpu,
             }) => {
-                let (pages, faults) = dax::touch(self.guest, map, *offset, *length, *cpu)
+                let (pages, faults) = self
+                    .guest
+                    .touch(map, *offset, *length, *cpu)
                     .map_err(|e| format!("{where_}: {e}"))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {pages} pages, {faults} minor faults",
@@ -302,14 +289,12 @@ impl CaseRun<'_> {
                     ));
                 }
             }
-            Action::Consume(LineSpec { map, offset, cpu }) => {
+            Action::Consume(line) => {
                 let done = dax::consume(
                     self.guest,
                     &self.layout,
                     &self.maps,
-                    map,
-                    *offset,
-                    *cpu,
+                    line,
                     case.machine.cpus,
                     step.timeout,
                 )
@@ -318,7 +303,7 @@ impl CaseRun<'_> {
                     "--- step {} `{}`: {}: {:?}",
                     step.number, step.name, done.note, done.signal
                 ));
-                let base = self.maps.get(map).ok().map(|m| m.base);
+                let base = self.maps.get(&line.map).ok().map(|m| m.base);
                 problems.extend(
                     step.signal
                         .as_ref()
@@ -327,7 +312,9 @@ impl CaseRun<'_> {
                 );
             }
             Action::Poison(LineSpec { map, offset, cpu }) => {
-                let signal = dax::poison(self.guest, map, *offset, *cpu)
+                let signal = self
+                    .guest
+                    .poison(map, *offset, *cpu)
                     .map_err(|e| format!("{where_}: {e}"))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {signal:?}",
@@ -342,7 +329,10 @@ impl CaseRun<'_> {
                 );
             }
             Action::Signals(wait) => {
-                let got = dax::signals(self.guest, *wait).map_err(|e| format!("{where_}: {e}"))?;
+                let got = self
+                    .guest
+                    .signals(*wait)
+                    .map_err(|e| format!("{where_}: {e}"))?;
                 self.log
                     .line(format!("--- step {} `{}`: {got:?}", step.number, step.name));
                 let base = got
@@ -375,7 +365,9 @@ impl CaseRun<'_> {
                 ));
             }
             Action::MceKill(policy) => {
-                dax::mce_kill(self.guest, policy.name()).map_err(|e| format!("{where_}: {e}"))?;
+                self.guest
+                    .mce_kill(policy.name())
+                    .map_err(|e| format!("{where_}: {e}"))?;
             }
         }
         let snap = self.observe(&format!("step {}", step.number))?;
@@ -437,14 +429,10 @@ impl CaseRun<'_> {
         else {
             return Ok(op.clone());
         };
-        let extents = match self.guest.vm.request(
-            pmem_lab_proto::Op::Fiemap { path: path.clone() },
-            Duration::from_secs(30),
-        ) {
-            Ok(pmem_lab_proto::Reply::Extents { extents }) => extents,
-            Ok(other) => return Err(format!("FIEMAP {path}: {other:?}")),
-            Err(e) => return Err(e.to_string()),
-        };
+        let extents = self
+            .guest
+            .fiemap(path)
+            .map_err(|e| format!("FIEMAP {path}: {e}"))?;
         let e = extents
             .iter()
             .find(|e| e.logical <= *offset && *offset < e.logical + e.length)

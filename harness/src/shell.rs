@@ -80,11 +80,11 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     );
 
     let mut console = guest
-        .vm
+        .machine()
         .console_input()
         .ok_or("the VM has no console input")?;
     let shell = guest
-        .vm
+        .machine()
         .send(pmem_lab_proto::Op::Run(RunRequest {
             argv: vec!["sh".into(), "-l".into()],
             env: [("PS1".to_string(), "pmem-lab# ".to_string())].into(),
@@ -120,10 +120,10 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
         }
     });
     let ended = guest
-        .vm
+        .machine()
         .wait_reply(shell, Duration::from_secs(u64::MAX / 4));
     drop(raw);
-    guest.vm.kill();
+    guest.kill();
     eprintln!("\npmem-lab shell: the guest shell ended; VM stopped");
     ended.map(|_| ()).map_err(|e| e.to_string())
 }

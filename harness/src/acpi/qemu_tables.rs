@@ -166,13 +166,13 @@ fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTabl
     fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
     let private = launch::private_dir()?;
     let vm = launch::start(shape, env, probe_dir, private.path(), &env.initrd, false)?;
-    let mut guest = Guest { vm };
+    let mut guest = Guest::new(vm);
     let result = guest
-        .vm
+        .machine()
         .wait_ready(Duration::from_secs(120))
         .map_err(|e| format!("probe (artifacts in {}): {e}", probe_dir.display()))
         .and_then(|_| read_tables(&mut guest));
-    guest.vm.kill();
+    guest.kill();
     result
 }
 
