@@ -220,7 +220,7 @@ fn debian_kernel(cache: &Path) -> Result<PathBuf> {
         dest.display()
     );
     let debs = dest.join("debs");
-    util::io_at(std::fs::create_dir_all(&debs), "create", &debs)?;
+    fs_err::create_dir_all(&debs)?;
     crate::deps::extract_packages(&[image.package.as_str()], &debs, &dest.join("root"))?;
     vmlinuz_in(&dest.join("root/boot"))
         .ok_or_else(|| Error::new(format!("{} holds no boot/vmlinuz-*", image.package)))

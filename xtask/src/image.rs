@@ -11,10 +11,10 @@
 //! (a new ndctl from apt, a rebuilt agent, another kernel) makes a new one.
 
 use crate::kernel::Kernel;
-use crate::util::{self, io_at, Error, Key, Result};
+use crate::util::{self, Error, Key, Result};
 use flate2::write::GzEncoder;
+use fs_err as fs;
 use std::collections::BTreeMap;
-use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use xshell::{cmd, Shell};
@@ -57,7 +57,7 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
         }
     }
     let dir = cache.join("images");
-    io_at(fs::create_dir_all(&dir), "create", &dir)?;
+    fs::create_dir_all(&dir)?;
     let out = dir.join(format!("{}.cpio.gz", key.finish()));
     if out.is_file() {
         return Ok(out);
@@ -69,7 +69,7 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
     );
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     write_cpio_gz(&tree, &tmp)?;
-    io_at(fs::rename(&tmp, &out), "publish", &out)?;
+    fs::rename(&tmp, &out)?;
     Ok(out)
 }
 
@@ -111,7 +111,7 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
     add_program(&mut tree, agent, AGENT_GUEST_PATH)?;
 
     let list = workspace.join("images/initramfs/files.txt");
-    let text = io_at(fs::read_to_string(&list), "read", &list)?;
+    let text = fs::read_to_string(&list)?;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -159,7 +159,7 @@ fn add_modules(tree: &mut BTreeMap<String, Node>, kernel: &Kernel) -> Result<()>
         .join(&kernel.release);
     let guest_base = format!("lib/modules/{}", kernel.release);
     add_tree(tree, &base, &guest_base)?;
-    for entry in io_at(fs::read_dir(&kernel.nfit_test), "read", &kernel.nfit_test)?.flatten() {
+    for entry in fs::read_dir(&kernel.nfit_test)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         add_file(
             tree,
@@ -175,12 +175,12 @@ fn add_modules(tree: &mut BTreeMap<String, Node>, kernel: &Kernel) -> Result<()>
 /// modules/<rel>/build into the build tree are skipped).
 fn add_tree(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Result<()> {
     add_dir(tree, guest);
-    let mut entries: Vec<_> = io_at(fs::read_dir(host), "read", host)?.flatten().collect();
+    let mut entries: Vec<_> = fs::read_dir(host)?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let p = entry.path();
         let g = format!("{guest}/{}", entry.file_name().to_string_lossy());
-        let meta = io_at(fs::symlink_metadata(&p), "stat", &p)?;
+        let meta = fs::symlink_metadata(&p)?;
         if meta.is_dir() {
             add_tree(tree, &p, &g)?;
         } else if meta.is_file() {
@@ -200,7 +200,7 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
     let sh = Shell::new()?;
     let out = cmd!(sh, "ldd {host}").read()?;
     for lib in parse_ldd(&out).map_err(|e| Error::new(format!("ldd {}: {e}", host.display())))? {
-        let real = io_at(fs::canonicalize(&lib), "resolve", &lib)?;
+        let real = fs::canonicalize(&lib)?;
         add_file(
             tree,
             lib.to_string_lossy().trim_start_matches('/'),
@@ -264,7 +264,7 @@ fn add_file(tree: &mut BTreeMap<String, Node>, guest: &str, host: &Path, mode: u
 /// Write the archive. BTreeMap order puts every directory before its
 /// contents, which the kernel's unpacker needs.
 fn write_cpio_gz(tree: &BTreeMap<String, Node>, path: &Path) -> Result<()> {
-    let file = io_at(fs::File::create(path), "create", path)?;
+    let file = fs::File::create(path)?;
     let mut gz = GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::fast());
     for (ino, (name, node)) in tree.iter().enumerate() {
         let b = cpio::newc::Builder::new(name)
@@ -273,10 +273,7 @@ fn write_cpio_gz(tree: &BTreeMap<String, Node>, path: &Path) -> Result<()> {
             .gid(0);
         let (b, data): (_, Vec<u8>) = match node {
             Node::Dir => (b.mode(0o040755).nlink(2), Vec::new()),
-            Node::File { host, mode } => (
-                b.mode(0o100000 | mode),
-                io_at(fs::read(host), "read", host)?,
-            ),
+            Node::File { host, mode } => (b.mode(0o100000 | mode), fs::read(host)?),
             Node::Symlink(target) => (b.mode(0o120777), target.as_bytes().to_vec()),
             Node::CharDev { major, minor } => (
                 b.mode(0o020600).rdev_major(*major).rdev_minor(*minor),

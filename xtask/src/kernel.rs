@@ -11,8 +11,8 @@
 use crate::deps;
 use crate::kconfig;
 use crate::progress::Progress;
-use crate::util::{self, io_at, Error, Key, Result};
-use std::fs;
+use crate::util::{self, Error, Key, Result};
+use fs_err as fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,11 +48,7 @@ pub struct Kernel {
 
 impl Kernel {
     fn at(dir: &Path) -> Result<Kernel> {
-        let release = io_at(
-            fs::read_to_string(dir.join("release")),
-            "read",
-            &dir.join("release"),
-        )?;
+        let release = fs::read_to_string(dir.join("release"))?;
         Ok(Kernel {
             dir: dir.to_path_buf(),
             bzimage: dir.join("bzImage"),
@@ -67,7 +63,7 @@ impl Kernel {
 /// The kernel source: the user's tree, or Debian's tarball unpacked once.
 pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
     if let Some(tree) = tree {
-        let dir = io_at(tree.canonicalize(), "kernel tree", tree)?;
+        let dir = fs::canonicalize(tree)?;
         if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
             return Err(Error::new(format!(
                 "{} does not look like a kernel tree (no Makefile/Kconfig)",
@@ -101,18 +97,18 @@ pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
 
 fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
     let parent = dest.parent().expect("dest has a parent");
-    io_at(fs::create_dir_all(parent), "create", parent)?;
+    fs::create_dir_all(parent)?;
     let staging = parent.join(format!(".unpack-{}", std::process::id()));
-    io_at(fs::create_dir_all(&staging), "create", &staging)?;
+    fs::create_dir_all(&staging)?;
     eprintln!("[kernel] unpacking {} (once)", tarball.display());
     let sh = Shell::new()?;
     cmd!(sh, "tar -xf {tarball} -C {staging}").run()?;
-    let top = io_at(fs::read_dir(&staging), "read", &staging)?
+    let top = fs::read_dir(&staging)?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.join("Makefile").is_file())
         .ok_or_else(|| Error::new(format!("{} holds no kernel tree", tarball.display())))?;
-    io_at(fs::rename(&top, dest), "move", dest)?;
+    fs::rename(&top, dest)?;
     let _ = fs::remove_dir_all(&staging);
     Ok(())
 }
@@ -120,7 +116,7 @@ fn unpack(tarball: &Path, dest: &Path) -> Result<()> {
 /// Build (or reuse) the kernel for `src` with `fragments`.
 pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) -> Result<Kernel> {
     let root = cache.join("kernel");
-    io_at(fs::create_dir_all(&root), "create", &root)?;
+    fs::create_dir_all(&root)?;
     let mut key = Key::new(RECIPE);
     key.str("source", &src.identity);
     for f in fragments {
@@ -131,13 +127,13 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         return Kernel::at(&out);
     }
     let lock_path = root.join("build.lock");
-    let lock = io_at(fs::File::create(&lock_path), "create", &lock_path)?;
+    let lock = fs::File::create(&lock_path)?;
     if lock.try_lock().is_err() {
         eprintln!(
             "[kernel] another kernel build is running; waiting for it ({})",
             lock_path.display()
         );
-        io_at(lock.lock(), "lock", &lock_path)?;
+        lock.lock()?;
     }
     // The other build may have produced exactly what we need.
     if !src.user_tree && out.join("release").is_file() {
@@ -147,7 +143,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         "build-{}",
         Key::new("tree").str("id", &src.identity).finish()
     ));
-    io_at(fs::create_dir_all(&build), "create", &build)?;
+    fs::create_dir_all(&build)?;
     let log_path = root.join(format!(
         "{}.log",
         out.file_name().unwrap().to_string_lossy()
@@ -217,17 +213,17 @@ fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -
     log.run(&mut make_src("allnoconfig"), "configure")?;
     let mut requests = Vec::new();
     let dot = build.join(".config");
-    let mut config = io_at(fs::read_to_string(&dot), "read", &dot)?;
+    let mut config = fs::read_to_string(&dot)?;
     for f in fragments {
-        let text = io_at(fs::read_to_string(f), "read", f)?;
+        let text = fs::read_to_string(f)?;
         requests.extend(
             kconfig::parse(&text).map_err(|e| Error::new(format!("{}: {e}", f.display())))?,
         );
         config.push_str(&text);
     }
-    io_at(fs::write(&dot, config), "write", &dot)?;
+    fs::write(&dot, config)?;
     log.run(&mut make_src("olddefconfig"), "configure")?;
-    let result = io_at(fs::read_to_string(&dot), "read", &dot)?;
+    let result = fs::read_to_string(&dot)?;
     let unmet = kconfig::unmet(&requests, &result);
     if !unmet.is_empty() {
         return Err(Error::new(format!(
@@ -262,20 +258,20 @@ fn nfit_test_mirror(src: &Source, build: &Path) -> Result<PathBuf> {
 }
 
 fn copy_changed(from: &Path, to: &Path) -> Result<()> {
-    io_at(fs::create_dir_all(to), "create", to)?;
-    for entry in io_at(fs::read_dir(from), "read", from)?.flatten() {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)?.flatten() {
         let (src, dest) = (entry.path(), to.join(entry.file_name()));
         if src.is_dir() {
             copy_changed(&src, &dest)?;
         } else if src.is_file() && fs::read(&dest).ok() != fs::read(&src).ok() {
-            io_at(fs::copy(&src, &dest), "copy", &dest)?;
+            fs::copy(&src, &dest)?;
         }
     }
     Ok(())
 }
 
 fn find_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in io_at(fs::read_dir(dir), "read", dir)?.flatten() {
+    for entry in fs::read_dir(dir)?.flatten() {
         let p = entry.path();
         if p.is_dir() {
             find_modules(&p, out)?;
@@ -289,20 +285,12 @@ fn find_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()> {
     let staging = out.with_extension(format!("staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    io_at(
-        fs::create_dir_all(staging.join("nfit_test")),
-        "create",
-        &staging,
-    )?;
+    fs::create_dir_all(staging.join("nfit_test"))?;
     let sh = Shell::new()?;
     let release = cmd!(sh, "make -s -C {build} kernelrelease").read()?;
     let bz = build.join("arch/x86/boot/bzImage");
-    io_at(fs::copy(&bz, staging.join("bzImage")), "copy", &bz)?;
-    io_at(
-        fs::copy(build.join(".config"), staging.join("config")),
-        "copy",
-        &build.join(".config"),
-    )?;
+    fs::copy(&bz, staging.join("bzImage"))?;
+    fs::copy(build.join(".config"), staging.join("config"))?;
     log.run(
         Command::new("make")
             .arg("-C")
@@ -318,11 +306,7 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
     let mut modules = Vec::new();
     find_modules(nfit_dir, &mut modules)?;
     for p in &modules {
-        io_at(
-            fs::copy(p, staging.join("nfit_test").join(p.file_name().unwrap())),
-            "copy",
-            p,
-        )?;
+        fs::copy(p, staging.join("nfit_test").join(p.file_name().unwrap()))?;
     }
     if modules.is_empty() {
         return Err(Error::new(format!(
@@ -330,11 +314,7 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
             nfit_dir.display()
         )));
     }
-    io_at(
-        fs::write(staging.join("release"), release.trim()),
-        "write",
-        &staging,
-    )?;
+    fs::write(staging.join("release"), release.trim())?;
     util::publish_dir(&staging, out)
 }
 
@@ -347,7 +327,7 @@ struct Log {
 impl Log {
     fn create(path: &Path) -> Result<Log> {
         Ok(Log {
-            file: io_at(fs::File::create(path), "create", path)?,
+            file: fs::File::create(path)?,
             path: path.to_path_buf(),
         })
     }

@@ -1,7 +1,7 @@
 //! `cargo xtask lab`: host deps -> case validation -> kernel -> image ->
 //! accelerator -> run the cases (the harness's `lab` test target).
 
-use crate::util::{self, Error, Result};
+use crate::util::{Error, Result};
 use crate::{accel, deps, image, kernel, Options};
 use pmem_lab_env::qemu::Qemu;
 use pmem_lab_env::vars;
@@ -34,7 +34,7 @@ pub fn build(opts: &Options) -> Result<Built> {
 /// Kernel config fragments, in name order: images/kernel/*.config.
 pub fn fragments(workspace: &Path) -> Result<Vec<PathBuf>> {
     let dir = workspace.join("images/kernel");
-    let mut v: Vec<PathBuf> = util::io_at(std::fs::read_dir(&dir), "read", &dir)?
+    let mut v: Vec<PathBuf> = fs_err::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "config"))

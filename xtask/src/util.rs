@@ -1,8 +1,8 @@
 //! Small shared pieces: the error type, running commands, hashing, paths.
 
+use fs_err as fs;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,11 +35,6 @@ impl From<xshell::Error> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Attach a path to an I/O error.
-pub fn io_at<T>(r: std::io::Result<T>, what: &str, path: &Path) -> Result<T> {
-    r.map_err(|e| Error::new(format!("{what} {}: {e}", path.display())))
-}
 
 /// A command as the user would type it, for logs and messages.
 pub fn render(cmd: &Command) -> String {
@@ -74,7 +69,7 @@ impl Key {
         self
     }
     pub fn file(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
-        let bytes = io_at(fs::read(path), "read", path)?;
+        let bytes = fs::read(path)?;
         self.0
             .update(format!("\0{label}\0{}\0", bytes.len()).as_bytes());
         self.0.update(&bytes);
@@ -89,7 +84,7 @@ impl Key {
 
 /// The ELF interpreter (PT_INTERP) of a binary, or None for a static one.
 pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
-    let data = io_at(fs::read(path), "read", path)?;
+    let data = fs::read(path)?;
     let bad = || Error::new(format!("{} is not a 64-bit ELF file", path.display()));
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         return Err(bad());
@@ -121,11 +116,11 @@ pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
 pub fn publish_dir(staged: &Path, dest: &Path) -> Result<()> {
     if dest.exists() {
         let old = dest.with_extension(format!("old-{}", std::process::id()));
-        io_at(fs::rename(dest, &old), "move aside", dest)?;
-        io_at(fs::rename(staged, dest), "publish", dest)?;
+        fs::rename(dest, &old)?;
+        fs::rename(staged, dest)?;
         let _ = fs::remove_dir_all(&old);
     } else {
-        io_at(fs::rename(staged, dest), "publish", dest)?;
+        fs::rename(staged, dest)?;
     }
     Ok(())
 }

@@ -254,7 +254,7 @@ pub fn extract_packages(packages: &[&str], debs: &Path, root: &Path) -> Result<V
     sh.change_dir(debs);
     cmd!(sh, "apt-get download {packages...}").run()?;
     let mut names = Vec::new();
-    for deb in crate::util::io_at(std::fs::read_dir(debs), "read", debs)?.flatten() {
+    for deb in fs_err::read_dir(debs)?.flatten() {
         let deb = deb.path();
         cmd!(sh, "dpkg-deb -x {deb} {root}").quiet().run()?;
         names.push(

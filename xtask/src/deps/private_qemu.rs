@@ -11,9 +11,9 @@
 //! interrupted fetch leaves a `.fetch-PID` folder that the next one removes.
 
 use super::{apt, QEMU_PACKAGE};
-use crate::util::{self, io_at, Error, Result};
+use crate::util::{self, Error, Result};
+use fs_err as fs;
 use pmem_lab_env::qemu::{self, Qemu};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Fetch (or reuse) the private copy; its binary.
@@ -31,11 +31,11 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
     if binary.is_file() {
         return Ok(binary);
     }
-    io_at(fs::create_dir_all(&parent), "create", &parent)?;
+    fs::create_dir_all(&parent)?;
     util::sweep_staging(&parent, ".fetch-");
     let staging = parent.join(format!(".fetch-{}", std::process::id()));
     let debs = staging.join("debs");
-    io_at(fs::create_dir_all(&debs), "create", &debs)?;
+    fs::create_dir_all(&debs)?;
     let packages: Vec<&str> = plan.installs.iter().map(|i| i.package.as_str()).collect();
     eprintln!(
         "[deps] fetching {QEMU_PACKAGE} {version} and {} companion package(s) into {}",
@@ -45,7 +45,7 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
     let root = staging.join("root");
     let names = super::extract_packages(&packages, &debs, &root)?;
     let list = staging.join("packages.txt");
-    io_at(fs::write(&list, names.join("\n") + "\n"), "write", &list)?;
+    fs::write(&list, names.join("\n") + "\n")?;
     // Prove it starts before publishing it.
     let staged = Qemu::at(root.join("usr/bin").join(qemu::PROGRAM));
     let line = staged.version_line().map_err(|e| {
