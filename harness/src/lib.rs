@@ -13,6 +13,7 @@ pub mod boot;
 pub mod bundle;
 pub mod checks;
 pub mod dax;
+pub mod failure;
 pub mod guest;
 pub mod inject;
 pub mod lab_env;

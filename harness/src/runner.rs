@@ -10,13 +10,13 @@ use crate::badblocks;
 use crate::boot::{start_vm, Started};
 use crate::case::step::{BadblocksCheck, Command, LineSpec, PutSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
+use crate::failure::{CaseFailed, Failure, StepAt};
 use crate::guest::Guest;
 use crate::inject;
 use crate::lab_env::LabEnv;
 use crate::oracle;
 use crate::setup::{self, Layout};
 use crate::template;
-use crate::vm::VmError;
 use crate::{bundle, checks, dax, preflight};
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
@@ -34,40 +34,52 @@ pub struct Passed {
     pub acpi_tables: Option<Duration>,
 }
 
-/// Run `case`; `Err` carries the full failure message.
-pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, String> {
+/// Run `case`; `Err` says why, and where the evidence is.
+pub fn run_case(case: &Case, env: &LabEnv) -> Result<Passed, CaseFailed> {
     // The loader only makes ids of plain names; this folder is deleted and
     // recreated, so check again that it stays inside the artifacts root.
     if !Path::new(&case.id)
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(format!(
-            "case id `{}` does not name a folder inside the artifacts root",
-            case.id
-        ));
+        return Err(CaseFailed {
+            failure: Box::new(Failure::Preflight(format!(
+                "case id `{}` does not name a folder inside the artifacts root",
+                case.id
+            ))),
+            artifacts: env.artifacts.clone(),
+        });
     }
     let dir = env.artifacts.join(&case.id);
     let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = run_in(case, env, &dir);
+    let result = fs::create_dir_all(&dir)
+        .map_err(|source| Failure::Artifacts {
+            path: dir.clone(),
+            source,
+        })
+        .and_then(|()| run_in(case, env, &dir));
     if result.is_ok() && !env.keep_passed {
         let _ = fs::remove_dir_all(&dir);
     } else {
         bundle::write_bundle_extras(case, env, &dir);
     }
-    result.map_err(|msg| format!("{msg}\nartifacts: {}", dir.display()))
+    result.map_err(|failure| CaseFailed {
+        failure: Box::new(failure),
+        artifacts: dir.clone(),
+    })
 }
 
-fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
+fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     let start = Instant::now();
     if case.machine.nfit_test {
-        preflight::nfit_test(env)?;
+        preflight::nfit_test(env).map_err(Failure::Preflight)?;
     }
-    let mut started = start_vm(case, env, dir, false)?;
+    let mut started = start_vm(case, env, dir, false).map_err(Failure::Boot)?;
     let mut log = StepLog::new(dir);
 
-    let ready = started.wait_ready(case.boot_timeout)?;
+    let ready = started
+        .wait_ready(case.boot_timeout)
+        .map_err(Failure::Boot)?;
     log.line(format!(
         "agent ready after {:.2}s (guest uptime {:.2}s, kernel {})",
         ready.boot_time.as_secs_f64(),
@@ -81,7 +93,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, String> {
         ..
     } = started;
     let outcome = setup::create_namespaces(&mut guest, case)
-        .map_err(|e| format!("setup: {e}"))
+        .map_err(Failure::Setup)
         .and_then(|layout| {
             log.line(format!("layout: {layout:?}"));
             let mut run = CaseRun {
@@ -122,18 +134,11 @@ struct CaseRun<'a> {
 }
 
 impl CaseRun<'_> {
-    fn steps(&mut self) -> Result<(), String> {
+    fn steps(&mut self) -> Result<(), Failure> {
         let baseline = self.observe("setup")?;
         let broken = oracle::violations(&self.layout.geometry, &baseline, &self.case.allow_dmesg);
         if !broken.is_empty() {
-            return Err(format!(
-                "after boot and setup, the oracle found:\n  - {}",
-                broken
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  - ")
-            ));
+            return Err(Failure::Baseline(broken));
         }
         for step in &self.case.steps {
             self.step(step)?;
@@ -141,23 +146,29 @@ impl CaseRun<'_> {
         Ok(())
     }
 
-    fn step(&mut self, step: &Step) -> Result<(), String> {
+    fn step(&mut self, step: &Step) -> Result<(), Failure> {
         for round in 1..=step.repeat {
-            let label = if step.repeat > 1 {
-                format!(" (round {round} of {})", step.repeat)
-            } else {
-                String::new()
+            let at = StepAt {
+                number: step.number,
+                name: step.name.clone(),
+                round: (step.repeat > 1).then_some((round, step.repeat)),
+                file: self.case.path.clone(),
+                line: step.line,
             };
             let began = Instant::now();
-            let result = self.step_once(step, &label);
+            let result = self.step_once(step, &at);
             if let Some(r) = &self.reporter {
-                let name = format!("{}{label}", step.name);
+                let name = match at.round {
+                    Some((round, of)) => format!("{} (round {round} of {of})", step.name),
+                    None => step.name.clone(),
+                };
+                let message = result.as_ref().err().map(|e| e.to_string());
                 r.step(
                     &self.case.id,
                     step.number,
                     &name,
                     began.elapsed(),
-                    result.as_ref().err().map(String::as_str),
+                    message.as_deref(),
                 );
             }
             result?;
@@ -165,15 +176,9 @@ impl CaseRun<'_> {
         Ok(())
     }
 
-    fn step_once(&mut self, step: &Step, round: &str) -> Result<(), String> {
+    fn step_once(&mut self, step: &Step, at: &StepAt) -> Result<(), Failure> {
         let case = self.case;
-        let where_ = format!(
-            "step {} `{}`{round} ({}:{})",
-            step.number,
-            step.name,
-            case.path.display(),
-            step.line
-        );
+        let broke = Failure::broke(at);
         let mut problems = Vec::new();
         let mut details = String::new();
         // A namespace `clear-errors` said it cleared.
@@ -187,21 +192,21 @@ impl CaseRun<'_> {
                         .iter()
                         .map(|a| expand(a))
                         .collect::<Result<_, _>>()
-                        .map_err(|e| format!("{where_}: {e}"))?,
+                        .map_err(|e| broke(e.to_string()))?,
                     stdin: stdin
                         .as_deref()
                         .map(expand)
                         .transpose()
-                        .map_err(|e| format!("{where_}: {e}"))?,
+                        .map_err(|e| broke(e.to_string()))?,
                     env: env
                         .iter()
                         .map(|(k, v)| expand(v).map(|v| (k.clone(), v)))
                         .collect::<Result<_, _>>()
-                        .map_err(|e| format!("{where_}: {e}"))?,
+                        .map_err(|e| broke(e.to_string()))?,
                     timeout_ms: step.timeout.as_millis() as u64,
                     tty: None,
                 };
-                let result = self.command(step, &where_, req, &mut details)?;
+                let result = self.command(step, &broke, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
             }
             Action::InjectError(op) | Action::Scrub(op) | Action::Clear(op) => {
@@ -211,7 +216,7 @@ impl CaseRun<'_> {
                         timeout_ms: step.timeout.as_millis() as u64,
                         ..Default::default()
                     };
-                    let started = self.command(step, &where_, start, &mut details)?;
+                    let started = self.command(step, &broke, start, &mut details)?;
                     if started.exit_code != Some(0) {
                         problems.push(format!(
                             "`ndctl start-scrub {bus}` failed ({})",
@@ -221,7 +226,7 @@ impl CaseRun<'_> {
                 }
                 let op = &self
                     .resolve_file_block(op)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
                 let layout = &self.layout;
                 let argv = op.argv(|ns| {
                     layout
@@ -235,7 +240,7 @@ impl CaseRun<'_> {
                     timeout_ms: step.timeout.as_millis() as u64,
                     ..Default::default()
                 };
-                let result = self.command(step, &where_, req, &mut details)?;
+                let result = self.command(step, &broke, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
                 if let (NdctlOp::Scrub { bus }, Some(0)) = (op, result.exit_code) {
                     problems.extend(checks::scrub_not_idle(bus, &result.stdout));
@@ -252,7 +257,7 @@ impl CaseRun<'_> {
                     case.machine.cpus,
                     step.timeout,
                 )
-                .map_err(|e| format!("{where_}: {e}"))?;
+                .map_err(|e| broke(e.to_string()))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {}",
                     step.number,
@@ -263,11 +268,10 @@ impl CaseRun<'_> {
             Action::ExpectBadblocks(_) => {}
             Action::Map(spec) => {
                 dax::map(self.guest, &self.layout, &mut self.maps, spec)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
             }
             Action::Unmap(name) => {
-                dax::unmap(self.guest, &mut self.maps, name)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                dax::unmap(self.guest, &mut self.maps, name).map_err(|e| broke(e.to_string()))?;
             }
             Action::Touch(TouchSpec {
                 map,
@@ -278,7 +282,7 @@ impl CaseRun<'_> {
                 let (pages, faults) = self
                     .guest
                     .touch(map, *offset, *length, *cpu)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {pages} pages, {faults} minor faults",
                     step.number, step.name
@@ -298,7 +302,7 @@ impl CaseRun<'_> {
                     case.machine.cpus,
                     step.timeout,
                 )
-                .map_err(|e| format!("{where_}: {e}"))?;
+                .map_err(|e| broke(e.to_string()))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {}: {:?}",
                     step.number, step.name, done.note, done.signal
@@ -315,7 +319,7 @@ impl CaseRun<'_> {
                 let signal = self
                     .guest
                     .poison(map, *offset, *cpu)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {signal:?}",
                     step.number, step.name
@@ -332,7 +336,7 @@ impl CaseRun<'_> {
                 let got = self
                     .guest
                     .signals(*wait)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
                 self.log
                     .line(format!("--- step {} `{}`: {got:?}", step.number, step.name));
                 let base = got
@@ -352,11 +356,11 @@ impl CaseRun<'_> {
                 executable,
             }) => {
                 let contents =
-                    fs::read(source).map_err(|e| format!("{where_}: {}: {e}", source.display()))?;
+                    fs::read(source).map_err(|e| broke(format!("{}: {e}", source.display())))?;
                 let bytes = contents.len();
                 self.guest
                     .put_file(to, contents, *executable, step.timeout)
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
                 self.log.line(format!(
                     "--- step {} `{}`: {} ({bytes} bytes) -> {to}",
                     step.number,
@@ -367,7 +371,7 @@ impl CaseRun<'_> {
             Action::MceKill(policy) => {
                 self.guest
                     .mce_kill(policy.name())
-                    .map_err(|e| format!("{where_}: {e}"))?;
+                    .map_err(|e| broke(e.to_string()))?;
             }
         }
         let snap = self.observe(&format!("step {}", step.number))?;
@@ -412,10 +416,11 @@ impl CaseRun<'_> {
             let lines: Vec<String> = snap.kmsg.iter().map(|r| r.render()).collect();
             details.push_str(&show("kernel log during the step", &lines.join("\n")));
         }
-        Err(format!(
-            "{where_} failed:\n  - {}\n{details}",
-            problems.join("\n  - ")
-        ))
+        Err(Failure::StepFailed {
+            at: at.clone(),
+            problems,
+            details,
+        })
     }
 
     /// An inject_error aimed at a file byte: find the block with FIEMAP. The
@@ -455,14 +460,14 @@ impl CaseRun<'_> {
     fn command(
         &mut self,
         step: &Step,
-        where_: &str,
+        broke: &impl Fn(String) -> Failure,
         req: RunRequest,
         details: &mut String,
-    ) -> Result<RunResult, String> {
+    ) -> Result<RunResult, Failure> {
         let result = self
             .guest
             .run(req.clone())
-            .map_err(|e| format!("{where_}: {e}"))?;
+            .map_err(|e| broke(e.to_string()))?;
         self.log.step(step, &req, &result);
         let _ = write!(
             details,
@@ -477,9 +482,13 @@ impl CaseRun<'_> {
 
     /// Snapshot the error state, append it to state.jsonl, advance the
     /// kernel-log cursor.
-    fn observe(&mut self, label: &str) -> Result<oracle::Snapshot, String> {
-        let snap = oracle::take(self.guest, &self.layout, self.last_seq)
-            .map_err(|e| format!("{label}: reading the error state: {e}"))?;
+    fn observe(&mut self, label: &str) -> Result<oracle::Snapshot, Failure> {
+        let snap = oracle::take(self.guest, &self.layout, self.last_seq).map_err(|e| {
+            Failure::Observe {
+                label: label.to_string(),
+                message: e.to_string(),
+            }
+        })?;
         if let Some(last) = snap.kmsg.last() {
             self.last_seq = Some(last.seq);
         }
@@ -555,11 +564,5 @@ impl StepLog {
             show("stderr", &r.stderr)
         );
         self.line(s);
-    }
-}
-
-impl From<VmError> for String {
-    fn from(e: VmError) -> String {
-        e.to_string()
     }
 }

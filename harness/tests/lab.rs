@@ -178,7 +178,7 @@ fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
                 let case = case::load_str(t.id, &path, t.yaml)
                     .map_err(|e| format!("self-test case does not load: {e:?}"))?;
                 let start = Instant::now();
-                let outcome = runner::run_case(&case, &lab);
+                let outcome = runner::run_case(&case, &lab).map_err(|f| f.to_string());
                 let took = start.elapsed();
                 let message = match outcome {
                     Ok(_) => return Err("the case passed but must fail".into()),
@@ -227,7 +227,7 @@ fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
 fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Trial {
     Trial::ignorable_test(case.id.clone(), move || {
         let start = Instant::now();
-        let result = runner::run_case(&case, &lab);
+        let result = runner::run_case(&case, &lab).map_err(|f| f.to_string());
         let release = pmem_lab_env::vars::KERNEL_RELEASE
             .get_str()
             .unwrap_or_default();
