@@ -123,6 +123,18 @@ fn every_malformed_case_is_checked_quickly() {
         let took = start.elapsed();
         assert!(took < std::time::Duration::from_secs(1), "{what}: {took:?}");
     }
+    // The process's peak memory (all the tests of this binary, the alias
+    // bomb and the 300 KiB file included) stays far below 100 MB.
+    if let Some(peak_kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    {
+        assert!(peak_kib < 100 * 1024, "peak memory {peak_kib} KiB");
+    }
 }
 
 const GOOD: &str = "steps:\n  - run: [true]\n";
