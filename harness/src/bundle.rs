@@ -71,7 +71,7 @@ mod tests {
         .unwrap();
         let env = LabEnv {
             kernel: PathBuf::from("/cache/kernel/k1/bzImage"),
-            initrd: PathBuf::from("/cache/it's/initrd.cpio.gz"),
+            initrd: PathBuf::from("/cache/it's/initrd.cpio"),
             kernel_config: Some(PathBuf::from("/cache/kernel/k1/config")),
             accel: Accel::Tcg,
             artifacts: PathBuf::from("/w/target/pmem-lab/artifacts"),
@@ -85,7 +85,7 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         for line in [
             "PMEM_LAB_KERNEL='/cache/kernel/k1/bzImage'",
-            r"PMEM_LAB_INITRD='/cache/it'\''s/initrd.cpio.gz'",
+            r"PMEM_LAB_INITRD='/cache/it'\''s/initrd.cpio'",
             "PMEM_LAB_ACCEL=tcg",
             "PMEM_LAB_QEMU='/usr/bin/qemu-system-x86_64'",
             "PMEM_LAB_ARTIFACTS='/w/target/pmem-lab/artifacts/devdax/s3-consume[2M]/replay'",

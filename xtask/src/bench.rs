@@ -60,7 +60,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         },
     ));
 
-    let tmp = std::env::temp_dir().join(format!("pmem-lab-bench-{}.cpio.gz", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!("pmem-lab-bench-{}.cpio", std::process::id()));
     let images = timed(b.runs, || {
         image::build_to(&opts.workspace, &built.kernel, &tmp)
     })?;

@@ -2,7 +2,7 @@
 //! accelerator -> run the cases (the harness's `lab` test target).
 
 use crate::util::{Error, Result};
-use crate::{accel, deps, image, kernel, Options};
+use crate::{accel, deps, image, kernel, parity, Options};
 use pmem_lab_env::qemu::Qemu;
 use pmem_lab_env::vars;
 use std::path::{Path, PathBuf};
@@ -16,10 +16,8 @@ pub struct Built {
 }
 
 pub fn build(opts: &Options) -> Result<Built> {
-    deps::ensure(&opts.host(), opts.kernel_tree.is_none())?;
     let t = Instant::now();
-    let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
-    let kernel = kernel::ensure(&src, &fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
+    let kernel = build_kernel(opts)?;
     let initrd = image::ensure(&opts.workspace, &opts.cache, &kernel)?;
     eprintln!(
         "[lab] kernel {} ({}), image {} ready in {}",
@@ -29,6 +27,26 @@ pub fn build(opts: &Options) -> Result<Built> {
         crate::progress::fmt_duration(t.elapsed())
     );
     Ok(Built { kernel, initrd })
+}
+
+/// Host packages, then the kernel (built or reused); for Debian's source,
+/// the config's differences from Debian's own must be the ones
+/// images/kernel/parity.txt explains (see [`crate::parity`]).
+pub fn build_kernel(opts: &Options) -> Result<kernel::Kernel> {
+    deps::ensure(&opts.host(), opts.kernel_tree.is_none())?;
+    let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
+    let built = kernel::ensure(&src, &fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
+    if src.user_tree {
+        return Ok(built);
+    }
+    let debian = parity::debian_config(&opts.cache, deps::DEBIAN_KERNEL_PACKAGE)?;
+    let config = fs_err::read_to_string(&built.config)?;
+    let n = parity::check(&opts.workspace, &src.dir, &debian, &config)?;
+    eprintln!(
+        "[lab] kernel config: {n} differences from Debian's in the audited areas, each explained in {}",
+        parity::LIST
+    );
+    Ok(built)
 }
 
 /// Kernel config fragments, in name order: images/kernel/*.config.

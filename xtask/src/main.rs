@@ -9,6 +9,7 @@ mod image;
 mod kconfig;
 mod kernel;
 mod lab;
+mod parity;
 mod progress;
 mod util;
 
@@ -83,14 +84,7 @@ fn run(cli: Cli) -> util::Result<()> {
             runner_args,
         } => lab::run(&opts, filter.as_deref(), &runner_args),
         Command::Kernel => {
-            deps::ensure(&opts.host(), opts.kernel_tree.is_none())?;
-            let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
-            let k = kernel::ensure(
-                &src,
-                &lab::fragments(&opts.workspace)?,
-                &opts.cache,
-                opts.jobs,
-            )?;
+            let k = lab::build_kernel(&opts)?;
             println!("{}", k.bzimage.display());
             Ok(())
         }

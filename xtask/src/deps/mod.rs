@@ -103,6 +103,38 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
             package: "kmod",
             present: |_| tool("depmod"),
         },
+        // The guest's userspace (images/initramfs/files.txt): the
+        // distribution's tools where they can change an outcome.
+        Need {
+            what: "jq (guest)",
+            package: "jq",
+            present: |_| installed("jq"),
+        },
+        Need {
+            what: "xfsprogs (guest)",
+            package: "xfsprogs",
+            present: |_| installed("xfsprogs"),
+        },
+        Need {
+            what: "bash (guest)",
+            package: "bash",
+            present: |_| installed("bash"),
+        },
+        Need {
+            what: "dash (guest)",
+            package: "dash",
+            present: |_| installed("dash"),
+        },
+        Need {
+            what: "util-linux (guest)",
+            package: "util-linux",
+            present: |_| installed("util-linux"),
+        },
+        Need {
+            what: "mount (guest)",
+            package: "mount",
+            present: |_| installed("mount"),
+        },
         Need {
             what: "xz",
             package: "xz-utils",
@@ -138,6 +170,16 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
         });
     }
     v
+}
+
+/// Whether dpkg has `package` installed.
+fn installed(package: &str) -> bool {
+    std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed")
+        })
 }
 
 /// busybox must be the static build: the initramfs carries no libc for it.
