@@ -10,6 +10,7 @@ pub use pmem_lab_spec::{
 
 pub mod acpi;
 pub mod boot;
+pub mod bring;
 pub mod bundle;
 pub mod checks;
 pub mod dax;

@@ -8,7 +8,8 @@
 
 use crate::badblocks;
 use crate::boot::{start_vm, Started};
-use crate::case::step::{BadblocksCheck, Command, LineSpec, PutSpec, TouchSpec};
+use crate::bring;
+use crate::case::step::{BadblocksCheck, Command, LineSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
 use crate::failure::{CaseFailed, Failure, StepAt};
 use crate::guest::Guest;
@@ -105,6 +106,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
                 maps: Default::default(),
                 reporter: env.reporter.clone(),
                 dir,
+                cache: &env.cache,
             };
             run.steps()
         });
@@ -131,6 +133,8 @@ struct CaseRun<'a> {
     maps: dax::Maps,
     reporter: Option<std::sync::Arc<crate::report::Reporter>>,
     dir: &'a Path,
+    /// The lab's cache (compiled programs a case brings live there).
+    cache: &'a Path,
 }
 
 impl CaseRun<'_> {
@@ -350,23 +354,23 @@ impl CaseRun<'_> {
                         .unwrap_or_default(),
                 );
             }
-            Action::Put(PutSpec {
-                source,
-                to,
-                executable,
-            }) => {
-                let contents =
-                    fs::read(source).map_err(|e| broke(format!("{}: {e}", source.display())))?;
-                let bytes = contents.len();
-                self.guest
-                    .put_file(to, contents, *executable, step.timeout)
-                    .map_err(|e| broke(e.to_string()))?;
-                self.log.line(format!(
-                    "--- step {} `{}`: {} ({bytes} bytes) -> {to}",
-                    step.number,
-                    step.name,
-                    source.display()
-                ));
+            Action::Put(spec) => {
+                let files = bring::prepare(spec, self.cache).map_err(&broke)?;
+                for f in &files {
+                    let contents = fs::read(&f.host)
+                        .map_err(|e| broke(format!("{}: {e}", f.host.display())))?;
+                    let bytes = contents.len();
+                    self.guest
+                        .put_file(&f.guest, contents, f.executable, step.timeout)
+                        .map_err(&broke)?;
+                    self.log.line(format!(
+                        "--- step {} `{}`: {} ({bytes} bytes) -> {}",
+                        step.number,
+                        step.name,
+                        f.host.display(),
+                        f.guest
+                    ));
+                }
             }
             Action::MceKill(policy) => {
                 self.guest

@@ -7,12 +7,15 @@
 //! terminal (a script pipes commands in), end of input sends Ctrl-D.
 
 use crate::boot;
+use crate::bring;
+use crate::case::step::PutSpec;
 use crate::case::Case;
 use crate::lab_env::LabEnv;
 use crate::machine::VmFiles;
 use crate::setup;
 use pmem_lab_proto::RunRequest;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 /// Restores the terminal's mode when dropped (also on error paths).
@@ -46,7 +49,32 @@ impl Drop for RawMode {
     }
 }
 
-pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
+/// A file for the shell's guest: `HOST:GUEST` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extra {
+    pub host: std::path::PathBuf,
+    pub guest: String,
+}
+
+impl Extra {
+    /// `HOST:GUEST`, the guest path absolute.
+    pub fn parse(arg: &str) -> Result<Extra, String> {
+        let (host, guest) = arg
+            .rsplit_once(':')
+            .filter(|(h, g)| !h.is_empty() && g.starts_with('/'))
+            .ok_or_else(|| format!("`{arg}`: write HOST_PATH:/GUEST/PATH"))?;
+        let host = std::path::Path::new(host);
+        if !host.is_file() {
+            return Err(format!("`{}` is not a file", host.display()));
+        }
+        Ok(Extra {
+            host: std::path::absolute(host).unwrap_or_else(|_| host.to_path_buf()),
+            guest: guest.to_string(),
+        })
+    }
+}
+
+pub fn run(case: &Case, env: &LabEnv, extras: &[Extra]) -> Result<(), String> {
     let dir = env.artifacts.join(&case.id).join("shell");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -70,6 +98,21 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
             .unwrap_or_default();
         eprintln!("  {name}: {} in {}{dev}", ns.dev, ns.region);
     }
+    for extra in extras {
+        let spec = PutSpec {
+            compile: extra.host.extension().is_some_and(|e| e == "c"),
+            executable: std::fs::metadata(&extra.host)
+                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0),
+            source: extra.host.clone(),
+            to: extra.guest.clone(),
+        };
+        for f in bring::prepare(&spec, &env.cache)? {
+            let contents =
+                std::fs::read(&f.host).map_err(|e| format!("{}: {e}", f.host.display()))?;
+            guest.put_file(&f.guest, contents, f.executable, Duration::from_secs(60))?;
+        }
+        eprintln!("  put {} -> {}", extra.host.display(), extra.guest);
+    }
     eprintln!(
         "pmem-lab shell: QEMU monitor: socat - UNIX-CONNECT:{} (e.g. `mce ...`, `info registers`)",
         hmp.display()
@@ -86,7 +129,7 @@ pub fn run(case: &Case, env: &LabEnv) -> Result<(), String> {
     let shell = guest
         .machine()
         .send(pmem_lab_proto::Op::Run(RunRequest {
-            argv: vec!["sh".into(), "-l".into()],
+            argv: vec!["bash".into(), "-l".into()],
             env: [("PS1".to_string(), "pmem-lab# ".to_string())].into(),
             timeout_ms: u64::MAX / 4,
             tty: Some("/dev/ttyS0".into()),

@@ -7,6 +7,7 @@
 //! with the reason. If any case file is invalid, no VM starts at all.
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use pmem_lab_harness::bring;
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::known::{self, KnownFailure};
 use pmem_lab_harness::lab_env::LabEnv;
@@ -64,17 +65,26 @@ fn main() {
     });
 
     let mut trials = Vec::new();
+    let compiler = bring::have_compiler();
     for l in &loaded {
         let errors = l.case.as_ref().err().cloned();
+        let case = l.case.as_ref().ok().cloned();
+        let cache = pmem_lab_env::default_cache();
         trials.push(
-            Trial::test(format!("validate/{}", l.id), move || match &errors {
-                None => Ok(()),
-                Some(errs) => Err(Failed::from(
-                    errs.iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n\n"),
-                )),
+            Trial::test(format!("validate/{}", l.id), move || {
+                match (&errors, &case) {
+                    (Some(errs), _) => Err(Failed::from(
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("\n\n"),
+                    )),
+                    // C sources a case brings compile here, before any VM boots
+                    // (without gcc on this machine the VM trial reports it).
+                    (None, Some(case)) if compiler => bring::compile_case(case, &cache)
+                        .map_err(|errs| Failed::from(errs.join("\n\n"))),
+                    _ => Ok(()),
+                }
             })
             .with_kind("validate"),
         );

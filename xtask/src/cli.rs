@@ -90,7 +90,24 @@ pub enum LabCommand {
     Shell {
         /// A case id as `cargo xtask lab -- --list` shows it.
         case: String,
+        /// Also put this host file at this guest path after setup (a C
+        /// source is compiled statically first); repeatable.
+        #[arg(long = "put", value_name = "HOST:GUEST", value_parser = put_arg)]
+        put: Vec<String>,
     },
+}
+
+fn put_arg(s: &str) -> Result<String, String> {
+    let (host, guest) = s
+        .rsplit_once(':')
+        .filter(|(h, g)| !h.is_empty() && g.starts_with('/'))
+        .ok_or_else(|| format!("`{s}`: write HOST_PATH:/GUEST/PATH"))?;
+    let host = PathBuf::from(host);
+    if !host.is_file() {
+        return Err(format!("{} is not a file", host.display()));
+    }
+    let host = std::path::absolute(&host).unwrap_or(host);
+    Ok(format!("{}:{guest}", host.display()))
 }
 
 fn kernel_tree(s: &str) -> Result<PathBuf, String> {
@@ -207,8 +224,15 @@ mod tests {
         let cli = parse(&["lab", "shell", "namespaces/devdax-2m"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Lab { shell: Some(LabCommand::Shell { ref case }), .. } if case == "namespaces/devdax-2m"
+            Command::Lab { shell: Some(LabCommand::Shell { ref case, .. }), .. } if case == "namespaces/devdax-2m"
         ));
+        let cli = parse(&["lab", "shell", "x", "--put", "/proc/version:/tmp/v"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lab { shell: Some(LabCommand::Shell { ref put, .. }), .. } if put == &["/proc/version:/tmp/v"]
+        ));
+        assert!(parse(&["lab", "shell", "x", "--put", "/nonexistent:/tmp/v"]).is_err());
+        assert!(parse(&["lab", "shell", "x", "--put", "/proc/version:relative"]).is_err());
         assert!(parse(&["lab", "shell"]).is_err());
     }
 

@@ -225,7 +225,7 @@ fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
 
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM. The
 /// case is found and checked first, before anything is built.
-pub fn shell(opts: &Options, case: &str) -> Result<()> {
+pub fn shell(opts: &Options, case: &str, put: &[String]) -> Result<()> {
     let shell = |env: &[(&str, String)], extra: &[&str]| {
         let mut args = vec![
             "run",
@@ -238,6 +238,10 @@ pub fn shell(opts: &Options, case: &str) -> Result<()> {
         ];
         args.extend(extra);
         args.push(case);
+        for p in put {
+            args.push("--put");
+            args.push(p);
+        }
         cargo(opts, env, &args)
             .status()
             .map_err(|e| Error::new(format!("cannot run cargo: {e}")))

@@ -75,9 +75,9 @@ fn run(cli: Cli) -> util::Result<()> {
     };
     match cli.command {
         Command::Lab {
-            shell: Some(LabCommand::Shell { case }),
+            shell: Some(LabCommand::Shell { case, put }),
             ..
-        } => lab::shell(&opts, &case),
+        } => lab::shell(&opts, &case, &put),
         Command::Lab {
             shell: None,
             filter,

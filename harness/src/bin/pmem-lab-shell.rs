@@ -1,4 +1,5 @@
-//! `pmem-lab-shell [--check] CASE`: see [`pmem_lab_harness::shell`].
+//! `pmem-lab-shell [--check] CASE [--put HOST:GUEST]...`: see
+//! [`pmem_lab_harness::shell`].
 //! Started by `cargo xtask lab shell CASE`: first with `--check`, which only
 //! finds and validates the case (so a typo is reported before any build),
 //! then, once the kernel and image are ready, with PMEM_LAB_KERNEL,
@@ -21,14 +22,20 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<(), String> {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let check_only = args.first().is_some_and(|a| a == "--check");
-    if check_only {
-        args.remove(0);
+    let usage = "usage: pmem-lab-shell [--check] CASE [--put HOST:GUEST]... (a case id, e.g. devdax/s3-consume[2M])";
+    let mut args = std::env::args().skip(1);
+    let mut check_only = false;
+    let mut id = None;
+    let mut extras = Vec::new();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--check" => check_only = true,
+            "--put" => extras.push(shell::Extra::parse(&args.next().ok_or(usage)?)?),
+            _ if id.is_none() => id = Some(arg),
+            _ => return Err(usage.into()),
+        }
     }
-    let [id] = <[String; 1]>::try_from(args).map_err(|_| {
-        "usage: pmem-lab-shell [--check] CASE (a case id, e.g. devdax/s3-consume[2M])"
-    })?;
+    let id = id.ok_or(usage)?;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = pmem_lab_env::vars::CASES
         .get()
@@ -61,5 +68,5 @@ fn real_main() -> Result<(), String> {
     let env = LabEnv::from_env(&artifacts)?.ok_or(
         "PMEM_LAB_KERNEL and PMEM_LAB_INITRD are not set: use `cargo xtask lab shell CASE`",
     )?;
-    shell::run(case, &env)
+    shell::run(case, &env, &extras)
 }

@@ -19,6 +19,9 @@ pub struct PutEntry {
     /// Mode 0755 instead of 0644.
     #[serde(default)]
     pub executable: bool,
+    /// Compile `from` (C) statically on the host and put the program.
+    /// Default: true for a `.c` file.
+    pub compile: Option<bool>,
 }
 
 /// A host file to copy into the guest.
@@ -28,6 +31,8 @@ pub struct PutSpec {
     pub source: PathBuf,
     pub to: String,
     pub executable: bool,
+    /// `source` is C, to be compiled statically on the host first.
+    pub compile: bool,
 }
 
 pub struct Put;
@@ -47,13 +52,18 @@ impl Kind for Put {
 |---|---|---|
 | `from` | required | a file beside the case, relative to the case file's folder; it must stay inside that folder (no `..`, no absolute path, no symlink out) and be a regular file of at most 4 MiB |
 | `to` | required | the guest path, absolute; folders are created |
-| `executable` | false | mode 0755 instead of 0644 |
+| `executable` | false | mode 0755 instead of 0644 (a compiled program is executable) |
+| `compile` | true for `*.c` | compile `from` on the host with `gcc -static -O2 -Wall` and put the program |
 
-Copies the user's own reproducer, script or static program into the guest
-(written to a temporary name and renamed, so nothing runs a half-written
-copy). The file is checked when the case is loaded and read when the step
-runs. Files that are not `*.yaml` are not cases, so a case's files can live
-in a folder beside it (`cases/guest/files/`).
+Copies the user's own reproducer, script or program into the guest (written
+to a temporary name and renamed, so nothing runs a half-written copy). A C
+source is compiled statically on the host, in the validation pass before any
+VM boots (a compile error fails the case's `validate/` trial with gcc's own
+messages); the result is cached by the source's content and gcc's version.
+A dynamically linked program brings its shared-library closure (`ldd` on the
+host), each library at its host path. The file is checked when the case is
+loaded and read when the step runs. Files that are not `*.yaml` are not
+cases, so a case's files can live in a folder beside it (`cases/guest/files/`).
 "#;
 }
 
@@ -83,12 +93,14 @@ impl Check for Put {
                 "`to` is a regular file: not under /proc, /sys or /dev",
             );
         }
+        let compile = e.compile.unwrap_or_else(|| e.from.value.ends_with(".c"));
         Some((
             format!("put {}", e.to.value),
             PutSpec {
                 source: source.ok()?,
                 to: e.to.value.clone(),
-                executable: e.executable,
+                executable: e.executable || compile,
+                compile,
             },
         ))
     }

@@ -1,0 +1,230 @@
+//! The files a case brings into the guest (`put` steps), made ready on the
+//! host: a C source compiled statically (cached by its content and the
+//! compiler's identity), a dynamically linked program with its
+//! shared-library closure.
+
+use crate::case::step::PutSpec;
+use crate::case::{Action, Case};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One file for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    pub guest: String,
+    pub host: PathBuf,
+    pub executable: bool,
+}
+
+/// What a `put` step sends: the file, then what it needs to run.
+pub fn prepare(spec: &PutSpec, cache: &Path) -> Result<Vec<GuestFile>, String> {
+    let host = if spec.compile {
+        compile(&spec.source, cache)?
+    } else {
+        spec.source.clone()
+    };
+    let mut files = vec![GuestFile {
+        guest: spec.to.clone(),
+        host: host.clone(),
+        // A compiled program is there to run.
+        executable: spec.executable || spec.compile,
+    }];
+    files.extend(libraries(&host)?);
+    Ok(files)
+}
+
+/// Compile every C source the case's `put` steps bring: the validation
+/// pass calls this so that a compile error shows before any VM boots.
+/// Each error names the case file and the step's line, then gcc's words.
+pub fn compile_case(case: &Case, cache: &Path) -> Result<(), Vec<String>> {
+    let errors: Vec<String> = case
+        .steps
+        .iter()
+        .filter_map(|step| match &step.action {
+            Action::Put(spec) if spec.compile => compile(&spec.source, cache)
+                .err()
+                .map(|e| format!("{}:{}: {e}", case.path.display(), step.line)),
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Whether the host can compile C for the guest at all.
+pub fn have_compiler() -> bool {
+    pmem_lab_env::program("gcc").is_some()
+}
+
+/// `gcc -static -O2 -Wall` of `source`, cached under `<cache>/bring/`.
+fn compile(source: &Path, cache: &Path) -> Result<PathBuf, String> {
+    let code = fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let gcc = Command::new("gcc").arg("--version").output().map_err(|e| {
+        format!(
+            "cannot run gcc to compile {}: {e} (install gcc)",
+            source.display()
+        )
+    })?;
+    let mut h = Sha256::new();
+    h.update(&code);
+    h.update(&gcc.stdout);
+    h.update(FLAGS.join(" ").as_bytes());
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let stem = source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".into());
+    let dir = cache.join("bring").join(&key);
+    let out = dir.join(&stem);
+    if out.is_file() {
+        return Ok(out);
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Trials compile in parallel threads of one process: the temporary name
+    // names both.
+    let tmp = dir.join(format!(
+        ".{stem}.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let result = Command::new("gcc")
+        .args(FLAGS)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(source)
+        .output()
+        .map_err(|e| format!("cannot run gcc: {e}"))?;
+    if !result.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!(
+            "`{}` does not compile (gcc {}):\n{}",
+            source.display(),
+            FLAGS.join(" "),
+            String::from_utf8_lossy(&result.stderr).trim_end()
+        ));
+    }
+    fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
+}
+
+/// Static, so the guest needs nothing but the program; warnings shown.
+const FLAGS: [&str; 3] = ["-static", "-O2", "-Wall"];
+
+/// A dynamically linked program's libraries (and loader), as `ldd` on the
+/// host resolves them, each to go to the same path in the guest.
+fn libraries(program: &Path) -> Result<Vec<GuestFile>, String> {
+    let mut magic = [0u8; 4];
+    let is_elf = fs::File::open(program)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF";
+    if !is_elf {
+        return Ok(Vec::new());
+    }
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(|e| format!("cannot run ldd: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("not a dynamic executable") || !out.status.success() {
+        return Ok(Vec::new());
+    }
+    parse_ldd(&text)
+        .map_err(|e| format!("ldd {}: {e}", program.display()))?
+        .into_iter()
+        .map(|lib| {
+            let host = fs::canonicalize(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+            Ok(GuestFile {
+                guest: lib.to_string_lossy().into_owned(),
+                host,
+                executable: true,
+            })
+        })
+        .collect()
+}
+
+/// The absolute library paths in `ldd` output.
+fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in out.lines().map(str::trim) {
+        if line.is_empty()
+            || line.starts_with("linux-vdso")
+            || line.starts_with("statically linked")
+        {
+            continue;
+        }
+        if line.contains("=> not found") {
+            return Err(format!("missing library: {line}"));
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        match path {
+            Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
+            _ => return Err(format!("unexpected line: {line}")),
+        }
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_lines_give_library_paths() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
+        assert_eq!(
+            parse_ldd(out).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        assert!(parse_ldd("libx.so => not found\n")
+            .unwrap_err()
+            .contains("missing"));
+    }
+
+    #[test]
+    fn a_c_source_compiles_once_and_a_broken_one_says_why() {
+        if !have_compiler() {
+            return; // no gcc on this machine: nothing to compile with
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("hello.c");
+        fs::write(
+            &src,
+            "#include <stdio.h>\nint main(void) { puts(\"hi\"); return 0; }\n",
+        )
+        .unwrap();
+        let cache = dir.path().join("cache");
+        let out = compile(&src, &cache).unwrap();
+        assert!(out.is_file());
+        // Static: nothing to bring along.
+        assert!(libraries(&out).unwrap().is_empty());
+        assert_eq!(compile(&src, &cache).unwrap(), out, "cached");
+        let bad = dir.path().join("bad.c");
+        fs::write(&bad, "int main(void) { return nope; }\n").unwrap();
+        let e = compile(&bad, &cache).unwrap_err();
+        assert!(e.contains("does not compile") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn a_dynamic_program_brings_its_libraries() {
+        let exe = std::env::current_exe().unwrap();
+        let libs = libraries(&exe).unwrap();
+        assert!(libs.iter().any(|l| l.guest.contains("libc.so")), "{libs:?}");
+    }
+}
