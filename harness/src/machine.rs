@@ -9,8 +9,6 @@ use pmem_lab_spec::size::{ByteSize, GIB};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// The QEMU binary the lab runs.
-pub const QEMU: &str = "qemu-system-x86_64";
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +311,7 @@ mod tests {
             "it's".into(),
         ];
         assert_eq!(
-            shell_quote_command(QEMU, &args),
+            shell_quote_command(pmem_lab_env::qemu::PROGRAM, &args),
             r"qemu-system-x86_64 -append 'console=ttyS0 panic=-1' 'it'\''s'"
         );
     }

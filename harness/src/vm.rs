@@ -144,17 +144,8 @@ pub struct Vm {
 
 impl Vm {
     /// Start QEMU. `run_dir` receives console.log, agent.jsonl and qmp.log.
-    pub fn start(
-        qemu: &Qemu,
-        args: &[OsString],
-        files: &VmFiles,
-        run_dir: &Path,
-    ) -> Result<Vm, String> {
-        Self::start_with(qemu, args, files, run_dir, false)
-    }
-
-    /// [`Vm::start`]; with `interactive`, the serial console is also
-    /// echoed to our stdout and [`Vm::console_input`] feeds it (the shell).
+    /// With `interactive`, the serial console is also echoed to our stdout
+    /// and [`Vm::console_input`] feeds it (the shell).
     pub fn start_with(
         qemu: &Qemu,
         args: &[OsString],
