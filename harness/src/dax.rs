@@ -2,7 +2,7 @@
 //! touching, and consuming poison while the lab injects the machine check.
 
 use crate::address::{Base, Location, Target};
-use crate::case::step::{LineSpec, MapSpec};
+use crate::case::step::{LineSpec, MapSpec, Mapped};
 use crate::guest::Guest;
 use crate::inject::MEMORY_FAILURE;
 use crate::mce::{Injection, Kind};
@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 /// A live mapping in the agent.
 #[derive(Debug, Clone)]
 pub struct MapState {
-    pub namespace: String,
-    /// Offset of the mapping in the dax device (= the namespace's data).
+    /// The devdax namespace mapped; `None` for a file.
+    pub namespace: Option<String>,
+    /// Offset of the mapping in the dax device (= the namespace's data) or
+    /// the file.
     pub offset: u64,
     pub length: u64,
     /// Its address in the agent (and in its forked children).
@@ -48,18 +50,24 @@ pub fn map(
     maps: &mut Maps,
     spec: &MapSpec,
 ) -> Result<(), String> {
-    let dev = layout
-        .namespaces
-        .get(&spec.namespace)
-        .and_then(|n| n.chardev.clone())
-        .ok_or_else(|| format!("namespace `{}` has no dax device", spec.namespace))?;
+    let (path, namespace) = match &spec.what {
+        Mapped::Namespace(ns) => {
+            let dev = layout
+                .namespaces
+                .get(ns)
+                .and_then(|n| n.chardev.clone())
+                .ok_or_else(|| format!("namespace `{ns}` has no dax device"))?;
+            (format!("/dev/{dev}"), Some(ns.clone()))
+        }
+        Mapped::File(path) => (path.clone(), None),
+    };
     let base = guest
-        .map_dax(&spec.name, &format!("/dev/{dev}"), spec.offset, spec.length)
+        .map_dax(&spec.name, &path, spec.offset, spec.length)
         .map_err(|e| e.to_string())?;
     maps.0.insert(
         spec.name.clone(),
         MapState {
-            namespace: spec.namespace.clone(),
+            namespace,
             offset: spec.offset,
             length: spec.length,
             base,
@@ -99,8 +107,11 @@ pub fn consume(
     } = line;
     let (offset, cpu) = (*offset, *cpu);
     let m = maps.get(name)?;
+    let namespace = m.namespace.clone().ok_or_else(|| {
+        format!("mapping `{name}` maps a file: consume needs a device-dax mapping")
+    })?;
     let at = Location {
-        target: Target::Namespace(m.namespace.clone()),
+        target: Target::Namespace(namespace),
         offset: m.offset + offset,
         base: Base::Data,
     };

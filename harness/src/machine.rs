@@ -9,7 +9,6 @@ use pmem_lab_spec::size::{ByteSize, GIB};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -60,10 +59,16 @@ impl VmFiles {
 /// Kernel command line. `panic=-1` with QEMU's `-no-reboot` turns a guest
 /// panic into a QEMU exit, so a panicking case can never hang the run.
 pub fn kernel_cmdline(spec: &MachineSpec) -> String {
-    let mut words = vec!["console=ttyS0", "panic=-1"];
+    let mut words: Vec<String> = vec!["console=ttyS0".into(), "panic=-1".into()];
     if spec.nfit_test {
-        words.push("pmem_lab.nfit_test=1");
+        words.push("pmem_lab.nfit_test=1".into());
     }
+    // `memmap=SIZE!AT`: that RAM becomes e820 type 12, legacy pmem.
+    words.extend(
+        spec.e820_pmem
+            .iter()
+            .map(|p| format!("memmap={}!{}", ByteSize(p.size), ByteSize(p.at))),
+    );
     words.join(" ")
 }
 
@@ -301,6 +306,27 @@ mod tests {
         assert_eq!(spec.region_offsets(), [0, 1022 << 20]);
         // A 1G backend lands on the next 1G boundary.
         assert_eq!(two_dimms().region_offsets(), [0, GIB]);
+    }
+
+    #[test]
+    fn e820_pmem_goes_on_the_kernel_command_line() {
+        let spec = MachineSpec {
+            e820_pmem: vec![
+                crate::machine::E820Pmem {
+                    at: GIB,
+                    size: 512 << 20,
+                },
+                crate::machine::E820Pmem {
+                    at: 2 * GIB,
+                    size: 256 << 20,
+                },
+            ],
+            ..MachineSpec::default()
+        };
+        assert_eq!(
+            kernel_cmdline(&spec),
+            "console=ttyS0 panic=-1 memmap=512M!1G memmap=256M!2G"
+        );
     }
 
     #[test]

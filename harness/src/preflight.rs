@@ -49,6 +49,28 @@ pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
     Ok(())
 }
 
+/// A case with e820 pmem on a kernel without the legacy pmem driver fails
+/// here, before boot, with the reason (the guest would boot with RAM
+/// missing and no e820 bus).
+pub fn e820(env: &LabEnv) -> Result<(), String> {
+    let Some(config) = &env.kernel_config else {
+        return Ok(());
+    };
+    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let have = |o: &str| {
+        text.lines()
+            .any(|l| l == format!("{o}=m") || l == format!("{o}=y"))
+    };
+    if have("CONFIG_X86_PMEM_LEGACY") {
+        Ok(())
+    } else {
+        Err(format!(
+            "this case has machine.e820_pmem, which needs CONFIG_X86_PMEM_LEGACY (=m or =y) in the kernel config ({})",
+            config.display()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +116,15 @@ mod tests {
         assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
         fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
         assert!(nfit_test(&env).is_ok());
+    }
+
+    #[test]
+    fn e820_preflight_needs_the_legacy_pmem_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        fs::write(dir.path().join("config"), "CONFIG_LIBNVDIMM=m\n").unwrap();
+        assert!(e820(&env).unwrap_err().contains("CONFIG_X86_PMEM_LEGACY"));
+        fs::write(dir.path().join("config"), "CONFIG_X86_PMEM_LEGACY=m\n").unwrap();
+        assert!(e820(&env).is_ok());
     }
 }

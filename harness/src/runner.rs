@@ -75,6 +75,9 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     if case.machine.nfit_test {
         preflight::nfit_test(env).map_err(Failure::Preflight)?;
     }
+    if !case.machine.e820_pmem.is_empty() {
+        preflight::e820(env).map_err(Failure::Preflight)?;
+    }
     let mut started = start_vm(case, env, dir, false).map_err(Failure::Boot)?;
     let mut log = StepLog::new(dir);
 

@@ -24,6 +24,29 @@ pub struct MachineSpec {
     pub root_dsm: RootDsm,
     /// Deliberate misbehaviour of the lab's root _DSM.
     pub dsm_faults: Vec<DsmFault>,
+    /// RAM ranges the kernel treats as legacy persistent memory
+    /// (`memmap=SIZE!AT`, the e820 bus of nd_e820).
+    pub e820_pmem: Vec<E820Pmem>,
+}
+
+/// A range of guest RAM given to the kernel as e820 persistent memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Pmem {
+    /// Guest-physical start.
+    pub at: u64,
+    pub size: u64,
+}
+
+impl E820Pmem {
+    /// Start and size are multiples of this (libnvdimm's region alignment, so
+    /// a namespace over the whole region can be fsdax or devdax at 2M).
+    pub const ALIGN: u64 = 16 << 20;
+    /// The lowest start: the kernel, the initramfs and early allocations
+    /// live below.
+    pub const LOWEST: u64 = 512 << 20;
+    /// The highest end: QEMU's pc machine keeps guest RAM below 3G
+    /// contiguous (above that it may split RAM around the 4G hole).
+    pub const HIGHEST: u64 = 3 << 30;
 }
 
 /// A firmware bug the lab's root _DSM can be told to have, to see what the
@@ -75,6 +98,7 @@ impl Default for MachineSpec {
             nfit_test: false,
             root_dsm: RootDsm::Lab,
             dsm_faults: Vec::new(),
+            e820_pmem: Vec::new(),
         }
     }
 }

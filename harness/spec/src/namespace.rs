@@ -32,6 +32,9 @@ pub enum Bus {
     NfitTest0,
     #[serde(rename = "nfit_test.1")]
     NfitTest1,
+    /// Legacy persistent memory from `memmap=` (machine.e820_pmem).
+    #[serde(rename = "e820")]
+    E820,
 }
 
 impl Bus {
@@ -41,6 +44,7 @@ impl Bus {
             Bus::AcpiNfit => "ACPI.NFIT",
             Bus::NfitTest0 => "nfit_test.0",
             Bus::NfitTest1 => "nfit_test.1",
+            Bus::E820 => "e820",
         }
     }
 }

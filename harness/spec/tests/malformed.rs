@@ -90,10 +90,16 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("scrub bus word", "steps:\n  - scrub: ACPI\n", "2:12 unknown variant `ACPI`, expected one of ACPI.NFIT, nfit_test.0, nfit_test.1"),
     ("match word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - expect_badblocks: {region: 0, match: some}\n", "5:42 unknown variant `some`, expected one of exact, contains"),
     ("from word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: scrub, region: 0, offset: 0, from: end}\n", "5:55 unknown variant `end`, expected one of data, start"),
-    ("namespace on ACPI.NFIT bus", "machine:\n  nfit_test: true\nsetup:\n  namespaces:\n    - {name: a, bus: ACPI.NFIT, mode: raw}\nsteps:\n  - run: [true]\n", "5:22 QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1)"),
+    ("namespace on ACPI.NFIT bus", "machine:\n  nfit_test: true\nsetup:\n  namespaces:\n    - {name: a, bus: ACPI.NFIT, mode: raw}\nsteps:\n  - run: [true]\n", "5:22 QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1, e820)"),
     ("fault word", "machine:\n  root_dsm_faults: [flaky]\nsteps:\n  - run: [true]\n", "2:21 unknown variant `flaky`, expected one of truncated-ars-status"),
     ("signal code word", "steps:\n  - signals: {}\n    expect: {signal: {code: BUS_OOPS}}\n", "3:29 unknown variant `BUS_OOPS`, expected one of BUS_ADRALN, BUS_ADRERR, BUS_OBJERR, BUS_MCEERR_AR, BUS_MCEERR_AO"),
     ("signal name word", "steps:\n  - signals: {}\n    expect: {signal: {name: SIGSEGV}}\n", "3:29 unknown variant `SIGSEGV`, expected one of SIGBUS"),
+    ("e820 misaligned", "machine:\n  e820_pmem:\n    - {at: 1G, size: 100M}\nsteps:\n  - run: [true]\n", "3:7 `at` and `size` are non-zero multiples of 16M"),
+    ("e820 outside RAM", "machine:\n  memory: 2G\n  e820_pmem:\n    - {at: 2G, size: 512M}\nsteps:\n  - run: [true]\n", "4:7 e820 pmem lies inside guest RAM, from 512M up to 2G (the machine's memory, at most 3G)"),
+    ("e820 overlap", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\n    - {at: 1280M, size: 256M}\nsteps:\n  - run: [true]\n", "4:7 e820 pmem ranges must not overlap"),
+    ("e820 bus without e820", "setup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax}\nsteps:\n  - run: [true]\n", "3:22 bus `e820` needs `machine.e820_pmem`"),
+    ("map both namespace and file", "steps:\n  - map: {name: m, file: /f, namespace: x, length: 4K}\n", "2:10 name exactly one of `namespace` or `file`"),
+    ("map relative file", "steps:\n  - map: {name: m, file: f, length: 4K}\n", "2:26 `file` is an absolute guest path"),
 ];
 
 #[test]

@@ -290,6 +290,7 @@ pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError
         text,
         errors: Vec::new(),
         maps: Default::default(),
+        file_maps: Default::default(),
     };
     let case = v.case(id, file);
     if v.errors.is_empty() {
@@ -389,6 +390,8 @@ pub(crate) struct Checker<'a> {
     errors: Vec<CaseError>,
     /// Mappings alive at the step being checked: name -> length.
     pub(crate) maps: std::collections::BTreeMap<String, u64>,
+    /// Which of them map a file, not a namespace.
+    pub(crate) file_maps: std::collections::BTreeSet<String>,
 }
 
 impl Checker<'_> {
@@ -503,7 +506,51 @@ impl Checker<'_> {
             }
         }
         self.latent_errors(m, &spec);
+        self.e820_pmem(m, &mut spec);
         spec
+    }
+
+    /// `memmap=` ranges: inside low guest RAM above 512M (so the guest
+    /// keeps at least that much to run), aligned, not overlapping.
+    fn e820_pmem(&mut self, m: &model::MachineSection, spec: &mut MachineSpec) {
+        use crate::machine::E820Pmem;
+        for entry in &m.e820_pmem {
+            let (at, size) = (entry.value.at.value.bytes(), entry.value.size.value.bytes());
+            let end = at.checked_add(size);
+            let a = ByteSize(E820Pmem::ALIGN);
+            if size == 0
+                || !at.is_multiple_of(E820Pmem::ALIGN)
+                || !size.is_multiple_of(E820Pmem::ALIGN)
+            {
+                self.error(
+                    &entry.referenced,
+                    format!("`at` and `size` are non-zero multiples of {a}"),
+                );
+                continue;
+            }
+            let limit = spec.memory.bytes().min(E820Pmem::HIGHEST);
+            if at < E820Pmem::LOWEST || end.is_none_or(|e| e > limit) {
+                self.error(
+                    &entry.referenced,
+                    format!(
+                        "e820 pmem lies inside guest RAM, from {} up to {} (the machine's memory, at most 3G)",
+                        ByteSize(E820Pmem::LOWEST),
+                        ByteSize(limit)
+                    ),
+                );
+                continue;
+            }
+            let end = at + size;
+            if spec
+                .e820_pmem
+                .iter()
+                .any(|o| at < o.at + o.size && o.at < end)
+            {
+                self.error(&entry.referenced, "e820 pmem ranges must not overlap");
+                continue;
+            }
+            spec.e820_pmem.push(E820Pmem { at, size });
+        }
     }
 
     /// Latent errors need the lab's table and must fit in it.
@@ -771,14 +818,18 @@ impl Checker<'_> {
         if bus.value == model::Bus::AcpiNfit {
             self.error(
                 &bus.referenced,
-                "QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1)",
+                "QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1, e820)",
             );
         }
-        if !machine.nfit_test {
-            self.error(
+        match bus.value {
+            model::Bus::E820 if machine.e820_pmem.is_empty() => {
+                self.error(&bus.referenced, "bus `e820` needs `machine.e820_pmem`")
+            }
+            model::Bus::NfitTest0 | model::Bus::NfitTest1 if !machine.nfit_test => self.error(
                 &bus.referenced,
                 format!("bus `{}` needs `machine.nfit_test: true`", bus.value.name()),
-            );
+            ),
+            _ => {}
         }
         if let Some(n) = &ns.nvdimm {
             self.error(

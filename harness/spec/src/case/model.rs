@@ -46,6 +46,10 @@ pub struct MachineSection {
     /// in-tree NVDIMM stack: adds the nfit_test.0 and nfit_test.1 buses.
     #[serde(default)]
     pub nfit_test: bool,
+    /// Guest RAM ranges given to the kernel as legacy (e820) persistent
+    /// memory with `memmap=SIZE!AT`: the `e820` bus.
+    #[serde(default)]
+    pub e820_pmem: Vec<Spanned<E820Entry>>,
     /// How long to wait for the guest agent after QEMU starts.
     pub boot_timeout: Option<Timeout>,
     /// Who answers the NVDIMM root device's _DSM: `lab` (default: the lab's
@@ -56,6 +60,14 @@ pub struct MachineSection {
     /// [`crate::machine::DsmFault`]): `truncated-ars-status`.
     #[serde(default)]
     pub root_dsm_faults: Vec<Spanned<DsmFault>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E820Entry {
+    /// Guest-physical start, inside guest RAM.
+    pub at: Spanned<ByteSize>,
+    pub size: Spanned<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -112,6 +112,15 @@ fn read_line(
     consume: bool,
 ) -> Option<(String, LineSpec)> {
     let len = ck.map_len(&c.value.map)?;
+    if consume && ck.file_maps.contains(&c.value.map.value) {
+        ck.error(
+            &c.value.map.referenced,
+            format!(
+                "mapping `{}` maps a file: `consume` needs a device-dax mapping, whose offset the lab translates to a physical address",
+                c.value.map.value
+            ),
+        );
+    }
     let offset = c.value.offset.value.bytes();
     if offset >= len {
         ck.error(

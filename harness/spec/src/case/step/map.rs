@@ -1,8 +1,9 @@
-//! `map` and `unmap`: named mappings of device-dax in the agent.
+//! `map` and `unmap`: named mappings in the agent, of a device-dax
+//! namespace or of a file (on an fsdax mount, say).
 
 use super::{Check, Checker, Kind, Scope};
 use crate::namespace::NamespaceMode;
-use crate::size::{ByteSize, MIB};
+use crate::size::{ByteSize, KIB, MIB};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -10,20 +11,33 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct MapEntry {
     pub name: Spanned<String>,
-    pub namespace: Spanned<String>,
-    /// Offset into the dax device; a multiple of its align.
+    /// A devdax namespace of setup ...
+    pub namespace: Option<Spanned<String>>,
+    /// ... or a file in the guest (an absolute path): exactly one.
+    pub file: Option<Spanned<String>>,
+    /// Offset into the dax device (a multiple of its align) or the file (of
+    /// 4K).
     #[serde(default)]
     pub offset: Option<Spanned<ByteSize>>,
     pub length: Spanned<ByteSize>,
 }
 
-/// A window of a devdax namespace to mmap under a name.
+/// A window of a devdax namespace or of a file to mmap under a name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MapSpec {
     pub name: String,
-    pub namespace: String,
+    pub what: Mapped,
     pub offset: u64,
     pub length: u64,
+}
+
+/// What a mapping maps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// A devdax namespace of setup, by name.
+    Namespace(String),
+    /// A guest file, by absolute path.
+    File(String),
 }
 
 pub struct Map;
@@ -45,11 +59,18 @@ See [devdax.md](devdax.md) for what these cases prove.
 | field | default | meaning |
 |---|---|---|
 | `name` | required | the mapping's name for later steps; unique while mapped |
-| `namespace` | required | a devdax namespace of `setup` |
-| `offset` | 0 | into the dax device; a multiple of the namespace's align |
-| `length` | required | a multiple of the align; the window must fit in the namespace |
+| `namespace` | | a devdax namespace of `setup` ... |
+| `file` | | ... or a guest file (absolute path), e.g. on an fsdax mount: exactly one of the two |
+| `offset` | 0 | into the dax device (a multiple of the namespace's align) or the file (of 4K) |
+| `length` | required | a multiple of the same; a namespace window must fit in the namespace |
 
-mmap of `/dev/daxX.Y`, MAP_SHARED.
+mmap of `/dev/daxX.Y` or of the file, MAP_SHARED, read and write. `consume`
+needs a namespace mapping (the lab translates its offset to a physical
+address); `touch`, `poison` and `signals` work on both.
+
+```yaml
+- map: {name: f, file: /mnt/fs/victim, length: 4M}
+```
 "#;
 }
 
@@ -60,22 +81,33 @@ impl Check for Map {
         m: &Spanned<MapEntry>,
     ) -> Option<(String, MapSpec)> {
         let name = m.value.name.value.clone();
-        let ns = ck.namespace(
-            &m.value.namespace.value,
-            &m.value.namespace.referenced,
-            scope.namespaces,
-        )?;
-        if ns.mode != NamespaceMode::Devdax {
-            ck.error(
-                &m.value.namespace.referenced,
-                format!(
-                    "namespace `{}` is {}: `map` maps device-dax",
-                    ns.name,
-                    ns.mode.ndctl_name()
-                ),
-            );
-        }
-        let align = ns.align.unwrap_or(ByteSize(2 * MIB));
+        let (what, align, limit) = match (&m.value.namespace, &m.value.file) {
+            (Some(n), None) => {
+                let ns = ck.namespace(&n.value, &n.referenced, scope.namespaces)?;
+                if ns.mode != NamespaceMode::Devdax {
+                    ck.error(
+                        &n.referenced,
+                        format!(
+                            "namespace `{}` is {}: `map` maps device-dax (for fsdax, map a file on its mount)",
+                            ns.name,
+                            ns.mode.ndctl_name()
+                        ),
+                    );
+                }
+                let align = ns.align.unwrap_or(ByteSize(2 * MIB));
+                (Mapped::Namespace(ns.name.clone()), align, Some(ns))
+            }
+            (None, Some(f)) => {
+                if !f.value.starts_with('/') {
+                    ck.error(&f.referenced, "`file` is an absolute guest path");
+                }
+                (Mapped::File(f.value.clone()), ByteSize(4 * KIB), None)
+            }
+            _ => {
+                ck.error(&m.referenced, "name exactly one of `namespace` or `file`");
+                return None;
+            }
+        };
         let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
         let length = m.value.length.value;
         for (what, v, at) in [
@@ -91,17 +123,21 @@ impl Check for Map {
             ("length", length, m.value.length.referenced),
         ] {
             if !v.is_multiple_of(align) {
-                ck.error(&at, format!("{what} {v} is not a multiple of the device's align {align}: device-dax maps whole pages of its size"));
+                ck.error(&at, format!("{what} {v} is not a multiple of {align}: a mapping maps whole pages (device-dax: of the device's align)"));
             }
         }
         let end = offset.bytes().checked_add(length.bytes());
-        if length.bytes() == 0 || end.is_none_or(|end| end > ns.size.bytes()) {
+        let fits = match limit {
+            Some(ns) => end.is_some_and(|end| end <= ns.size.bytes()),
+            None => end.is_some(),
+        };
+        if length.bytes() == 0 || !fits {
+            let whole = limit.map_or("the address space".to_string(), |ns| {
+                format!("namespace `{}` ({})", ns.name, ns.size)
+            });
             ck.error(
                 &m.value.length.referenced,
-                format!(
-                    "{offset}+{length} does not fit in namespace `{}` ({})",
-                    ns.name, ns.size
-                ),
+                format!("{offset}+{length} does not fit in {whole}"),
             );
         }
         if ck.maps.insert(name.clone(), length.bytes()).is_some() {
@@ -110,9 +146,14 @@ impl Check for Map {
                 format!("mapping `{name}` already exists: unmap it first"),
             );
         }
+        if matches!(what, Mapped::File(_)) {
+            ck.file_maps.insert(name.clone());
+        } else {
+            ck.file_maps.remove(&name);
+        }
         let spec = MapSpec {
             name: name.clone(),
-            namespace: ns.name.clone(),
+            what,
             offset: offset.bytes(),
             length: length.bytes(),
         };
@@ -140,6 +181,7 @@ impl Check for Unmap {
         _scope: &Scope<'_>,
         u: &Spanned<String>,
     ) -> Option<(String, String)> {
+        ck.file_maps.remove(&u.value);
         if ck.maps.remove(&u.value).is_none() {
             ck.error(&u.referenced, format!("no mapping `{}` to unmap", u.value));
         }

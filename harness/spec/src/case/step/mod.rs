@@ -24,7 +24,7 @@ pub use badblocks::BadblocksCheck;
 pub use command::Command;
 pub use consume::LineSpec;
 pub use inject::InjectAt;
-pub use map::MapSpec;
+pub use map::{MapSpec, Mapped};
 pub use ndctl::NdctlOp;
 pub use put::PutSpec;
 pub use signals::MceKillPolicy;
