@@ -123,24 +123,7 @@ const FLAGS: [&str; 3] = ["-static", "-O2", "-Wall"];
 /// A dynamically linked program's libraries (and loader), as `ldd` on the
 /// host resolves them, each to go to the same path in the guest.
 fn libraries(program: &Path) -> Result<Vec<GuestFile>, String> {
-    let mut magic = [0u8; 4];
-    let is_elf = fs::File::open(program)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF";
-    if !is_elf {
-        return Ok(Vec::new());
-    }
-    let out = Command::new("ldd")
-        .arg(program)
-        .output()
-        .map_err(|e| format!("cannot run ldd: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("not a dynamic executable") || !out.status.success() {
-        return Ok(Vec::new());
-    }
-    parse_ldd(&text)
-        .map_err(|e| format!("ldd {}: {e}", program.display()))?
+    pmem_lab_env::ldd::closure(program)?
         .into_iter()
         .map(|lib| {
             let host = fs::canonicalize(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
@@ -153,49 +136,9 @@ fn libraries(program: &Path) -> Result<Vec<GuestFile>, String> {
         .collect()
 }
 
-/// The absolute library paths in `ldd` output.
-fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
-    let mut libs = Vec::new();
-    for line in out.lines().map(str::trim) {
-        if line.is_empty()
-            || line.starts_with("linux-vdso")
-            || line.starts_with("statically linked")
-        {
-            continue;
-        }
-        if line.contains("=> not found") {
-            return Err(format!("missing library: {line}"));
-        }
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        match path {
-            Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
-            _ => return Err(format!("unexpected line: {line}")),
-        }
-    }
-    Ok(libs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ldd_lines_give_library_paths() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
-        assert_eq!(
-            parse_ldd(out).unwrap(),
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
-        assert!(parse_ldd("libx.so => not found\n")
-            .unwrap_err()
-            .contains("missing"));
-    }
 
     #[test]
     fn a_c_source_compiles_once_and_a_broken_one_says_why() {

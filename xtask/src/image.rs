@@ -285,9 +285,7 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
     if util::elf_interpreter(host)?.is_none() {
         return Ok(());
     }
-    let sh = Shell::new()?;
-    let out = cmd!(sh, "ldd {host}").read()?;
-    for lib in parse_ldd(&out).map_err(|e| Error::new(format!("ldd {}: {e}", host.display())))? {
+    for lib in pmem_lab_env::ldd::closure(host).map_err(Error::new)? {
         let real = fs::canonicalize(&lib)?;
         add_file(
             tree,
@@ -297,28 +295,6 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
         );
     }
     Ok(())
-}
-
-/// The absolute library paths in `ldd` output.
-fn parse_ldd(out: &str) -> Result<Vec<PathBuf>, String> {
-    let mut libs = Vec::new();
-    for line in out.lines().map(str::trim) {
-        if line.starts_with("linux-vdso") || line.is_empty() {
-            continue;
-        }
-        if line.contains("=> not found") {
-            return Err(format!("missing library: {line}"));
-        }
-        let path = match line.split_once("=>") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        match path {
-            Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
-            _ => return Err(format!("unexpected line: {line}")),
-        }
-    }
-    Ok(libs)
 }
 
 fn add_parents(tree: &mut BTreeMap<String, Node>, guest: &str) {
@@ -380,21 +356,6 @@ fn write_cpio(tree: &BTreeMap<String, Node>, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ldd_output_yields_library_paths() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffc)\n\tlibndctl.so.6 => /lib/x86_64-linux-gnu/libndctl.so.6 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
-        assert_eq!(
-            parse_ldd(out).unwrap(),
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libndctl.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
-        assert!(parse_ldd("libx.so => not found\n")
-            .unwrap_err()
-            .contains("missing library"));
-    }
 
     #[test]
     fn a_package_listing_yields_its_programs() {

@@ -5,6 +5,7 @@
 //! Both sides link this crate, so a variable's name is written once and the
 //! compiler checks every use. It has no dependencies: xtask stays lean.
 
+pub mod ldd;
 pub mod qemu;
 pub mod vars;
 
