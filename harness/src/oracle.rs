@@ -259,7 +259,15 @@ impl fmt::Display for Violation {
     }
 }
 
-pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<Violation> {
+/// The invariants `snap` breaks. `allow` tolerates kernel log lines
+/// (`allow_dmesg`), `allow_views` view violations (`allow_oracle`) by their
+/// rendered message.
+pub fn violations(
+    geometry: &Geometry,
+    snap: &Snapshot,
+    allow: &[Regex],
+    allow_views: &[Regex],
+) -> Vec<Violation> {
     let mut out = Vec::new();
     for r in &snap.regions {
         if r.sysfs != r.ndctl {
@@ -296,6 +304,10 @@ pub fn violations(geometry: &Geometry, snap: &Snapshot, allow: &[Regex]) -> Vec<
             }
         }
     }
+    out.retain(|v| {
+        let shown = v.to_string();
+        !allow_views.iter().any(|a| a.is_match(&shown))
+    });
     out.extend(
         kernel_trouble(&snap.kmsg, allow)
             .into_iter()
@@ -402,14 +414,14 @@ mod tests {
         // Region sector 4096+8 is 2M (sector 4096) past the region start,
         // so sector 8 of the namespace data; sector 10 is metadata.
         let snap = snapshot(vec![r(10, 1), r(4104, 1)], vec![r(8, 1)], vec![r(8, 1)]);
-        assert!(violations(&geometry(), &snap, &[]).is_empty());
+        assert!(violations(&geometry(), &snap, &[], &[]).is_empty());
     }
 
     #[test]
     fn clear_reported_but_badblocks_remaining_is_caught() {
         // The namespace claims clean while the region still has the error.
         let snap = snapshot(vec![r(4104, 1)], vec![], vec![]);
-        let v: Vec<String> = violations(&geometry(), &snap, &[])
+        let v: Vec<String> = violations(&geometry(), &snap, &[], &[])
             .iter()
             .map(|v| v.to_string())
             .collect();
@@ -432,10 +444,22 @@ mod tests {
     }
 
     #[test]
+    fn a_case_may_allow_a_view_violation_by_its_message_only() {
+        // The block device lists sector 8, the region nothing.
+        let snap = snapshot(vec![], vec![], vec![r(8, 1)]);
+        assert_eq!(violations(&geometry(), &snap, &[], &[]).len(), 1);
+        let allow = [Regex::new("block device badblocks \\[8\\]").unwrap()];
+        assert!(violations(&geometry(), &snap, &[], &allow).is_empty());
+        // It does not hide another view's problem.
+        let other = snapshot(vec![r(4104, 1)], vec![], vec![r(8, 1)]);
+        assert_eq!(violations(&geometry(), &other, &[], &allow).len(), 1);
+    }
+
+    #[test]
     fn sysfs_and_ndctl_must_agree_on_regions() {
         let mut snap = snapshot(vec![], vec![], vec![]);
         snap.regions[0].ndctl = vec![r(1, 1)];
-        let v: Vec<String> = violations(&geometry(), &snap, &[])
+        let v: Vec<String> = violations(&geometry(), &snap, &[], &[])
             .iter()
             .map(|v| v.to_string())
             .collect();
@@ -462,7 +486,7 @@ mod tests {
                 text: "WARNING: CPU: 0 PID: 1 at drivers/acpi/nfit/core.c:3000".into(),
             },
         ];
-        let v: Vec<String> = violations(&geometry(), &snap, &[])
+        let v: Vec<String> = violations(&geometry(), &snap, &[], &[])
             .iter()
             .map(|v| v.to_string())
             .collect();
@@ -473,7 +497,7 @@ mod tests {
             v[0]
         );
         let allow = [Regex::new("nfit/core.c").unwrap()];
-        assert!(violations(&geometry(), &snap, &allow).is_empty());
+        assert!(violations(&geometry(), &snap, &allow, &[]).is_empty());
     }
 
     #[test]

@@ -143,7 +143,12 @@ struct CaseRun<'a> {
 impl CaseRun<'_> {
     fn steps(&mut self) -> Result<(), Failure> {
         let baseline = self.observe("setup")?;
-        let broken = oracle::violations(&self.layout.geometry, &baseline, &self.case.allow_dmesg);
+        let broken = oracle::violations(
+            &self.layout.geometry,
+            &baseline,
+            &self.case.allow_dmesg,
+            &self.case.allow_oracle,
+        );
         if !broken.is_empty() {
             return Err(Failure::Baseline(broken));
         }
@@ -411,7 +416,12 @@ impl CaseRun<'_> {
                 problems.push(format!("the kernel logged {l:?}, which matches /{re}/"));
             }
         }
-        let broken = oracle::violations(&self.layout.geometry, &snap, &case.allow_dmesg);
+        let broken = oracle::violations(
+            &self.layout.geometry,
+            &snap,
+            &case.allow_dmesg,
+            &case.allow_oracle,
+        );
         let kernel_trouble = broken
             .iter()
             .any(|v| matches!(v, oracle::Violation::KernelLog(_)));

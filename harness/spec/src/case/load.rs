@@ -447,6 +447,7 @@ impl Checker<'_> {
             namespaces,
             steps,
             allow_dmesg: self.regexes(&file.allow_dmesg),
+            allow_oracle: self.regexes(&file.allow_oracle),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Case {
     pub steps: Vec<Step>,
     /// Kernel log lines the oracle tolerates (see [`crate::oracle`]).
     pub allow_dmesg: Vec<Regex>,
+    /// View violations the oracle tolerates (never kernel-log ones).
+    pub allow_oracle: Vec<Regex>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

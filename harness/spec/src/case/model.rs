@@ -30,6 +30,11 @@ pub struct CaseFile {
     /// oracle's "no BUG/Oops/WARNING/panic" rule.
     #[serde(default)]
     pub allow_dmesg: Option<Spanned<Patterns>>,
+    /// The oracle's view checks whose message matches one of these do not
+    /// fail the case: for a case that makes the views differ on purpose (a
+    /// badblock written to a block device's own sysfs file, say).
+    #[serde(default)]
+    pub allow_oracle: Option<Spanned<Patterns>>,
     /// Expanded before parsing (see [`super::matrix`]); ignored here.
     #[serde(default)]
     pub matrix: Option<serde_json::Value>,
