@@ -25,7 +25,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("no steps", "description: x\n", "1:1 missing field `steps`"),
     ("steps not a list", "steps: 3\n", "1:8 expected sequence start"),
     ("empty step list", "steps: []\n", "1:8 a case needs at least one step"),
-    ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, matrix"),
+    ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, allow_oracle, matrix"),
     ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, stdin, env, timeout, repeat, expect"),
     ("step without action", "steps:\n  - name: x\n", "2:5 this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, `inject_error`, `scrub`, `clear`"),
     ("step with two actions", "steps:\n  - run: [true]\n    sh: true\n", "2:5 a step has one action, this one has run and sh"),
