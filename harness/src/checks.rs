@@ -134,6 +134,7 @@ mod tests {
         l.namespaces.insert(
             "fs".into(),
             NamespaceInfo {
+                mode: crate::case::NamespaceMode::Fsdax,
                 dev: "namespace0.0".into(),
                 region: "region0".into(),
                 chardev: None,

@@ -380,6 +380,21 @@ impl CaseRun<'_> {
                     ));
                 }
             }
+            Action::Reconfigure(spec) => {
+                let info = setup::reconfigure(
+                    self.guest,
+                    case,
+                    &mut self.layout,
+                    &spec.namespace,
+                    spec.mode,
+                    spec.align,
+                )
+                .map_err(&broke)?;
+                self.log.line(format!(
+                    "--- step {} `{}`: {info:?}; layout now {:?}",
+                    step.number, step.name, self.layout.geometry
+                ));
+            }
             Action::MceKill(policy) => {
                 self.guest
                     .mce_kill(policy.name())

@@ -5,13 +5,16 @@ use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
 use crate::guest::Guest;
 use crate::ndctl::json_list;
+use crate::size::ByteSize;
 use crate::template::NsField;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// What setup created for one case namespace.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NamespaceInfo {
+    /// What the kernel says it is now (a `reconfigure` step changes it).
+    pub mode: NamespaceMode,
     pub dev: String,
     pub region: String,
     pub chardev: Option<String>,
@@ -76,7 +79,18 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, St
         .get("blockdev")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let mode = match created.get("mode").and_then(Value::as_str) {
+        Some("raw") => NamespaceMode::Raw,
+        Some("fsdax") => NamespaceMode::Fsdax,
+        Some("devdax") => NamespaceMode::Devdax,
+        other => {
+            return Err(format!(
+                "create-namespace output has mode {other:?}: {created}"
+            ))
+        }
+    };
     Ok(NamespaceInfo {
+        mode,
         dev: dev.to_string(),
         region: region.to_string(),
         chardev,
@@ -280,7 +294,7 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
             number(&v[1], "namespace size")?,
         );
         let holder = v[2].trim().to_string();
-        let (data_start, data_size) = match (spec.mode, &info.chardev, &info.blockdev) {
+        let (data_start, data_size) = match (info.mode, &info.chardev, &info.blockdev) {
             (NamespaceMode::Devdax, Some(dax), _) => {
                 let d = format!("/sys/bus/dax/devices/{dax}");
                 let v = guest.read_all(&[format!("{d}/resource"), format!("{d}/size")])?;
@@ -310,7 +324,7 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
         geometry.namespaces.push(NamespaceGeometry {
             name: spec.name.clone(),
             region,
-            mode: spec.mode,
+            mode: info.mode,
             start,
             size,
             data_start,
@@ -323,6 +337,11 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
 /// Turn a region's existing namespace into the case's (label-less regions,
 /// such as most of nfit_test's, cannot be divided or named).
 pub fn reconfigure_namespace_argv(ns: &NamespaceSpec, existing: &str) -> Vec<String> {
+    reconfig_argv(existing, ns.mode, ns.align)
+}
+
+/// `ndctl create-namespace --force --reconfig=EXISTING --mode=...`.
+fn reconfig_argv(existing: &str, mode: NamespaceMode, align: Option<ByteSize>) -> Vec<String> {
     let mut argv: Vec<String> = vec![
         "ndctl".into(),
         "create-namespace".into(),
@@ -330,12 +349,38 @@ pub fn reconfigure_namespace_argv(ns: &NamespaceSpec, existing: &str) -> Vec<Str
         // ndctl would try to write labels to DIMMs the region keeps busy.
         "--no-autolabel".into(),
         format!("--reconfig={existing}"),
-        format!("--mode={}", ns.mode.ndctl_name()),
+        format!("--mode={}", mode.ndctl_name()),
     ];
-    if let Some(a) = ns.align {
+    if let Some(a) = align {
         argv.push(format!("--align={a}"));
     }
     argv
+}
+
+/// A `reconfigure` step: change a namespace's mode in place (its data and
+/// its badblocks now count from a new data start), then read the layout
+/// again so that every later check uses the new frame.
+pub fn reconfigure(
+    guest: &mut Guest,
+    case: &Case,
+    layout: &mut Layout,
+    name: &str,
+    mode: NamespaceMode,
+    align: Option<ByteSize>,
+) -> Result<NamespaceInfo, String> {
+    let old = layout
+        .namespaces
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("no namespace `{name}` in this VM"))?;
+    let argv = reconfig_argv(&old.dev, mode, align);
+    let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let created: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| format!("create-namespace printed no JSON ({e}): {}", out.stdout))?;
+    let info = namespace_info(&created, &old.region)?;
+    layout.namespaces.insert(name.to_string(), info.clone());
+    layout.geometry = read_geometry(guest, case, layout)?;
+    Ok(info)
 }
 
 pub fn create_namespace_argv(ns: &NamespaceSpec, region: &str) -> Vec<String> {

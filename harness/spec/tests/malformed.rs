@@ -26,7 +26,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("steps not a list", "steps: 3\n", "1:8 expected sequence start"),
     ("empty step list", "steps: []\n", "1:8 a case needs at least one step"),
     ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, allow_oracle, matrix"),
-    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, stdin, env, timeout, repeat, expect"),
+    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, reconfigure, stdin, env, timeout, repeat, expect"),
     ("step without action", "steps:\n  - name: x\n", "2:5 this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, `inject_error`, `scrub`, `clear`"),
     ("step with two actions", "steps:\n  - run: [true]\n    sh: true\n", "2:5 a step has one action, this one has run and sh"),
     ("empty run", "steps:\n  - run: []\n", "2:10 run needs at least a program name"),
@@ -100,6 +100,8 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("e820 bus without e820", "setup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax}\nsteps:\n  - run: [true]\n", "3:22 bus `e820` needs `machine.e820_pmem`"),
     ("map both namespace and file", "steps:\n  - map: {name: m, file: /f, namespace: x, length: 4K}\n", "2:10 name exactly one of `namespace` or `file`"),
     ("map relative file", "steps:\n  - map: {name: m, file: f, length: 4K}\n", "2:26 `file` is an absolute guest path"),
+    ("reconfigure devdax", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - reconfigure: {namespace: d, mode: fsdax}\n", "8:30 namespace `d` is devdax: `reconfigure` moves between raw and fsdax"),
+    ("reconfigure raw with align", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: r, mode: raw, size: 512M}\nsteps:\n  - reconfigure: {namespace: r, mode: raw, align: 2M}\n", "8:51 `align` goes with `mode: fsdax`"),
 ];
 
 #[test]

@@ -17,6 +17,7 @@ mod inject;
 mod map;
 mod ndctl;
 mod put;
+mod reconfigure;
 mod signals;
 mod touch;
 
@@ -27,6 +28,7 @@ pub use inject::InjectAt;
 pub use map::{MapSpec, Mapped};
 pub use ndctl::NdctlOp;
 pub use put::PutSpec;
+pub use reconfigure::ReconfigureSpec;
 pub use signals::MceKillPolicy;
 pub use touch::TouchSpec;
 
@@ -215,6 +217,8 @@ step_kinds! {
     clear => ndctl::Clear,
     /// Copy a file the case brings into the guest.
     put => put::Put,
+    /// Change a namespace's mode in place (raw <-> fsdax).
+    reconfigure => reconfigure::Reconfigure,
 }
 
 #[cfg(test)]

@@ -1,0 +1,101 @@
+//! `reconfigure`: change a namespace's mode in place (ndctl
+//! create-namespace --reconfig), between raw and fsdax, and go on with the
+//! namespace's new data frame.
+
+use super::{Check, Checker, Kind, Scope};
+use crate::namespace::NamespaceMode;
+use crate::size::{ByteSize, GIB, KIB, MIB};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconfigureEntry {
+    pub namespace: Spanned<String>,
+    /// `raw` or `fsdax`: both keep a block device, so every placeholder of
+    /// the case stays good.
+    pub mode: Spanned<NamespaceMode>,
+    /// fsdax only: 4K, 2M or 1G.
+    pub align: Option<Spanned<ByteSize>>,
+}
+
+/// A namespace to turn into another mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconfigureSpec {
+    pub namespace: String,
+    pub mode: NamespaceMode,
+    pub align: Option<ByteSize>,
+}
+
+pub struct Reconfigure;
+
+impl Kind for Reconfigure {
+    type Entry = ReconfigureEntry;
+    type Checked = ReconfigureSpec;
+    const REFERENCE: &'static str = r#"
+### `reconfigure`
+
+```yaml
+- reconfigure: {namespace: r, mode: fsdax, align: 2M}
+```
+
+| field | default | meaning |
+|---|---|---|
+| `namespace` | required | a raw or fsdax namespace of `setup` |
+| `mode` | required | `raw` or `fsdax` (both keep a block device, so placeholders stay good) |
+| `align` | ndctl's | fsdax only: `4K`, `2M` or `1G` |
+
+`ndctl create-namespace --force --reconfig=DEV --mode=MODE`: the namespace
+keeps its place in the region, its data now starts after the new metadata
+(fsdax: the info block and the memmap), and the lab reads the layout again,
+so later steps, `expect_badblocks` and the oracle count from the new data
+start.
+"#;
+}
+
+impl Check for Reconfigure {
+    fn check(
+        ck: &mut Checker<'_>,
+        scope: &Scope<'_>,
+        r: &Spanned<ReconfigureEntry>,
+    ) -> Option<(String, ReconfigureSpec)> {
+        let e = &r.value;
+        let ns = ck.namespace(
+            &e.namespace.value,
+            &e.namespace.referenced,
+            scope.namespaces,
+        )?;
+        let movable = [NamespaceMode::Raw, NamespaceMode::Fsdax];
+        if !movable.contains(&ns.mode) {
+            ck.error(
+                &e.namespace.referenced,
+                format!(
+                    "namespace `{}` is {}: `reconfigure` moves between raw and fsdax",
+                    ns.name,
+                    ns.mode.ndctl_name()
+                ),
+            );
+        }
+        if !movable.contains(&e.mode.value) {
+            ck.error(
+                &e.mode.referenced,
+                "`reconfigure` moves between raw and fsdax (both keep the block device the case's placeholders name)",
+            );
+        }
+        if let Some(a) = &e.align {
+            if e.mode.value != NamespaceMode::Fsdax {
+                ck.error(&a.referenced, "`align` goes with `mode: fsdax`");
+            } else if ![4 * KIB, 2 * MIB, GIB].contains(&a.value.bytes()) {
+                ck.error(&a.referenced, "namespace align must be 4K, 2M or 1G");
+            }
+        }
+        Some((
+            format!("reconfigure {} to {}", ns.name, e.mode.value.ndctl_name()),
+            ReconfigureSpec {
+                namespace: ns.name.clone(),
+                mode: e.mode.value,
+                align: e.align.as_ref().map(|a| a.value),
+            },
+        ))
+    }
+}
