@@ -842,8 +842,18 @@ impl Checker<'_> {
     }
 
     fn namespace_align(&mut self, ns: &model::NamespaceEntry) -> Option<ByteSize> {
-        let a = ns.align.as_ref()?;
-        if ns.mode == NamespaceMode::Raw {
+        self.mode_align(ns.mode, ns.align.as_ref())
+    }
+
+    /// A namespace align for `mode`: none for raw (it maps nothing), else
+    /// one of the sizes device-dax and fsdax fault at.
+    pub(crate) fn mode_align(
+        &mut self,
+        mode: NamespaceMode,
+        align: Option<&Spanned<ByteSize>>,
+    ) -> Option<ByteSize> {
+        let a = align?;
+        if mode == NamespaceMode::Raw {
             self.error(
                 &a.referenced,
                 "a raw namespace has no align (it maps nothing)",

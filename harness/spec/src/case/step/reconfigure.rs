@@ -4,7 +4,7 @@
 
 use super::{Check, Checker, Kind, Scope};
 use crate::namespace::NamespaceMode;
-use crate::size::{ByteSize, GIB, KIB, MIB};
+use crate::size::ByteSize;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -82,19 +82,14 @@ impl Check for Reconfigure {
                 "`reconfigure` moves between raw and fsdax (both keep the block device the case's placeholders name)",
             );
         }
-        if let Some(a) = &e.align {
-            if e.mode.value != NamespaceMode::Fsdax {
-                ck.error(&a.referenced, "`align` goes with `mode: fsdax`");
-            } else if ![4 * KIB, 2 * MIB, GIB].contains(&a.value.bytes()) {
-                ck.error(&a.referenced, "namespace align must be 4K, 2M or 1G");
-            }
-        }
+        let name = ns.name.clone();
+        let align = ck.mode_align(e.mode.value, e.align.as_ref());
         Some((
-            format!("reconfigure {} to {}", ns.name, e.mode.value.ndctl_name()),
+            format!("reconfigure {name} to {}", e.mode.value.ndctl_name()),
             ReconfigureSpec {
-                namespace: ns.name.clone(),
+                namespace: name,
                 mode: e.mode.value,
-                align: e.align.as_ref().map(|a| a.value),
+                align,
             },
         ))
     }
