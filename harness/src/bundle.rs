@@ -80,6 +80,7 @@ mod tests {
             cases_root: Some(PathBuf::from("/w/cases")),
             cache: PathBuf::from("/cache"),
             qemu: Qemu::at(PathBuf::from("/usr/bin/qemu-system-x86_64")),
+            qemu_version: "7.2.22".into(),
         };
         let script = reproducer(&case, &env);
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");

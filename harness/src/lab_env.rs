@@ -26,6 +26,8 @@ pub struct LabEnv {
     pub cache: PathBuf,
     /// The QEMU every VM of the run starts (see [`pmem_lab_env::qemu`]).
     pub qemu: Qemu,
+    /// Its version (`7.2.22`), for every case line and report.
+    pub qemu_version: String,
 }
 
 impl LabEnv {
@@ -55,6 +57,10 @@ impl LabEnv {
             Some(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
         };
         let qemu = Qemu::from_env().map_err(|e| e.to_string())?;
+        let qemu_version = qemu
+            .version_line()
+            .map(|l| pmem_lab_env::qemu::short_version(&l))
+            .map_err(|e| format!("QEMU does not start: {e}"))?;
         Ok(Some(LabEnv {
             kernel,
             initrd,
@@ -66,6 +72,7 @@ impl LabEnv {
             cases_root: None,
             cache: pmem_lab_env::default_cache(),
             qemu,
+            qemu_version,
         }))
     }
 }

@@ -89,6 +89,7 @@ mod tests {
             cases_root: None,
             cache: dir.join("cache"),
             qemu: pmem_lab_env::qemu::Qemu::at(dir.join("qemu")),
+            qemu_version: "7.2.22".into(),
         }
     }
 

@@ -42,17 +42,26 @@ pub struct CaseRecord {
     pub acpi_tables: Option<Duration>,
 }
 
+/// What the whole run used: in the first event and as JUnit properties.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunInfo {
+    pub kernel: String,
+    pub qemu: String,
+    pub accel: String,
+}
+
 /// Where reports go and what has been recorded so far.
 #[derive(Debug)]
 pub struct Reporter {
     dir: PathBuf,
     events: Mutex<File>,
     cases: Mutex<Vec<CaseRecord>>,
+    run: RunInfo,
 }
 
 impl Reporter {
     /// Start a report in `dir` (events.jsonl is truncated).
-    pub fn create(dir: &Path) -> Result<Reporter, String> {
+    pub fn create(dir: &Path, run: RunInfo) -> Result<Reporter, String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join("events.jsonl");
         let events = OpenOptions::new()
@@ -61,11 +70,17 @@ impl Reporter {
             .truncate(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Reporter {
+        let reporter = Reporter {
             dir: dir.to_path_buf(),
             events: Mutex::new(events),
             cases: Mutex::new(Vec::new()),
-        })
+            run,
+        };
+        reporter.event(json!({
+            "type": "run", "kernel": reporter.run.kernel, "qemu": reporter.run.qemu,
+            "accel": reporter.run.accel,
+        }));
+        Ok(reporter)
     }
 
     /// One event line; lines from parallel cases never interleave.
@@ -108,15 +123,18 @@ impl Reporter {
     /// Write junit.xml; returns its path.
     pub fn finish(&self) -> Result<PathBuf, String> {
         let path = self.dir.join("junit.xml");
-        let xml = junit(&self.cases.lock().unwrap())?;
+        let xml = junit(&self.run, &self.cases.lock().unwrap())?;
         fs::write(&path, xml).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(path)
     }
 }
 
 /// The JUnit document for these cases (one suite, `pmem-lab`).
-pub fn junit(cases: &[CaseRecord]) -> Result<String, String> {
+pub fn junit(run: &RunInfo, cases: &[CaseRecord]) -> Result<String, String> {
     let mut suite = TestSuite::new("pmem-lab");
+    suite.add_property(("kernel", run.kernel.as_str()));
+    suite.add_property(("qemu", run.qemu.as_str()));
+    suite.add_property(("accel", run.accel.as_str()));
     for c in cases {
         let status = match &c.outcome {
             Outcome::Passed => TestCaseStatus::success(),
@@ -157,14 +175,17 @@ mod tests {
 
     #[test]
     fn junit_counts_failures_and_skips() {
-        let xml = junit(&[
-            rec("a", Outcome::Passed),
-            rec(
-                "b",
-                Outcome::Failed("step 2 `x` failed:\n  - expected exit 0".into()),
-            ),
-            rec("c", Outcome::KnownFailure("kernel bug".into())),
-        ])
+        let xml = junit(
+            &RunInfo::default(),
+            &[
+                rec("a", Outcome::Passed),
+                rec(
+                    "b",
+                    Outcome::Failed("step 2 `x` failed:\n  - expected exit 0".into()),
+                ),
+                rec("c", Outcome::KnownFailure("kernel bug".into())),
+            ],
+        )
         .unwrap();
         assert!(
             xml.contains(r#"tests="3""#)
@@ -181,7 +202,12 @@ mod tests {
     #[test]
     fn events_are_json_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Reporter::create(dir.path()).unwrap();
+        let run = RunInfo {
+            kernel: "6.12.117".into(),
+            qemu: "7.2.22".into(),
+            accel: "tcg".into(),
+        };
+        let r = Reporter::create(dir.path(), run).unwrap();
         r.step("a", 1, "run", Duration::from_millis(5), None);
         r.case(rec("a", Outcome::Passed));
         let text = fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
@@ -189,9 +215,16 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines[0]["type"], "step");
-        assert_eq!(lines[1]["status"], "passed");
-        assert_eq!(lines[1]["boot_ms"], 2000);
-        assert!(r.finish().unwrap().is_file());
+        // The run first: what every case of it used.
+        assert_eq!(lines[0]["type"], "run");
+        assert_eq!(lines[0]["qemu"], "7.2.22");
+        assert_eq!(lines[1]["type"], "step");
+        assert_eq!(lines[2]["status"], "passed");
+        assert_eq!(lines[2]["boot_ms"], 2000);
+        let xml = fs::read_to_string(r.finish().unwrap()).unwrap();
+        assert!(
+            xml.contains(r#"<property name="qemu" value="7.2.22"/>"#),
+            "{xml}"
+        );
     }
 }

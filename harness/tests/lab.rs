@@ -11,7 +11,7 @@ use pmem_lab_harness::bring;
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::known::{self, KnownFailure};
 use pmem_lab_harness::lab_env::LabEnv;
-use pmem_lab_harness::report::{CaseRecord, Outcome, Reporter};
+use pmem_lab_harness::report::{CaseRecord, Outcome, Reporter, RunInfo};
 use pmem_lab_harness::runner;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,7 +55,14 @@ fn main() {
         // Under cargo-nextest every trial is its own process: nextest writes
         // the JUnit report (.config/nextest.toml), ours would be overwritten.
         if std::env::var_os("NEXTEST").is_none() {
-            match Reporter::create(&dir) {
+            let run = RunInfo {
+                kernel: pmem_lab_env::vars::KERNEL_RELEASE
+                    .get_str()
+                    .unwrap_or_default(),
+                qemu: env.qemu_version.clone(),
+                accel: env.accel.name().to_string(),
+            };
+            match Reporter::create(&dir, run) {
                 Ok(r) => env.reporter = Some(Arc::new(r)),
                 Err(e) => eprintln!("pmem-lab: no report: {e}"),
             }
@@ -251,11 +258,12 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                     .map(|t| format!(", ACPI tables {:.3}s", t.as_secs_f64()))
                     .unwrap_or_default();
                 eprintln!(
-                    "{}: agent ready in {:.2}s, case took {:.2}s ({}){tables}",
+                    "{}: agent ready in {:.2}s, case took {:.2}s ({}, QEMU {}){tables}",
                     case.id,
                     passed.boot.as_secs_f64(),
                     passed.total.as_secs_f64(),
-                    passed.kernel_release
+                    passed.kernel_release,
+                    lab.qemu_version
                 );
                 (Outcome::Passed, Ok(Completion::Completed))
             }

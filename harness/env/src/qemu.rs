@@ -182,6 +182,16 @@ impl Qemu {
     }
 }
 
+/// The version word of a version line: `10.0.2` from `QEMU emulator
+/// version 10.0.2 (Debian ...)`; the whole line if it has another form.
+pub fn short_version(line: &str) -> String {
+    line.split("version ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or(line)
+        .to_string()
+}
+
 /// `(major, minor)` from a version line, `QEMU emulator version 10.0.2 (...)`.
 pub fn parse_version(line: &str) -> Option<(u32, u32)> {
     let v = line.split("version ").nth(1)?.split_whitespace().next()?;
@@ -253,5 +263,9 @@ mod tests {
         );
         assert_eq!(parse_version("QEMU emulator version 10.0.2"), Some((10, 0)));
         assert_eq!(parse_version("garbage"), None);
+        assert_eq!(
+            short_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            "7.2.22"
+        );
     }
 }
