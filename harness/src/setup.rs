@@ -83,6 +83,7 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, St
         Some("raw") => NamespaceMode::Raw,
         Some("fsdax") => NamespaceMode::Fsdax,
         Some("devdax") => NamespaceMode::Devdax,
+        Some("sector") => NamespaceMode::Sector,
         other => {
             return Err(format!(
                 "create-namespace output has mode {other:?}: {created}"
@@ -308,7 +309,9 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
                     number(&v[1], "block size")? * 512,
                 )
             }
-            (NamespaceMode::Raw, _, Some(_)) => (start, size),
+            // A BTT's data is the namespace as a whole; where an LBA lands in
+            // it is the BTT map's business.
+            (NamespaceMode::Raw | NamespaceMode::Sector, _, Some(_)) => (start, size),
             _ => {
                 return Err(format!(
                     "namespace `{}` ({}) lacks its device",

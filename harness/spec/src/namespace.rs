@@ -9,6 +9,9 @@ pub enum NamespaceMode {
     Raw,
     Fsdax,
     Devdax,
+    /// BTT: a block translation table over the namespace (atomic sectors);
+    /// its block device maps each LBA through the BTT's own map.
+    Sector,
 }
 
 impl NamespaceMode {
@@ -18,6 +21,18 @@ impl NamespaceMode {
             NamespaceMode::Raw => "raw",
             NamespaceMode::Fsdax => "fsdax",
             NamespaceMode::Devdax => "devdax",
+            NamespaceMode::Sector => "sector",
+        }
+    }
+
+    /// Whether the namespace's block device lists badblocks in the region's
+    /// frame, shifted by the data start (raw, fsdax). A BTT's block device
+    /// has no badblocks file (its LBAs go through the BTT map) and
+    /// device-dax has no block device.
+    pub fn block_view(self) -> bool {
+        match self {
+            NamespaceMode::Raw | NamespaceMode::Fsdax => true,
+            NamespaceMode::Devdax | NamespaceMode::Sector => false,
         }
     }
 }

@@ -100,7 +100,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("e820 bus without e820", "setup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax}\nsteps:\n  - run: [true]\n", "3:22 bus `e820` needs `machine.e820_pmem`"),
     ("map both namespace and file", "steps:\n  - map: {name: m, file: /f, namespace: x, length: 4K}\n", "2:10 name exactly one of `namespace` or `file`"),
     ("map relative file", "steps:\n  - map: {name: m, file: f, length: 4K}\n", "2:26 `file` is an absolute guest path"),
-    ("reconfigure devdax", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - reconfigure: {namespace: d, mode: fsdax}\n", "8:30 namespace `d` is devdax: `reconfigure` moves between raw and fsdax"),
+    ("reconfigure devdax", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - reconfigure: {namespace: d, mode: fsdax}\n", "8:30 namespace `d` is devdax: `reconfigure` moves between raw, fsdax and sector"),
     ("reconfigure raw with align", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: r, mode: raw, size: 512M}\nsteps:\n  - reconfigure: {namespace: r, mode: raw, align: 2M}\n", "8:51 a raw namespace has no align (it maps nothing)"),
 ];
 

@@ -853,10 +853,13 @@ impl Checker<'_> {
         align: Option<&Spanned<ByteSize>>,
     ) -> Option<ByteSize> {
         let a = align?;
-        if mode == NamespaceMode::Raw {
+        if matches!(mode, NamespaceMode::Raw | NamespaceMode::Sector) {
             self.error(
                 &a.referenced,
-                "a raw namespace has no align (it maps nothing)",
+                format!(
+                    "a {} namespace has no align (it maps nothing)",
+                    mode.ndctl_name()
+                ),
             );
             return None;
         }

@@ -1,5 +1,5 @@
 //! `reconfigure`: change a namespace's mode in place (ndctl
-//! create-namespace --reconfig), between raw and fsdax, and go on with the
+//! create-namespace --reconfig), between raw, fsdax and sector, and go on with the
 //! namespace's new data frame.
 
 use super::{Check, Checker, Kind, Scope};
@@ -12,8 +12,8 @@ use serde_saphyr::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct ReconfigureEntry {
     pub namespace: Spanned<String>,
-    /// `raw` or `fsdax`: both keep a block device, so every placeholder of
-    /// the case stays good.
+    /// `raw`, `fsdax` or `sector`: each keeps a block device, so every
+    /// placeholder of the case stays good.
     pub mode: Spanned<NamespaceMode>,
     /// fsdax only: 4K, 2M or 1G.
     pub align: Option<Spanned<ByteSize>>,
@@ -41,8 +41,8 @@ impl Kind for Reconfigure {
 
 | field | default | meaning |
 |---|---|---|
-| `namespace` | required | a raw or fsdax namespace of `setup` |
-| `mode` | required | `raw` or `fsdax` (both keep a block device, so placeholders stay good) |
+| `namespace` | required | a raw, fsdax or sector namespace of `setup` |
+| `mode` | required | `raw`, `fsdax` or `sector` (each keeps a block device, so placeholders stay good) |
 | `align` | ndctl's | fsdax only: `4K`, `2M` or `1G` |
 
 `ndctl create-namespace --force --reconfig=DEV --mode=MODE`: the namespace
@@ -65,12 +65,16 @@ impl Check for Reconfigure {
             &e.namespace.referenced,
             scope.namespaces,
         )?;
-        let movable = [NamespaceMode::Raw, NamespaceMode::Fsdax];
+        let movable = [
+            NamespaceMode::Raw,
+            NamespaceMode::Fsdax,
+            NamespaceMode::Sector,
+        ];
         if !movable.contains(&ns.mode) {
             ck.error(
                 &e.namespace.referenced,
                 format!(
-                    "namespace `{}` is {}: `reconfigure` moves between raw and fsdax",
+                    "namespace `{}` is {}: `reconfigure` moves between raw, fsdax and sector",
                     ns.name,
                     ns.mode.ndctl_name()
                 ),
@@ -79,7 +83,7 @@ impl Check for Reconfigure {
         if !movable.contains(&e.mode.value) {
             ck.error(
                 &e.mode.referenced,
-                "`reconfigure` moves between raw and fsdax (both keep the block device the case's placeholders name)",
+                "`reconfigure` moves between raw, fsdax and sector (each keeps a block device, which the case's placeholders name)",
             );
         }
         let name = ns.name.clone();
