@@ -1,11 +1,11 @@
 /*
  * bus-clear BUS REGION LENGTH: the bus ioctls ndctl uses, called directly.
  * Finds the first badblock of REGION (/sys/bus/nd/devices/REGION/badblocks
- * and resource), asks ND_CMD_ARS_CAP for that address (status,
- * clear_err_unit), then ND_CMD_CLEAR_ERROR for LENGTH bytes there, and
- * prints what the platform says it cleared:
- *   cap status=0 clear_err_unit=256
- *   clear address=0x... length=512 status=0 cleared=512
+ * and resource), then:
+ *   ND_CMD_ARS_CAP for that address   -> cap status=.. clear_err_unit=256
+ *   ND_CMD_ARS_START over the region, ND_CMD_ARS_STATUS until it is done
+ *                                     -> ars records=N, record address=.. length=..
+ *   ND_CMD_CLEAR_ERROR, LENGTH bytes  -> clear address=.. length=512 status=0 cleared=512
  */
 #include <fcntl.h>
 #include <linux/ndctl.h>
@@ -51,6 +51,35 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("cap status=%u clear_err_unit=%u\n", cap.status, cap.clear_err_unit);
+
+	snprintf(path, sizeof(path), "/sys/bus/nd/devices/%s/size", argv[2]);
+	struct nd_cmd_ars_start start_cmd = {
+		.address = start,
+		.length = read_number(path, 10),
+		.type = ND_ARS_PERSISTENT,
+	};
+	if (ioctl(fd, ND_IOCTL_ARS_START, &start_cmd) < 0) {
+		perror("ND_IOCTL_ARS_START");
+		return 1;
+	}
+	printf("ars start status=%u\n", start_cmd.status);
+	struct nd_cmd_ars_status *st = calloc(1, cap.max_ars_out);
+	for (int tries = 0;; tries++) {
+		st->out_length = cap.max_ars_out;
+		if (ioctl(fd, ND_IOCTL_ARS_STATUS, st) < 0) {
+			perror("ND_IOCTL_ARS_STATUS");
+			return 1;
+		}
+		/* 1 << 16: still scrubbing (libndctl's ndctl_cmd_ars_in_progress) */
+		if (st->status != 1u << 16 || tries > 200)
+			break;
+		usleep(50000);
+	}
+	printf("ars status=%u records=%u\n", st->status, st->num_records);
+	for (unsigned i = 0; i < st->num_records; i++)
+		printf("record address=%#llx length=%llu\n",
+		       (unsigned long long)st->records[i].err_address,
+		       (unsigned long long)st->records[i].length);
 	struct nd_cmd_clear_error clear = { .address = address, .length = strtoull(argv[3], NULL, 0) };
 	if (ioctl(fd, ND_IOCTL_CLEAR_ERROR, &clear) < 0) {
 		perror("ND_IOCTL_CLEAR_ERROR");
