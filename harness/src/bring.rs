@@ -5,10 +5,13 @@
 
 use crate::case::step::PutSpec;
 use crate::case::{Action, Case};
+use crate::guest::Guest;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 /// One file for the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +36,24 @@ pub fn prepare(spec: &PutSpec, cache: &Path) -> Result<Vec<GuestFile>, String> {
     }];
     files.extend(libraries(&host)?);
     Ok(files)
+}
+
+/// Prepare `spec`'s files and send each to the guest; each file with its
+/// size, for the log.
+pub fn put(
+    guest: &mut Guest,
+    spec: &PutSpec,
+    cache: &Path,
+    timeout: Duration,
+) -> Result<Vec<(GuestFile, usize)>, String> {
+    let mut sent = Vec::new();
+    for f in prepare(spec, cache)? {
+        let contents = fs::read(&f.host).map_err(|e| format!("{}: {e}", f.host.display()))?;
+        let bytes = contents.len();
+        guest.put_file(&f.guest, contents, f.executable, timeout)?;
+        sent.push((f, bytes));
+    }
+    Ok(sent)
 }
 
 /// Compile every C source the case's `put` steps bring: the validation
@@ -64,15 +85,22 @@ pub fn have_compiler() -> bool {
 /// `gcc -static -O2 -Wall` of `source`, cached under `<cache>/bring/`.
 fn compile(source: &Path, cache: &Path) -> Result<PathBuf, String> {
     let code = fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
-    let gcc = Command::new("gcc").arg("--version").output().map_err(|e| {
-        format!(
-            "cannot run gcc to compile {}: {e} (install gcc)",
-            source.display()
-        )
-    })?;
+    // gcc's identity is part of the key; asked once per process, not once
+    // per source.
+    static GCC: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
+    let gcc = GCC
+        .get_or_init(|| {
+            Command::new("gcc")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .map_err(|e| format!("cannot run gcc: {e} (install gcc)"))
+        })
+        .as_ref()
+        .map_err(|e| format!("{}: {e}", source.display()))?;
     let mut h = Sha256::new();
     h.update(&code);
-    h.update(&gcc.stdout);
+    h.update(gcc);
     h.update(FLAGS.join(" ").as_bytes());
     let key: String = h
         .finalize()

@@ -363,14 +363,9 @@ impl CaseRun<'_> {
                 );
             }
             Action::Put(spec) => {
-                let files = bring::prepare(spec, self.cache).map_err(&broke)?;
-                for f in &files {
-                    let contents = fs::read(&f.host)
-                        .map_err(|e| broke(format!("{}: {e}", f.host.display())))?;
-                    let bytes = contents.len();
-                    self.guest
-                        .put_file(&f.guest, contents, f.executable, step.timeout)
-                        .map_err(&broke)?;
+                let sent =
+                    bring::put(self.guest, spec, self.cache, step.timeout).map_err(&broke)?;
+                for (f, bytes) in &sent {
                     self.log.line(format!(
                         "--- step {} `{}`: {} ({bytes} bytes) -> {}",
                         step.number,

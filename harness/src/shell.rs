@@ -106,11 +106,7 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[Extra]) -> Result<(), String> {
             source: extra.host.clone(),
             to: extra.guest.clone(),
         };
-        for f in bring::prepare(&spec, &env.cache)? {
-            let contents =
-                std::fs::read(&f.host).map_err(|e| format!("{}: {e}", f.host.display()))?;
-            guest.put_file(&f.guest, contents, f.executable, Duration::from_secs(60))?;
-        }
+        bring::put(&mut guest, &spec, &env.cache, Duration::from_secs(60))?;
         eprintln!("  put {} -> {}", extra.host.display(), extra.guest);
     }
     eprintln!(

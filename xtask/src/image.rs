@@ -15,7 +15,7 @@
 //! (a new ndctl from apt, a rebuilt agent, another kernel) makes a new one.
 
 use crate::kernel::Kernel;
-use crate::util::{self, Error, Key, Result};
+use crate::util::{Error, Key, Result};
 use fs_err as fs;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -271,7 +271,7 @@ fn package_programs(listing: &str) -> Vec<&str> {
 /// A program and, if dynamic, its loader and libraries at the paths ldd
 /// reports (the guest's loader searches the same default directories).
 fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Result<()> {
-    if !util::is_elf(host)? {
+    if !pmem_lab_env::ldd::is_elf(host) {
         // A script or a configuration file: as it is.
         let mode = if fs::metadata(host)?.permissions().mode() & 0o111 != 0 {
             0o755
@@ -282,9 +282,7 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
         return Ok(());
     }
     add_file(tree, guest, host, 0o755);
-    if util::elf_interpreter(host)?.is_none() {
-        return Ok(());
-    }
+    // A static program has an empty closure.
     for lib in pmem_lab_env::ldd::closure(host).map_err(Error::new)? {
         let real = fs::canonicalize(&lib)?;
         add_file(

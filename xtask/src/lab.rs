@@ -94,8 +94,11 @@ pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Resu
     if let Some(n) = opts.vms {
         args.push(format!("--test-threads={n}"));
     }
-    let listing = !runner_args.iter().any(|a| a == "--list");
-    if listing && selected_cases(opts, &args)? == 0 {
+    // Only a filter or runner arguments can narrow the selection to nothing
+    // (the validation pass already refused an empty cases root).
+    let narrowed = filter.is_some() || !runner_args.is_empty();
+    let running = !runner_args.iter().any(|a| a == "--list");
+    if narrowed && running && selected_cases(opts, &args)? == 0 {
         return Err(Error::new(format!(
             "no case matches {}: `cargo xtask lab -- --list` lists them",
             filter.map_or("the selection".to_string(), |f| format!("`{f}`"))

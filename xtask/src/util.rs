@@ -82,14 +82,6 @@ impl Key {
     }
 }
 
-/// Whether `path` starts with the ELF magic.
-pub fn is_elf(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let n = fs::File::open(path)?.read(&mut magic)?;
-    Ok(n == 4 && magic == *b"\x7fELF")
-}
-
 /// The ELF interpreter (PT_INTERP) of a binary, or None for a static one.
 pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
     let data = fs::read(path)?;

@@ -8,12 +8,7 @@ use std::process::Command;
 /// The libraries (and loader) `program` needs, at the absolute paths `ldd`
 /// gives; empty for a static program or a file that is not ELF.
 pub fn closure(program: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut magic = [0u8; 4];
-    let is_elf = std::fs::File::open(program)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF";
-    if !is_elf {
+    if !is_elf(program) {
         return Ok(Vec::new());
     }
     let out = Command::new("ldd")
@@ -26,6 +21,15 @@ pub fn closure(program: &Path) -> Result<Vec<PathBuf>, String> {
         return Ok(Vec::new());
     }
     parse(&text).map_err(|e| format!("ldd {}: {e}", program.display()))
+}
+
+/// Whether `path` starts with the ELF magic (unreadable: no).
+pub fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
 }
 
 /// The absolute library paths in `ldd` output.
