@@ -13,6 +13,7 @@ use crate::case::Case;
 use crate::lab_env::LabEnv;
 use crate::machine::VmFiles;
 use crate::setup;
+use pmem_lab_env::put::PutArg;
 use pmem_lab_proto::RunRequest;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -49,32 +50,7 @@ impl Drop for RawMode {
     }
 }
 
-/// A file for the shell's guest: `HOST:GUEST` on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extra {
-    pub host: std::path::PathBuf,
-    pub guest: String,
-}
-
-impl Extra {
-    /// `HOST:GUEST`, the guest path absolute.
-    pub fn parse(arg: &str) -> Result<Extra, String> {
-        let (host, guest) = arg
-            .rsplit_once(':')
-            .filter(|(h, g)| !h.is_empty() && g.starts_with('/'))
-            .ok_or_else(|| format!("`{arg}`: write HOST_PATH:/GUEST/PATH"))?;
-        let host = std::path::Path::new(host);
-        if !host.is_file() {
-            return Err(format!("`{}` is not a file", host.display()));
-        }
-        Ok(Extra {
-            host: std::path::absolute(host).unwrap_or_else(|_| host.to_path_buf()),
-            guest: guest.to_string(),
-        })
-    }
-}
-
-pub fn run(case: &Case, env: &LabEnv, extras: &[Extra]) -> Result<(), String> {
+pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
     let dir = env.artifacts.join(&case.id).join("shell");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

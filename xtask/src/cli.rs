@@ -4,6 +4,7 @@
 //! ten-minute build.
 
 use clap::{Args, Parser, Subcommand};
+use pmem_lab_env::put::PutArg;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -92,22 +93,9 @@ pub enum LabCommand {
         case: String,
         /// Also put this host file at this guest path after setup (a C
         /// source is compiled statically first); repeatable.
-        #[arg(long = "put", value_name = "HOST:GUEST", value_parser = put_arg)]
-        put: Vec<String>,
+        #[arg(long = "put", value_name = "HOST:GUEST", value_parser = PutArg::parse)]
+        put: Vec<PutArg>,
     },
-}
-
-fn put_arg(s: &str) -> Result<String, String> {
-    let (host, guest) = s
-        .rsplit_once(':')
-        .filter(|(h, g)| !h.is_empty() && g.starts_with('/'))
-        .ok_or_else(|| format!("`{s}`: write HOST_PATH:/GUEST/PATH"))?;
-    let host = PathBuf::from(host);
-    if !host.is_file() {
-        return Err(format!("{} is not a file", host.display()));
-    }
-    let host = std::path::absolute(&host).unwrap_or(host);
-    Ok(format!("{}:{guest}", host.display()))
 }
 
 fn kernel_tree(s: &str) -> Result<PathBuf, String> {
@@ -229,7 +217,7 @@ mod tests {
         let cli = parse(&["lab", "shell", "x", "--put", "/proc/version:/tmp/v"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Lab { shell: Some(LabCommand::Shell { ref put, .. }), .. } if put == &["/proc/version:/tmp/v"]
+            Command::Lab { shell: Some(LabCommand::Shell { ref put, .. }), .. } if put.iter().map(PutArg::to_string).eq(["/proc/version:/tmp/v"])
         ));
         assert!(parse(&["lab", "shell", "x", "--put", "/nonexistent:/tmp/v"]).is_err());
         assert!(parse(&["lab", "shell", "x", "--put", "/proc/version:relative"]).is_err());

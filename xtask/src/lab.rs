@@ -3,6 +3,7 @@
 
 use crate::util::{Error, Result};
 use crate::{accel, deps, image, kernel, parity, Options};
+use pmem_lab_env::put::PutArg;
 use pmem_lab_env::qemu::Qemu;
 use pmem_lab_env::vars;
 use std::path::{Path, PathBuf};
@@ -228,7 +229,8 @@ fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
 
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM. The
 /// case is found and checked first, before anything is built.
-pub fn shell(opts: &Options, case: &str, put: &[String]) -> Result<()> {
+pub fn shell(opts: &Options, case: &str, put: &[PutArg]) -> Result<()> {
+    let put: Vec<String> = put.iter().map(PutArg::to_string).collect();
     let shell = |env: &[(&str, String)], extra: &[&str]| {
         let mut args = vec![
             "run",
@@ -241,7 +243,7 @@ pub fn shell(opts: &Options, case: &str, put: &[String]) -> Result<()> {
         ];
         args.extend(extra);
         args.push(case);
-        for p in put {
+        for p in &put {
             args.push("--put");
             args.push(p);
         }

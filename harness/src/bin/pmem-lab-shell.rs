@@ -5,6 +5,7 @@
 //! then, once the kernel and image are ready, with PMEM_LAB_KERNEL,
 //! PMEM_LAB_INITRD and PMEM_LAB_ACCEL set.
 
+use pmem_lab_env::put::PutArg;
 use pmem_lab_harness::case;
 use pmem_lab_harness::lab_env::LabEnv;
 use pmem_lab_harness::shell;
@@ -30,7 +31,7 @@ fn real_main() -> Result<(), String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--check" => check_only = true,
-            "--put" => extras.push(shell::Extra::parse(&args.next().ok_or(usage)?)?),
+            "--put" => extras.push(PutArg::parse(&args.next().ok_or(usage)?)?),
             _ if id.is_none() => id = Some(arg),
             _ => return Err(usage.into()),
         }
