@@ -36,6 +36,11 @@ pub struct VmFiles {
     /// A human monitor (HMP) for people: `mce`, `info registers` by hand.
     pub hmp_socket: PathBuf,
     pub agent_socket: PathBuf,
+    /// QEMU's gdbstub: the lab's poison model stops vCPUs at loads there.
+    pub gdb_socket: PathBuf,
+    /// Where the lab's ACPI table logs changes of the platform's error list
+    /// (see [`PLATFORM_LOG_PORT`]); machines without the table have none.
+    pub platform_log: PathBuf,
     /// One backing file per NVDIMM, in order.
     pub nvdimm_backing: Vec<PathBuf>,
 }
@@ -49,12 +54,20 @@ impl VmFiles {
             qmp_socket: dir.join("qmp"),
             hmp_socket: dir.join("hmp"),
             agent_socket: dir.join("agent"),
+            gdb_socket: dir.join("gdb"),
+            platform_log: dir.join("platform.log"),
             nvdimm_backing: (0..nvdimms)
                 .map(|i| dir.join(format!("nvdimm{i}")))
                 .collect(),
         }
     }
 }
+
+/// The I/O port the lab's ACPI table writes its error-list log to
+/// (images/acpi/root-dsm.asl, `LLOG`); an isa-debugcon device there passes
+/// the bytes to [`VmFiles::platform_log`]. Free on QEMU's `pc` machine:
+/// QEMU's NVDIMM DSM port is 0xa18-0xa1b, SeaBIOS's debug port 0x402.
+pub const PLATFORM_LOG_PORT: u16 = 0xa20;
 
 /// Kernel command line. `panic=-1` with QEMU's `-no-reboot` turns a guest
 /// panic into a QEMU exit, so a panicking case can never hang the run.
@@ -108,6 +121,22 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
             pmem_lab_proto::PORT_NAME
         ),
     );
+    // Always there, idle until the lab connects: the poison model's watch
+    // points (see crate::poison).
+    a.push2(
+        "-gdb",
+        format!("unix:{},server=on,wait=off", files.gdb_socket.display()),
+    );
+    if spec.lab_root_dsm() {
+        a.push2(
+            "-chardev",
+            format!("file,id=platform,path={}", files.platform_log.display()),
+        );
+        a.push2(
+            "-device",
+            format!("isa-debugcon,iobase={PLATFORM_LOG_PORT:#x},chardev=platform"),
+        );
+    }
     for (i, (nv, backing)) in spec.nvdimms.iter().zip(&files.nvdimm_backing).enumerate() {
         a.push2(
             "-object",

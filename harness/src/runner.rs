@@ -16,6 +16,8 @@ use crate::guest::Guest;
 use crate::inject;
 use crate::lab_env::LabEnv;
 use crate::oracle;
+use crate::poison::watcher::{self, KernelSymbols, Watcher};
+use crate::poison::{Lines, Source};
 use crate::setup::{self, Layout};
 use crate::template;
 use crate::{bundle, checks, dax, preflight};
@@ -92,14 +94,24 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     ));
     let acpi_tables = started.acpi.as_ref().map(|t| t.took);
     let Started {
-        mut guest,
-        private: _private,
-        ..
+        mut guest, private, ..
     } = started;
     let outcome = setup::create_namespaces(&mut guest, case)
         .map_err(Failure::Setup)
         .and_then(|layout| {
             log.line(format!("layout: {layout:?}"));
+            let poison = if case.machine.poison {
+                let w = start_poison(&mut guest, case, env, &layout, private.path())
+                    .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
+                log.line(format!(
+                    "poison model armed: {} lines",
+                    w.sync()
+                        .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?
+                ));
+                Some(w)
+            } else {
+                None
+            };
             let mut run = CaseRun {
                 guest: &mut guest,
                 case,
@@ -110,10 +122,13 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
                 reporter: env.reporter.clone(),
                 dir,
                 cache: &env.cache,
+                poison,
             };
             run.steps()
         });
     save_dmesg(&mut guest, dir);
+    let (_, platform_log) = watcher::paths(private.path());
+    let _ = fs::copy(platform_log, dir.join("platform.log"));
     guest.kill();
     outcome?;
     Ok(Passed {
@@ -138,6 +153,33 @@ struct CaseRun<'a> {
     dir: &'a Path,
     /// The lab's cache (compiled programs a case brings live there).
     cache: &'a Path,
+    /// The poison model, when the machine has it.
+    poison: Option<Watcher>,
+}
+
+/// Find the running kernel's direct map and arm the machine's latent errors.
+fn start_poison(
+    guest: &mut Guest,
+    case: &Case,
+    env: &LabEnv,
+    layout: &Layout,
+    private: &Path,
+) -> Result<Watcher, String> {
+    let text = guest.ok(&["grep", " _text$", "/proc/kallsyms"])?.stdout;
+    let text = text
+        .split_whitespace()
+        .next()
+        .and_then(|a| u64::from_str_radix(a, 16).ok())
+        .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {text:?}"))?;
+    let symbols = KernelSymbols::from_system_map(&env.kernel.with_file_name("System.map"), text)?;
+    let mut lines = Lines::default();
+    for (nv, region) in case.machine.nvdimms.iter().zip(&layout.geometry.regions) {
+        for e in &nv.errors {
+            lines.add_range(region.start + e.offset, e.length, Source::Latent);
+        }
+    }
+    let (socket, log) = watcher::paths(private);
+    Watcher::start(&socket, &symbols, &log, lines, case.machine.cpus)
 }
 
 impl CaseRun<'_> {
@@ -394,6 +436,39 @@ impl CaseRun<'_> {
                 self.guest
                     .mce_kill(policy.name())
                     .map_err(|e| broke(e.to_string()))?;
+            }
+        }
+        if let Some(w) = &self.poison {
+            let armed = w
+                .sync()
+                .map_err(|e| broke(format!("the poison model: {e}")))?;
+            let (consumed, passed) = w.take();
+            for c in &consumed {
+                self.log.line(format!(
+                    "--- step {} `{}`: machine check: {}",
+                    step.number,
+                    step.name,
+                    c.describe()
+                ));
+            }
+            self.log.line(format!(
+                "--- step {} `{}`: poison: {} machine checks, {passed} watched loads passed, {armed} lines armed",
+                step.number,
+                step.name,
+                consumed.len()
+            ));
+            if let Some(want) = step
+                .machine_checks
+                .filter(|w| *w as usize != consumed.len())
+            {
+                problems.push(format!(
+                    "expected {want} machine checks from loads of poison, the lab raised {}{}",
+                    consumed.len(),
+                    consumed
+                        .iter()
+                        .map(|c| format!("\n  {}", c.describe()))
+                        .collect::<String>()
+                ));
             }
         }
         let snap = self.observe(&format!("step {}", step.number))?;

@@ -25,6 +25,10 @@
  * Capacity: 256 units (64 KiB of poisoned media); an injection past it
  * fails with status 2 (invalid input parameters).
  *
+ * Every change of the list is also written to the lab (LLOG below), so
+ * that the lab's poison model knows which lines are bad without asking the
+ * guest.
+ *
  * Rendered per case by the lab (harness/src/acpi/root_dsm.rs), which fills
  * in the at-sign markers below.
  */
@@ -57,6 +61,39 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
         Name (LATY, 0)
         Name (LAS0, 0)
         Name (LAS1, 0)
+
+        /*
+         * The platform's log to the lab: one ASCII line per change of the
+         * error list, written byte by byte to an I/O port where QEMU's
+         * isa-debugcon device passes it to a file on the host. Units are
+         * hex, [first, end):
+         *   "+F,E" injected (function 7)   "-F,E" cleared (function 4)
+         *   "~F,E" injected errors in the range withdrawn (function 8)
+         * Real platforms keep this list in firmware; the lab needs it on
+         * the host to know which lines a load must find poisoned.
+         */
+        OperationRegion (PLOG, SystemIO, @@LOG_PORT@@, 1)
+        Field (PLOG, ByteAcc, NoLock, Preserve)
+        {
+            PLGB,   8
+        }
+
+        Method (LLOG, 3, Serialized)
+        {
+            Local0 = ToBuffer (Concatenate (Concatenate (Concatenate (Arg0, ToHexString (Arg1)), ","), ToHexString (Arg2)))
+            Local1 = 0
+            While (Local1 < SizeOf (Local0))
+            {
+                Local2 = DerefOf (Local0 [Local1])
+                If (Local2 == 0)
+                {
+                    Break
+                }
+                PLGB = Local2
+                Local1++
+            }
+            PLGB = 0x0A
+        }
 
         /* Field helpers: little-endian bytes of a 32-bit value. */
         Method (LB4, 1, NotSerialized)
@@ -176,6 +213,11 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
                 {
                     If (LCNT >= LMAX)
                     {
+                        /* what was added before the list filled up */
+                        If (Local0 > Arg0)
+                        {
+                            LLOG ("+", Arg0, Local0)
+                        }
                         Return (2)
                     }
                     LADR [LCNT] = Local0
@@ -184,6 +226,7 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
                 }
                 Local0++
             }
+            LLOG ("+", Arg0, Arg1)
             Return (0)
         }
 
@@ -272,6 +315,7 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
                 Return (Concatenate (LB4 (2), Buffer (12) {}))
             }
             LDEL (LR0, LR1, 0)
+            LLOG ("-", LR0, LR1)
             /* status, reserved, cleared = the whole length */
             Return (Concatenate (Concatenate (LB4 (0), LB4 (0)), Mid (Arg0, 8, 8)))
         }
@@ -303,6 +347,7 @@ DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)
                 Return (LB4 (2))
             }
             LDEL (LR0, LR1, 1)
+            LLOG ("~", LR0, LR1)
             Return (LB4 (0))
         }
 

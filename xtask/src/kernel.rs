@@ -47,6 +47,12 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// An entry staged before System.map was kept (the poison model reads
+    /// kernel symbols from it) is made again: an incremental make.
+    fn complete(dir: &Path) -> bool {
+        dir.join("release").is_file() && dir.join("System.map").is_file()
+    }
+
     fn at(dir: &Path) -> Result<Kernel> {
         let release = fs::read_to_string(dir.join("release"))?;
         Ok(Kernel {
@@ -123,7 +129,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         key.file("fragment", f)?;
     }
     let out = root.join(key.finish());
-    if !src.user_tree && out.join("release").is_file() {
+    if !src.user_tree && Kernel::complete(&out) {
         return Kernel::at(&out);
     }
     let lock_path = root.join("build.lock");
@@ -136,7 +142,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         lock.lock()?;
     }
     // The other build may have produced exactly what we need.
-    if !src.user_tree && out.join("release").is_file() {
+    if !src.user_tree && Kernel::complete(&out) {
         return Kernel::at(&out);
     }
     let build = root.join(format!(
@@ -291,6 +297,7 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
     let bz = build.join("arch/x86/boot/bzImage");
     fs::copy(&bz, staging.join("bzImage"))?;
     fs::copy(build.join(".config"), staging.join("config"))?;
+    fs::copy(build.join("System.map"), staging.join("System.map"))?;
     log.run(
         Command::new("make")
             .arg("-C")

@@ -27,6 +27,9 @@ pub struct MachineSpec {
     /// RAM ranges the kernel treats as legacy persistent memory
     /// (`memmap=SIZE!AT`, the e820 bus of nd_e820).
     pub e820_pmem: Vec<E820Pmem>,
+    /// The poison model is armed (harness/src/poison): loads of poisoned
+    /// lines raise machine checks.
+    pub poison: bool,
 }
 
 /// A range of guest RAM given to the kernel as e820 persistent memory.
@@ -99,6 +102,7 @@ impl Default for MachineSpec {
             root_dsm: RootDsm::Lab,
             dsm_faults: Vec::new(),
             e820_pmem: Vec::new(),
+            poison: false,
         }
     }
 }

@@ -117,10 +117,54 @@ impl Kind {
     }
 }
 
+/// Who loaded a poisoned line, as the poison model saw it when it stopped
+/// the vCPU at the load (the stopped CPU's CS selector: RPL 3 is user mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumer {
+    User,
+    Kernel,
+}
+
+impl Consumer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Consumer::User => "user",
+            Consumer::Kernel => "kernel",
+        }
+    }
+
+    /// IA32_MCG_STATUS for a data load that consumed poison in this mode.
+    ///
+    /// Kernel: RIPV|EIPV|MCIP (0x7). Linux treats a kernel-mode #MC as
+    /// recoverable only when both RIPV and EIPV are set
+    /// (arch/x86/kernel/cpu/mce/severity.c, `mc_recoverable()`); only then
+    /// does `error_context()` look up the exception-table fixup of the
+    /// load (copy_mc_*, copy-from-user), and the "In kernel and no restart
+    /// IP" rows need RIPV clear. Recovery-capable Intel parts report data
+    /// load errors so; without RIPV no copy_mc path could ever recover,
+    /// which is the opposite of what those fixups exist for. Measured here
+    /// (../shared/design.md): 0x6 in copy_mc_enhanced_fast_string panics,
+    /// 0x7 takes the fixup and the read gets EIO.
+    ///
+    /// User: EIPV|MCIP (0x6), the encoding of [`Kind::Load`] that the
+    /// `consume` step measured 600/600 with: `do_machine_check()` sets
+    /// kill_current_task and `kill_me_maybe()` runs memory_failure() with
+    /// MF_ACTION_REQUIRED|MF_MUST_KILL: SIGBUS BUS_MCEERR_AR to the task.
+    pub fn mcg_status(self) -> u64 {
+        match self {
+            Consumer::User => mcg::MCIP | mcg::EIPV,
+            Consumer::Kernel => mcg::MCIP | mcg::EIPV | mcg::RIPV,
+        }
+    }
+}
+
 /// One injection, ready for QEMU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Injection {
     pub kind: Kind,
+    /// IA32_MCG_STATUS: the kind's, or the consumer's for a load the poison
+    /// model caught.
+    pub mcg_status: u64,
     /// vCPU that takes the machine check.
     pub cpu: u32,
     /// Guest-physical address.
@@ -133,9 +177,19 @@ impl Injection {
     pub fn new(kind: Kind, address: u64, cpu: u32, cpus: u32) -> Self {
         Injection {
             kind,
+            mcg_status: kind.mcg_status(),
             cpu,
             address,
             broadcast: cpus > 1,
+        }
+    }
+
+    /// The data-load machine check for a load of poison by `consumer` on
+    /// `cpu`, at the line's address.
+    pub fn consumed(consumer: Consumer, address: u64, cpu: u32, cpus: u32) -> Self {
+        Injection {
+            mcg_status: consumer.mcg_status(),
+            ..Injection::new(Kind::Load, address, cpu, cpus)
         }
     }
 
@@ -146,7 +200,7 @@ impl Injection {
             if self.broadcast { "-b " } else { "" },
             self.cpu,
             self.kind.status(),
-            self.kind.mcg_status(),
+            self.mcg_status,
             self.address,
             misc::PHYS_CACHELINE
         )
@@ -189,6 +243,18 @@ mod tests {
             two.hmp_command(),
             "mce -b 1 9 0xbd80000000000134 0x6 0x100000000 0x86"
         );
+    }
+
+    #[test]
+    fn a_kernel_consumer_gets_a_restart_ip_and_a_user_one_does_not() {
+        let k = Injection::consumed(Consumer::Kernel, 0x1_0020_0040, 0, 1);
+        assert_eq!(
+            k.hmp_command(),
+            "mce 0 9 0xbd80000000000134 0x7 0x100200040 0x86"
+        );
+        let u = Injection::consumed(Consumer::User, 0x1_0020_0040, 1, 2);
+        assert_eq!(u, Injection::new(Kind::Load, 0x1_0020_0040, 1, 2));
+        assert_eq!(u.mcg_status & mcg::RIPV, 0);
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<S
         .replace("@@INJECTED@@", &vec!["0"; units.len()].join(", "))
         .replace("@@SPA@@", &ranges.join(", "))
         .replace(
+            "@@LOG_PORT@@",
+            &format!("{:#x}", crate::machine::PLATFORM_LOG_PORT),
+        )
+        .replace(
             "@@FAULT_TRUNCATE@@",
             if faults.contains(&DsmFault::TruncatedArsStatus) {
                 "1"

@@ -506,6 +506,15 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some(p) = &m.poison {
+            if p.value && !spec.lab_root_dsm() {
+                self.error(
+                    &p.referenced,
+                    "the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it)",
+                );
+            }
+            spec.poison = p.value;
+        }
         self.latent_errors(m, &spec);
         self.e820_pmem(m, &mut spec);
         spec
@@ -918,6 +927,12 @@ impl Checker<'_> {
                 "`expect.signal` applies to `consume`, `poison` and `signals` steps",
             );
         }
+        if let Some(m) = s.expect.machine_checks.as_ref().filter(|_| !machine.poison) {
+            self.error(
+                &m.referenced,
+                "`expect.machine_checks` counts what the poison model raises: set `machine.poison: true`",
+            );
+        }
         let repeat = match &s.repeat {
             Some(r) if r.value == 0 || r.value > MAX_REPEAT => {
                 self.error(&r.referenced, format!("repeat is from 1 to {MAX_REPEAT}"));
@@ -936,6 +951,7 @@ impl Checker<'_> {
             dmesg: self.regexes(&s.expect.dmesg),
             dmesg_not: self.regexes(&s.expect.dmesg_not),
             faults: s.expect.faults.as_ref().map(|f| f.value),
+            machine_checks: s.expect.machine_checks.as_ref().map(|m| m.value),
             signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
             repeat,
         })

@@ -83,6 +83,8 @@ pub struct Step {
     pub dmesg_not: Vec<Regex>,
     /// `touch`: the minor faults expected.
     pub faults: Option<u64>,
+    /// Machine checks the poison model raised during the step.
+    pub machine_checks: Option<u32>,
     /// `consume`, `poison`, `signals`: the signal expected (or none).
     pub signal: Option<SignalExpect>,
     /// Run the step this many times.

@@ -65,6 +65,9 @@ pub struct MachineSection {
     /// [`crate::machine::DsmFault`]): `truncated-ars-status`.
     #[serde(default)]
     pub root_dsm_faults: Vec<Spanned<DsmFault>>,
+    /// Arm the poison model: every load of a poisoned line, by any program
+    /// or the kernel, takes the machine check hardware would raise there.
+    pub poison: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +144,9 @@ pub struct ExpectEntry {
     pub dmesg_not: Option<Spanned<Patterns>>,
     /// `touch`: minor faults the touch took.
     pub faults: Option<Spanned<u64>>,
+    /// Machine checks the poison model raised while the step ran (loads of
+    /// poisoned lines); needs `machine.poison`.
+    pub machine_checks: Option<Spanned<u32>>,
     /// `consume`, `poison`, `signals`: the signal, or `none`.
     pub signal: Option<Spanned<SignalExpectEntry>>,
 }

@@ -1,0 +1,410 @@
+//! A small client of the GDB remote serial protocol, for QEMU's gdbstub.
+//!
+//! Why not gdb itself: the lab needs a handful of packets (watch points,
+//! two registers, a memory read, a monitor command), answered in well under
+//! a millisecond, from a thread that also takes orders from the runner.
+//! Driving gdb's CLI would add a process, a text protocol on top of this one
+//! and its start-up time (about 0.3 s measured here) to every VM.
+//!
+//! Protocol: "Remote Serial Protocol" in gdb's manual (packets `$...#cs`,
+//! acks, stop replies `T`, `Z`/`z`, `p`, `m`, `qRcmd`); QEMU's side is
+//! gdbstub/gdbstub.c. QEMU numbers threads from 1 = vCPU 0 and stops every
+//! vCPU whenever it reports a stop.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GdbError {
+    #[error("gdbstub: {0}")]
+    Io(#[from] io::Error),
+    #[error("gdbstub: no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("gdbstub: QEMU closed the connection (did the VM exit?)")]
+    Closed,
+    #[error("gdbstub: `{packet}` answered `{answer}`")]
+    Refused { packet: String, answer: String },
+    #[error("gdbstub: malformed answer `{0}`")]
+    Malformed(String),
+}
+
+/// The kinds of watch point (`Z2`..`Z4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Write = 2,
+    Read = 3,
+    Access = 4,
+}
+
+/// Why the target stopped, from a stop reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    pub signal: u8,
+    /// vCPU index (QEMU's thread id minus one), when the reply names it.
+    pub cpu: Option<u32>,
+    /// The watch point that fired: its kind and the address it watched.
+    pub watch: Option<(Watch, u64)>,
+}
+
+/// `$payload#checksum`.
+pub fn frame(payload: &str) -> Vec<u8> {
+    let sum = payload.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    format!("${payload}#{sum:02x}").into_bytes()
+}
+
+/// Undo the protocol's escaping (`}` then byte ^ 0x20) and run-length
+/// encoding (`x*n`: n - 29 more copies of x).
+pub fn unescape(raw: &[u8]) -> Result<Vec<u8>, GdbError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut it = raw.iter().copied();
+    while let Some(b) = it.next() {
+        match b {
+            b'}' => out.push(it.next().ok_or_else(|| malformed(raw))? ^ 0x20),
+            b'*' => {
+                let last = *out.last().ok_or_else(|| malformed(raw))?;
+                let n = it.next().ok_or_else(|| malformed(raw))?;
+                let copies = n.checked_sub(29).ok_or_else(|| malformed(raw))?;
+                out.extend(std::iter::repeat_n(last, copies as usize));
+            }
+            _ => out.push(b),
+        }
+    }
+    Ok(out)
+}
+
+fn malformed(raw: &[u8]) -> GdbError {
+    GdbError::Malformed(String::from_utf8_lossy(raw).into_owned())
+}
+
+pub fn hex_decode(s: &str) -> Result<Vec<u8>, GdbError> {
+    if !s.len().is_multiple_of(2) {
+        return Err(GdbError::Malformed(s.into()));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| GdbError::Malformed(s.into())))
+        .collect()
+}
+
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A register or memory value: target-endian (little) bytes in hex.
+pub fn le_value(hex: &str) -> Result<u64, GdbError> {
+    let bytes = hex_decode(hex)?;
+    if bytes.is_empty() || bytes.len() > 8 {
+        return Err(GdbError::Malformed(hex.into()));
+    }
+    Ok(bytes
+        .iter()
+        .rev()
+        .fold(0u64, |v, b| (v << 8) | u64::from(*b)))
+}
+
+/// Parse a stop reply: `S05`, or `T05thread:01;rwatch:ffff888000001000;`.
+/// `None` for anything else (an `O` console packet, an exit `W`).
+pub fn parse_stop(reply: &str) -> Option<Stop> {
+    let kind = reply.as_bytes().first()?;
+    if !matches!(kind, b'S' | b'T') || reply.len() < 3 {
+        return None;
+    }
+    let signal = u8::from_str_radix(reply.get(1..3)?, 16).ok()?;
+    let mut stop = Stop {
+        signal,
+        cpu: None,
+        watch: None,
+    };
+    for pair in reply[3..].split(';').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once(':')?;
+        let watch = match key {
+            "watch" => Some(Watch::Write),
+            "rwatch" => Some(Watch::Read),
+            "awatch" => Some(Watch::Access),
+            _ => None,
+        };
+        if let Some(w) = watch {
+            stop.watch = Some((w, u64::from_str_radix(value, 16).ok()?));
+        } else if key == "thread" {
+            // `pP.T` with the multiprocess extension, else `T`.
+            let t = value.rsplit('.').next()?;
+            let t = u32::from_str_radix(t.trim_start_matches('p'), 16).ok()?;
+            stop.cpu = t.checked_sub(1);
+        }
+    }
+    Some(stop)
+}
+
+/// x86-64 register numbers in gdb's layout (QEMU's i386-64bit.xml).
+pub mod reg {
+    pub const RIP: u32 = 16;
+    pub const CS: u32 = 18;
+}
+
+/// A connection to QEMU's gdbstub.
+pub struct Gdb {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    /// QStartNoAckMode accepted: no `+` after each packet.
+    no_ack: bool,
+}
+
+impl Gdb {
+    /// Connect; QEMU stops the VM when a debugger attaches, so the caller
+    /// continues it ([`Gdb::resume`]) once it has set what it needs.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Gdb, GdbError> {
+        let stream = UnixStream::connect(path)?;
+        let mut g = Gdb {
+            stream,
+            buf: Vec::new(),
+            no_ack: false,
+        };
+        // QEMU stops the VM on attach and reports that stop as well as
+        // answering `?`: take both (measured: `T02` then `T05`), so that no
+        // stale stop reply is read as the answer to a later packet.
+        g.request("?", timeout)?;
+        while g.read_packet(Duration::from_millis(100)).is_ok() {}
+        if g.request("QStartNoAckMode", timeout)? == "OK" {
+            g.no_ack = true;
+        }
+        // QEMU answers `p` (one register) only to a client that has read the
+        // target description (gdbstub.c: gdb_has_xml).
+        let xml = g.request("qXfer:features:read:target.xml:0,ffb", timeout)?;
+        if !xml.contains("i386:x86-64") {
+            return Err(GdbError::Malformed(xml));
+        }
+        Ok(g)
+    }
+
+    fn send(&mut self, payload: &str) -> Result<(), GdbError> {
+        self.stream.write_all(&frame(payload))?;
+        Ok(())
+    }
+
+    /// Read one packet (its payload, unescaped), acking it unless acks are
+    /// off. Stray `+`/`-` are skipped.
+    pub fn read_packet(&mut self, timeout: Duration) -> Result<String, GdbError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(start) = self.buf.iter().position(|b| *b == b'$') {
+                if let Some(hash) = self.buf[start..].iter().position(|b| *b == b'#') {
+                    let end = start + hash;
+                    if self.buf.len() >= end + 3 {
+                        let raw = self.buf[start + 1..end].to_vec();
+                        self.buf.drain(..end + 3);
+                        if !self.no_ack {
+                            self.stream.write_all(b"+")?;
+                        }
+                        return Ok(String::from_utf8_lossy(&unescape(&raw)?).into_owned());
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(GdbError::Timeout(timeout));
+            }
+            self.stream.set_read_timeout(Some(deadline - now))?;
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(GdbError::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(GdbError::Timeout(timeout))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Send a packet and return its answer (console `O` packets skipped).
+    pub fn request(&mut self, payload: &str, timeout: Duration) -> Result<String, GdbError> {
+        self.send(payload)?;
+        loop {
+            let answer = self.read_packet(timeout)?;
+            if answer.starts_with('O') && answer != "OK" {
+                continue;
+            }
+            return Ok(answer);
+        }
+    }
+
+    fn expect_ok(&mut self, payload: &str, timeout: Duration) -> Result<(), GdbError> {
+        match self.request(payload, timeout)? {
+            a if a == "OK" => Ok(()),
+            answer => Err(GdbError::Refused {
+                packet: payload.into(),
+                answer,
+            }),
+        }
+    }
+
+    /// Insert (`on`) or remove a watch point on `len` bytes at virtual
+    /// address `addr` (all vCPUs: QEMU sets it on each).
+    pub fn watch(
+        &mut self,
+        on: bool,
+        kind: Watch,
+        (addr, len): (u64, u64),
+        timeout: Duration,
+    ) -> Result<(), GdbError> {
+        let op = if on { 'Z' } else { 'z' };
+        self.expect_ok(&format!("{op}{},{addr:x},{len:x}", kind as u8), timeout)
+    }
+
+    /// Select the vCPU that register and memory reads refer to.
+    pub fn select_cpu(&mut self, cpu: u32, timeout: Duration) -> Result<(), GdbError> {
+        self.expect_ok(&format!("Hg{:x}", cpu + 1), timeout)
+    }
+
+    /// One register of the selected vCPU (see [`reg`]).
+    pub fn register(&mut self, number: u32, timeout: Duration) -> Result<u64, GdbError> {
+        let answer = self.request(&format!("p{number:x}"), timeout)?;
+        if answer.starts_with('E') {
+            return Err(GdbError::Refused {
+                packet: format!("p{number:x}"),
+                answer,
+            });
+        }
+        le_value(&answer)
+    }
+
+    /// Read memory at a virtual address of the selected vCPU.
+    pub fn read(&mut self, addr: u64, len: usize, timeout: Duration) -> Result<Vec<u8>, GdbError> {
+        let packet = format!("m{addr:x},{len:x}");
+        let answer = self.request(&packet, timeout)?;
+        if answer.starts_with('E') || answer.len() != 2 * len {
+            return Err(GdbError::Refused { packet, answer });
+        }
+        hex_decode(&answer)
+    }
+
+    /// A QEMU monitor (HMP) command through the stub (`monitor ...` in
+    /// gdb): its output, collected from the `O` packets before `OK`.
+    pub fn monitor(&mut self, command: &str, timeout: Duration) -> Result<String, GdbError> {
+        let packet = format!("qRcmd,{}", hex_encode(command.as_bytes()));
+        self.send(&packet)?;
+        let mut out = String::new();
+        loop {
+            let answer = self.read_packet(timeout)?;
+            if answer == "OK" {
+                return Ok(out);
+            }
+            if let Some(text) = answer.strip_prefix('O') {
+                out.push_str(&String::from_utf8_lossy(&hex_decode(text)?));
+                continue;
+            }
+            if answer.starts_with('E') || answer.is_empty() {
+                return Err(GdbError::Refused { packet, answer });
+            }
+            // Some stubs send the whole output as one hex packet.
+            out.push_str(&String::from_utf8_lossy(&hex_decode(&answer)?));
+        }
+    }
+
+    /// Let every vCPU run (`c`); the stop reply comes later, read it with
+    /// [`Gdb::wait_stop`].
+    pub fn resume(&mut self) -> Result<(), GdbError> {
+        self.send("c")
+    }
+
+    /// Ask a running target to stop (the protocol's interrupt byte).
+    pub fn interrupt(&mut self) -> Result<(), GdbError> {
+        self.stream.write_all(&[0x03])?;
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for a stop reply; `Ok(None)` when none came.
+    pub fn wait_stop(&mut self, timeout: Duration) -> Result<Option<Stop>, GdbError> {
+        loop {
+            match self.read_packet(timeout) {
+                Ok(p) => {
+                    if let Some(stop) = parse_stop(&p) {
+                        return Ok(Some(stop));
+                    }
+                    if p.starts_with('W') || p.starts_with('X') {
+                        return Err(GdbError::Closed);
+                    }
+                }
+                Err(GdbError::Timeout(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_the_modulo_256_sum() {
+        assert_eq!(frame("?"), b"$?#3f");
+        assert_eq!(frame("c"), b"$c#63");
+        assert_eq!(frame("QStartNoAckMode"), b"$QStartNoAckMode#b0");
+    }
+
+    #[test]
+    fn escapes_and_run_lengths_are_undone() {
+        assert_eq!(unescape(b"a}\x03b").unwrap(), b"a#b");
+        // `0* ` = "0" then ' ' (32) - 29 = 3 more.
+        assert_eq!(unescape(b"0* ").unwrap(), b"0000");
+        assert!(unescape(b"*").is_err());
+        assert!(unescape(b"}").is_err());
+    }
+
+    #[test]
+    fn stop_replies_name_the_cpu_and_the_watch_point() {
+        assert_eq!(
+            parse_stop("T05thread:02;rwatch:ff11000100201040;"),
+            Some(Stop {
+                signal: 5,
+                cpu: Some(1),
+                watch: Some((Watch::Read, 0xff11_0001_0020_1040)),
+            })
+        );
+        assert_eq!(
+            parse_stop("T02thread:p1.01;"),
+            Some(Stop {
+                signal: 2,
+                cpu: Some(0),
+                watch: None
+            })
+        );
+        assert_eq!(
+            parse_stop("S05"),
+            Some(Stop {
+                signal: 5,
+                cpu: None,
+                watch: None
+            })
+        );
+        assert_eq!(parse_stop("OK"), None);
+        assert_eq!(parse_stop("W00"), None);
+        assert_eq!(parse_stop("T05thread:zz;"), None);
+    }
+
+    #[test]
+    fn register_values_are_little_endian() {
+        assert_eq!(le_value("3412000000000000").unwrap(), 0x1234);
+        assert_eq!(le_value("33000000").unwrap(), 0x33);
+        assert!(le_value("").is_err());
+        assert!(le_value("123").is_err());
+        assert!(le_value("000000000000000000").is_err());
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let cmd = "gva2gpa 0x7f0000201040";
+        assert_eq!(
+            hex_decode(&hex_encode(cmd.as_bytes())).unwrap(),
+            cmd.as_bytes()
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The thread that owns QEMU's gdbstub for a VM with the poison model: it
+//! keeps a read watch point on the kernel's direct-map alias of every
+//! poisoned line, and when a vCPU stops at one it decides, injects and
+//! resumes.
+//!
+//! Why a watch point and not a page protection: QEMU has no way to trap a
+//! guest-physical line, but its TCG watch points stop a vCPU at the
+//! instruction that reads a virtual address, in any mode, on any vCPU; the
+//! gdbstub is the interface to them that every QEMU since 2.x has.
+//! Measured on this machine (../shared/design.md): `dd iflag=direct` on the
+//! fsdax block device stops in copy_mc_enhanced_fast_string's `rep movsb`
+//! after its first byte of the line.
+//!
+//! Why the direct map: the pmem driver reads an fsdax (pfn) namespace
+//! through `devm_memremap_pages()`, i.e. the kernel's linear map
+//! (`page_offset_base` + physical address), and so do the DAX read paths
+//! of ext4 and xfs (`dax_direct_access()` -> `pmem_dax_direct_access()`),
+//! BTT and the info-block reads. A raw namespace is read through an
+//! `ioremap_cache()` alias instead (`devm_memremap()`), which this model
+//! does not watch yet.
+
+use super::platform_log::Tail;
+use super::Lines;
+use crate::gdb::{reg, Gdb, GdbError, Watch};
+use crate::mce::{Consumer, Injection};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+/// One load of poison the lab turned into a machine check.
+#[derive(Debug, Clone)]
+pub struct Consumption {
+    pub cpu: u32,
+    pub consumer: Consumer,
+    /// Where the vCPU stopped (the load, or the instruction after it).
+    pub rip: u64,
+    /// The watched virtual address and the physical line it maps.
+    pub va: u64,
+    pub gpa: u64,
+    pub command: String,
+}
+
+impl Consumption {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} load on CPU {} at RIP {:#x} of line {:#x} (VA {:#x}): `{}`",
+            self.consumer.name(),
+            self.cpu,
+            self.rip,
+            self.gpa,
+            self.va,
+            self.command
+        )
+    }
+}
+
+/// What the watcher has seen so far.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub consumptions: Vec<Consumption>,
+    /// Stops at a watched address whose translation was not a poisoned
+    /// line (another address space, a line cleared since): resumed.
+    pub passed: u64,
+}
+
+enum Order {
+    /// Read the platform log, re-arm, answer.
+    Sync(Sender<Result<usize, String>>),
+    Quit,
+}
+
+pub struct Watcher {
+    orders: Sender<Order>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the watcher needs to find the kernel's direct map.
+#[derive(Debug)]
+pub struct KernelSymbols {
+    /// `page_offset_base`'s address in System.map and `_text` there and in
+    /// the running kernel (/proc/kallsyms): their difference is the KASLR
+    /// offset.
+    pub page_offset_base: u64,
+    pub text_map: u64,
+    pub text_running: u64,
+}
+
+impl KernelSymbols {
+    /// From the System.map of the booted kernel and the guest's `_text`.
+    pub fn from_system_map(path: &Path, text_running: u64) -> Result<KernelSymbols, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "{}: {e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)",
+                path.display()
+            )
+        })?;
+        let find = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    let mut w = l.split_whitespace();
+                    let (a, _, n) = (w.next()?, w.next()?, w.next()?);
+                    (n == name).then(|| u64::from_str_radix(a, 16).ok())?
+                })
+                .ok_or_else(|| format!("{}: no symbol `{name}`", path.display()))
+        };
+        Ok(KernelSymbols {
+            page_offset_base: find("page_offset_base")?,
+            text_map: find("_text")?,
+            text_running,
+        })
+    }
+
+    fn runtime(&self, addr: u64) -> u64 {
+        addr.wrapping_add(self.text_running.wrapping_sub(self.text_map))
+    }
+}
+
+/// `gpa: 0x100201040` (HMP `gva2gpa`); `None` for "Unmapped".
+pub fn parse_gva2gpa(out: &str) -> Option<u64> {
+    let v = out.trim().strip_prefix("gpa:")?.trim();
+    u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+}
+
+impl Watcher {
+    /// Attach to the VM's gdbstub (QEMU stops the VM while we set up), find
+    /// the direct map, arm `lines` and the platform log's changes, resume.
+    pub fn start(
+        socket: &Path,
+        symbols: &KernelSymbols,
+        platform_log: &Path,
+        lines: Lines,
+        cpus: u32,
+    ) -> Result<Watcher, String> {
+        let mut gdb = Gdb::connect(socket, T).map_err(|e| e.to_string())?;
+        gdb.select_cpu(0, T).map_err(|e| e.to_string())?;
+        let bytes = gdb
+            .read(symbols.runtime(symbols.page_offset_base), 8, T)
+            .map_err(|e| format!("reading page_offset_base: {e}"))?;
+        let direct_map = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (orders, rx) = mpsc::channel();
+        let mut state = State {
+            gdb,
+            tail: Tail::new(platform_log),
+            lines,
+            direct_map,
+            armed: BTreeSet::new(),
+            cpus,
+            seen: Arc::clone(&seen),
+        };
+        state.sync().map_err(|e| e.to_string())?;
+        state.gdb.resume().map_err(|e| e.to_string())?;
+        let thread = thread::spawn(move || state.run(rx));
+        Ok(Watcher {
+            orders,
+            seen,
+            thread: Some(thread),
+        })
+    }
+
+    /// Take in the platform's changes and re-arm; returns how many lines
+    /// are armed.
+    pub fn sync(&self) -> Result<usize, String> {
+        let (tx, rx) = mpsc::channel();
+        self.orders
+            .send(Order::Sync(tx))
+            .map_err(|_| "the poison watcher has stopped".to_string())?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "the poison watcher did not answer".to_string())?
+    }
+
+    /// Consumptions since the last call.
+    pub fn take(&self) -> (Vec<Consumption>, u64) {
+        let mut s = self.seen.lock().unwrap();
+        (
+            std::mem::take(&mut s.consumptions),
+            std::mem::take(&mut s.passed),
+        )
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.orders.send(Order::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    gdb: Gdb,
+    tail: Tail,
+    lines: Lines,
+    direct_map: u64,
+    /// Virtual addresses with a watch point.
+    armed: BTreeSet<u64>,
+    cpus: u32,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl State {
+    fn run(mut self, orders: Receiver<Order>) {
+        loop {
+            match self.gdb.wait_stop(Duration::from_millis(20)) {
+                Ok(Some(stop)) => {
+                    let r = self.on_stop(stop.cpu.unwrap_or(0), stop.watch.map(|w| w.1));
+                    if r.and_then(|()| self.gdb.resume()).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            match orders.try_recv() {
+                Ok(Order::Sync(reply)) => {
+                    let r = self.pause().and_then(|()| {
+                        let n = self.sync()?;
+                        self.gdb.resume()?;
+                        Ok(n)
+                    });
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+                Ok(Order::Quit) | Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+        }
+    }
+
+    /// Stop the VM; a watch point may have fired meanwhile: handle it.
+    fn pause(&mut self) -> Result<(), GdbError> {
+        self.gdb.interrupt()?;
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(stop) = self.gdb.wait_stop(Duration::from_millis(200))? {
+                return self.on_stop(stop.cpu.unwrap_or(0), stop.watch.map(|w| w.1));
+            }
+            if Instant::now() > deadline {
+                return Err(GdbError::Timeout(T));
+            }
+        }
+    }
+
+    fn refresh(&mut self) -> Result<(), GdbError> {
+        let changes = self
+            .tail
+            .read_new()
+            .map_err(|e| GdbError::Io(std::io::Error::other(e)))?;
+        for c in &changes {
+            self.lines.apply(c);
+        }
+        Ok(())
+    }
+
+    /// Arm exactly the poisoned lines (VM stopped).
+    fn sync(&mut self) -> Result<usize, GdbError> {
+        self.refresh()?;
+        let want: BTreeSet<u64> = self.lines.iter().map(|l| self.direct_map + l).collect();
+        for va in self.armed.difference(&want).copied().collect::<Vec<_>>() {
+            self.gdb.watch(false, Watch::Read, (va, super::LINE), T)?;
+            self.armed.remove(&va);
+        }
+        for va in want.difference(&self.armed).copied().collect::<Vec<_>>() {
+            self.gdb.watch(true, Watch::Read, (va, super::LINE), T)?;
+            self.armed.insert(va);
+        }
+        Ok(self.armed.len())
+    }
+
+    /// A vCPU stopped (VM stopped): if at a watched load of a line that is
+    /// poisoned in the stopped CPU's own translation, inject.
+    fn on_stop(&mut self, cpu: u32, watched: Option<u64>) -> Result<(), GdbError> {
+        let Some(va) = watched else {
+            return Ok(());
+        };
+        self.gdb.select_cpu(cpu, T)?;
+        let cs = self.gdb.register(reg::CS, T)?;
+        let rip = self.gdb.register(reg::RIP, T)?;
+        self.gdb.monitor(&format!("cpu {cpu}"), T)?;
+        let gpa = parse_gva2gpa(&self.gdb.monitor(&format!("gva2gpa {va:#x}"), T)?);
+        self.refresh()?;
+        let Some(line) = gpa.and_then(|g| self.lines.line_of(g)) else {
+            self.seen.lock().unwrap().passed += 1;
+            return Ok(());
+        };
+        let consumer = if cs & 3 == 3 {
+            Consumer::User
+        } else {
+            Consumer::Kernel
+        };
+        let command = Injection::consumed(consumer, line, cpu, self.cpus).hmp_command();
+        let answer = self.gdb.monitor(&command, T)?;
+        if !answer.trim().is_empty() {
+            return Err(GdbError::Refused {
+                packet: command,
+                answer,
+            });
+        }
+        self.seen.lock().unwrap().consumptions.push(Consumption {
+            cpu,
+            consumer,
+            rip,
+            va,
+            gpa: line,
+            command,
+        });
+        Ok(())
+    }
+}
+
+/// Where a VM's gdbstub listens and its platform log goes (see
+/// [`crate::machine::VmFiles`]).
+pub fn paths(private: &Path) -> (PathBuf, PathBuf) {
+    let files = crate::machine::VmFiles::in_dir(private, Path::new(""), Path::new(""), 0);
+    (files.gdb_socket, files.platform_log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gva2gpa_answers() {
+        assert_eq!(parse_gva2gpa("gpa: 0x100201040\r\n"), Some(0x1_0020_1040));
+        assert_eq!(parse_gva2gpa("Unmapped\r\n"), None);
+    }
+
+    #[test]
+    fn symbols_come_from_system_map_with_the_kaslr_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("System.map");
+        std::fs::write(
+            &p,
+            "ffffffff81000000 T _text\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
+        )
+        .unwrap();
+        let s = KernelSymbols::from_system_map(&p, 0xffff_ffff_8a00_0000).unwrap();
+        assert_eq!(s.runtime(s.page_offset_base), 0xffff_ffff_8ba0_c2e8);
+        let none = dir.path().join("none");
+        assert!(KernelSymbols::from_system_map(&none, 0)
+            .unwrap_err()
+            .contains("cargo xtask kernel"));
+    }
+}
