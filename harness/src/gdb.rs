@@ -139,6 +139,9 @@ pub fn parse_stop(reply: &str) -> Option<Stop> {
 
 /// x86-64 register numbers in gdb's layout (QEMU's i386-64bit.xml).
 pub mod reg {
+    pub const RDX: u32 = 3;
+    pub const RSI: u32 = 4;
+    pub const RDI: u32 = 5;
     pub const RIP: u32 = 16;
     pub const CS: u32 = 18;
 }
@@ -256,6 +259,22 @@ impl Gdb {
     ) -> Result<(), GdbError> {
         let op = if on { 'Z' } else { 'z' };
         self.expect_ok(&format!("{op}{},{addr:x},{len:x}", kind as u8), timeout)
+    }
+
+    /// Insert (`on`) or remove a breakpoint at `addr` (under TCG QEMU checks
+    /// it when it translates code: the guest's memory is not written).
+    pub fn breakpoint(&mut self, on: bool, addr: u64, timeout: Duration) -> Result<(), GdbError> {
+        let op = if on { 'Z' } else { 'z' };
+        self.expect_ok(&format!("{op}0,{addr:x},1"), timeout)
+    }
+
+    /// Execute one instruction on `cpu` (QEMU steps it with interrupts and
+    /// timers off and stops the VM again), e.g. to get past a breakpoint
+    /// taken out for the step.
+    pub fn step(&mut self, cpu: u32, timeout: Duration) -> Result<Stop, GdbError> {
+        self.expect_ok(&format!("Hc{:x}", cpu + 1), timeout)?;
+        self.send("s")?;
+        self.wait_stop(timeout)?.ok_or(GdbError::Timeout(timeout))
     }
 
     /// Select the vCPU that register and memory reads refer to.

@@ -165,13 +165,11 @@ fn start_poison(
     layout: &Layout,
     private: &Path,
 ) -> Result<Watcher, String> {
-    let text = guest.ok(&["grep", " _text$", "/proc/kallsyms"])?.stdout;
-    let text = text
-        .split_whitespace()
-        .next()
-        .and_then(|a| u64::from_str_radix(a, 16).ok())
-        .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {text:?}"))?;
-    let symbols = KernelSymbols::from_system_map(&env.kernel.with_file_name("System.map"), text)?;
+    let pattern = KernelSymbols::kallsyms_pattern();
+    let kallsyms = guest
+        .ok(&["grep", "-E", &pattern, "/proc/kallsyms"])?
+        .stdout;
+    let symbols = KernelSymbols::new(&env.kernel.with_file_name("System.map"), &kallsyms)?;
     let mut lines = Lines::default();
     for (nv, region) in case.machine.nvdimms.iter().zip(&layout.geometry.regions) {
         for e in &nv.errors {
@@ -318,6 +316,10 @@ impl CaseRun<'_> {
                     step.name,
                     done.describe()
                 ));
+                if let Some(w) = &self.poison {
+                    w.poison(vec![(done.resolved.gpa, crate::poison::LINE)])
+                        .map_err(|e| broke(format!("the poison model: {e}")))?;
+                }
             }
             Action::ExpectBadblocks(_) => {}
             Action::Map(spec) => {
@@ -442,7 +444,7 @@ impl CaseRun<'_> {
             let armed = w
                 .sync()
                 .map_err(|e| broke(format!("the poison model: {e}")))?;
-            let (consumed, passed) = w.take();
+            let (consumed, passed, user_maps) = w.take();
             for c in &consumed {
                 self.log.line(format!(
                     "--- step {} `{}`: machine check: {}",
@@ -452,7 +454,7 @@ impl CaseRun<'_> {
                 ));
             }
             self.log.line(format!(
-                "--- step {} `{}`: poison: {} machine checks, {passed} watched loads passed, {armed} lines armed",
+                "--- step {} `{}`: poison: {} machine checks, {passed} watched loads passed, {armed} addresses watched, {user_maps} user mappings of NVDIMM memory seen",
                 step.number,
                 step.name,
                 consumed.len()

@@ -22,6 +22,7 @@
 //! it before it writes over a bad sector (drivers/nvdimm/pmem.c,
 //! `pmem_clear_poison()`).
 
+pub mod maps;
 pub mod platform_log;
 pub mod watcher;
 
@@ -39,6 +40,10 @@ pub enum Source {
     Latent,
     /// Injected through the platform (ARS error inject).
     Injected,
+    /// Named by a machine check the lab injected (`inject` step): the
+    /// line is bad from then on, though the platform's list does not hold
+    /// it (a real platform would find it at its next scrub).
+    MachineCheck,
 }
 
 /// The poisoned lines, by guest-physical address of their first byte.

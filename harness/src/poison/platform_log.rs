@@ -69,6 +69,11 @@ impl Tail {
         }
     }
 
+    /// Whether the file grew since the last read (cheap: one stat).
+    pub fn has_new(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.offset)
+    }
+
     /// The changes logged since the last call (a line still being written
     /// waits for its newline).
     pub fn read_new(&mut self) -> Result<Vec<Change>, String> {

@@ -6,7 +6,9 @@
 //! Why a watch point and not a page protection: QEMU has no way to trap a
 //! guest-physical line, but its TCG watch points stop a vCPU at the
 //! instruction that reads a virtual address, in any mode, on any vCPU; the
-//! gdbstub is the interface to them that every QEMU since 2.x has.
+//! gdbstub is the interface to them that every QEMU since 2.x has. User
+//! mappings are learnt at the kernel functions that install them
+//! ([`super::maps`]).
 //! Measured on this machine (../shared/design.md): `dd iflag=direct` on the
 //! fsdax block device stops in copy_mc_enhanced_fast_string's `rep movsb`
 //! after its first byte of the line.
@@ -19,11 +21,12 @@
 //! `ioremap_cache()` alias instead (`devm_memremap()`), which this model
 //! does not watch yet.
 
+use super::maps::{Hook, UserMap, UserMaps, VMF_ADDRESS};
 use super::platform_log::Tail;
 use super::Lines;
 use crate::gdb::{reg, Gdb, GdbError, Watch};
 use crate::mce::{Consumer, Injection};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -43,18 +46,21 @@ pub struct Consumption {
     pub va: u64,
     pub gpa: u64,
     pub command: String,
+    /// From the load to the resumed vCPU with the machine check pending.
+    pub took: Duration,
 }
 
 impl Consumption {
     pub fn describe(&self) -> String {
         format!(
-            "{} load on CPU {} at RIP {:#x} of line {:#x} (VA {:#x}): `{}`",
+            "{} load on CPU {} at RIP {:#x} of line {:#x} (VA {:#x}): `{}` ({} us)",
             self.consumer.name(),
             self.cpu,
             self.rip,
             self.gpa,
             self.va,
-            self.command
+            self.command,
+            self.took.as_micros()
         )
     }
 }
@@ -66,11 +72,16 @@ pub struct Seen {
     /// Stops at a watched address whose translation was not a poisoned
     /// line (another address space, a line cleared since): resumed.
     pub passed: u64,
+    /// User mappings of NVDIMM memory the kernel installed.
+    pub user_maps: u64,
 }
 
 enum Order {
-    /// Read the platform log, re-arm, answer.
+    /// Read the platform log, re-arm, answer with the armed addresses.
     Sync(Sender<Result<usize, String>>),
+    /// Poison these guest-physical ranges (an `inject` step's machine
+    /// check names a line that is bad from then on).
+    Poison(Vec<(u64, u64)>, Sender<Result<usize, String>>),
     Quit,
 }
 
@@ -80,24 +91,48 @@ pub struct Watcher {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the watcher needs to find the kernel's direct map.
+/// Where the watcher finds the kernel's direct map and its mapping hooks.
 #[derive(Debug)]
 pub struct KernelSymbols {
     /// `page_offset_base`'s address in System.map and `_text` there and in
     /// the running kernel (/proc/kallsyms): their difference is the KASLR
-    /// offset.
+    /// offset. (`page_offset_base` is data: /proc/kallsyms lists it only
+    /// with CONFIG_KALLSYMS_ALL.)
     pub page_offset_base: u64,
     pub text_map: u64,
     pub text_running: u64,
+    /// The running kernel's addresses of the functions that install user
+    /// mappings (see [`Hook`]), from /proc/kallsyms.
+    pub hooks: Vec<(Hook, u64)>,
 }
 
 impl KernelSymbols {
-    /// From the System.map of the booted kernel and the guest's `_text`.
-    pub fn from_system_map(path: &Path, text_running: u64) -> Result<KernelSymbols, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+    /// From the System.map of the booted kernel and the guest's
+    /// /proc/kallsyms lines for `_text` and the hooks.
+    pub fn new(system_map: &Path, kallsyms: &str) -> Result<KernelSymbols, String> {
+        let running = |name: &str| {
+            kallsyms.lines().find_map(|l| {
+                let mut w = l.split_whitespace();
+                let (a, _, n) = (w.next()?, w.next()?, w.next()?);
+                (n == name).then(|| u64::from_str_radix(a, 16).ok())?
+            })
+        };
+        let text_running = running("_text")
+            .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {kallsyms:?}"))?;
+        let mut hooks = Vec::new();
+        for h in Hook::ALL {
+            let a = running(h.symbol()).ok_or_else(|| {
+                format!(
+                    "the guest kernel has no `{}` in /proc/kallsyms: the poison model cannot see user mappings",
+                    h.symbol()
+                )
+            })?;
+            hooks.push((h, a));
+        }
+        let text = std::fs::read_to_string(system_map).map_err(|e| {
             format!(
                 "{}: {e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)",
-                path.display()
+                system_map.display()
             )
         })?;
         let find = |name: &str| {
@@ -107,13 +142,22 @@ impl KernelSymbols {
                     let (a, _, n) = (w.next()?, w.next()?, w.next()?);
                     (n == name).then(|| u64::from_str_radix(a, 16).ok())?
                 })
-                .ok_or_else(|| format!("{}: no symbol `{name}`", path.display()))
+                .ok_or_else(|| format!("{}: no symbol `{name}`", system_map.display()))
         };
         Ok(KernelSymbols {
             page_offset_base: find("page_offset_base")?,
             text_map: find("_text")?,
             text_running,
+            hooks,
         })
+    }
+
+    /// The symbols the guest must be asked for (a `grep -E` pattern).
+    pub fn kallsyms_pattern() -> String {
+        let names: Vec<&str> = std::iter::once("_text")
+            .chain(Hook::ALL.iter().map(|h| h.symbol()))
+            .collect();
+        format!(" ({})$", names.join("|"))
     }
 
     fn runtime(&self, addr: u64) -> u64 {
@@ -129,7 +173,8 @@ pub fn parse_gva2gpa(out: &str) -> Option<u64> {
 
 impl Watcher {
     /// Attach to the VM's gdbstub (QEMU stops the VM while we set up), find
-    /// the direct map, arm `lines` and the platform log's changes, resume.
+    /// the direct map, set the hooks, arm `lines` and the platform log's
+    /// changes, resume.
     pub fn start(
         socket: &Path,
         symbols: &KernelSymbols,
@@ -143,6 +188,9 @@ impl Watcher {
             .read(symbols.runtime(symbols.page_offset_base), 8, T)
             .map_err(|e| format!("reading page_offset_base: {e}"))?;
         let direct_map = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        for (_, addr) in &symbols.hooks {
+            gdb.breakpoint(true, *addr, T).map_err(|e| e.to_string())?;
+        }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (orders, rx) = mpsc::channel();
         let mut state = State {
@@ -150,6 +198,8 @@ impl Watcher {
             tail: Tail::new(platform_log),
             lines,
             direct_map,
+            hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
+            user_maps: UserMaps::default(),
             armed: BTreeSet::new(),
             cpus,
             seen: Arc::clone(&seen),
@@ -164,23 +214,37 @@ impl Watcher {
         })
     }
 
-    /// Take in the platform's changes and re-arm; returns how many lines
-    /// are armed.
-    pub fn sync(&self) -> Result<usize, String> {
+    fn ask(
+        &self,
+        order: impl FnOnce(Sender<Result<usize, String>>) -> Order,
+    ) -> Result<usize, String> {
         let (tx, rx) = mpsc::channel();
-        self.orders
-            .send(Order::Sync(tx))
-            .map_err(|_| "the poison watcher has stopped".to_string())?;
+        self.orders.send(order(tx)).map_err(|_| {
+            "the poison watcher has stopped (see qemu-stderr and console.log)".to_string()
+        })?;
         rx.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "the poison watcher did not answer".to_string())?
+            .map_err(|_| "the poison watcher did not answer in 30 s".to_string())?
     }
 
-    /// Consumptions since the last call.
-    pub fn take(&self) -> (Vec<Consumption>, u64) {
+    /// Take in the platform's changes and re-arm; returns how many
+    /// addresses are watched.
+    pub fn sync(&self) -> Result<usize, String> {
+        self.ask(Order::Sync)
+    }
+
+    /// Poison guest-physical `(address, length)` ranges and arm them.
+    pub fn poison(&self, ranges: Vec<(u64, u64)>) -> Result<usize, String> {
+        self.ask(|tx| Order::Poison(ranges, tx))
+    }
+
+    /// Consumptions and passed stops since the last call, and the user
+    /// mappings seen so far.
+    pub fn take(&self) -> (Vec<Consumption>, u64, u64) {
         let mut s = self.seen.lock().unwrap();
         (
             std::mem::take(&mut s.consumptions),
             std::mem::take(&mut s.passed),
+            s.user_maps,
         )
     }
 }
@@ -199,6 +263,9 @@ struct State {
     tail: Tail,
     lines: Lines,
     direct_map: u64,
+    /// Hook address -> hook.
+    hooks: BTreeMap<u64, Hook>,
+    user_maps: UserMaps,
     /// Virtual addresses with a watch point.
     armed: BTreeSet<u64>,
     cpus: u32,
@@ -218,22 +285,49 @@ impl State {
                 Ok(None) => {}
                 Err(_) => return,
             }
-            match orders.try_recv() {
-                Ok(Order::Sync(reply)) => {
-                    let r = self.pause().and_then(|()| {
-                        let n = self.sync()?;
-                        self.gdb.resume()?;
-                        Ok(n)
-                    });
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+            let order = match orders.try_recv() {
+                Ok(o) => Some(o),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            };
+            let result = match order {
+                Some(Order::Quit) => return,
+                Some(Order::Sync(reply)) => Some((reply, Vec::new())),
+                Some(Order::Poison(ranges, reply)) => Some((reply, ranges)),
+                // An injection in the middle of a step: arm it now.
+                None if self.tail.has_new() => {
+                    if self.paused(|_| Ok(0)).is_err() {
+                        return;
+                    }
+                    None
                 }
-                Ok(Order::Quit) | Err(mpsc::TryRecvError::Disconnected) => return,
-                Err(mpsc::TryRecvError::Empty) => {}
+                None => None,
+            };
+            if let Some((reply, ranges)) = result {
+                let r = self.paused(|s| {
+                    for (a, l) in &ranges {
+                        s.lines.add_range(*a, *l, super::Source::MachineCheck);
+                    }
+                    Ok(0)
+                });
+                let _ = reply.send(r.map_err(|e| e.to_string()));
             }
         }
     }
 
-    /// Stop the VM; a watch point may have fired meanwhile: handle it.
+    /// Stop the VM, do `f`, re-arm, resume; the number of watched addresses.
+    fn paused(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<usize, GdbError>,
+    ) -> Result<usize, GdbError> {
+        self.pause()?;
+        f(self)?;
+        let n = self.sync()?;
+        self.gdb.resume()?;
+        Ok(n)
+    }
+
+    /// Stop the VM; a watch point or hook may have fired meanwhile: handle it.
     fn pause(&mut self) -> Result<(), GdbError> {
         self.gdb.interrupt()?;
         let deadline = Instant::now() + T;
@@ -258,10 +352,20 @@ impl State {
         Ok(())
     }
 
-    /// Arm exactly the poisoned lines (VM stopped).
+    /// Every address a poisoned line can be read at.
+    fn wanted(&self) -> BTreeSet<u64> {
+        let mut want = BTreeSet::new();
+        for line in self.lines.iter() {
+            want.insert(self.direct_map + line);
+            want.extend(self.user_maps.aliases(line));
+        }
+        want
+    }
+
+    /// Arm exactly the addresses of the poisoned lines (VM stopped).
     fn sync(&mut self) -> Result<usize, GdbError> {
         self.refresh()?;
-        let want: BTreeSet<u64> = self.lines.iter().map(|l| self.direct_map + l).collect();
+        let want = self.wanted();
         for va in self.armed.difference(&want).copied().collect::<Vec<_>>() {
             self.gdb.watch(false, Watch::Read, (va, super::LINE), T)?;
             self.armed.remove(&va);
@@ -273,20 +377,27 @@ impl State {
         Ok(self.armed.len())
     }
 
-    /// A vCPU stopped (VM stopped): if at a watched load of a line that is
-    /// poisoned in the stopped CPU's own translation, inject.
+    /// A vCPU stopped (the VM with it). At a hook: learn the mapping, step
+    /// over the hook. At a watched load of a line that is poisoned in the
+    /// stopped CPU's own translation: inject. Leaves the VM stopped.
     fn on_stop(&mut self, cpu: u32, watched: Option<u64>) -> Result<(), GdbError> {
+        let began = Instant::now();
+        self.gdb.select_cpu(cpu, T)?;
+        let rip = self.gdb.register(reg::RIP, T)?;
+        if let Some(hook) = self.hooks.get(&rip).copied() {
+            return self.at_hook(cpu, hook, rip);
+        }
         let Some(va) = watched else {
             return Ok(());
         };
-        self.gdb.select_cpu(cpu, T)?;
         let cs = self.gdb.register(reg::CS, T)?;
-        let rip = self.gdb.register(reg::RIP, T)?;
         self.gdb.monitor(&format!("cpu {cpu}"), T)?;
         let gpa = parse_gva2gpa(&self.gdb.monitor(&format!("gva2gpa {va:#x}"), T)?);
         self.refresh()?;
         let Some(line) = gpa.and_then(|g| self.lines.line_of(g)) else {
             self.seen.lock().unwrap().passed += 1;
+            // A line cleared since it was armed: stop watching it now.
+            self.sync()?;
             return Ok(());
         };
         let consumer = if cs & 3 == 3 {
@@ -309,8 +420,33 @@ impl State {
             va,
             gpa: line,
             command,
+            took: began.elapsed(),
         });
         Ok(())
+    }
+
+    /// The kernel is about to install a user mapping: note it (and watch
+    /// its poisoned lines), then step the CPU over the breakpoint.
+    fn at_hook(&mut self, cpu: u32, hook: Hook, rip: u64) -> Result<(), GdbError> {
+        let (address, pfn_t) = if hook.address_in_vmf() {
+            let vmf = self.gdb.register(reg::RDI, T)?;
+            let bytes = self.gdb.read(vmf + VMF_ADDRESS, 8, T)?;
+            let address = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            (address, self.gdb.register(reg::RSI, T)?)
+        } else {
+            (
+                self.gdb.register(reg::RSI, T)?,
+                self.gdb.register(reg::RDX, T)?,
+            )
+        };
+        let m = UserMap::installed(hook, address, pfn_t);
+        if self.user_maps.add(m) {
+            self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
+            self.sync()?;
+        }
+        self.gdb.breakpoint(false, rip, T)?;
+        self.gdb.step(cpu, T)?;
+        self.gdb.breakpoint(true, rip, T)
     }
 }
 
@@ -340,11 +476,22 @@ mod tests {
             "ffffffff81000000 T _text\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
         )
         .unwrap();
-        let s = KernelSymbols::from_system_map(&p, 0xffff_ffff_8a00_0000).unwrap();
+        let kallsyms = "ffffffff8a000000 T _text\nffffffff8a1475e0 T vmf_insert_mixed\n\
+            ffffffff8a1475f0 T vmf_insert_mixed_mkwrite\nffffffff8a18cdf0 T vmf_insert_pfn_pmd\n\
+            ffffffff8a18ce00 T vmf_insert_pfn_pud\n";
+        let s = KernelSymbols::new(&p, kallsyms).unwrap();
         assert_eq!(s.runtime(s.page_offset_base), 0xffff_ffff_8ba0_c2e8);
+        assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
         let none = dir.path().join("none");
-        assert!(KernelSymbols::from_system_map(&none, 0)
+        assert!(KernelSymbols::new(&none, kallsyms)
             .unwrap_err()
             .contains("cargo xtask kernel"));
+        assert!(KernelSymbols::new(&p, "ffffffff8a000000 T _text\n")
+            .unwrap_err()
+            .contains("vmf_insert_mixed"));
+        assert_eq!(
+            KernelSymbols::kallsyms_pattern(),
+            " (_text|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
+        );
     }
 }
