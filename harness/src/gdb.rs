@@ -139,10 +139,12 @@ pub fn parse_stop(reply: &str) -> Option<Stop> {
 
 /// x86-64 register numbers in gdb's layout (QEMU's i386-64bit.xml).
 pub mod reg {
+    pub const RCX: u32 = 2;
     pub const RDX: u32 = 3;
     pub const RSI: u32 = 4;
     pub const RDI: u32 = 5;
     pub const RIP: u32 = 16;
+    pub const EFLAGS: u32 = 17;
     pub const CS: u32 = 18;
 }
 
@@ -292,6 +294,19 @@ impl Gdb {
             });
         }
         le_value(&answer)
+    }
+
+    /// Set a 64-bit register of the selected vCPU.
+    pub fn set_register(
+        &mut self,
+        number: u32,
+        value: u64,
+        timeout: Duration,
+    ) -> Result<(), GdbError> {
+        self.expect_ok(
+            &format!("P{number:x}={}", hex_encode(&value.to_le_bytes())),
+            timeout,
+        )
     }
 
     /// Read memory at a virtual address of the selected vCPU.

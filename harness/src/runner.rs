@@ -444,8 +444,9 @@ impl CaseRun<'_> {
             let armed = w
                 .sync()
                 .map_err(|e| broke(format!("the poison model: {e}")))?;
-            let (consumed, passed, user_maps) = w.take();
-            for c in &consumed {
+            let seen = w.take();
+            let consumed = &seen.consumptions;
+            for c in consumed {
                 self.log.line(format!(
                     "--- step {} `{}`: machine check: {}",
                     step.number,
@@ -454,10 +455,13 @@ impl CaseRun<'_> {
                 ));
             }
             self.log.line(format!(
-                "--- step {} `{}`: poison: {} machine checks, {passed} watched loads passed, {armed} addresses watched, {user_maps} user mappings of NVDIMM memory seen",
+                "--- step {} `{}`: poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen",
                 step.number,
                 step.name,
-                consumed.len()
+                consumed.len(),
+                seen.passed,
+                seen.deferred,
+                seen.user_maps
             ));
             if let Some(want) = step
                 .machine_checks

@@ -24,6 +24,7 @@
 
 pub mod maps;
 pub mod platform_log;
+pub mod rewind;
 pub mod watcher;
 
 pub use platform_log::{Change, ChangeKind};

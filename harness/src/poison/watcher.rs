@@ -23,6 +23,7 @@
 
 use super::maps::{Hook, UserMap, UserMaps, VMF_ADDRESS};
 use super::platform_log::Tail;
+use super::rewind;
 use super::Lines;
 use crate::gdb::{reg, Gdb, GdbError, Watch};
 use crate::mce::{Consumer, Injection};
@@ -46,6 +47,8 @@ pub struct Consumption {
     pub va: u64,
     pub gpa: u64,
     pub command: String,
+    /// A `rep movs` stepped back to the load (see [`super::rewind`]).
+    pub rewound: bool,
     /// From the load to the resumed vCPU with the machine check pending.
     pub took: Duration,
 }
@@ -53,10 +56,15 @@ pub struct Consumption {
 impl Consumption {
     pub fn describe(&self) -> String {
         format!(
-            "{} load on CPU {} at RIP {:#x} of line {:#x} (VA {:#x}): `{}` ({} us)",
+            "{} load on CPU {} at RIP {:#x}{} of line {:#x} (VA {:#x}): `{}` ({} us)",
             self.consumer.name(),
             self.cpu,
             self.rip,
+            if self.rewound {
+                " (rep movs stepped back one element)"
+            } else {
+                ""
+            },
             self.gpa,
             self.va,
             self.command,
@@ -72,6 +80,9 @@ pub struct Seen {
     /// Stops at a watched address whose translation was not a poisoned
     /// line (another address space, a line cleared since): resumed.
     pub passed: u64,
+    /// Loads whose instruction faulted first (see [`PAGE_FAULT_ENTRY`]):
+    /// resumed, to be caught when the instruction restarts.
+    pub deferred: u64,
     /// User mappings of NVDIMM memory the kernel installed.
     pub user_maps: u64,
 }
@@ -104,6 +115,8 @@ pub struct KernelSymbols {
     /// The running kernel's addresses of the functions that install user
     /// mappings (see [`Hook`]), from /proc/kallsyms.
     pub hooks: Vec<(Hook, u64)>,
+    /// The page-fault entry (`asm_exc_page_fault`), see [`State::on_stop`].
+    pub page_fault_entry: u64,
 }
 
 impl KernelSymbols {
@@ -119,6 +132,9 @@ impl KernelSymbols {
         };
         let text_running = running("_text")
             .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {kallsyms:?}"))?;
+        let page_fault_entry = running(PAGE_FAULT_ENTRY).ok_or_else(|| {
+            format!("no `{PAGE_FAULT_ENTRY}` in the guest's /proc/kallsyms: {kallsyms:?}")
+        })?;
         let mut hooks = Vec::new();
         for h in Hook::ALL {
             let a = running(h.symbol()).ok_or_else(|| {
@@ -149,12 +165,14 @@ impl KernelSymbols {
             text_map: find("_text")?,
             text_running,
             hooks,
+            page_fault_entry,
         })
     }
 
     /// The symbols the guest must be asked for (a `grep -E` pattern).
     pub fn kallsyms_pattern() -> String {
-        let names: Vec<&str> = std::iter::once("_text")
+        let names: Vec<&str> = ["_text", PAGE_FAULT_ENTRY]
+            .into_iter()
             .chain(Hook::ALL.iter().map(|h| h.symbol()))
             .collect();
         format!(" ({})$", names.join("|"))
@@ -164,6 +182,15 @@ impl KernelSymbols {
         addr.wrapping_add(self.text_running.wrapping_sub(self.text_map))
     }
 }
+
+/// The x86 page-fault entry. A load whose instruction faults on its other
+/// operand (the store of `rep movs` into a user page not mapped yet) is
+/// reported at this entry: QEMU re-executed the instruction for the watch
+/// point, the store raised #PF, and the vCPU stopped with the fault frame
+/// pushed. The load has not retired, and on hardware the machine check
+/// would come when the instruction is restarted after the fault, so the
+/// watcher resumes and waits for that.
+const PAGE_FAULT_ENTRY: &str = "asm_exc_page_fault";
 
 /// `gpa: 0x100201040` (HMP `gva2gpa`); `None` for "Unmapped".
 pub fn parse_gva2gpa(out: &str) -> Option<u64> {
@@ -199,6 +226,7 @@ impl Watcher {
             lines,
             direct_map,
             hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
+            page_fault_entry: symbols.page_fault_entry,
             user_maps: UserMaps::default(),
             armed: BTreeSet::new(),
             cpus,
@@ -237,15 +265,15 @@ impl Watcher {
         self.ask(|tx| Order::Poison(ranges, tx))
     }
 
-    /// Consumptions and passed stops since the last call, and the user
-    /// mappings seen so far.
-    pub fn take(&self) -> (Vec<Consumption>, u64, u64) {
+    /// What happened since the last call (user mappings: all so far).
+    pub fn take(&self) -> Seen {
         let mut s = self.seen.lock().unwrap();
-        (
-            std::mem::take(&mut s.consumptions),
-            std::mem::take(&mut s.passed),
-            s.user_maps,
-        )
+        Seen {
+            consumptions: std::mem::take(&mut s.consumptions),
+            passed: std::mem::take(&mut s.passed),
+            deferred: std::mem::take(&mut s.deferred),
+            user_maps: s.user_maps,
+        }
     }
 }
 
@@ -265,6 +293,7 @@ struct State {
     direct_map: u64,
     /// Hook address -> hook.
     hooks: BTreeMap<u64, Hook>,
+    page_fault_entry: u64,
     user_maps: UserMaps,
     /// Virtual addresses with a watch point.
     armed: BTreeSet<u64>,
@@ -390,6 +419,10 @@ impl State {
         let Some(va) = watched else {
             return Ok(());
         };
+        if rip == self.page_fault_entry {
+            self.seen.lock().unwrap().deferred += 1;
+            return Ok(());
+        }
         let cs = self.gdb.register(reg::CS, T)?;
         self.gdb.monitor(&format!("cpu {cpu}"), T)?;
         let gpa = parse_gva2gpa(&self.gdb.monitor(&format!("gva2gpa {va:#x}"), T)?);
@@ -405,6 +438,7 @@ impl State {
         } else {
             Consumer::Kernel
         };
+        let rewound = self.rewind(rip, va)?;
         let command = Injection::consumed(consumer, line, cpu, self.cpus).hmp_command();
         let answer = self.gdb.monitor(&command, T)?;
         if !answer.trim().is_empty() {
@@ -420,9 +454,34 @@ impl State {
             va,
             gpa: line,
             command,
+            rewound,
             took: began.elapsed(),
         });
         Ok(())
+    }
+
+    /// Step a `rep movs` that QEMU stopped one element past the load back
+    /// to the load (see [`super::rewind`]); whether it did.
+    fn rewind(&mut self, rip: u64, line_va: u64) -> Result<bool, GdbError> {
+        let Ok(code) = self.gdb.read(rip, 4, T) else {
+            return Ok(false);
+        };
+        let Some(width) = rewind::rep_movs_width(&code) else {
+            return Ok(false);
+        };
+        let regs = (
+            self.gdb.register(reg::RSI, T)?,
+            self.gdb.register(reg::RDI, T)?,
+            self.gdb.register(reg::RCX, T)?,
+        );
+        let eflags = self.gdb.register(reg::EFLAGS, T)?;
+        let Some((rsi, rdi, rcx)) = rewind::one_back(width, regs, eflags, line_va) else {
+            return Ok(false);
+        };
+        self.gdb.set_register(reg::RSI, rsi, T)?;
+        self.gdb.set_register(reg::RDI, rdi, T)?;
+        self.gdb.set_register(reg::RCX, rcx, T)?;
+        Ok(true)
     }
 
     /// The kernel is about to install a user mapping: note it (and watch
@@ -476,7 +535,8 @@ mod tests {
             "ffffffff81000000 T _text\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
         )
         .unwrap();
-        let kallsyms = "ffffffff8a000000 T _text\nffffffff8a1475e0 T vmf_insert_mixed\n\
+        let kallsyms = "ffffffff8a000000 T _text\nffffffff8a601230 T asm_exc_page_fault\n\
+            ffffffff8a1475e0 T vmf_insert_mixed\n\
             ffffffff8a1475f0 T vmf_insert_mixed_mkwrite\nffffffff8a18cdf0 T vmf_insert_pfn_pmd\n\
             ffffffff8a18ce00 T vmf_insert_pfn_pud\n";
         let s = KernelSymbols::new(&p, kallsyms).unwrap();
@@ -488,10 +548,10 @@ mod tests {
             .contains("cargo xtask kernel"));
         assert!(KernelSymbols::new(&p, "ffffffff8a000000 T _text\n")
             .unwrap_err()
-            .contains("vmf_insert_mixed"));
+            .contains("asm_exc_page_fault"));
         assert_eq!(
             KernelSymbols::kallsyms_pattern(),
-            " (_text|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
+            " (_text|asm_exc_page_fault|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
         );
     }
 }
