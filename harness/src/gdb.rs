@@ -137,7 +137,9 @@ pub fn parse_stop(reply: &str) -> Option<Stop> {
     Some(stop)
 }
 
-/// x86-64 register numbers in gdb's layout (QEMU's i386-64bit.xml).
+/// x86-64 register numbers in gdb's layout: the general registers, RIP,
+/// EFLAGS and the selectors, which every QEMU numbers the same (control
+/// registers: see [`crate::qmp::register_field`]).
 pub mod reg {
     pub const RCX: u32 = 2;
     pub const RDX: u32 = 3;
@@ -176,11 +178,29 @@ impl Gdb {
         }
         // QEMU answers `p` (one register) only to a client that has read the
         // target description (gdbstub.c: gdb_has_xml).
-        let xml = g.request("qXfer:features:read:target.xml:0,ffb", timeout)?;
+        let xml = g.xfer("target.xml", timeout)?;
         if !xml.contains("i386:x86-64") {
             return Err(GdbError::Malformed(xml));
         }
         Ok(g)
+    }
+
+    /// A whole target-description file (`qXfer:features:read`, in pieces).
+    fn xfer(&mut self, annex: &str, timeout: Duration) -> Result<String, GdbError> {
+        let mut out = String::new();
+        loop {
+            let packet = format!("qXfer:features:read:{annex}:{:x},7f0", out.len());
+            let answer = self.request(&packet, timeout)?;
+            let (more, text) = match answer.split_at_checked(1) {
+                Some(("m", t)) => (true, t),
+                Some(("l", t)) => (false, t),
+                _ => return Err(GdbError::Refused { packet, answer }),
+            };
+            out.push_str(text);
+            if !more || text.is_empty() {
+                return Ok(out);
+            }
+        }
     }
 
     fn send(&mut self, payload: &str) -> Result<(), GdbError> {

@@ -88,17 +88,27 @@ pub fn hmp(command_line: &str, cpu: Option<u32>, id: u64) -> String {
 /// The instruction pointer and privilege level in `info registers` output
 /// (`RIP=... RFL=... [...] CPL=3 ...`).
 pub fn rip_and_cpl(info_registers: &str) -> Option<(u64, u8)> {
-    let field = |name: &str| {
-        let at = info_registers.find(name)? + name.len();
-        let rest = &info_registers[at..];
-        let end = rest
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .unwrap_or(rest.len());
-        Some(&rest[..end])
-    };
-    let rip = u64::from_str_radix(field("RIP=")?, 16).ok()?;
-    let cpl = field("CPL=")?.parse().ok()?;
-    Some((rip, cpl))
+    let rip = register_field(info_registers, "RIP")?;
+    let cpl = register_field(info_registers, "CPL")?;
+    Some((rip, u8::try_from(cpl).ok()?))
+}
+
+/// One `NAME=hex` field of `info registers` output (`CR3=0000000004253000`).
+/// The HMP text, not gdb's register numbers: QEMU 7.2's target description
+/// lists segment bases its gdbstub does not number, so control registers
+/// cannot be found there by name.
+pub fn register_field(info_registers: &str, name: &str) -> Option<u64> {
+    let key = format!("{name}=");
+    let at = info_registers
+        .match_indices(&key)
+        .find(|(i, _)| *i == 0 || !info_registers.as_bytes()[i - 1].is_ascii_alphanumeric())?
+        .0
+        + key.len();
+    let rest = &info_registers[at..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(rest.len());
+    u64::from_str_radix(&rest[..end], 16).ok()
 }
 
 /// Read the greeting and leave capabilities negotiation mode. Returns the
@@ -209,5 +219,16 @@ mod tests {
             Some((0xffff_ffff_8140_d0c5, 0))
         );
         assert_eq!(rip_and_cpl("nothing"), None);
+    }
+
+    #[test]
+    fn control_registers_by_name_not_by_suffix() {
+        let text = "CR0=80050033 CR2=00007f9c1e2e6000 CR3=000000000423f000 CR4=00751ef0
+                    DR0=0000000000000000 EFER=0000000000000d01
+";
+        assert_eq!(register_field(text, "CR3"), Some(0x423_f000));
+        assert_eq!(register_field(text, "CR4"), Some(0x75_1ef0));
+        assert_eq!(register_field(text, "ER"), None);
+        assert_eq!(register_field(text, "EFER"), Some(0xd01));
     }
 }

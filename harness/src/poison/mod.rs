@@ -22,6 +22,7 @@
 //! it before it writes over a bad sector (drivers/nvdimm/pmem.c,
 //! `pmem_clear_poison()`).
 
+pub mod kernel;
 pub mod maps;
 pub mod platform_log;
 pub mod rewind;

@@ -23,10 +23,11 @@
 
 use super::maps::{Hook, UserMap, UserMaps, VMF_ADDRESS};
 use super::platform_log::Tail;
-use super::rewind;
 use super::Lines;
+use super::{kernel, rewind};
 use crate::gdb::{reg, Gdb, GdbError, Watch};
 use crate::mce::{Consumer, Injection};
+use crate::qmp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -229,6 +230,8 @@ impl Watcher {
             page_fault_entry: symbols.page_fault_entry,
             user_maps: UserMaps::default(),
             armed: BTreeSet::new(),
+            kernel: BTreeMap::new(),
+            tlb: None,
             cpus,
             seen: Arc::clone(&seen),
         };
@@ -286,6 +289,30 @@ impl Drop for Watcher {
     }
 }
 
+/// Page tables read through the direct map (page tables are in RAM).
+struct GdbTables<'a> {
+    gdb: &'a mut Gdb,
+    direct_map: u64,
+}
+
+impl kernel::Tables for GdbTables<'_> {
+    type Error = GdbError;
+    fn table(&mut self, pa: u64) -> Result<[u64; 512], GdbError> {
+        // QEMU answers at most 2 KiB per `m` (4 KiB of hex).
+        const CHUNK: usize = 1024;
+        let mut t = [0u64; 512];
+        for (c, chunk) in t.chunks_mut(CHUNK / 8).enumerate() {
+            let bytes = self
+                .gdb
+                .read(self.direct_map + pa + (c * CHUNK) as u64, CHUNK, T)?;
+            for (e, b) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
+                *e = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            }
+        }
+        Ok(t)
+    }
+}
+
 struct State {
     gdb: Gdb,
     tail: Tail,
@@ -297,6 +324,11 @@ struct State {
     user_maps: UserMaps,
     /// Virtual addresses with a watch point.
     armed: BTreeSet<u64>,
+    /// Kernel aliases found per line, and the kernel page tables read to
+    /// find them; forgotten at each order from the runner (a step may have
+    /// created or removed a namespace).
+    kernel: BTreeMap<u64, Vec<u64>>,
+    tlb: Option<Vec<kernel::Leaf>>,
     cpus: u32,
     seen: Arc<Mutex<Seen>>,
 }
@@ -382,19 +414,82 @@ impl State {
     }
 
     /// Every address a poisoned line can be read at.
-    fn wanted(&self) -> BTreeSet<u64> {
+    /// The kernel-half leaves of CPU 0's page tables that map a poisoned
+    /// line.
+    fn walk_kernel_tables(&mut self) -> Result<Vec<kernel::Leaf>, GdbError> {
+        self.gdb.monitor("cpu 0", T)?;
+        let regs = self.gdb.monitor("info registers", T)?;
+        let field = |name: &str| {
+            qmp::register_field(&regs, name).ok_or_else(|| {
+                GdbError::Malformed(format!("no {name} in `info registers`: {regs}"))
+            })
+        };
+        let root = field("CR3")?;
+        let levels = if field("CR4")? & kernel::CR4_LA57 != 0 {
+            5
+        } else {
+            4
+        };
+        let lines: Vec<u64> = self.lines.iter().collect();
+        let keep = |pa: u64, size: u64| lines.iter().any(|l| (pa..pa + size).contains(l));
+        let mut tables = GdbTables {
+            gdb: &mut self.gdb,
+            direct_map: self.direct_map,
+        };
+        kernel::kernel_leaves(&mut tables, root, levels, &keep)
+    }
+
+    fn wanted(&mut self) -> Result<BTreeSet<u64>, GdbError> {
         let mut want = BTreeSet::new();
-        for line in self.lines.iter() {
-            want.insert(self.direct_map + line);
+        for line in self.lines.iter().collect::<Vec<_>>() {
+            want.extend(self.kernel_aliases(line)?);
             want.extend(self.user_maps.aliases(line));
         }
-        want
+        Ok(want)
+    }
+
+    /// Translate `va` with `cpu`'s page tables.
+    fn translate(&mut self, cpu: u32, va: u64) -> Result<Option<u64>, GdbError> {
+        self.gdb.monitor(&format!("cpu {cpu}"), T)?;
+        Ok(parse_gva2gpa(
+            &self.gdb.monitor(&format!("gva2gpa {va:#x}"), T)?,
+        ))
+    }
+
+    /// The kernel's aliases of `line` (see [`super::kernel`]), checked by
+    /// translation and kept until the next order from the runner.
+    fn kernel_aliases(&mut self, line: u64) -> Result<Vec<u64>, GdbError> {
+        if let Some(a) = self.kernel.get(&line) {
+            return Ok(a.clone());
+        }
+        let direct = self.direct_map + line;
+        let mut found = Vec::new();
+        if self.translate(0, direct)? == Some(line) {
+            found.push(direct);
+        } else {
+            if self.tlb.is_none() {
+                self.tlb = Some(self.walk_kernel_tables()?);
+            }
+            let aliases: Vec<u64> = self
+                .tlb
+                .iter()
+                .flatten()
+                .filter_map(|l| l.alias(line))
+                .collect();
+            for va in aliases {
+                if self.translate(0, va)? == Some(line) {
+                    found.push(va);
+                }
+            }
+        }
+        self.kernel.insert(line, found.clone());
+        Ok(found)
     }
 
     /// Arm exactly the addresses of the poisoned lines (VM stopped).
     fn sync(&mut self) -> Result<usize, GdbError> {
         self.refresh()?;
-        let want = self.wanted();
+        let want = self.wanted()?;
         for va in self.armed.difference(&want).copied().collect::<Vec<_>>() {
             self.gdb.watch(false, Watch::Read, (va, super::LINE), T)?;
             self.armed.remove(&va);
@@ -424,8 +519,7 @@ impl State {
             return Ok(());
         }
         let cs = self.gdb.register(reg::CS, T)?;
-        self.gdb.monitor(&format!("cpu {cpu}"), T)?;
-        let gpa = parse_gva2gpa(&self.gdb.monitor(&format!("gva2gpa {va:#x}"), T)?);
+        let gpa = self.translate(cpu, va)?;
         self.refresh()?;
         let Some(line) = gpa.and_then(|g| self.lines.line_of(g)) else {
             self.seen.lock().unwrap().passed += 1;
