@@ -20,6 +20,7 @@ use crate::poison::watcher::{self, KernelSymbols, Watcher};
 use crate::poison::{Lines, Source};
 use crate::setup::{self, Layout};
 use crate::template;
+use crate::vm::VmError;
 use crate::{bundle, checks, dax, preflight};
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
@@ -258,6 +259,9 @@ impl CaseRun<'_> {
                     timeout_ms: step.timeout.as_millis() as u64,
                     tty: None,
                 };
+                if let Some(panic) = &step.panic {
+                    return self.expect_panic(step, at, req, panic);
+                }
                 let result = self.command(step, &broke, req, &mut details)?;
                 problems.extend(step.expect.check(&result));
             }
@@ -586,6 +590,71 @@ impl CaseRun<'_> {
             show("stderr", &result.stderr)
         );
         Ok(result)
+    }
+
+    /// A `run`/`sh` step that must panic the guest (the case's last): the
+    /// panic text must match, and the machine checks the poison model
+    /// raised on the way are counted as for any step. No snapshot after it:
+    /// the VM is gone.
+    fn expect_panic(
+        &mut self,
+        step: &Step,
+        at: &StepAt,
+        req: RunRequest,
+        panic: &regex::Regex,
+    ) -> Result<(), Failure> {
+        let mut problems = Vec::new();
+        let mut details = String::new();
+        match self.guest.run(req.clone()) {
+            Err(VmError::Panic { console }) => {
+                self.log.line(format!(
+                    "--- step {} `{}`: the guest panicked, as the step expects:\n{console}",
+                    step.number, step.name
+                ));
+                if !panic.is_match(&console) {
+                    problems.push(format!(
+                        "the guest panicked, but no console line matches /{panic}/"
+                    ));
+                }
+                details.push_str(&show("console", &console));
+            }
+            Ok(result) => {
+                self.log.step(step, &req, &result);
+                problems.push(format!(
+                    "expected the guest kernel to panic, but the command ended ({})",
+                    result.status_text()
+                ));
+            }
+            Err(e) => return Err(Failure::broke(at)(e.to_string())),
+        }
+        if let Some(w) = &self.poison {
+            let consumed = w.take().consumptions;
+            for c in &consumed {
+                self.log.line(format!(
+                    "--- step {} `{}`: machine check: {}",
+                    step.number,
+                    step.name,
+                    c.describe()
+                ));
+            }
+            if let Some(want) = step
+                .machine_checks
+                .filter(|w| *w as usize != consumed.len())
+            {
+                problems.push(format!(
+                    "expected {want} machine checks from loads of poison, the lab raised {}",
+                    consumed.len()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::StepFailed {
+            at: at.clone(),
+            problems,
+            details,
+        })
     }
 
     /// Snapshot the error state, append it to state.jsonl, advance the

@@ -433,6 +433,16 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, s)| self.step(i + 1, s, &machine, &namespaces))
             .collect();
+        // A panic ends the VM: nothing can follow it.
+        let last = file.steps.value.len();
+        for (i, s) in file.steps.value.iter().enumerate() {
+            if let Some(p) = s.value.expect.panic.as_ref().filter(|_| i + 1 != last) {
+                self.error(
+                    &p.referenced,
+                    "a step that expects a panic must be the case's last (the VM is gone after it)",
+                );
+            }
+        }
         Case {
             id: id.to_string(),
             name,
@@ -927,6 +937,20 @@ impl Checker<'_> {
                 "`expect.signal` applies to `consume`, `poison` and `signals` steps",
             );
         }
+        if let Some(p) = s
+            .expect
+            .panic
+            .as_ref()
+            .filter(|_| !matches!(action, super::Action::Run(_) | super::Action::Sh(_)))
+        {
+            self.error(
+                &p.referenced,
+                "`expect.panic` applies to `run` and `sh` steps",
+            );
+        }
+        if let Some(p) = s.expect.panic.as_ref().filter(|_| s.repeat.is_some()) {
+            self.error(&p.referenced, "a step that expects a panic cannot repeat");
+        }
         if let Some(m) = s.expect.machine_checks.as_ref().filter(|_| !machine.poison) {
             self.error(
                 &m.referenced,
@@ -952,6 +976,17 @@ impl Checker<'_> {
             dmesg_not: self.regexes(&s.expect.dmesg_not),
             faults: s.expect.faults.as_ref().map(|f| f.value),
             machine_checks: s.expect.machine_checks.as_ref().map(|m| m.value),
+            panic: s
+                .expect
+                .panic
+                .as_ref()
+                .and_then(|p| match expect::compile(&p.value) {
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        self.error(&p.referenced, e);
+                        None
+                    }
+                }),
             signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
             repeat,
         })

@@ -85,6 +85,8 @@ pub struct Step {
     pub faults: Option<u64>,
     /// Machine checks the poison model raised during the step.
     pub machine_checks: Option<u32>,
+    /// The command panics the guest, the console matching this.
+    pub panic: Option<Regex>,
     /// `consume`, `poison`, `signals`: the signal expected (or none).
     pub signal: Option<SignalExpect>,
     /// Run the step this many times.

@@ -147,6 +147,9 @@ pub struct ExpectEntry {
     /// Machine checks the poison model raised while the step ran (loads of
     /// poisoned lines); needs `machine.poison`.
     pub machine_checks: Option<Spanned<u32>>,
+    /// The command makes the guest kernel panic, with a console line that
+    /// matches this regex (`run`/`sh`, the case's last step).
+    pub panic: Option<Spanned<String>>,
     /// `consume`, `poison`, `signals`: the signal, or `none`.
     pub signal: Option<Spanned<SignalExpectEntry>>,
 }
