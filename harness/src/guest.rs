@@ -136,6 +136,17 @@ impl Guest {
         self.done(op, HOUSEKEEPING_TIMEOUT)
     }
 
+    /// /proc/kpageflags of these page frames (`None`: not listed).
+    pub fn page_flags(&mut self, pfns: &[u64]) -> Result<Vec<Option<u64>>, VmError> {
+        let op = Op::PageFlags {
+            pfns: pfns.to_vec(),
+        };
+        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
+            Reply::PageFlags { flags } => Ok(flags),
+            other => Err(other),
+        })
+    }
+
     /// A file's extents (FS_IOC_FIEMAP).
     pub fn fiemap(&mut self, path: &str) -> Result<Vec<Extent>, VmError> {
         let op = Op::Fiemap { path: path.into() };

@@ -64,6 +64,47 @@ pub struct Snapshot {
     pub kmsg: Vec<KmsgRecord>,
     /// What `ndctl list --media-errors` printed, for the artifacts.
     pub ndctl_json: Value,
+    /// /proc/meminfo's HardwareCorrupted (kB): memory memory_failure()
+    /// took out of use.
+    pub hardware_corrupted_kb: Option<u64>,
+    /// The page frames under the regions' badblocks that the kernel has
+    /// marked HWPOISON (/proc/kpageflags bit 19): a badblock is the
+    /// driver's record, the flag memory_failure()'s.
+    pub hwpoison_pfns: Vec<u64>,
+    /// Those /proc/kpageflags does not list: it ends at max_pfn and has no
+    /// ZONE_DEVICE support (fs/proc/page.c, "TODO: ZONE_DEVICE support"),
+    /// which is every NVDIMM page; the flag of those cannot be read.
+    pub unlisted_pfns: usize,
+}
+
+/// KPF_HWPOISON, include/uapi/linux/kernel-page-flags.h.
+pub const KPF_HWPOISON: u64 = 1 << 19;
+
+/// The most page frames a snapshot looks at (badblocks can be long).
+const MAX_PFNS: usize = 256;
+
+/// The page frames under `ranges` of a region starting at `start`.
+pub fn pfns_under(start: u64, ranges: &[Range]) -> Vec<u64> {
+    let mut pfns: Vec<u64> = ranges
+        .iter()
+        .flat_map(|r| {
+            let first = (start + r.sector * SECTOR) >> 12;
+            let last = (start + (r.sector + r.count) * SECTOR - 1) >> 12;
+            first..=last
+        })
+        .take(MAX_PFNS)
+        .collect();
+    pfns.sort_unstable();
+    pfns.dedup();
+    pfns
+}
+
+/// `HardwareCorrupted:     4 kB` in /proc/meminfo.
+pub fn hardware_corrupted(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HardwareCorrupted:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 impl Snapshot {
@@ -85,6 +126,9 @@ impl Snapshot {
                 "name": n.name, "dev": n.dev, "ndctl": show(&n.ndctl),
                 "sysfs": n.sysfs.as_deref().map(show)})).collect::<Vec<_>>(),
             "dmesg": self.kmsg.iter().map(KmsgRecord::render).collect::<Vec<_>>(),
+            "hardware_corrupted_kb": self.hardware_corrupted_kb,
+            "hwpoison_pfns": self.hwpoison_pfns.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>(),
+            "unlisted_pfns": self.unlisted_pfns,
             "ndctl": self.ndctl_json,
         })
     }
@@ -163,7 +207,33 @@ pub fn take(
             sysfs,
         });
     }
+    poison_flags(guest, layout, &mut snap)?;
     Ok(snap)
+}
+
+/// HardwareCorrupted and the HWPOISON flag of the pages under badblocks.
+fn poison_flags(guest: &mut Guest, layout: &Layout, snap: &mut Snapshot) -> Result<(), String> {
+    let meminfo = guest.read_all(&["/proc/meminfo".to_string()])?.remove(0);
+    snap.hardware_corrupted_kb = hardware_corrupted(&meminfo);
+    let mut pfns = Vec::new();
+    for (i, r) in snap.regions.iter().enumerate() {
+        if let Ok(g) = layout.geometry.region(i) {
+            pfns.extend(pfns_under(g.start, &r.sysfs));
+        }
+    }
+    pfns.truncate(MAX_PFNS);
+    if pfns.is_empty() {
+        return Ok(());
+    }
+    let flags = guest.page_flags(&pfns).map_err(|e| e.to_string())?;
+    snap.unlisted_pfns = flags.iter().filter(|f| f.is_none()).count();
+    snap.hwpoison_pfns = pfns
+        .into_iter()
+        .zip(flags)
+        .filter(|(_, f)| f.is_some_and(|f| f & KPF_HWPOISON != 0))
+        .map(|(p, _)| p)
+        .collect();
+    Ok(())
 }
 
 /// Every region object in ndctl's listing, however ndctl nested it: a bare
@@ -393,6 +463,7 @@ pub(crate) mod fixtures {
             }],
             kmsg: Vec::new(),
             ndctl_json: Value::Null,
+            ..Default::default()
         }
     }
 }
@@ -401,6 +472,21 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::{geometry, r, snapshot};
     use super::*;
+
+    #[test]
+    fn pages_under_badblocks_and_hardware_corrupted() {
+        let r = |sector, count| Range { sector, count };
+        // Region at 4G: sector 8 is the second page; 15..17 crosses into
+        // the third.
+        assert_eq!(
+            pfns_under(0x1_0000_0000, &[r(8, 1), r(15, 2)]),
+            [0x10_0001, 0x10_0002]
+        );
+        assert_eq!(pfns_under(0x1_0000_0000, &[r(0, 1 << 20)]).len(), MAX_PFNS);
+        let meminfo = "MemTotal:        2030000 kB\nHardwareCorrupted:     4 kB\n";
+        assert_eq!(hardware_corrupted(meminfo), Some(4));
+        assert_eq!(hardware_corrupted("MemTotal: 1 kB\n"), None);
+    }
 
     #[test]
     fn regions_are_found_however_ndctl_nests_them() {

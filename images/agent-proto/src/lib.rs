@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bump on any change that an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Name of the virtio-serial port (`virtserialport,name=...`). The agent finds
 /// its device by this name under /sys/class/virtio-ports.
@@ -41,6 +41,14 @@ pub enum Op {
     /// dozens of attributes after every step.
     ReadFiles {
         paths: Vec<String>,
+    },
+    /// The kernel's flags of these page frames, from /proc/kpageflags (8
+    /// bytes per pfn at pfn * 8; bits in include/uapi/linux/
+    /// kernel-page-flags.h, HWPOISON is 19). A file too big to read whole.
+    /// The file ends at max_pfn (fs/proc/page.c): device memory hot-added
+    /// above it is not listed (`None`).
+    PageFlags {
+        pfns: Vec<u64>,
     },
     /// Kernel log records with a sequence number above `after` (all when
     /// `None`), from /dev/kmsg: exact "since this step began" semantics,
@@ -229,6 +237,10 @@ pub enum Reply {
     },
     Kmsg {
         records: Vec<KmsgRecord>,
+    },
+    /// One entry per requested pfn, in order; `None` past the file's end.
+    PageFlags {
+        flags: Vec<Option<u64>>,
     },
     Mapped {
         /// Where the mapping starts in the agent's address space.

@@ -101,6 +101,20 @@ fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
         Op::ReadFiles { paths } => Reply::Files {
             files: paths.iter().map(|p| read_file(p)).collect(),
         },
+        Op::PageFlags { pfns } => {
+            use std::os::unix::fs::FileExt;
+            let f = File::open("/proc/kpageflags").map_err(|e| format!("/proc/kpageflags: {e}"))?;
+            let mut flags = Vec::with_capacity(pfns.len());
+            for pfn in pfns {
+                let mut b = [0u8; 8];
+                match f.read_exact_at(&mut b, pfn * 8) {
+                    Ok(()) => flags.push(Some(u64::from_le_bytes(b))),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => flags.push(None),
+                    Err(e) => return Err(format!("/proc/kpageflags at pfn {pfn:#x}: {e}")),
+                }
+            }
+            Reply::PageFlags { flags }
+        }
         Op::WriteFile { path, contents } => {
             OpenOptions::new()
                 .write(true)
