@@ -1,17 +1,14 @@
 //! Device-dax steps on the host side: named mappings in the guest agent,
-//! touching, and consuming poison while the lab injects the machine check.
+//! touching, and consuming poison through the lab's poison model.
 
 use crate::address::{Base, Location, Target};
 use crate::case::step::{LineSpec, MapSpec, Mapped};
 use crate::guest::Guest;
-use crate::inject::MEMORY_FAILURE;
-use crate::mce::{Injection, Kind};
-use crate::qmp;
+use crate::poison::watcher::Watcher;
 use crate::setup::Layout;
-use crate::vm::{Event, Vm};
-use pmem_lab_proto::{GuestMessage, Op, Reply, SignalInfo};
+use pmem_lab_proto::{Op, Reply, SignalInfo};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A live mapping in the agent.
 #[derive(Debug, Clone)]
@@ -89,15 +86,17 @@ pub struct Consumed {
     pub note: String,
 }
 
-/// Have the agent read `offset` of mapping `name` on `cpu`; once it says it
-/// is reading, inject a data-load machine check (SRAR) at that line on that
-/// CPU; collect the signal the reader got.
+/// Poison the line at `offset` of mapping `name` in the lab's poison model
+/// (watched at the agent's own address of it and every other), then have
+/// the agent load it once from a child pinned to `cpu`; the model stops
+/// that vCPU at the load and raises the data-load machine check there.
+/// Returns the signal the child got.
 pub fn consume(
     guest: &mut Guest,
     layout: &Layout,
     maps: &Maps,
     line: &LineSpec,
-    cpus: u32,
+    watcher: &Watcher,
     timeout: Duration,
 ) -> Result<Consumed, String> {
     let LineSpec {
@@ -116,96 +115,31 @@ pub fn consume(
         base: Base::Data,
     };
     let resolved = layout.geometry.resolve(&at)?;
-    let injection = Injection::new(Kind::Load, resolved.gpa, cpu, cpus);
-    let command = injection.hmp_command();
-    let vm = guest.machine();
-    let id = vm
-        .send(Op::Consume {
-            name: name.into(),
-            offset,
-            cpu: Some(cpu),
-            timeout_ms: timeout.as_millis() as u64,
-        })
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + timeout;
-    let first = vm
-        .wait_for("the reader to start", deadline, |e| match e {
-            Event::Agent(GuestMessage::Status { id: i, state, pc })
-                if *i == id && *state == pmem_lab_proto::Progress::Reading =>
-            {
-                Some(Ok(pc.unwrap_or(0)))
-            }
-            Event::Agent(GuestMessage::Response { id: i, reply }) if *i == id => {
-                Some(Err(reply.clone()))
-            }
-            _ => None,
-        })
-        .map_err(|e| e.to_string())?;
-    let pc = first.map_err(|reply| format!("the reader ended before reading: {reply:?}"))?;
-    let seen = vm.qmp_event_count(MEMORY_FAILURE);
-    let injected_at = Instant::now();
-    let attempts = inject_on_the_loop(vm, cpu, pc, &command, deadline)?;
-    let reply = vm
-        .wait_reply(id, deadline.saturating_duration_since(Instant::now()))
-        .map_err(|e| format!("the reader's report: {e}"))?;
-    vm.wait_qmp_event(MEMORY_FAILURE, seen, Duration::from_secs(10))
+    watcher.poison_mapped(resolved.gpa, m.base + offset)?;
+    let reply = guest
+        .machine()
+        .request(
+            Op::Consume {
+                name: name.into(),
+                offset,
+                cpu: Some(cpu),
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            timeout + Duration::from_secs(10),
+        )
         .map_err(|e| e.to_string())?;
     match reply {
-        Reply::Consumed { signal, .. } => Ok(Consumed {
+        Reply::Consumed {
+            signal,
+            duration_ms,
+        } => Ok(Consumed {
             note: format!(
-                "`{command}` at GPA {:#x} (mapping `{name}` + {offset:#x}), reader caught on its loop \
-                 at attempt {attempts}, signal after {} ms",
-                resolved.gpa,
-                injected_at.elapsed().as_millis()
+                "line at GPA {:#x} (mapping `{name}` + {offset:#x}) poisoned; the reader on CPU {cpu} ran {duration_ms} ms",
+                resolved.gpa
             ),
             signal,
         }),
         Reply::Error { message } => Err(message),
         other => Err(format!("unexpected reply {other:?}")),
-    }
-}
-
-/// The reader's loop is this many bytes from its start at most.
-const LOOP_SPAN: u64 = 128;
-
-/// Inject a data-load machine check only while `cpu` executes the reader's
-/// loop in user mode. A #MC that finds the CPU in the kernel (a timer tick,
-/// the agent's own virtio write that announced "reading") is "In kernel and
-/// no restart IP": a guest panic. So: stop the VM, look at the CPU's RIP and
-/// CPL, inject while stopped if it is on the loop (the #MC is taken on that
-/// instruction when the VM resumes), else resume and look again a few
-/// milliseconds later. Returns the number of attempts.
-fn inject_on_the_loop(
-    vm: &mut Vm,
-    cpu: u32,
-    pc: u64,
-    command: &str,
-    deadline: Instant,
-) -> Result<u32, String> {
-    let t = Duration::from_secs(10);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        vm.qmp("stop", None, t).map_err(|e| e.to_string())?;
-        let regs = vm
-            .hmp_on("info registers", Some(cpu), t)
-            .map_err(|e| e.to_string())?;
-        let at = qmp::rip_and_cpl(&regs);
-        let on_loop = at.is_some_and(|(rip, cpl)| cpl == 3 && (pc..pc + LOOP_SPAN).contains(&rip));
-        if on_loop {
-            let answer = vm.hmp(command, t).map_err(|e| e.to_string())?;
-            vm.qmp("cont", None, t).map_err(|e| e.to_string())?;
-            if !answer.trim().is_empty() {
-                return Err(format!("QEMU did not take `{command}`: {}", answer.trim()));
-            }
-            return Ok(attempts);
-        }
-        vm.qmp("cont", None, t).map_err(|e| e.to_string())?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "CPU {cpu} was never seen on the reader's loop ({pc:#x}) in {attempts} looks; last RIP/CPL {at:x?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(3 + u64::from(attempts % 7)));
     }
 }

@@ -124,6 +124,8 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
                 dir,
                 cache: &env.cache,
                 poison,
+                env,
+                private: private.path(),
             };
             run.steps()
         });
@@ -154,8 +156,12 @@ struct CaseRun<'a> {
     dir: &'a Path,
     /// The lab's cache (compiled programs a case brings live there).
     cache: &'a Path,
-    /// The poison model, when the machine has it.
+    /// The poison model, when the machine has it (or a `consume` step
+    /// started it).
     poison: Option<Watcher>,
+    env: &'a LabEnv,
+    /// The VM's private directory (its gdbstub socket, the platform log).
+    private: &'a Path,
 }
 
 /// Find the running kernel's direct map and arm the machine's latent errors.
@@ -354,12 +360,20 @@ impl CaseRun<'_> {
                 }
             }
             Action::Consume(line) => {
+                // `consume` is a load of poison: it needs the model even on
+                // a machine that did not ask for it.
+                if self.poison.is_none() {
+                    let w = start_poison(self.guest, case, self.env, &self.layout, self.private)
+                        .map_err(|e| broke(format!("the poison model: {e}")))?;
+                    self.poison = Some(w);
+                }
+                let watcher = self.poison.as_ref().expect("started above");
                 let done = dax::consume(
                     self.guest,
                     &self.layout,
                     &self.maps,
                     line,
-                    case.machine.cpus,
+                    watcher,
                     step.timeout,
                 )
                 .map_err(|e| broke(e.to_string()))?;

@@ -624,12 +624,11 @@ impl Drop for Vm {
     }
 }
 
-/// Replies and progress that nobody waits for yet are kept for a later
-/// wait; QMP events are kept by [`Vm::record`]; the rest is only logged.
+/// Replies that nobody waits for yet are kept for a later wait; QMP events are kept by [`Vm::record`]; the rest is only logged.
 fn keep_for_later(event: &Event) -> bool {
     matches!(
         event,
-        Event::Agent(GuestMessage::Response { .. } | GuestMessage::Status { .. })
+        Event::Agent(GuestMessage::Response { .. })
             | Event::Qmp(qmp::Message::Return { .. } | qmp::Message::Error { .. })
     )
 }
@@ -844,13 +843,14 @@ mod tests {
             id: 1,
             reply: Reply::Done,
         });
-        let status = Event::Agent(GuestMessage::Status {
-            id: 2,
-            state: pmem_lab_proto::Progress::Reading,
-            pc: None,
+        let ready = Event::Agent(GuestMessage::Ready {
+            protocol: pmem_lab_proto::PROTOCOL_VERSION,
+            agent_version: "x".into(),
+            kernel_release: "6.12".into(),
+            uptime_ms: 1,
         });
         assert!(keep_for_later(&reply));
-        assert!(keep_for_later(&status));
+        assert!(!keep_for_later(&ready));
         assert!(!keep_for_later(&Event::Panic));
         assert!(!keep_for_later(&Event::AgentClosed));
     }

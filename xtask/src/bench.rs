@@ -5,7 +5,9 @@
 //! one with `cargo xtask bench --cold`), building the initramfs, boot to /init for the lab's
 //! kernel and for Debian's stock kernel on the same image (and their ratio),
 //! boot to agent ready and a typical case (from the harness's own timing
-//! line), and the whole suite.
+//! line), the poison model's costs (`poison/read-cost`: a sequential read
+//! with and without a poisoned line armed elsewhere, the lab's stop at a
+//! load, the guest program's own load-to-signal time), and the whole suite.
 
 use crate::lab;
 use crate::progress::fmt_duration;
@@ -22,6 +24,8 @@ const TYPICAL_CASE: &str = "namespaces/devdax-2m";
 /// The same machine shape with QEMU's own ACPI table (`root_dsm: qemu`): the
 /// cost of the lab's table is the difference.
 const STOCK_TABLE_CASE: &str = "ars/stock-qemu";
+/// The poison model's costs (see the case's description).
+const POISON_CASE: &str = "poison/read-cost";
 
 pub struct BenchOptions {
     pub runs: usize,
@@ -122,6 +126,8 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         ),
     ));
 
+    rows.extend(poison_costs(opts, b.runs)?);
+
     if b.suite_runs > 0 {
         let suite = timed(b.suite_runs, || suite(opts))?;
         rows.push(("whole suite (cargo xtask lab, warm)".into(), stats(&suite)));
@@ -149,14 +155,44 @@ fn median(v: &[Duration]) -> Duration {
     s[s.len() / 2]
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_figures_come_from_steps_log() {
+        let log = "--- step 2 `warm-up`: [..]\n    134217728 bytes (134 MB, 128 MiB) copied, 0.9 s, 150 MB/s\n\
+            --- step 3 `sequential read`: [..] -> exit 0 in 900 ms\n  stderr:\n    134217728 bytes (134 MB, 128 MiB) copied, 0.683182 s, 196 MB/s\n\
+            --- step 4 `sequential read`: [..]\n    134217728 bytes (134 MB, 128 MiB) copied, 0.5 s, 270 MB/s\n\
+            --- step 5 `a program loads the line`: [..]\n  stdout:\n    0x401000 SIGBUS code=4 addr=+0x400000 lsb=21\n    load-to-signal 2479 us\n\
+            --- step 5 `a program loads the line`: machine check: user load on CPU 0 at RIP 0x4016ca of line 0x120a01000 (VA 0x7fb6b6201000): `mce 0 9 0xbd80000000000134 0x6 0x120a01000 0x86` (1203 us)\n";
+        assert_eq!(
+            parse_poison_log(log),
+            Some(PoisonFigures {
+                clean: Duration::from_micros(683_182),
+                armed: Duration::from_millis(500),
+                stop: Duration::from_micros(1203),
+                load_to_signal: Duration::from_micros(2479),
+            })
+        );
+        assert_eq!(parse_poison_log("nothing"), None);
+    }
+}
+
 fn stats(v: &[Duration]) -> String {
     let mut s = v.to_vec();
     s.sort();
+    let (mid, lo, hi) = (median(&s), s[0], s[s.len() - 1]);
+    // Stops and signals take milliseconds: seconds would print 0.00.
+    if mid < Duration::from_millis(100) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        return format!("{:.2}ms ({:.2}..{:.2})", ms(mid), ms(lo), ms(hi));
+    }
     format!(
         "{:.2}s ({:.2}..{:.2})",
-        median(&s).as_secs_f64(),
-        s[0].as_secs_f64(),
-        s[s.len() - 1].as_secs_f64()
+        mid.as_secs_f64(),
+        lo.as_secs_f64(),
+        hi.as_secs_f64()
     )
 }
 
@@ -224,6 +260,103 @@ fn debian_kernel(cache: &Path) -> Result<PathBuf> {
     crate::deps::extract_packages(&[image.package.as_str()], &debs, &dest.join("root"))?;
     vmlinuz_in(&dest.join("root/boot"))
         .ok_or_else(|| Error::new(format!("{} holds no boot/vmlinuz-*", image.package)))
+}
+
+/// What one run of [`POISON_CASE`] shows in its steps.log.
+#[derive(Debug, Clone, PartialEq)]
+struct PoisonFigures {
+    /// dd's own time for the read without and with a line armed.
+    clean: Duration,
+    armed: Duration,
+    /// The lab: from the vCPU's stop at the load to it resumed with the
+    /// machine check pending.
+    stop: Duration,
+    /// The guest program: just before the load to its SIGBUS handler.
+    load_to_signal: Duration,
+}
+
+/// dd's `copied, 0.683182 s,` (twice, in step order), the watcher's
+/// `machine check: ... (1203 us)` and the program's `load-to-signal N us`.
+fn parse_poison_log(text: &str) -> Option<PoisonFigures> {
+    let secs = |l: &str| -> Option<Duration> {
+        let v = l.split("copied, ").nth(1)?.split(' ').next()?;
+        Duration::try_from_secs_f64(v.parse().ok()?).ok()
+    };
+    let reads: Vec<Duration> = text.lines().filter_map(secs).collect();
+    let stop = text.lines().find(|l| l.contains(": machine check: "))?;
+    let stop_us: u64 = stop.rsplit('(').next()?.split(' ').next()?.parse().ok()?;
+    let l2s: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("load-to-signal "))?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    // The first read warms QEMU up (its first touch of each page of the
+    // sparse backing file); the second and third are compared.
+    Some(PoisonFigures {
+        clean: *reads.get(1)?,
+        armed: *reads.get(2)?,
+        stop: Duration::from_micros(stop_us),
+        load_to_signal: Duration::from_micros(l2s),
+    })
+}
+
+/// Run [`POISON_CASE`] `n` times, keeping its artifacts, and read them.
+fn poison_costs(opts: &Options, n: usize) -> Result<Vec<(String, String)>> {
+    use pmem_lab_env::vars;
+    let artifacts = opts
+        .cache
+        .join(format!("bench-artifacts-{}", std::process::id()));
+    let mut figures = Vec::new();
+    for _ in 0..n {
+        let run = lab::harness_run_with(
+            opts,
+            &[POISON_CASE.to_string(), "--exact".into()],
+            vec![
+                (vars::KEEP.name, "1".into()),
+                (vars::ARTIFACTS.name, artifacts.display().to_string()),
+            ],
+        )?;
+        let log = artifacts.join(POISON_CASE).join("steps.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let f = parse_poison_log(&text).ok_or_else(|| {
+            Error::new(format!(
+                "{POISON_CASE}: no figures in {} (did it pass?):\n{}",
+                log.display(),
+                run.output
+            ))
+        })?;
+        figures.push(f);
+    }
+    let _ = std::fs::remove_dir_all(&artifacts);
+    let pick = |f: fn(&PoisonFigures) -> Duration| figures.iter().map(f).collect::<Vec<_>>();
+    let (clean, armed) = (pick(|f| f.clean), pick(|f| f.armed));
+    Ok(vec![
+        (
+            "128 MiB O_DIRECT read, nothing poisoned (dd)".into(),
+            stats(&clean),
+        ),
+        (
+            "the same, a line armed elsewhere (dd)".into(),
+            stats(&armed),
+        ),
+        (
+            "ratio armed / nothing poisoned (medians)".into(),
+            format!(
+                "{:.2}x",
+                median(&armed).as_secs_f64() / median(&clean).as_secs_f64()
+            ),
+        ),
+        (
+            "lab's stop at a poisoned load".into(),
+            stats(&pick(|f| f.stop)),
+        ),
+        (
+            "load to SIGBUS handler (guest program's clock)".into(),
+            stats(&pick(|f| f.load_to_signal)),
+        ),
+    ])
 }
 
 /// Timings of one case over several runs.

@@ -153,7 +153,17 @@ pub struct HarnessRun {
 /// own, and read the events it wrote: the benchmark's figures come from the
 /// report, not from the human-readable lines.
 pub fn harness_run(opts: &Options, args: &[String]) -> Result<HarnessRun> {
+    harness_run_with(opts, args, Vec::new())
+}
+
+/// [`harness_run`] with more of the harness's environment (`extra`).
+pub fn harness_run_with(
+    opts: &Options,
+    args: &[String],
+    extra: Vec<(&'static str, String)>,
+) -> Result<HarnessRun> {
     let mut env = vm_env(opts)?;
+    env.extend(extra);
     let report = opts
         .cache
         .join(format!("bench-report-{}", std::process::id()));

@@ -92,7 +92,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("from word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - inject: {kind: scrub, region: 0, offset: 0, from: end}\n", "5:55 unknown variant `end`, expected one of data, start"),
     ("namespace on ACPI.NFIT bus", "machine:\n  nfit_test: true\nsetup:\n  namespaces:\n    - {name: a, bus: ACPI.NFIT, mode: raw}\nsteps:\n  - run: [true]\n", "5:22 QEMU's NVDIMMs need no bus: leave `bus` out (or use nfit_test.0, nfit_test.1, e820)"),
     ("poison without the lab's table", "machine:\n  poison: true\n  root_dsm: qemu\n  nvdimms:\n    - size: 1G\nsteps:\n  - run: [true]\n", "2:11 the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it)"),
-    ("machine checks without poison", "steps:\n  - run: [true]\n    expect: {machine_checks: 1}\n", "3:30 `expect.machine_checks` counts what the poison model raises: set `machine.poison: true`"),
+    ("machine checks without poison", "steps:\n  - run: [true]\n    expect: {machine_checks: 1}\n", "3:30 `expect.machine_checks` counts what the poison model raises: set `machine.poison: true` (or count after a `consume`)"),
     ("panic on a non-command step", "steps:\n  - signals: {wait: 1s}\n    expect: {panic: x}\n", "3:21 `expect.panic` applies to `run` and `sh` steps"),
     ("panic before the last step", "steps:\n  - run: [true]\n    expect: {panic: x}\n  - run: [true]\n", "3:21 a step that expects a panic must be the case's last (the VM is gone after it)"),
     ("panic with repeat", "steps:\n  - run: [true]\n    repeat: 2\n    expect: {panic: x}\n", "4:21 a step that expects a panic cannot repeat"),

@@ -92,8 +92,10 @@ enum Order {
     /// Read the platform log, re-arm, answer with the armed addresses.
     Sync(Sender<Result<usize, String>>),
     /// Poison these guest-physical ranges (an `inject` step's machine
-    /// check names a line that is bad from then on).
-    Poison(Vec<(u64, u64)>, Sender<Result<usize, String>>),
+    /// check names a line that is bad from then on), and note user mappings
+    /// the lab already knows of (`consume`'s reader maps before the model
+    /// may have started).
+    Poison(Vec<(u64, u64)>, Vec<UserMap>, Sender<Result<usize, String>>),
     Quit,
 }
 
@@ -265,7 +267,18 @@ impl Watcher {
 
     /// Poison guest-physical `(address, length)` ranges and arm them.
     pub fn poison(&self, ranges: Vec<(u64, u64)>) -> Result<usize, String> {
-        self.ask(|tx| Order::Poison(ranges, tx))
+        self.ask(|tx| Order::Poison(ranges, Vec::new(), tx))
+    }
+
+    /// Poison `line` and watch it also at user address `va` (a 4K page the
+    /// lab knows maps it).
+    pub fn poison_mapped(&self, line: u64, va: u64) -> Result<usize, String> {
+        let page = UserMap {
+            va: va & !0xfff,
+            pa: line & !0xfff,
+            size: 4096,
+        };
+        self.ask(|tx| Order::Poison(vec![(line, super::LINE)], vec![page], tx))
     }
 
     /// What happened since the last call (user mappings: all so far).
@@ -353,8 +366,8 @@ impl State {
             };
             let result = match order {
                 Some(Order::Quit) => return,
-                Some(Order::Sync(reply)) => Some((reply, Vec::new())),
-                Some(Order::Poison(ranges, reply)) => Some((reply, ranges)),
+                Some(Order::Sync(reply)) => Some((reply, Vec::new(), Vec::new())),
+                Some(Order::Poison(ranges, maps, reply)) => Some((reply, ranges, maps)),
                 // An injection in the middle of a step: arm it now.
                 None if self.tail.has_new() => {
                     if self.paused(|_| Ok(0)).is_err() {
@@ -364,10 +377,13 @@ impl State {
                 }
                 None => None,
             };
-            if let Some((reply, ranges)) = result {
+            if let Some((reply, ranges, maps)) = result {
                 let r = self.paused(|s| {
                     for (a, l) in &ranges {
                         s.lines.add_range(*a, *l, super::Source::MachineCheck);
+                    }
+                    for m in maps {
+                        s.user_maps.add(m);
                     }
                     Ok(0)
                 });

@@ -89,10 +89,10 @@ pub enum Op {
         length: u64,
         cpu: Option<u32>,
     },
-    /// In a child process (pinned to `cpu` if given), read the cache line at
-    /// `offset` in a tight loop until a signal arrives or `timeout_ms`. The
-    /// agent sends [`GuestMessage::Status`] `reading` once the loop runs, so
-    /// the lab can inject the machine check while the line is being read.
+    /// In a child process (pinned to `cpu` if given), load the cache line at
+    /// `offset` once, as any program would, and report the signal it got
+    /// (the lab's poison model, armed on that line before, turns the load
+    /// into a machine check). `timeout_ms` bounds the child.
     Consume {
         name: String,
         offset: u64,
@@ -206,23 +206,6 @@ pub enum GuestMessage {
         id: u64,
         reply: Reply,
     },
-    /// Progress of a request still running (e.g. `reading` for `consume`).
-    Status {
-        id: u64,
-        state: Progress,
-        /// For `reading`: the address of the reader's loop, so the lab can
-        /// check that the CPU is executing it before it injects.
-        #[serde(default)]
-        pc: Option<u64>,
-    },
-}
-
-/// What a long request reports while it runs.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Progress {
-    /// `consume`: the reader is looping over the line; `pc` says where.
-    Reading,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

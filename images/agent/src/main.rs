@@ -89,13 +89,12 @@ fn handle_line(out: &Out, line: &str) {
     }
     let out = Arc::clone(out);
     thread::spawn(move || {
-        let reply =
-            serve_op(req.id, req.op, &out).unwrap_or_else(|message| Reply::Error { message });
+        let reply = serve_op(req.op).unwrap_or_else(|message| Reply::Error { message });
         send(&out, &GuestMessage::Response { id: req.id, reply });
     });
 }
 
-fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
+fn serve_op(op: Op) -> Result<Reply, String> {
     Ok(match op {
         Op::Run(run_req) => Reply::Run(run(&run_req)?),
         Op::ReadFiles { paths } => Reply::Files {
@@ -162,15 +161,8 @@ fn serve_op(id: u64, op: Op, out: &Out) -> Result<Reply, String> {
             timeout_ms,
         } => {
             let action = dax::child_action_read(&name, offset)?;
-            let status = GuestMessage::Status {
-                id,
-                state: pmem_lab_proto::Progress::Reading,
-                pc: Some(dax::spin_pc()),
-            };
             let (signal, took) =
-                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || {
-                    send(out, &status)
-                })?;
+                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || {})?;
             Reply::Consumed {
                 signal,
                 duration_ms: took.as_millis() as u64,

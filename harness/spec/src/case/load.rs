@@ -433,6 +433,18 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, s)| self.step(i + 1, s, &machine, &namespaces))
             .collect();
+        // The poison model runs from setup with `machine.poison`, else from
+        // the first `consume`: before that there is nothing to count.
+        let mut model = machine.poison;
+        for s in &file.steps.value {
+            model |= s.value.consume.is_some();
+            if let Some(m) = s.value.expect.machine_checks.as_ref().filter(|_| !model) {
+                self.error(
+                    &m.referenced,
+                    "`expect.machine_checks` counts what the poison model raises: set `machine.poison: true` (or count after a `consume`)",
+                );
+            }
+        }
         // A panic ends the VM: nothing can follow it.
         let last = file.steps.value.len();
         for (i, s) in file.steps.value.iter().enumerate() {
@@ -950,12 +962,6 @@ impl Checker<'_> {
         }
         if let Some(p) = s.expect.panic.as_ref().filter(|_| s.repeat.is_some()) {
             self.error(&p.referenced, "a step that expects a panic cannot repeat");
-        }
-        if let Some(m) = s.expect.machine_checks.as_ref().filter(|_| !machine.poison) {
-            self.error(
-                &m.referenced,
-                "`expect.machine_checks` counts what the poison model raises: set `machine.poison: true`",
-            );
         }
         let repeat = match &s.repeat {
             Some(r) if r.value == 0 || r.value > MAX_REPEAT => {

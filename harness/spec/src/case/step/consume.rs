@@ -13,7 +13,8 @@ pub struct ConsumeEntry {
     pub map: Spanned<String>,
     /// Offset into the mapping.
     pub offset: Spanned<ByteSize>,
-    /// CPU the reader is pinned to, and the machine check goes to. Default 0.
+    /// CPU the reader is pinned to (the machine check is taken there).
+    /// Default 0.
     pub cpu: Option<Spanned<u32>>,
 }
 
@@ -36,7 +37,7 @@ impl Kind for Consume {
 ### `consume`
 
 ```yaml
-- consume: {map: m, offset: 0x401040, cpu: 0}   # read it while an SRAR hits
+- consume: {map: m, offset: 0x401040, cpu: 0}   # poison the line, load it
   expect:
     signal: {name: SIGBUS, code: BUS_MCEERR_AR, offset: 4M, lsb: 21}
 ```
@@ -45,23 +46,26 @@ impl Kind for Consume {
 |---|---|---|
 | `map` | required | a live mapping |
 | `offset` | required | into the mapping, a multiple of 64 (a cache line) |
-| `cpu` | 0 | the vCPU the reader is pinned to and the machine check goes to |
+| `cpu` | 0 | the vCPU the reader is pinned to, where the load takes the machine check |
 
-A child process pinned to `cpu` reads the line in a loop; the lab stops the
-VM, checks that the CPU is on that loop in user mode, injects a data-load
-machine check (SRAR) at the line's address, resumes, and collects the
-child's SIGBUS. `expect.signal` is `none` or a map: `name` (`SIGBUS`, the
-default), `code` (`BUS_MCEERR_AR`, `BUS_MCEERR_AO`, ...), `offset` (si_addr
-as an offset into the mapping), `lsb` (si_addr_lsb).
+The lab poisons the line in its poison model (docs/poison.md; the model
+starts at this step on a machine without `poison: true`), then a child
+process pinned to `cpu` loads it once. The model stops that vCPU at the
+load and raises the data-load machine check (SRAR) there, so the child gets
+SIGBUS. `expect.signal` is `none` or a map: `name` (`SIGBUS`, the default),
+`code` (`BUS_MCEERR_AR`, `BUS_MCEERR_AO`, ...), `offset` (si_addr as an
+offset into the mapping), `lsb` (si_addr_lsb).
 
-Why the consumer is pinned and the VM stopped: a data-load machine check that
-finds the CPU in the kernel (a timer tick, the agent's own virtio write) is
-"In kernel and no restart IP", a guest panic. Measured on 2026-11-26 (TCG, 2
-host cores): 600 consumptions out of 600 on one vCPU and 600 out of 600 on two
-(six runs of 100 each); on one vCPU the first look found the CPU elsewhere in
-about 70% of the rounds, which is the window that panics a naive injection.
-Injecting as soon as the agent said "reading" panicked the guest at the 5th
-(one vCPU) and 17th (two vCPUs) consumption.
+The line stays poisoned until the platform clears it (`clear`,
+`ndctl clear-errors`): a later load of it, by the agent or any program,
+takes a machine check again.
+
+Earlier versions had the child spin on the line while the lab stopped the
+VM, checked the CPU's RIP and mode, and injected only when it found the
+CPU on the loop (600 of 600 on one and two vCPUs; a naive injection that
+found the CPU in the kernel panicked the guest at the 5th and 17th round).
+The watch point stops the CPU exactly at the load, so there is no window
+to miss; `devdax/consume-reliability` keeps the figure.
 "#;
 }
 
