@@ -175,7 +175,10 @@ pub fn take(
             .iter()
             .map(|(_, b)| format!("/sys/block/{b}/badblocks")),
     );
-    let files = guest.read_all(&paths)?;
+    // In the same round trip: HardwareCorrupted.
+    paths.push(MEMINFO.to_string());
+    let mut files = guest.read_all(&paths)?;
+    snap.hardware_corrupted_kb = files.pop().as_deref().and_then(hardware_corrupted);
     for (region, text) in layout.regions.iter().zip(&files) {
         let obj = regions_json.iter().find(|r| r["dev"] == region.as_str());
         snap.regions.push(RegionState {
@@ -211,10 +214,10 @@ pub fn take(
     Ok(snap)
 }
 
-/// HardwareCorrupted and the HWPOISON flag of the pages under badblocks.
+const MEMINFO: &str = "/proc/meminfo";
+
+/// The HWPOISON flag of the pages under badblocks.
 fn poison_flags(guest: &mut Guest, layout: &Layout, snap: &mut Snapshot) -> Result<(), String> {
-    let meminfo = guest.read_all(&["/proc/meminfo".to_string()])?.remove(0);
-    snap.hardware_corrupted_kb = hardware_corrupted(&meminfo);
     let mut pfns = Vec::new();
     for (i, r) in snap.regions.iter().enumerate() {
         if let Ok(g) = layout.geometry.region(i) {
