@@ -16,7 +16,7 @@ use crate::guest::Guest;
 use crate::inject;
 use crate::lab_env::LabEnv;
 use crate::oracle;
-use crate::poison::watcher::{self, KernelSymbols, Watcher};
+use crate::poison::watcher::{self, Consumption, KernelSymbols, Watcher};
 use crate::poison::{Lines, Source};
 use crate::setup::{self, Layout};
 use crate::template;
@@ -463,37 +463,17 @@ impl CaseRun<'_> {
                 .sync()
                 .map_err(|e| broke(format!("the poison model: {e}")))?;
             let seen = w.take();
-            let consumed = &seen.consumptions;
-            for c in consumed {
-                self.log.line(format!(
-                    "--- step {} `{}`: machine check: {}",
-                    step.number,
-                    step.name,
-                    c.describe()
-                ));
-            }
+            let problem = self.machine_checks(step, &seen.consumptions);
             self.log.line(format!(
                 "--- step {} `{}`: poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen",
                 step.number,
                 step.name,
-                consumed.len(),
+                seen.consumptions.len(),
                 seen.passed,
                 seen.deferred,
                 seen.user_maps
             ));
-            if let Some(want) = step
-                .machine_checks
-                .filter(|w| *w as usize != consumed.len())
-            {
-                problems.push(format!(
-                    "expected {want} machine checks from loads of poison, the lab raised {}{}",
-                    consumed.len(),
-                    consumed
-                        .iter()
-                        .map(|c| format!("\n  {}", c.describe()))
-                        .collect::<String>()
-                ));
-            }
+            problems.extend(problem);
         }
         let snap = self.observe(&format!("step {}", step.number))?;
         if let Action::ExpectBadblocks(BadblocksCheck {
@@ -606,6 +586,30 @@ impl CaseRun<'_> {
         Ok(result)
     }
 
+    /// Log the step's machine checks; a problem if the step expected
+    /// another count.
+    fn machine_checks(&mut self, step: &Step, consumed: &[Consumption]) -> Option<String> {
+        for c in consumed {
+            self.log.line(format!(
+                "--- step {} `{}`: machine check: {}",
+                step.number,
+                step.name,
+                c.describe()
+            ));
+        }
+        let want = step
+            .machine_checks
+            .filter(|w| *w as usize != consumed.len())?;
+        Some(format!(
+            "expected {want} machine checks from loads of poison, the lab raised {}{}",
+            consumed.len(),
+            consumed
+                .iter()
+                .map(|c| format!("\n  {}", c.describe()))
+                .collect::<String>()
+        ))
+    }
+
     /// A `run`/`sh` step that must panic the guest (the case's last): the
     /// panic text must match, and the machine checks the poison model
     /// raised on the way are counted as for any step. No snapshot after it:
@@ -643,23 +647,7 @@ impl CaseRun<'_> {
         }
         if let Some(w) = &self.poison {
             let consumed = w.take().consumptions;
-            for c in &consumed {
-                self.log.line(format!(
-                    "--- step {} `{}`: machine check: {}",
-                    step.number,
-                    step.name,
-                    c.describe()
-                ));
-            }
-            if let Some(want) = step
-                .machine_checks
-                .filter(|w| *w as usize != consumed.len())
-            {
-                problems.push(format!(
-                    "expected {want} machine checks from loads of poison, the lab raised {}",
-                    consumed.len()
-                ));
-            }
+            problems.extend(self.machine_checks(step, &consumed));
         }
         if problems.is_empty() {
             return Ok(());

@@ -126,13 +126,7 @@ impl KernelSymbols {
     /// From the System.map of the booted kernel and the guest's
     /// /proc/kallsyms lines for `_text` and the hooks.
     pub fn new(system_map: &Path, kallsyms: &str) -> Result<KernelSymbols, String> {
-        let running = |name: &str| {
-            kallsyms.lines().find_map(|l| {
-                let mut w = l.split_whitespace();
-                let (a, _, n) = (w.next()?, w.next()?, w.next()?);
-                (n == name).then(|| u64::from_str_radix(a, 16).ok())?
-            })
-        };
+        let running = |name: &str| symbol(kallsyms, name);
         let text_running = running("_text")
             .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {kallsyms:?}"))?;
         let page_fault_entry = running(PAGE_FAULT_ENTRY).ok_or_else(|| {
@@ -155,12 +149,7 @@ impl KernelSymbols {
             )
         })?;
         let find = |name: &str| {
-            text.lines()
-                .find_map(|l| {
-                    let mut w = l.split_whitespace();
-                    let (a, _, n) = (w.next()?, w.next()?, w.next()?);
-                    (n == name).then(|| u64::from_str_radix(a, 16).ok())?
-                })
+            symbol(&text, name)
                 .ok_or_else(|| format!("{}: no symbol `{name}`", system_map.display()))
         };
         Ok(KernelSymbols {
@@ -184,6 +173,16 @@ impl KernelSymbols {
     fn runtime(&self, addr: u64) -> u64 {
         addr.wrapping_add(self.text_running.wrapping_sub(self.text_map))
     }
+}
+
+/// `name`'s address in System.map or /proc/kallsyms text (`ADDR TYPE NAME
+/// [module]` lines).
+fn symbol(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        let (a, _, n) = (w.next()?, w.next()?, w.next()?);
+        (n == name).then(|| u64::from_str_radix(a, 16).ok())?
+    })
 }
 
 /// The x86 page-fault entry. A load whose instruction faults on its other
