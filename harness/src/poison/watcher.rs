@@ -86,6 +86,8 @@ pub struct Seen {
     pub deferred: u64,
     /// User mappings of NVDIMM memory the kernel installed.
     pub user_maps: u64,
+    /// Why the watcher stopped, if it did on an error.
+    pub stopped: Option<String>,
 }
 
 enum Order {
@@ -288,6 +290,7 @@ impl Watcher {
             passed: std::mem::take(&mut s.passed),
             deferred: std::mem::take(&mut s.deferred),
             user_maps: s.user_maps,
+            stopped: s.stopped.clone(),
         }
     }
 }
@@ -346,32 +349,31 @@ struct State {
 }
 
 impl State {
+    /// Serve until told to quit; an error is kept for the runner to report.
     fn run(mut self, orders: Receiver<Order>) {
+        if let Err(e) = self.serve(&orders) {
+            self.seen.lock().unwrap().stopped = Some(e.to_string());
+        }
+    }
+
+    fn serve(&mut self, orders: &Receiver<Order>) -> Result<(), GdbError> {
         loop {
-            match self.gdb.wait_stop(Duration::from_millis(20)) {
-                Ok(Some(stop)) => {
-                    let r = self.on_stop(stop.cpu.unwrap_or(0), stop.watch.map(|w| w.1));
-                    if r.and_then(|()| self.gdb.resume()).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => return,
+            if let Some(stop) = self.gdb.wait_stop(Duration::from_millis(20))? {
+                self.on_stop(stop.cpu.unwrap_or(0), stop.watch.map(|w| w.1))?;
+                self.gdb.resume()?;
             }
             let order = match orders.try_recv() {
                 Ok(o) => Some(o),
                 Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => return,
+                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
             };
             let result = match order {
-                Some(Order::Quit) => return,
+                Some(Order::Quit) => return Ok(()),
                 Some(Order::Sync(reply)) => Some((reply, Vec::new(), Vec::new())),
                 Some(Order::Poison(ranges, maps, reply)) => Some((reply, ranges, maps)),
                 // An injection in the middle of a step: arm it now.
                 None if self.tail.has_new() => {
-                    if self.paused(|_| Ok(0)).is_err() {
-                        return;
-                    }
+                    self.paused(|_| Ok(()))?;
                     None
                 }
                 None => None,
@@ -384,7 +386,7 @@ impl State {
                     for m in maps {
                         s.user_maps.add(m);
                     }
-                    Ok(0)
+                    Ok(())
                 });
                 let _ = reply.send(r.map_err(|e| e.to_string()));
             }
@@ -394,7 +396,7 @@ impl State {
     /// Stop the VM, do `f`, re-arm, resume; the number of watched addresses.
     fn paused(
         &mut self,
-        f: impl FnOnce(&mut Self) -> Result<usize, GdbError>,
+        f: impl FnOnce(&mut Self) -> Result<(), GdbError>,
     ) -> Result<usize, GdbError> {
         self.pause()?;
         f(self)?;
