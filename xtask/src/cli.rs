@@ -66,7 +66,13 @@ pub enum Command {
     Image,
     /// Check host packages; install them if root on Debian (never removing
     /// or downgrading one).
-    Deps,
+    Deps {
+        /// Also fetch QEMU from your Debian release's backports suite into
+        /// the lab's cache (a private apt configuration; the system's is
+        /// never written) and print its path, for `--qemu`.
+        #[arg(long)]
+        qemu_backports: bool,
+    },
     /// Build what VMs need and print the environment the harness reads, for
     /// `eval` in a shell.
     Env,

@@ -93,7 +93,13 @@ fn run(cli: Cli) -> util::Result<()> {
             println!("{}", built.initrd.display());
             Ok(())
         }
-        Command::Deps => deps::ensure(&opts.host(), true),
+        Command::Deps { qemu_backports } => {
+            deps::ensure(&opts.host(), true)?;
+            if qemu_backports {
+                println!("{}", deps::backports::fetch(&opts.cache)?.display());
+            }
+            Ok(())
+        }
         Command::Env => {
             // For running the harness by hand or under cargo-nextest:
             // eval "$(cargo xtask env)"

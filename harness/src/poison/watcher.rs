@@ -252,12 +252,22 @@ impl Watcher {
         &self,
         order: impl FnOnce(Sender<Result<usize, String>>) -> Order,
     ) -> Result<usize, String> {
+        let stopped = || {
+            let why = self.seen.lock().unwrap().stopped.clone();
+            format!(
+                "the poison watcher has stopped: {}",
+                why.unwrap_or_else(|| "QEMU closed the gdbstub (see console.log)".into())
+            )
+        };
         let (tx, rx) = mpsc::channel();
-        self.orders.send(order(tx)).map_err(|_| {
-            "the poison watcher has stopped (see qemu-stderr and console.log)".to_string()
-        })?;
-        rx.recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "the poison watcher did not answer in 30 s".to_string())?
+        self.orders.send(order(tx)).map_err(|_| stopped())?;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(stopped()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err("the poison watcher did not answer in 30 s".into())
+            }
+        }
     }
 
     /// Take in the platform's changes and re-arm; returns how many
@@ -353,6 +363,10 @@ impl State {
     fn run(mut self, orders: Receiver<Order>) {
         if let Err(e) = self.serve(&orders) {
             self.seen.lock().unwrap().stopped = Some(e.to_string());
+            // The error may have come while the VM was stopped: let it run,
+            // so the step ends (and fails with this error) instead of
+            // waiting for a guest that never resumes.
+            let _ = self.gdb.resume();
         }
     }
 

@@ -9,6 +9,7 @@
 //! change, naming the conflict and what the user can do.
 
 pub mod apt;
+pub mod backports;
 pub mod private_qemu;
 
 use crate::util::{find_in_path, Error};
@@ -295,6 +296,12 @@ pub fn extract_packages(packages: &[&str], debs: &Path, root: &Path) -> Result<V
     let sh = Shell::new()?;
     sh.change_dir(debs);
     cmd!(sh, "apt-get download {packages...}").run()?;
+    extract_debs(debs, root)
+}
+
+/// Extract every `.deb` in `debs` into `root` and remove them; their names.
+pub fn extract_debs(debs: &Path, root: &Path) -> Result<Vec<String>, Error> {
+    let sh = Shell::new()?;
     let mut names = Vec::new();
     for deb in fs_err::read_dir(debs)?.flatten() {
         let deb = deb.path();

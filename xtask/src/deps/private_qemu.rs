@@ -44,17 +44,22 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
     );
     let root = staging.join("root");
     let names = super::extract_packages(&packages, &debs, &root)?;
-    let list = staging.join("packages.txt");
-    fs::write(&list, names.join("\n") + "\n")?;
-    // Prove it starts before publishing it.
-    let staged = Qemu::at(root.join("usr/bin").join(qemu::PROGRAM));
+    publish(&staging, &names, &dest, "private")?;
+    Ok(binary)
+}
+
+/// Record the packages extracted into `staging/root`, prove that its QEMU
+/// starts, and publish it as `dest`.
+pub fn publish(staging: &Path, names: &[String], dest: &Path, what: &str) -> Result<()> {
+    fs::write(staging.join("packages.txt"), names.join("\n") + "\n")?;
+    let staged = Qemu::at(staging.join("root/usr/bin").join(qemu::PROGRAM));
     let line = staged.version_line().map_err(|e| {
         Error::new(format!(
             "the extracted QEMU does not start ({e}); its packages are in {}",
             staging.display()
         ))
     })?;
-    util::publish_dir(&staging, &dest)?;
-    eprintln!("[deps] private QEMU ready: {line}");
-    Ok(binary)
+    util::publish_dir(staging, dest)?;
+    eprintln!("[deps] {what} QEMU ready: {line}");
+    Ok(())
 }
