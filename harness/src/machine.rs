@@ -69,6 +69,17 @@ impl VmFiles {
 /// QEMU's NVDIMM DSM port is 0xa18-0xa1b, SeaBIOS's debug port 0x402.
 pub const PLATFORM_LOG_PORT: u16 = 0xa20;
 
+/// The vCPU. Intel: Linux only recovers from uncorrected errors there, and
+/// TCG's default vendor is AMD. `max`: 1 GiB pages and ERMS (so the kernel
+/// copies with copy_mc_enhanced_fast_string). Family 6 model 106 (Ice
+/// Lake-SP, a CPU of the NVDIMM era): QEMU allows `mce -b` (broadcast, which
+/// Linux needs with several CPUs) only for family 6 model >= 14 or a family
+/// above 6 (target/i386/helper.c), and QEMU 10's `max` reports family 6
+/// model 6 where 7.2's reported family 15; and Linux has no machine-check
+/// quirk for this model (Skylake-SP, model 85, would set skx_repmov_quirk,
+/// arch/x86/kernel/cpu/mce/core.c).
+pub const CPU: &str = "max,vendor=GenuineIntel,family=6,model=106";
+
 /// Kernel command line. `panic=-1` with QEMU's `-no-reboot` turns a guest
 /// panic into a QEMU exit, so a panicking case can never hang the run.
 pub fn kernel_cmdline(spec: &MachineSpec) -> String {
@@ -97,9 +108,7 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
         "pc,nvdimm=on"
     };
     a.push2("-machine", format!("{machine},accel={}", accel.name()));
-    // Linux only recovers from uncorrected errors on Intel; TCG defaults to
-    // an AMD vendor string, and `max` is needed for 1 GiB pages.
-    a.push2("-cpu", "max,vendor=GenuineIntel");
+    a.push2("-cpu", CPU);
     a.push2("-smp", spec.cpus.to_string());
     a.push2("-m", memory_arg(spec));
     a.push(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -280,7 +289,10 @@ mod tests {
     #[test]
     fn intel_cpu_and_smp_and_accel() {
         let args = args_of(&two_dimms(), Accel::Kvm);
-        assert_eq!(value_after(&args, "-cpu"), ["max,vendor=GenuineIntel"]);
+        assert_eq!(
+            value_after(&args, "-cpu"),
+            ["max,vendor=GenuineIntel,family=6,model=106"]
+        );
         assert_eq!(value_after(&args, "-smp"), ["2"]);
         assert_eq!(value_after(&args, "-machine"), ["pc,nvdimm=on,accel=kvm"]);
     }

@@ -122,6 +122,9 @@ pub struct KernelSymbols {
     pub hooks: Vec<(Hook, u64)>,
     /// The page-fault entry (`asm_exc_page_fault`), see [`State::on_stop`].
     pub page_fault_entry: u64,
+    /// `copy_mc_enhanced_fast_string` (see [`rewind::back_to_line`]); a
+    /// kernel for CPUs without ERMS may not have it.
+    pub copy_mc_string: Option<u64>,
 }
 
 impl KernelSymbols {
@@ -160,12 +163,13 @@ impl KernelSymbols {
             text_running,
             hooks,
             page_fault_entry,
+            copy_mc_string: running(COPY_MC_STRING),
         })
     }
 
     /// The symbols the guest must be asked for (a `grep -E` pattern).
     pub fn kallsyms_pattern() -> String {
-        let names: Vec<&str> = ["_text", PAGE_FAULT_ENTRY]
+        let names: Vec<&str> = ["_text", PAGE_FAULT_ENTRY, COPY_MC_STRING]
             .into_iter()
             .chain(Hook::ALL.iter().map(|h| h.symbol()))
             .collect();
@@ -195,6 +199,8 @@ fn symbol(text: &str, name: &str) -> Option<u64> {
 /// would come when the instruction is restarted after the fault, so the
 /// watcher resumes and waits for that.
 const PAGE_FAULT_ENTRY: &str = "asm_exc_page_fault";
+
+const COPY_MC_STRING: &str = "copy_mc_enhanced_fast_string";
 
 /// `gpa: 0x100201040` (HMP `gva2gpa`); `None` for "Unmapped".
 pub fn parse_gva2gpa(out: &str) -> Option<u64> {
@@ -231,6 +237,7 @@ impl Watcher {
             direct_map,
             hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
             page_fault_entry: symbols.page_fault_entry,
+            copy_mc_string: symbols.copy_mc_string,
             user_maps: UserMaps::default(),
             armed: BTreeSet::new(),
             kernel: BTreeMap::new(),
@@ -346,6 +353,7 @@ struct State {
     /// Hook address -> hook.
     hooks: BTreeMap<u64, Hook>,
     page_fault_entry: u64,
+    copy_mc_string: Option<u64>,
     user_maps: UserMaps,
     /// Virtual addresses with a watch point.
     armed: BTreeSet<u64>,
@@ -588,24 +596,48 @@ impl State {
     /// Step a `rep movs` that QEMU stopped one element past the load back
     /// to the load (see [`super::rewind`]); whether it did.
     fn rewind(&mut self, rip: u64, line_va: u64) -> Result<bool, GdbError> {
-        let Ok(code) = self.gdb.read(rip, 4, T) else {
+        let regs = |g: &mut Gdb| -> Result<_, GdbError> {
+            Ok((
+                g.register(reg::RSI, T)?,
+                g.register(reg::RDI, T)?,
+                g.register(reg::RCX, T)?,
+            ))
+        };
+        let set = |g: &mut Gdb, (rsi, rdi, rcx): (u64, u64, u64)| -> Result<(), GdbError> {
+            g.set_register(reg::RSI, rsi, T)?;
+            g.set_register(reg::RDI, rdi, T)?;
+            g.set_register(reg::RCX, rcx, T)
+        };
+        // QEMU up to 8: stopped on the `rep movs`, one element done.
+        if let Some(width) = self
+            .gdb
+            .read(rip, 4, T)
+            .ok()
+            .and_then(|code| rewind::rep_movs_width(&code))
+        {
+            let (now, eflags) = (regs(&mut self.gdb)?, self.gdb.register(reg::EFLAGS, T)?);
+            let Some(back) = rewind::one_back(width, now, eflags, line_va) else {
+                return Ok(false);
+            };
+            set(&mut self.gdb, back)?;
+            return Ok(true);
+        }
+        // QEMU 9 and later: stopped after the whole `rep movsb` of
+        // copy_mc_enhanced_fast_string.
+        let at = rip.wrapping_sub(2);
+        let inside = self
+            .copy_mc_string
+            .is_some_and(|f| (f..f + 0x20).contains(&at));
+        if !inside || self.gdb.read(at, 2, T).ok().as_deref() != Some(&rewind::REP_MOVSB[..]) {
+            return Ok(false);
+        }
+        let (now, eflags) = (regs(&mut self.gdb)?, self.gdb.register(reg::EFLAGS, T)?);
+        let rdx = self.gdb.register(reg::RDX, T)?;
+        let Some(back) = rewind::back_to_line(now, rdx, eflags, line_va) else {
             return Ok(false);
         };
-        let Some(width) = rewind::rep_movs_width(&code) else {
-            return Ok(false);
-        };
-        let regs = (
-            self.gdb.register(reg::RSI, T)?,
-            self.gdb.register(reg::RDI, T)?,
-            self.gdb.register(reg::RCX, T)?,
-        );
-        let eflags = self.gdb.register(reg::EFLAGS, T)?;
-        let Some((rsi, rdi, rcx)) = rewind::one_back(width, regs, eflags, line_va) else {
-            return Ok(false);
-        };
-        self.gdb.set_register(reg::RSI, rsi, T)?;
-        self.gdb.set_register(reg::RDI, rdi, T)?;
-        self.gdb.set_register(reg::RCX, rcx, T)?;
+        set(&mut self.gdb, back)?;
+        self.gdb.set_register(reg::RIP, at, T)?;
         Ok(true)
     }
 
@@ -676,7 +708,7 @@ mod tests {
             .contains("asm_exc_page_fault"));
         assert_eq!(
             KernelSymbols::kallsyms_pattern(),
-            " (_text|asm_exc_page_fault|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
+            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
         );
     }
 }
