@@ -341,6 +341,14 @@ impl Gdb {
         hex_decode(&answer)
     }
 
+    /// A 64-bit little-endian value at a virtual address of the selected vCPU.
+    pub fn read_u64(&mut self, addr: u64, timeout: Duration) -> Result<u64, GdbError> {
+        let bytes = self.read(addr, 8, timeout)?;
+        Ok(u64::from_le_bytes(
+            bytes.try_into().expect("read checks the length"),
+        ))
+    }
+
     /// A QEMU monitor (HMP) command through the stub (`monitor ...` in
     /// gdb): its output, collected from the `O` packets before `OK`.
     pub fn monitor(&mut self, command: &str, timeout: Duration) -> Result<String, GdbError> {

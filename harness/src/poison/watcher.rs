@@ -221,10 +221,9 @@ impl Watcher {
     ) -> Result<Watcher, String> {
         let mut gdb = Gdb::connect(socket, T).map_err(|e| e.to_string())?;
         gdb.select_cpu(0, T).map_err(|e| e.to_string())?;
-        let bytes = gdb
-            .read(symbols.runtime(symbols.page_offset_base), 8, T)
+        let direct_map = gdb
+            .read_u64(symbols.runtime(symbols.page_offset_base), T)
             .map_err(|e| format!("reading page_offset_base: {e}"))?;
-        let direct_map = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
         for (_, addr) in &symbols.hooks {
             gdb.breakpoint(true, *addr, T).map_err(|e| e.to_string())?;
         }
@@ -646,8 +645,7 @@ impl State {
     fn at_hook(&mut self, cpu: u32, hook: Hook, rip: u64) -> Result<(), GdbError> {
         let (address, pfn_t) = if hook.address_in_vmf() {
             let vmf = self.gdb.register(reg::RDI, T)?;
-            let bytes = self.gdb.read(vmf + VMF_ADDRESS, 8, T)?;
-            let address = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            let address = self.gdb.read_u64(vmf + VMF_ADDRESS, T)?;
             (address, self.gdb.register(reg::RSI, T)?)
         } else {
             (

@@ -88,20 +88,26 @@ impl Plan {
 
 /// Simulate installing `packages` (nothing changes on the machine).
 pub fn simulate(packages: &[&str]) -> Result<Plan> {
-    let out = Command::new("apt-get")
-        .args(["-s", "install", "--no-install-recommends"])
+    let mut c = Command::new("apt-get");
+    c.args(["-s", "install", "--no-install-recommends"])
         .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    let what = format!("apt-get cannot plan installing {}", packages.join(" "));
+    Ok(Plan::parse(&output(c, &what)?))
+}
+
+/// Run an apt command; its stdout, or an error with `what` and its stderr.
+pub fn output(mut c: Command, what: &str) -> Result<String> {
+    let out = c
         .output()
         .map_err(|e| Error::new(format!("cannot run apt-get: {e}")))?;
     if !out.status.success() {
         return Err(Error::new(format!(
-            "apt-get cannot plan installing {}:\n{}",
-            packages.join(" "),
+            "{what}:\n{}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(Plan::parse(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `a` is an older Debian version than `b` (dpkg decides).

@@ -134,19 +134,6 @@ fn apt_get(dir: &Path) -> Command {
     c
 }
 
-fn run(mut c: Command, what: &str) -> Result<String> {
-    let out = c
-        .output()
-        .map_err(|e| Error::new(format!("cannot run apt-get: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::new(format!(
-            "{what} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Fetch (or reuse) the backports QEMU; its binary.
 pub fn fetch(cache: &Path) -> Result<PathBuf> {
     let codename = codename()?;
@@ -171,12 +158,12 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
     );
     let mut update = apt_get(&dir);
     update.arg("update");
-    run(update, "apt-get update (private lists)")?;
+    apt::output(update, "apt-get update (private lists) failed")?;
     let mut sim = apt_get(&dir);
     sim.args(["-s", "install", "--no-install-recommends", "-t"])
         .arg(format!("{codename}-backports"))
         .arg(QEMU_PACKAGE);
-    let plan = apt::Plan::parse(&run(sim, "planning the backports QEMU")?);
+    let plan = apt::Plan::parse(&apt::output(sim, "planning the backports QEMU failed")?);
     let version = plan
         .installs
         .iter()
@@ -208,7 +195,7 @@ pub fn fetch(cache: &Path) -> Result<PathBuf> {
     );
     let mut download = apt_get(&dir);
     download.current_dir(&debs).arg("download").args(&pinned);
-    run(download, "apt-get download (backports QEMU)")?;
+    apt::output(download, "apt-get download (backports QEMU) failed")?;
     let root = staging.join("root");
     let names = super::extract_debs(&debs, &root)?;
     super::private_qemu::publish(&staging, &names, &dest, "backports")?;
