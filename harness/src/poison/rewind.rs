@@ -60,10 +60,10 @@ pub fn one_back(
         .then(|| (src, rdi.wrapping_sub(width), rcx + 1))
 }
 
-/// QEMU 9 and later run a whole `rep movsb` when they re-execute the
-/// instruction for a watch point, and report the stop after it (measured:
-/// QEMU 10.0.2 stops at copy_mc_enhanced_fast_string+0xc, 7.2 at +0xa, the
-/// `rep movsb`). For a copy whose count came from RDX
+/// QEMU 10.0.2 runs a whole `rep movsb` when it re-executes the
+/// instruction for a watch point, and reports the stop after it (measured:
+/// it stops at copy_mc_enhanced_fast_string+0xc; 7.2 stops at +0xa, the
+/// `rep movsb`, one byte done; versions in between were not tried). For a copy whose count came from RDX
 /// (copy_mc_enhanced_fast_string: `movq %rdx, %rcx; rep movsb`,
 /// arch/x86/lib/copy_mc_64.S), the registers at the first byte of the
 /// watched line: the source began at RSI - (RDX - RCX). `(rsi, rdi, rcx)`.

@@ -607,7 +607,7 @@ impl State {
             g.set_register(reg::RDI, rdi, T)?;
             g.set_register(reg::RCX, rcx, T)
         };
-        // QEMU up to 8: stopped on the `rep movs`, one element done.
+        // QEMU 7.2: stopped on the `rep movs`, one element done.
         if let Some(width) = self
             .gdb
             .read(rip, 4, T)
@@ -621,7 +621,7 @@ impl State {
             set(&mut self.gdb, back)?;
             return Ok(true);
         }
-        // QEMU 9 and later: stopped after the whole `rep movsb` of
+        // QEMU 10: stopped after the whole `rep movsb` of
         // copy_mc_enhanced_fast_string.
         let at = rip.wrapping_sub(2);
         let inside = self
