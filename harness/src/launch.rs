@@ -79,11 +79,19 @@ pub fn start(
     initrd: &Path,
     interactive: bool,
 ) -> Result<Vm, String> {
-    let files = VmFiles::in_dir(private, &env.kernel, initrd, machine.nvdimms.len());
+    let files = VmFiles::in_dir(private, &env.kernel, initrd, machine);
+    // Sparse backing files: a device reads as zeros and costs no disk.
+    let sparse = |path: &Path, size: u64| {
+        fs::File::create(path)
+            .and_then(|f| f.set_len(size))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
     for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
-        let f = fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.set_len(nv.size.bytes())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        sparse(path, nv.size.bytes())?;
+    }
+    for (dev, (mem, lsa)) in machine.cxl.iter().zip(&files.cxl_backing) {
+        sparse(mem, dev.size.bytes())?;
+        sparse(lsa, dev.lsa_size.bytes())?;
     }
     let args = machine::qemu_args(machine, env.accel, &files);
     let _ = fs::write(

@@ -43,11 +43,14 @@ pub struct VmFiles {
     pub platform_log: PathBuf,
     /// One backing file per NVDIMM, in order.
     pub nvdimm_backing: Vec<PathBuf>,
+    /// Per CXL device: its persistent capacity and its label storage area.
+    pub cxl_backing: Vec<(PathBuf, PathBuf)>,
 }
 
 impl VmFiles {
-    /// Conventional names inside a VM's private directory.
-    pub fn in_dir(dir: &Path, kernel: &Path, initrd: &Path, nvdimms: usize) -> Self {
+    /// Conventional names inside a VM's private directory, with backing
+    /// files for `spec`'s memory devices.
+    pub fn in_dir(dir: &Path, kernel: &Path, initrd: &Path, spec: &MachineSpec) -> Self {
         VmFiles {
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),
@@ -56,8 +59,11 @@ impl VmFiles {
             agent_socket: dir.join("agent"),
             gdb_socket: dir.join("gdb"),
             platform_log: dir.join("platform.log"),
-            nvdimm_backing: (0..nvdimms)
+            nvdimm_backing: (0..spec.nvdimms.len())
                 .map(|i| dir.join(format!("nvdimm{i}")))
+                .collect(),
+            cxl_backing: (0..spec.cxl.len())
+                .map(|i| (dir.join(format!("cxl{i}")), dir.join(format!("cxl{i}-lsa"))))
                 .collect(),
         }
     }
@@ -87,6 +93,10 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
     if spec.nfit_test {
         words.push("pmem_lab.nfit_test=1".into());
     }
+    // Tells init to load the CXL drivers (the guest has no udev).
+    if !spec.cxl.is_empty() {
+        words.push("pmem_lab.cxl=1".into());
+    }
     // `memmap=SIZE!AT`: that RAM becomes e820 type 12, legacy pmem.
     words.extend(
         spec.e820_pmem
@@ -102,7 +112,10 @@ pub fn kernel_cmdline(spec: &MachineSpec) -> String {
 /// line: that is how a panic is seen the moment it is printed.
 pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsString> {
     let mut a = Args::default();
-    let machine = if spec.nvdimms.is_empty() {
+    let machine = if !spec.cxl.is_empty() {
+        // CXL host bridges are PCIe expander bridges: q35 only.
+        "q35,cxl=on"
+    } else if spec.nvdimms.is_empty() {
         "pc"
     } else {
         "pc,nvdimm=on"
@@ -164,7 +177,64 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
             ),
         );
     }
+    cxl_args(&mut a, spec, files);
     a.0
+}
+
+/// The CXL topology: one host bridge (`pxb-cxl`, PCI bus 12 so it never
+/// meets pcie.0's numbering), one root port per device, a type-3 device with
+/// persistent capacity and a label storage area on each, and one fixed
+/// memory window (the CEDT's CFMWS) over the bridge, large enough for a
+/// region over every device. Device `i` is QOM path
+/// `/machine/peripheral/cxl-pmem{i}` (what QMP's cxl-inject-poison takes)
+/// with serial number `i + 1` (what the guest's `cxl list` shows).
+fn cxl_args(a: &mut Args, spec: &MachineSpec, files: &VmFiles) {
+    if spec.cxl.is_empty() {
+        return;
+    }
+    a.push2("-device", "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.0");
+    for (i, (dev, (mem, lsa))) in spec.cxl.iter().zip(&files.cxl_backing).enumerate() {
+        a.push2(
+            "-object",
+            format!(
+                "memory-backend-file,id=cxl-mem{i},share=on,mem-path={},size={}",
+                mem.display(),
+                dev.size
+            ),
+        );
+        a.push2(
+            "-object",
+            format!(
+                "memory-backend-file,id=cxl-lsa{i},share=on,mem-path={},size={}",
+                lsa.display(),
+                dev.lsa_size
+            ),
+        );
+        a.push2(
+            "-device",
+            format!("cxl-rp,port={i},bus=cxl.0,id=cxl-rp{i},chassis=0,slot={i}"),
+        );
+        a.push2(
+            "-device",
+            format!(
+                "cxl-type3,bus=cxl-rp{i},persistent-memdev=cxl-mem{i},lsa=cxl-lsa{i},id={},sn={}",
+                cxl_device_id(i),
+                i + 1
+            ),
+        );
+    }
+    a.push2(
+        "-M",
+        format!(
+            "cxl-fmw.0.targets.0=cxl.0,cxl-fmw.0.size={}",
+            ByteSize(spec.cxl_window())
+        ),
+    );
+}
+
+/// QEMU's id of CXL device `i` (its QOM path is `/machine/peripheral/<id>`).
+pub fn cxl_device_id(i: usize) -> String {
+    format!("cxl-pmem{i}")
 }
 
 /// A unix socket QEMU listens on; `wait=off` so QEMU starts without a client
@@ -176,6 +246,8 @@ fn listening_socket(id: &str, path: &Path) -> String {
 /// `-m SIZE[,slots=N,maxmem=M]`: NVDIMMs are memory devices and need slots
 /// and room above RAM. Each gets its size rounded up to 1 GiB, which covers
 /// the alignment QEMU applies when it places a DIMM.
+/// The CXL window needs no slot: QEMU places it above the device-memory
+/// area (hw/i386/pc.c).
 fn memory_arg(spec: &MachineSpec) -> String {
     if spec.nvdimms.is_empty() {
         return spec.memory.to_string();
@@ -253,7 +325,7 @@ mod tests {
             Path::new("/tmp/pl-x"),
             Path::new("/k/bzImage"),
             Path::new("/k/initrd"),
-            spec.nvdimms.len(),
+            spec,
         );
         qemu_args(spec, accel, &files)
             .into_iter()
@@ -367,6 +439,49 @@ mod tests {
         assert_eq!(
             kernel_cmdline(&spec),
             "console=ttyS0 panic=-1 memmap=512M!1G memmap=256M!2G"
+        );
+    }
+
+    #[test]
+    fn cxl_devices_get_a_q35_host_bridge_root_ports_and_a_window() {
+        let dev = |size| CxlSpec {
+            size: ByteSize(size),
+            lsa_size: CxlSpec::DEFAULT_LSA_SIZE,
+        };
+        let spec = MachineSpec {
+            cxl: vec![dev(256 << 20), dev(512 << 20)],
+            ..MachineSpec::default()
+        };
+        let args = args_of(&spec, Accel::Tcg);
+        assert_eq!(value_after(&args, "-machine"), ["q35,cxl=on,accel=tcg"]);
+        assert_eq!(value_after(&args, "-m"), ["2G"]);
+        assert_eq!(
+            value_after(&args, "-M"),
+            ["cxl-fmw.0.targets.0=cxl.0,cxl-fmw.0.size=768M"]
+        );
+        assert_eq!(
+            value_after(&args, "-object"),
+            [
+                "memory-backend-file,id=cxl-mem0,share=on,mem-path=/tmp/pl-x/cxl0,size=256M",
+                "memory-backend-file,id=cxl-lsa0,share=on,mem-path=/tmp/pl-x/cxl0-lsa,size=128K",
+                "memory-backend-file,id=cxl-mem1,share=on,mem-path=/tmp/pl-x/cxl1,size=512M",
+                "memory-backend-file,id=cxl-lsa1,share=on,mem-path=/tmp/pl-x/cxl1-lsa,size=128K",
+            ]
+        );
+        let devices = value_after(&args, "-device");
+        let cxl: Vec<&String> = devices
+            .iter()
+            .filter(|d| d.starts_with("pxb-cxl") || d.starts_with("cxl-"))
+            .collect();
+        assert_eq!(
+            cxl,
+            [
+                "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.0",
+                "cxl-rp,port=0,bus=cxl.0,id=cxl-rp0,chassis=0,slot=0",
+                "cxl-type3,bus=cxl-rp0,persistent-memdev=cxl-mem0,lsa=cxl-lsa0,id=cxl-pmem0,sn=1",
+                "cxl-rp,port=1,bus=cxl.0,id=cxl-rp1,chassis=0,slot=1",
+                "cxl-type3,bus=cxl-rp1,persistent-memdev=cxl-mem1,lsa=cxl-lsa1,id=cxl-pmem1,sn=2",
+            ]
         );
     }
 

@@ -12,7 +12,11 @@
 //!    step, no ACPI interpreter error or warning (a fault in the lab's own
 //!    ACPI table shows up this way), and no warning or error from the NFIT
 //!    driver (e.g. "detected truncated ars results" from a malformed ARS
-//!    status), unless the case's `allow_dmesg` covers the line.
+//!    status), unless the case's `allow_dmesg` covers the line;
+//! 4. on a CXL machine, every record of every device's poison list (read
+//!    through `trigger_poison_list` and its `cxl_poison` events) carries the
+//!    host physical address the lab's own translation gives, or none where
+//!    no region maps it.
 //!
 //! A violation fails the case with both sides printed.
 
@@ -22,6 +26,7 @@ use crate::guest::Guest;
 use crate::ndctl::json_list;
 use crate::setup::Layout;
 use pmem_lab_proto::KmsgRecord;
+use pmem_lab_spec::cxl::PoisonEvent;
 use regex::Regex;
 use serde_json::{json, Value};
 use std::fmt;
@@ -75,6 +80,10 @@ pub struct Snapshot {
     /// ZONE_DEVICE support (fs/proc/page.c, "TODO: ZONE_DEVICE support"),
     /// which is every NVDIMM page; the flag of those cannot be read.
     pub unlisted_pfns: usize,
+    /// Per CXL device (machine.cxl order): its poison list now.
+    pub cxl: Vec<Vec<PoisonEvent>>,
+    /// CXL records whose HPA is not the lab's translation.
+    pub cxl_hpa: Vec<String>,
 }
 
 /// KPF_HWPOISON, include/uapi/linux/kernel-page-flags.h.
@@ -129,6 +138,10 @@ impl Snapshot {
             "hardware_corrupted_kb": self.hardware_corrupted_kb,
             "hwpoison_pfns": self.hwpoison_pfns.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>(),
             "unlisted_pfns": self.unlisted_pfns,
+            "cxl_poison": self.cxl.iter().map(|list| list.iter().map(|e| json!({
+                "memdev": e.memdev, "dpa": format!("{:#x}", e.dpa), "length": e.length,
+                "source": format!("{:?}", e.source), "region": e.region,
+                "hpa": e.hpa.map(|h| format!("{h:#x}"))})).collect::<Vec<_>>()).collect::<Vec<_>>(),
             "ndctl": self.ndctl_json,
         })
     }
@@ -145,6 +158,12 @@ pub fn take(
         kmsg: guest.kmsg(after_seq).map_err(|e| e.to_string())?,
         ..Default::default()
     };
+    for (device, memdev) in layout.cxl.memdevs.iter().enumerate() {
+        let list = crate::cxl::poison_list(guest, memdev)?;
+        snap.cxl_hpa
+            .extend(crate::cxl::hpa_violations(device, &list, &layout.cxl));
+        snap.cxl.push(list);
+    }
     if layout.regions.is_empty() {
         return Ok(snap);
     }
@@ -305,6 +324,8 @@ pub enum Violation {
         sysfs: Vec<Range>,
         want: Vec<Range>,
     },
+    /// A CXL poison record's HPA is not the lab's translation.
+    CxlAddress(String),
     /// A kernel log line that means trouble (the rendered record).
     KernelLog(String),
 }
@@ -332,6 +353,7 @@ impl fmt::Display for Violation {
                 show(sysfs),
                 show(want)
             ),
+            Violation::CxlAddress(m) => write!(f, "CXL poison list: {m}"),
             Violation::KernelLog(line) => write!(f, "kernel log: {line}"),
         }
     }
@@ -382,6 +404,7 @@ pub fn violations(
             }
         }
     }
+    out.extend(snap.cxl_hpa.iter().cloned().map(Violation::CxlAddress));
     out.retain(|v| {
         let shown = v.to_string();
         !allow_views.iter().any(|a| a.is_match(&shown))

@@ -71,6 +71,55 @@ pub fn e820(env: &LabEnv) -> Result<(), String> {
     }
 }
 
+/// A case that needs a newer QEMU than the run's fails here with the
+/// release it needs and how to get one. (The lab's runner lists such cases
+/// as ignored with the same reason; this is for a case run anyway.)
+pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), String> {
+    match case.needs_qemu().and_then(|n| n.unmet(&env.qemu_version)) {
+        Some(why) => Err(format!("this case {why}")),
+        None => Ok(()),
+    }
+}
+
+/// Options a CXL machine's cases need: the drivers that find the devices,
+/// the windows and the regions, and event tracing for the poison list.
+const CXL_CONFIG: [&str; 7] = [
+    "CONFIG_CXL_ACPI",
+    "CONFIG_CXL_PCI",
+    "CONFIG_CXL_MEM",
+    "CONFIG_CXL_PMEM",
+    "CONFIG_CXL_REGION",
+    "CONFIG_CXL_REGION_INVALIDATION_TEST",
+    "CONFIG_EVENT_TRACING",
+];
+
+/// A CXL case on a kernel without the CXL stack fails here, naming what is
+/// missing (images/kernel/pmem-lab.config says why each is there).
+pub fn cxl(env: &LabEnv) -> Result<(), String> {
+    let Some(config) = &env.kernel_config else {
+        return Ok(());
+    };
+    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let missing: Vec<&str> = CXL_CONFIG
+        .iter()
+        .copied()
+        .filter(|o| {
+            !text
+                .lines()
+                .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
+        })
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this case has machine.cxl, which needs {} (=y or =m) in the kernel config ({})",
+            missing.join(", "),
+            config.display()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +166,42 @@ mod tests {
         assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
         fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
         assert!(nfit_test(&env).is_ok());
+    }
+
+    #[test]
+    fn cxl_preflight_names_every_missing_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        fs::write(
+            dir.path().join("config"),
+            "CONFIG_CXL_ACPI=m\nCONFIG_CXL_PCI=m\n",
+        )
+        .unwrap();
+        let e = cxl(&env).unwrap_err();
+        assert!(
+            e.contains("CONFIG_CXL_MEM, CONFIG_CXL_PMEM, CONFIG_CXL_REGION,"),
+            "{e}"
+        );
+        assert!(!e.contains("CONFIG_CXL_ACPI"), "{e}");
+        let all: Vec<String> = CXL_CONFIG.iter().map(|o| format!("{o}=y")).collect();
+        fs::write(dir.path().join("config"), all.join("\n")).unwrap();
+        assert!(cxl(&env).is_ok());
+    }
+
+    #[test]
+    fn a_case_needing_a_newer_qemu_fails_with_the_release_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_in(dir.path());
+        let case = crate::case::load_str(
+            "cxl",
+            Path::new("cxl.yaml"),
+            "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - run: [true]\n",
+        )
+        .unwrap();
+        let e = qemu(&case, &env).unwrap_err();
+        assert!(e.starts_with("this case needs QEMU >= 8.1"), "{e}");
+        env.qemu_version = "10.0.2".into();
+        assert!(qemu(&case, &env).is_ok());
     }
 
     #[test]

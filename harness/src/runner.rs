@@ -21,8 +21,9 @@ use crate::poison::{Lines, Source};
 use crate::setup::{self, Layout};
 use crate::template;
 use crate::vm::VmError;
-use crate::{bundle, checks, dax, preflight};
+use crate::{bundle, checks, cxl, dax, machine, preflight};
 use pmem_lab_proto::{RunRequest, RunResult};
+use serde_json::json;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,10 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     }
     if !case.machine.e820_pmem.is_empty() {
         preflight::e820(env).map_err(Failure::Preflight)?;
+    }
+    preflight::qemu(case, env).map_err(Failure::Preflight)?;
+    if !case.machine.cxl.is_empty() {
+        preflight::cxl(env).map_err(Failure::Preflight)?;
     }
     let mut started = start_vm(case, env, dir, false).map_err(Failure::Boot)?;
     let mut log = StepLog::new(dir);
@@ -330,6 +335,46 @@ impl CaseRun<'_> {
                     w.poison(vec![(done.resolved.gpa, crate::poison::LINE)])
                         .map_err(|e| broke(format!("the poison model: {e}")))?;
                 }
+            }
+            Action::CxlInjectPoison(at) => {
+                let path = format!("/machine/peripheral/{}", machine::cxl_device_id(at.device));
+                let args = json!({"path": path, "start": at.dpa, "length": at.length});
+                self.guest
+                    .machine()
+                    .qmp("cxl-inject-poison", Some(args), step.timeout)
+                    .map_err(|e| broke(format!("QMP cxl-inject-poison: {e}")))?;
+                // Where the poisoned lines sit in host physical memory, line
+                // by line (an interleave spreads a DPA range).
+                let lines: Vec<(u64, u64)> = (at.dpa..at.dpa + at.length)
+                    .step_by(crate::poison::LINE as usize)
+                    .filter_map(|dpa| self.layout.cxl.hpa(at.device, dpa))
+                    .map(|(_, hpa)| (hpa, crate::poison::LINE))
+                    .collect();
+                self.log.line(format!(
+                    "--- step {} `{}`: QMP cxl-inject-poison {path} DPA {:#x} length {:#x}; host physical {}",
+                    step.number,
+                    step.name,
+                    at.dpa,
+                    at.length,
+                    match lines.first() {
+                        Some((hpa, _)) => format!("{hpa:#x} ({} line(s))", lines.len()),
+                        None => "none (no region maps it)".to_string(),
+                    }
+                ));
+                // The poison model learns the lines from the device's list,
+                // read after this step (see `observe`).
+            }
+            Action::ExpectCxlPoison(check) => {
+                let memdev = self.layout.cxl.memdevs[check.device].clone();
+                let got = cxl::poison_list(self.guest, &memdev).map_err(&broke)?;
+                details.push_str(&format!(
+                    "{memdev} poison list: {}\n",
+                    got.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+                problems.extend(cxl::check_list(check, &got, &self.layout.cxl));
             }
             Action::ExpectBadblocks(_) => {}
             Action::Map(spec) => {
@@ -670,6 +715,16 @@ impl CaseRun<'_> {
         })?;
         if let Some(last) = snap.kmsg.last() {
             self.last_seq = Some(last.seq);
+        }
+        // CXL poison is what the devices list: a clear through the kernel
+        // (debugfs clear_poison) reaches the device and no other place the
+        // lab could watch, so the model follows the lists.
+        if let (Some(w), false) = (&self.poison, snap.cxl.is_empty()) {
+            let lines = cxl::lines_of(&snap.cxl, &self.layout.cxl);
+            w.cxl_lines(lines).map_err(|e| Failure::Observe {
+                label: label.to_string(),
+                message: format!("the poison model: {e}"),
+            })?;
         }
         let mut line = snap.to_json(label).to_string();
         line.push('\n');

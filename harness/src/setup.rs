@@ -4,6 +4,7 @@
 use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
 use crate::guest::Guest;
+use crate::namespace::Bus;
 use crate::ndctl::json_list;
 use crate::size::ByteSize;
 use crate::template::NsField;
@@ -28,6 +29,8 @@ pub struct Layout {
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     /// Physical layout of the QEMU NVDIMM regions and the case namespaces.
     pub geometry: Geometry,
+    /// The CXL devices and the regions setup made on them.
+    pub cxl: crate::cxl::CxlLayout,
 }
 
 impl Layout {
@@ -105,6 +108,9 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
     if !case.machine.nvdimms.is_empty() {
         layout.regions = qemu_regions(guest, case)?;
     }
+    if !case.machine.cxl.is_empty() {
+        layout.cxl = crate::cxl::setup(guest, case.machine.cxl.len(), &case.cxl_regions)?;
+    }
     let qemu_namespaces = case.namespaces.iter().any(|n| n.bus.is_none());
     if qemu_namespaces {
         // A fresh label area holds no index block: initialise it so
@@ -143,6 +149,14 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
     for ns in &case.namespaces {
         let region = match &ns.bus {
             None => layout.regions[ns.nvdimm].clone(),
+            // The loader checked the index against setup.cxl_regions.
+            Some(bus) if bus == Bus::Cxl.name() => {
+                let region = layout.cxl.regions[ns.nvdimm].nd_region.clone();
+                if !layout.regions.contains(&region) {
+                    layout.regions.push(region.clone());
+                }
+                region
+            }
             Some(bus) => {
                 if !bus_regions.contains_key(bus) {
                     bus_regions.insert(bus.clone(), pmem_regions(guest, bus)?);

@@ -11,7 +11,7 @@ use crate::bring;
 use crate::case::step::PutSpec;
 use crate::case::Case;
 use crate::lab_env::LabEnv;
-use crate::machine::VmFiles;
+use crate::machine::{MachineSpec, VmFiles};
 use crate::setup;
 use pmem_lab_env::put::PutArg;
 use pmem_lab_proto::RunRequest;
@@ -56,7 +56,13 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
     let mut started = boot::start_vm(case, env, &dir, true)?;
-    let hmp = VmFiles::in_dir(started.private.path(), &env.kernel, &env.initrd, 0).hmp_socket;
+    let hmp = VmFiles::in_dir(
+        started.private.path(),
+        &env.kernel,
+        &env.initrd,
+        &MachineSpec::default(),
+    )
+    .hmp_socket;
     started.wait_ready(case.boot_timeout)?;
     let boot::Started {
         mut guest,

@@ -60,6 +60,11 @@ const AREAS: &[Area] = &[
         take: |_| true,
     },
     Area {
+        name: "cxl",
+        kconfigs: &["drivers/cxl/Kconfig"],
+        take: |_| true,
+    },
+    Area {
         name: "nfit",
         kconfigs: &["drivers/acpi/nfit/Kconfig"],
         take: |_| true,

@@ -1,5 +1,5 @@
 //! The machine a case asks for: CPUs, memory, NVDIMMs and their geometry,
-//! who answers the NVDIMM root _DSM, latent errors. Pure data and the
+//! CXL type-3 devices, who answers the NVDIMM root _DSM, latent errors. Pure data and the
 //! arithmetic the loader needs; the harness turns it into QEMU's command line
 //! (harness/src/machine.rs).
 
@@ -30,6 +30,96 @@ pub struct MachineSpec {
     /// The poison model is armed (harness/src/poison): loads of poisoned
     /// lines raise machine checks.
     pub poison: bool,
+    /// CXL type-3 devices with persistent capacity; a machine with any is a
+    /// q35 with `cxl=on` (see [`CxlSpec`]).
+    pub cxl: Vec<CxlSpec>,
+}
+
+/// A CXL type-3 memory device with persistent capacity and a label storage
+/// area, behind its own root port of the lab's one CXL host bridge; one
+/// fixed memory window (CFMWS) targets that bridge and covers every device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CxlSpec {
+    pub size: ByteSize,
+    pub lsa_size: ByteSize,
+}
+
+impl CxlSpec {
+    /// QEMU sizes type-3 capacity and fixed memory windows in multiples of
+    /// 256 MiB (hw/mem/cxl_type3.c, hw/cxl/cxl-host.c), the CXL HDM decoder
+    /// granule.
+    pub const GRANULE: u64 = 256 << 20;
+    pub const DEFAULT_LSA_SIZE: ByteSize = ByteSize(128 << 10);
+    /// The most devices the lab's host bridge takes (one root port each).
+    pub const MAX: usize = 4;
+}
+
+/// A QEMU release, as `major.minor` (what features are tied to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QemuVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl QemuVersion {
+    pub const fn new(major: u32, minor: u32) -> Self {
+        QemuVersion { major, minor }
+    }
+
+    /// `7.2.22`, `10.0.2`, `QEMU emulator version 8.1.0 (Debian ...)`: the
+    /// first dotted number in the text.
+    pub fn parse(text: &str) -> Option<QemuVersion> {
+        let word = text
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .find(|w| w.contains('.') && w.starts_with(|c: char| c.is_ascii_digit()))?;
+        let mut parts = word.split('.').map(str::parse::<u32>);
+        Some(QemuVersion::new(parts.next()?.ok()?, parts.next()?.ok()?))
+    }
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A QEMU release a case needs, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QemuNeed {
+    pub version: QemuVersion,
+    pub why: &'static str,
+}
+
+impl QemuNeed {
+    /// The lab's CXL machine: `cxl-type3,persistent-memdev=` (QEMU 8.0
+    /// renamed `memdev` when volatile capacity came) and the poison list
+    /// the cases read (QEMU 8.1: Get Poison List with injected records,
+    /// QMP cxl-inject-poison).
+    pub const CXL: QemuNeed = QemuNeed {
+        version: QemuVersion::new(8, 1),
+        why:
+            "a CXL machine (cxl-type3 persistent-memdev, the poison list and QMP cxl-inject-poison)",
+    };
+
+    /// The later of two needs.
+    pub fn max(a: Option<QemuNeed>, b: Option<QemuNeed>) -> Option<QemuNeed> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Why a run on `have` cannot take this case, if it cannot.
+    pub fn unmet(&self, have: &str) -> Option<String> {
+        let ok = QemuVersion::parse(have).is_some_and(|v| v >= self.version);
+        (!ok).then(|| {
+            format!(
+                "needs QEMU >= {} for {}; this run's QEMU is {have}: run it with a newer one, e.g. \
+                 `cargo xtask lab --qemu $(cargo xtask deps --qemu-backports)`",
+                self.version, self.why
+            )
+        })
+    }
 }
 
 /// A range of guest RAM given to the kernel as e820 persistent memory.
@@ -103,6 +193,7 @@ impl Default for MachineSpec {
             dsm_faults: Vec::new(),
             e820_pmem: Vec::new(),
             poison: false,
+            cxl: Vec::new(),
         }
     }
 }
@@ -132,6 +223,19 @@ impl NvdimmSpec {
 }
 
 impl MachineSpec {
+    /// The QEMU release this machine needs, if more than the oldest the lab
+    /// supports (7.2).
+    pub fn needs_qemu(&self) -> Option<QemuNeed> {
+        (!self.cxl.is_empty()).then_some(QemuNeed::CXL)
+    }
+
+    /// The size of the CXL fixed memory window: every device's capacity,
+    /// so one region can interleave them all.
+    pub fn cxl_window(&self) -> u64 {
+        let sum: u64 = self.cxl.iter().map(|c| c.size.bytes()).sum();
+        sum.next_multiple_of(CxlSpec::GRANULE).max(CxlSpec::GRANULE)
+    }
+
     /// Whether VMs of this machine boot with the lab's ACPI table.
     pub fn lab_root_dsm(&self) -> bool {
         self.root_dsm == RootDsm::Lab && !self.nvdimms.is_empty()
@@ -165,5 +269,58 @@ impl MachineSpec {
                 start
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_versions_parse_from_what_qemu_and_the_lab_print() {
+        assert_eq!(QemuVersion::parse("7.2.22"), Some(QemuVersion::new(7, 2)));
+        assert_eq!(
+            QemuVersion::parse("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            Some(QemuVersion::new(10, 0))
+        );
+        assert_eq!(QemuVersion::parse("no version"), None);
+        assert!(QemuVersion::new(10, 0) > QemuVersion::new(8, 1));
+        assert!(QemuVersion::new(8, 1) > QemuVersion::new(7, 2));
+    }
+
+    #[test]
+    fn a_cxl_machine_needs_qemu_8_1_and_says_how_to_get_it() {
+        let mut m = MachineSpec::default();
+        assert_eq!(m.needs_qemu(), None);
+        m.cxl.push(CxlSpec {
+            size: ByteSize(256 << 20),
+            lsa_size: CxlSpec::DEFAULT_LSA_SIZE,
+        });
+        let need = m.needs_qemu().unwrap();
+        let why = need.unmet("7.2.22").unwrap();
+        assert!(
+            why.starts_with("needs QEMU >= 8.1 for a CXL machine"),
+            "{why}"
+        );
+        assert!(why.contains("this run's QEMU is 7.2.22"), "{why}");
+        assert!(why.contains("--qemu-backports"), "{why}");
+        assert_eq!(need.unmet("10.0.2"), None);
+        assert_eq!(need.unmet("8.1.0"), None);
+        assert!(need.unmet("garbage").is_some());
+    }
+
+    #[test]
+    fn the_cxl_window_covers_every_device_in_256m_steps() {
+        let dev = |mb: u64| CxlSpec {
+            size: ByteSize(mb << 20),
+            lsa_size: CxlSpec::DEFAULT_LSA_SIZE,
+        };
+        let mut m = MachineSpec {
+            cxl: vec![dev(256)],
+            ..MachineSpec::default()
+        };
+        assert_eq!(m.cxl_window(), 256 << 20);
+        m.cxl = vec![dev(256), dev(512)];
+        assert_eq!(m.cxl_window(), 768 << 20);
     }
 }

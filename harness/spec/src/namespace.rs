@@ -37,8 +37,8 @@ impl NamespaceMode {
     }
 }
 
-/// An NVDIMM bus a case names: QEMU's NVDIMMs (the ACPI NFIT bus) or one of
-/// nfit_test's two.
+/// An NVDIMM bus a case names: QEMU's NVDIMMs (the ACPI NFIT bus), one of
+/// nfit_test's two, e820 or CXL.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 pub enum Bus {
     #[serde(rename = "ACPI.NFIT")]
@@ -50,6 +50,10 @@ pub enum Bus {
     /// Legacy persistent memory from `memmap=` (machine.e820_pmem).
     #[serde(rename = "e820")]
     E820,
+    /// The CXL pmem regions setup makes (setup.cxl_regions), through
+    /// cxl_pmem's nvdimm bridge.
+    #[serde(rename = "cxl")]
+    Cxl,
 }
 
 impl Bus {
@@ -60,6 +64,7 @@ impl Bus {
             Bus::NfitTest0 => "nfit_test.0",
             Bus::NfitTest1 => "nfit_test.1",
             Bus::E820 => "e820",
+            Bus::Cxl => "CXL",
         }
     }
 }

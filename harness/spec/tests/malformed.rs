@@ -26,7 +26,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("steps not a list", "steps: 3\n", "1:8 expected sequence start"),
     ("empty step list", "steps: []\n", "1:8 a case needs at least one step"),
     ("unknown top-level field", "stpes:\n  - run: [true]\n", "1:1 unknown field `stpes`, expected one of name, description, machine, setup, steps, allow_dmesg, allow_oracle, matrix"),
-    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, reconfigure, stdin, env, timeout, repeat, expect"),
+    ("unknown step field", "steps:\n  - run: [true]\n    expcet: {exit: 0}\n", "3:5 unknown field `expcet`, expected one of name, run, sh, inject, expect_badblocks, map, unmap, touch, consume, poison, signals, mce_kill, inject_error, scrub, clear, put, reconfigure, cxl_inject_poison, expect_cxl_poison, stdin, env, timeout, repeat, expect"),
     ("step without action", "steps:\n  - name: x\n", "2:5 this step has no action: add one of `run`, `sh`, `inject`, `expect_badblocks`, `map`, `unmap`, `touch`, `consume`, `poison`, `signals`, `mce_kill`, `inject_error`, `scrub`, `clear`"),
     ("step with two actions", "steps:\n  - run: [true]\n    sh: true\n", "2:5 a step has one action, this one has run and sh"),
     ("empty run", "steps:\n  - run: []\n", "2:10 run needs at least a program name"),
@@ -108,6 +108,16 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("map relative file", "steps:\n  - map: {name: m, file: f, length: 4K}\n", "2:26 `file` is an absolute guest path"),
     ("reconfigure devdax", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 512M, align: 2M}\nsteps:\n  - reconfigure: {namespace: d, mode: fsdax}\n", "8:30 namespace `d` is devdax: `reconfigure` moves between raw, fsdax and sector"),
     ("reconfigure raw with align", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: r, mode: raw, size: 512M}\nsteps:\n  - reconfigure: {namespace: r, mode: raw, align: 2M}\n", "8:51 a raw namespace has no align (it maps nothing)"),
+    ("cxl size not 256M", "machine:\n  cxl:\n    - size: 100M\nsteps:\n  - run: [true]\n", "3:13 a CXL device's size is a non-zero multiple of 256M (QEMU's and the HDM decoders' granule), at most 256G"),
+    ("cxl with nvdimms", "machine:\n  nvdimms:\n    - size: 1G\n  cxl:\n    - size: 256M\nsteps:\n  - run: [true]\n", "5:7 a CXL machine (q35) takes no NVDIMMs, nfit_test or e820 pmem in the lab yet: put those in a case of their own"),
+    ("cxl region without devices", "setup:\n  cxl_regions:\n    - {}\nsteps:\n  - run: [true]\n", "3:7 a CXL region needs `machine.cxl` devices"),
+    ("cxl region twice on a device", "machine:\n  cxl:\n    - size: 256M\nsetup:\n  cxl_regions:\n    - devices: [0]\n    - devices: [0]\nsteps:\n  - run: [true]\n", "7:16 CXL device 0 is already in a region (a region takes all of a device's capacity)"),
+    ("cxl region three ways", "machine:\n  cxl:\n    - size: 256M\n    - size: 256M\n    - size: 256M\nsetup:\n  cxl_regions:\n    - devices: [0, 1, 2]\nsteps:\n  - run: [true]\n", "8:16 a region interleaves 1, 2 or 4 devices"),
+    ("cxl bus region out of range", "machine:\n  cxl:\n    - size: 256M\nsetup:\n  cxl_regions:\n    - devices: [0]\n  namespaces:\n    - {name: d, bus: cxl, region: 1, mode: devdax, size: 64M}\nsteps:\n  - run: [true]\n", "8:35 bus `cxl` region 1: setup.cxl_regions has 1"),
+    ("cxl poison unaligned", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - cxl_inject_poison: {dpa: 100}\n", "5:30 poison is in 64-byte lines: DPA 0x64 and length 64 must be multiples of 64 (length non-zero)"),
+    ("cxl poison past the device", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - cxl_inject_poison: {dpa: 256M}\n", "5:30 64 bytes at DPA 0x10000000 end past CXL device 0 (256M)"),
+    ("cxl poison without a device", "steps:\n  - expect_cxl_poison: {records: []}\n", "2:24 CXL device 0: machine.cxl is empty"),
+    ("cxl poison source word", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - expect_cxl_poison: {records: [{dpa: 0, source: Bad}]}\n", "5:52 unknown variant `Bad`, expected one of Unknown, External, Internal, Injected, Vendor"),
 ];
 
 #[test]

@@ -89,7 +89,7 @@ fn shape_args(shape: &MachineSpec, env: &LabEnv) -> Vec<std::ffi::OsString> {
         Path::new("/vm"),
         Path::new("/kernel"),
         Path::new("/initrd"),
-        shape.nvdimms.len(),
+        shape,
     );
     machine::qemu_args(shape, env.accel, &files)
 }

@@ -46,6 +46,10 @@ pub enum Source {
     /// line is bad from then on, though the platform's list does not hold
     /// it (a real platform would find it at its next scrub).
     MachineCheck,
+    /// In a CXL device's poison list (a `cxl_inject_poison` step, or what
+    /// the device lists after each step: the kernel's clear_poison removes
+    /// it there).
+    Cxl,
 }
 
 /// The poisoned lines, by guest-physical address of their first byte.
@@ -74,6 +78,14 @@ impl Lines {
                 self.0
                     .retain(|line, s| !((start..end).contains(line) && *s == Source::Injected));
             }
+        }
+    }
+
+    /// Make the CXL lines exactly these.
+    pub fn set_cxl(&mut self, lines: &[u64]) {
+        self.0.retain(|_, s| *s != Source::Cxl);
+        for &l in lines {
+            self.add_range(l, LINE, Source::Cxl);
         }
     }
 

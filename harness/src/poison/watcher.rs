@@ -98,6 +98,8 @@ enum Order {
     /// the lab already knows of (`consume`'s reader maps before the model
     /// may have started).
     Poison(Vec<(u64, u64)>, Vec<UserMap>, Sender<Result<usize, String>>),
+    /// The CXL devices' poisoned lines are now exactly these.
+    Cxl(Vec<u64>, Sender<Result<usize, String>>),
     Quit,
 }
 
@@ -298,6 +300,11 @@ impl Watcher {
         self.ask(|tx| Order::Poison(vec![(line, super::LINE)], vec![page], tx))
     }
 
+    /// The CXL devices' poisoned lines, as their lists now say.
+    pub fn cxl_lines(&self, lines: Vec<u64>) -> Result<usize, String> {
+        self.ask(|tx| Order::Cxl(lines, tx))
+    }
+
     /// What happened since the last call (user mappings: all so far).
     pub fn take(&self) -> Seen {
         let mut s = self.seen.lock().unwrap();
@@ -392,6 +399,14 @@ impl State {
                 Some(Order::Quit) => return Ok(()),
                 Some(Order::Sync(reply)) => Some((reply, Vec::new(), Vec::new())),
                 Some(Order::Poison(ranges, maps, reply)) => Some((reply, ranges, maps)),
+                Some(Order::Cxl(lines, reply)) => {
+                    let r = self.paused(|s| {
+                        s.lines.set_cxl(&lines);
+                        Ok(())
+                    });
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    None
+                }
                 // An injection in the middle of a step: arm it now.
                 None if self.tail.has_new() => {
                     self.paused(|_| Ok(()))?;
@@ -667,7 +682,12 @@ impl State {
 /// Where a VM's gdbstub listens and its platform log goes (see
 /// [`crate::machine::VmFiles`]).
 pub fn paths(private: &Path) -> (PathBuf, PathBuf) {
-    let files = crate::machine::VmFiles::in_dir(private, Path::new(""), Path::new(""), 0);
+    let files = crate::machine::VmFiles::in_dir(
+        private,
+        Path::new(""),
+        Path::new(""),
+        &crate::machine::MachineSpec::default(),
+    );
     (files.gdb_socket, files.platform_log)
 }
 

@@ -6,11 +6,12 @@ use super::matrix;
 use super::model::{self, CaseFile, ExitEntry, NamespaceMode, Patterns};
 use super::step::{Scope, StepEntry};
 use super::{
-    Case, CaseError, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT, DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
+    Case, CaseError, CxlRegionSpec, NamespaceSpec, Step, DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_STEP_TIMEOUT, UNKNOWN_SIZE,
 };
 use crate::address::Target;
 use crate::expect::{self, ExitExpect, RunExpect, SignalExpect};
-use crate::machine::{LatentError, MachineSpec, NvdimmSpec, RootDsm};
+use crate::machine::{CxlSpec, LatentError, MachineSpec, NvdimmSpec, RootDsm};
 use crate::size::{ByteSize, GIB, KIB, MIB};
 use crate::template::{self, NsField};
 use serde_saphyr::{Location, Spanned};
@@ -422,7 +423,8 @@ impl Checker<'_> {
             None => id.to_string(),
         };
         let machine = self.machine(&file.machine);
-        let namespaces = self.namespaces(&file.setup, &machine);
+        let cxl_regions = self.cxl_regions(&file.setup, &machine);
+        let namespaces = self.namespaces(&file.setup, &machine, cxl_regions.len());
         if file.steps.value.is_empty() {
             self.error(&file.steps.referenced, "a case needs at least one step");
         }
@@ -466,6 +468,7 @@ impl Checker<'_> {
                 .boot_timeout
                 .map(|t| t.0)
                 .unwrap_or(DEFAULT_BOOT_TIMEOUT),
+            cxl_regions,
             namespaces,
             steps,
             allow_dmesg: self.regexes(&file.allow_dmesg),
@@ -528,11 +531,12 @@ impl Checker<'_> {
                 );
             }
         }
+        self.cxl(m, &mut spec);
         if let Some(p) = &m.poison {
-            if p.value && !spec.lab_root_dsm() {
+            if p.value && !spec.lab_root_dsm() && spec.cxl.is_empty() {
                 self.error(
                     &p.referenced,
-                    "the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it)",
+                    "the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it) or CXL devices (it learns of `cxl_inject_poison` steps)",
                 );
             }
             spec.poison = p.value;
@@ -540,6 +544,92 @@ impl Checker<'_> {
         self.latent_errors(m, &spec);
         self.e820_pmem(m, &mut spec);
         spec
+    }
+
+    /// CXL type-3 devices: sizes QEMU takes, on a machine of their own.
+    fn cxl(&mut self, m: &model::MachineSection, spec: &mut MachineSpec) {
+        if let Some(extra) = m.cxl.get(CxlSpec::MAX) {
+            self.error(
+                &extra.referenced,
+                format!("at most {} CXL devices (one root port each)", CxlSpec::MAX),
+            );
+        }
+        for entry in m.cxl.iter().take(CxlSpec::MAX) {
+            let size = &entry.value.size;
+            let b = size.value.bytes();
+            if b == 0 || !b.is_multiple_of(CxlSpec::GRANULE) || b > MAX_NVDIMM {
+                self.error(
+                    &size.referenced,
+                    format!(
+                        "a CXL device's size is a non-zero multiple of 256M (QEMU's and the HDM decoders' granule), at most {}",
+                        ByteSize(MAX_NVDIMM)
+                    ),
+                );
+            }
+            let lsa_size = match &entry.value.lsa_size {
+                Some(l) if l.value.bytes() == 0 || !l.value.bytes().is_multiple_of(4 * KIB) => {
+                    self.error(&l.referenced, "lsa_size is a non-zero multiple of 4K");
+                    l.value
+                }
+                Some(l) => l.value,
+                None => CxlSpec::DEFAULT_LSA_SIZE,
+            };
+            spec.cxl.push(CxlSpec {
+                size: size.value,
+                lsa_size,
+            });
+        }
+        if let Some(first) = m.cxl.first() {
+            if !m.nvdimms.is_empty() || m.nfit_test || !m.e820_pmem.is_empty() {
+                self.error(
+                    &first.referenced,
+                    "a CXL machine (q35) takes no NVDIMMs, nfit_test or e820 pmem in the lab yet: put those in a case of their own",
+                );
+            }
+        }
+    }
+
+    /// `setup.cxl_regions`: each a set of the machine's CXL devices, each
+    /// device in one region at most (a region takes a device's capacity).
+    fn cxl_regions(
+        &mut self,
+        setup: &model::SetupSection,
+        machine: &MachineSpec,
+    ) -> Vec<CxlRegionSpec> {
+        let mut taken = vec![false; machine.cxl.len()];
+        let mut out = Vec::new();
+        for entry in &setup.cxl_regions {
+            if machine.cxl.is_empty() {
+                self.error(
+                    &entry.referenced,
+                    "a CXL region needs `machine.cxl` devices",
+                );
+                continue;
+            }
+            let (devices, at) = match &entry.value.devices {
+                Some(d) => (d.value.clone(), d.referenced),
+                None => (vec![0], entry.referenced),
+            };
+            if !matches!(devices.len(), 1 | 2 | 4) {
+                self.error(&at, "a region interleaves 1, 2 or 4 devices");
+                continue;
+            }
+            for &d in &devices {
+                match taken.get_mut(d) {
+                    None => self.error(
+                        &at,
+                        format!("CXL device {d}: machine.cxl has {}", machine.cxl.len()),
+                    ),
+                    Some(t) if *t => self.error(
+                        &at,
+                        format!("CXL device {d} is already in a region (a region takes all of a device's capacity)"),
+                    ),
+                    Some(t) => *t = true,
+                }
+            }
+            out.push(CxlRegionSpec { devices });
+        }
+        out
     }
 
     /// `memmap=` ranges: inside low guest RAM above 512M (so the guest
@@ -713,6 +803,7 @@ impl Checker<'_> {
         &mut self,
         setup: &model::SetupSection,
         machine: &MachineSpec,
+        cxl_regions: usize,
     ) -> Vec<NamespaceSpec> {
         let mut out: Vec<NamespaceSpec> = Vec::new();
         let mut used = vec![0u64; machine.nvdimms.len()];
@@ -735,7 +826,7 @@ impl Checker<'_> {
                     format!("namespace `{name}` is defined twice"),
                 );
             }
-            let bus = self.namespace_bus(ns, machine);
+            let bus = self.namespace_bus(ns, machine, cxl_regions);
             let nvdimm = match (&bus, &ns.region) {
                 (Some(_), Some(r)) => r.value,
                 _ => ns.nvdimm.as_ref().map(|n| n.value).unwrap_or(0),
@@ -837,6 +928,7 @@ impl Checker<'_> {
         &mut self,
         ns: &model::NamespaceEntry,
         machine: &MachineSpec,
+        cxl_regions: usize,
     ) -> Option<String> {
         let Some(bus) = &ns.bus else {
             if let Some(r) = &ns.region {
@@ -861,6 +953,20 @@ impl Checker<'_> {
                 &bus.referenced,
                 format!("bus `{}` needs `machine.nfit_test: true`", bus.value.name()),
             ),
+            model::Bus::Cxl => {
+                let r = ns.region.as_ref().map(|r| r.value).unwrap_or(0);
+                if r >= cxl_regions {
+                    let at = ns
+                        .region
+                        .as_ref()
+                        .map(|r| r.referenced)
+                        .unwrap_or(bus.referenced);
+                    self.error(
+                        &at,
+                        format!("bus `cxl` region {r}: setup.cxl_regions has {cxl_regions}"),
+                    );
+                }
+            }
             _ => {}
         }
         if let Some(n) = &ns.nvdimm {

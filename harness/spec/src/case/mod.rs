@@ -12,7 +12,7 @@ pub mod model;
 pub mod step;
 
 use crate::expect::{RunExpect, SignalExpect};
-use crate::machine::MachineSpec;
+use crate::machine::{MachineSpec, QemuNeed};
 use crate::size::ByteSize;
 use regex::Regex;
 use std::fmt;
@@ -42,12 +42,33 @@ pub struct Case {
     pub path: PathBuf,
     pub machine: MachineSpec,
     pub boot_timeout: Duration,
+    /// CXL pmem regions setup makes, in order (`bus: cxl` namespaces name
+    /// them by index).
+    pub cxl_regions: Vec<CxlRegionSpec>,
     pub namespaces: Vec<NamespaceSpec>,
     pub steps: Vec<Step>,
     /// Kernel log lines the oracle tolerates (see [`crate::oracle`]).
     pub allow_dmesg: Vec<Regex>,
     /// View violations the oracle tolerates (never kernel-log ones).
     pub allow_oracle: Vec<Regex>,
+}
+
+impl Case {
+    /// The QEMU release the case needs (its machine's and its steps'), if
+    /// more than the oldest the lab supports.
+    pub fn needs_qemu(&self) -> Option<QemuNeed> {
+        self.steps
+            .iter()
+            .map(|s| s.action.needs_qemu())
+            .fold(self.machine.needs_qemu(), QemuNeed::max)
+    }
+}
+
+/// A CXL pmem region over whole devices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CxlRegionSpec {
+    /// Indexes into `machine.cxl`, in interleave order.
+    pub devices: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

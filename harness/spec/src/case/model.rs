@@ -68,6 +68,19 @@ pub struct MachineSection {
     /// Arm the poison model: every load of a poisoned line, by any program
     /// or the kernel, takes the machine check hardware would raise there.
     pub poison: Option<Spanned<bool>>,
+    /// CXL type-3 devices with persistent capacity (a q35 machine with
+    /// `cxl=on`; needs QEMU 8.1).
+    #[serde(default)]
+    pub cxl: Vec<Spanned<CxlEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CxlEntry {
+    /// Persistent capacity, a multiple of 256M.
+    pub size: Spanned<ByteSize>,
+    /// Label storage area; default 128K.
+    pub lsa_size: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,8 +116,19 @@ pub struct LatentErrorEntry {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SetupSection {
+    /// CXL pmem regions, made with `cxl create-region` before the
+    /// namespaces (which may live on them: `bus: cxl`).
+    #[serde(default)]
+    pub cxl_regions: Vec<Spanned<CxlRegionEntry>>,
     #[serde(default)]
     pub namespaces: Vec<Spanned<NamespaceEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CxlRegionEntry {
+    /// Indexes into machine.cxl, in interleave order; default `[0]`.
+    pub devices: Option<Spanned<Vec<usize>>>,
 }
 
 #[derive(Debug, Deserialize)]

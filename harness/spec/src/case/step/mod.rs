@@ -13,6 +13,7 @@
 mod badblocks;
 mod command;
 mod consume;
+mod cxl;
 mod inject;
 mod map;
 mod ndctl;
@@ -24,6 +25,7 @@ mod touch;
 pub use badblocks::BadblocksCheck;
 pub use command::Command;
 pub use consume::LineSpec;
+pub use cxl::{CxlPoisonAt, CxlPoisonCheck, ExpectedRecord};
 pub use inject::InjectAt;
 pub use map::{MapSpec, Mapped};
 pub use ndctl::NdctlOp;
@@ -35,7 +37,7 @@ pub use touch::TouchSpec;
 use super::load::Checker;
 use super::model::ExpectEntry;
 use super::NamespaceSpec;
-use crate::machine::MachineSpec;
+use crate::machine::{MachineSpec, QemuNeed};
 use crate::size::Timeout;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -62,6 +64,8 @@ pub trait Kind {
     const REPORTS_SIGNAL: bool = false;
     /// It counts minor faults that `expect.faults` checks.
     const COUNTS_FAULTS: bool = false;
+    /// The QEMU release it needs, beyond the oldest the lab supports.
+    const QEMU: Option<QemuNeed> = None;
     /// Its section of docs/steps.md (Markdown, starting with `### `).
     const REFERENCE: &'static str;
 }
@@ -152,6 +156,13 @@ macro_rules! step_kinds {
                 }
             }
 
+            /// See [`Kind::QEMU`].
+            pub fn needs_qemu(&self) -> Option<QemuNeed> {
+                match self {
+                    $(Action::$Kind(_) => <$module::$Kind as Kind>::QEMU,)*
+                }
+            }
+
             /// See [`Kind::COUNTS_FAULTS`].
             pub fn counts_faults(&self) -> bool {
                 match self {
@@ -219,6 +230,10 @@ step_kinds! {
     put => put::Put,
     /// Change a namespace's mode in place (raw <-> fsdax).
     reconfigure => reconfigure::Reconfigure,
+    /// Poison on a CXL device from the host (QMP cxl-inject-poison).
+    cxl_inject_poison => cxl::CxlInjectPoison,
+    /// Check a CXL device's poison list and its addresses.
+    expect_cxl_poison => cxl::ExpectCxlPoison,
 }
 
 #[cfg(test)]
