@@ -8,6 +8,7 @@ use crate::case::step::{CxlPoisonCheck, ExpectedRecord};
 use crate::case::CxlRegionSpec;
 use crate::guest::Guest;
 use crate::ndctl::json_list;
+use crate::template::CxlField;
 use pmem_lab_spec::cxl::{parse_trace, PoisonEvent, RegionMap, TraceType, LINE};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,19 @@ impl CxlLayout {
                 .find_map(|(_, m)| m.hpa(dpa))
                 .map(|h| (r.name.as_str(), h))
         })
+    }
+
+    /// The value of `${cxl.N.FIELD}`.
+    pub fn lookup(&self, device: usize, field: CxlField) -> Result<String, String> {
+        let found = match field {
+            CxlField::Memdev => self.memdevs.get(device).cloned(),
+            CxlField::Region => self
+                .regions
+                .iter()
+                .find(|r| r.maps.iter().any(|(d, _)| *d == device))
+                .map(|r| r.name.clone()),
+        };
+        found.ok_or_else(|| format!("CXL device {device} has no {} in the guest", field.name()))
     }
 
     fn device_of(&self, memdev: &str) -> Option<usize> {

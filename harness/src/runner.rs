@@ -250,7 +250,7 @@ impl CaseRun<'_> {
         match &step.action {
             Action::Run(Command { argv, stdin, env })
             | Action::Sh(Command { argv, stdin, env }) => {
-                let expand = |s: &str| template::expand(s, |ns, f| self.layout.lookup(ns, f));
+                let expand = |s: &str| template::expand(s, |r| self.layout.lookup(r));
                 let req = RunRequest {
                     argv: argv
                         .iter()

@@ -7,7 +7,7 @@ use crate::guest::Guest;
 use crate::namespace::Bus;
 use crate::ndctl::json_list;
 use crate::size::ByteSize;
-use crate::template::NsField;
+use crate::template::{NsField, Ref};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -34,8 +34,15 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The value of `${ns.NAME.FIELD}`.
-    pub fn lookup(&self, name: &str, field: NsField) -> Result<String, String> {
+    /// The value of a placeholder (`${ns.NAME.FIELD}`, `${cxl.N.FIELD}`).
+    pub fn lookup(&self, target: &Ref) -> Result<String, String> {
+        match target {
+            Ref::Ns { name, field } => self.namespace_field(name, *field),
+            Ref::Cxl { device, field } => self.cxl.lookup(*device, *field),
+        }
+    }
+
+    fn namespace_field(&self, name: &str, field: NsField) -> Result<String, String> {
         let ns = self
             .namespaces
             .get(name)
@@ -475,11 +482,25 @@ mod tests {
         layout
             .namespaces
             .insert("fs".into(), namespace_info(&fsdax, "region1").unwrap());
-        assert_eq!(layout.lookup("fs", NsField::Blockdev).unwrap(), "pmem1");
+        let ns = |field| Ref::Ns {
+            name: "fs".into(),
+            field,
+        };
+        assert_eq!(layout.lookup(&ns(NsField::Blockdev)).unwrap(), "pmem1");
         assert!(layout
-            .lookup("fs", NsField::Chardev)
+            .lookup(&ns(NsField::Chardev))
             .unwrap_err()
             .contains("has no chardev"));
+        let cxl = Ref::Cxl {
+            device: 0,
+            field: crate::template::CxlField::Memdev,
+        };
+        assert!(layout
+            .lookup(&cxl)
+            .unwrap_err()
+            .contains("CXL device 0 has no memdev"));
+        layout.cxl.memdevs = vec!["mem1".into()];
+        assert_eq!(layout.lookup(&cxl).unwrap(), "mem1");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Placeholders that let a step name what setup created: `${ns.NAME.FIELD}`.
+//! Placeholders that let a step name what setup created: `${ns.NAME.FIELD}`
+//! for namespaces, `${cxl.N.FIELD}` for CXL devices.
 //!
 //! The kernel decides device names (namespace0.0, dax0.0, pmem0) only when the
-//! case runs, so steps refer to namespaces by the case's own name. Anything
-//! that does not start with `${ns.` is left alone, so shell `${VAR}` in an
-//! `sh:` step keeps working.
+//! case runs, so steps refer to namespaces by the case's own name (and to CXL
+//! devices by their machine.cxl index). Anything that does not start with
+//! `${ns.` or `${cxl.` is left alone, so shell `${VAR}` in an `sh:` step keeps
+//! working.
 
 /// What a placeholder can ask for about a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,73 +29,138 @@ impl NsField {
     ];
 
     fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, f)| *f)
+        by_name(&Self::ALL, s)
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        name_of(&Self::ALL, self)
     }
+}
+
+/// A field by its name in a field table.
+fn by_name<T: Copy>(table: &[(&'static str, T)], s: &str) -> Option<T> {
+    table.iter().find(|(n, _)| *n == s).map(|(_, f)| *f)
+}
+
+/// A field's name in its table.
+fn name_of<T: PartialEq>(table: &[(&'static str, T)], field: T) -> &'static str {
+    table
+        .iter()
+        .find(|(_, f)| *f == field)
+        .map(|(n, _)| *n)
+        .unwrap_or("?")
+}
+
+/// What a placeholder can ask for about a CXL device (`${cxl.N.FIELD}`,
+/// N an index into machine.cxl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CxlField {
+    /// `mem0`: memdev names follow probe order, not the machine's order.
+    Memdev,
+    /// `region0`: the CXL region setup made over the device.
+    Region,
+}
+
+impl CxlField {
+    pub const ALL: [(&'static str, CxlField); 2] =
+        [("memdev", CxlField::Memdev), ("region", CxlField::Region)];
+
+    fn parse(s: &str) -> Option<Self> {
+        by_name(&Self::ALL, s)
+    }
+
+    pub fn name(self) -> &'static str {
+        name_of(&Self::ALL, self)
+    }
+}
+
+/// What a placeholder names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ref {
+    /// `${ns.NAME.FIELD}`
+    Ns { name: String, field: NsField },
+    /// `${cxl.N.FIELD}`
+    Cxl { device: usize, field: CxlField },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placeholder {
-    /// Byte offset of `$` in the text.
+    /// Byte offsets of `$` and just after `}` in the text.
     pub offset: usize,
-    pub namespace: String,
-    pub field: NsField,
+    pub end: usize,
+    pub target: Ref,
 }
 
-const OPEN: &str = "${ns.";
+const OPEN: &str = "${";
 
-/// Every `${ns.…}` in `text`, or a message for the first malformed one.
+/// Every `${ns.…}` and `${cxl.…}` in `text`, or a message for the first
+/// malformed one. Other `${…}` (shell variables) are left alone.
 pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, String> {
     let mut out = Vec::new();
     let mut rest = 0;
     while let Some(found) = text[rest..].find(OPEN) {
         let offset = rest + found;
         let body_start = offset + OPEN.len();
-        let close = text[body_start..]
+        let after = &text[body_start..];
+        if !(after.starts_with("ns.") || after.starts_with("cxl.")) {
+            rest = body_start;
+            continue;
+        }
+        let close = after
             .find('}')
             .ok_or_else(|| format!("`{}` is not closed with `}}`", &text[offset..]))?;
-        let body = &text[body_start..body_start + close];
-        let (namespace, field) = body
-            .rsplit_once('.')
-            .ok_or_else(|| format!("`${{ns.{body}}}` needs a field: write ${{ns.NAME.FIELD}}"))?;
-        let field = NsField::parse(field).ok_or_else(|| {
-            let known: Vec<_> = NsField::ALL.iter().map(|(n, _)| *n).collect();
-            format!(
-                "`${{ns.{body}}}`: unknown field `{field}` (known: {})",
-                known.join(", ")
-            )
-        })?;
+        let body = &after[..close];
+        let target = if let Some(ns) = body.strip_prefix("ns.") {
+            let (name, field) = ns
+                .rsplit_once('.')
+                .ok_or_else(|| format!("`${{{body}}}` needs a field: write ${{ns.NAME.FIELD}}"))?;
+            let field = NsField::parse(field)
+                .ok_or_else(|| unknown(body, field, NsField::ALL.iter().map(|(n, _)| *n)))?;
+            Ref::Ns {
+                name: name.to_string(),
+                field,
+            }
+        } else {
+            let cxl = &body["cxl.".len()..];
+            let (device, field) = cxl
+                .split_once('.')
+                .and_then(|(d, f)| Some((d.parse::<usize>().ok()?, f)))
+                .ok_or_else(|| {
+                    format!("`${{{body}}}`: write ${{cxl.N.FIELD}}, N a machine.cxl index")
+                })?;
+            let field = CxlField::parse(field)
+                .ok_or_else(|| unknown(body, field, CxlField::ALL.iter().map(|(n, _)| *n)))?;
+            Ref::Cxl { device, field }
+        };
+        let end = body_start + close + 1;
         out.push(Placeholder {
             offset,
-            namespace: namespace.to_string(),
-            field,
+            end,
+            target,
         });
-        rest = body_start + close + 1;
+        rest = end;
     }
     Ok(out)
+}
+
+fn unknown<'a>(body: &str, field: &str, known: impl Iterator<Item = &'a str>) -> String {
+    format!(
+        "`${{{body}}}`: unknown field `{field}` (known: {})",
+        known.collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// Replace every placeholder with what `lookup` says.
 pub fn expand(
     text: &str,
-    lookup: impl Fn(&str, NsField) -> Result<String, String>,
+    lookup: impl Fn(&Ref) -> Result<String, String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for p in placeholders(text)? {
         out.push_str(&text[copied..p.offset]);
-        out.push_str(&lookup(&p.namespace, p.field)?);
-        copied = text[p.offset..]
-            .find('}')
-            .map(|c| p.offset + c + 1)
-            .unwrap_or(text.len());
+        out.push_str(&lookup(&p.target)?);
+        copied = p.end;
     }
     out.push_str(&text[copied..]);
     Ok(out)
@@ -109,17 +176,48 @@ mod tests {
         let ps = placeholders(text).unwrap();
         assert_eq!(ps.len(), 2);
         assert_eq!(
-            (ps[0].namespace.as_str(), ps[0].field),
-            ("data", NsField::Chardev)
+            ps[0].target,
+            Ref::Ns {
+                name: "data".into(),
+                field: NsField::Chardev
+            }
         );
         assert_eq!(
-            (ps[1].namespace.as_str(), ps[1].field),
-            ("a.b", NsField::Region)
+            ps[1].target,
+            Ref::Ns {
+                name: "a.b".into(),
+                field: NsField::Region
+            }
         );
-        let out = expand(text, |ns, f| Ok(format!("<{ns}:{}>", f.name()))).unwrap();
+        let out = expand(text, show).unwrap();
         assert_eq!(
             out,
             "daxctl list -d <data:chardev> && echo ${HOME} <a.b:region>"
+        );
+    }
+
+    fn show(r: &Ref) -> Result<String, String> {
+        Ok(match r {
+            Ref::Ns { name, field } => format!("<{name}:{}>", field.name()),
+            Ref::Cxl { device, field } => format!("<cxl{device}:{}>", field.name()),
+        })
+    }
+
+    #[test]
+    fn finds_and_expands_cxl_device_fields() {
+        let text = "echo 0x4000 > /sys/kernel/debug/cxl/${cxl.1.memdev}/inject_poison; cxl list -r ${cxl.0.region}";
+        let out = expand(text, show).unwrap();
+        assert_eq!(
+            out,
+            "echo 0x4000 > /sys/kernel/debug/cxl/<cxl1:memdev>/inject_poison; cxl list -r <cxl0:region>"
+        );
+        assert!(placeholders("${cxl.x.memdev}")
+            .unwrap_err()
+            .contains("N a machine.cxl index"));
+        let e = placeholders("${cxl.0.serial}").unwrap_err();
+        assert!(
+            e.contains("unknown field `serial`") && e.contains("memdev, region"),
+            "{e}"
         );
     }
 
@@ -140,7 +238,7 @@ mod tests {
 
     #[test]
     fn lookup_errors_propagate() {
-        let e = expand("${ns.x.chardev}", |_, _| Err("x is fsdax".into())).unwrap_err();
+        let e = expand("${ns.x.chardev}", |_| Err("x is fsdax".into())).unwrap_err();
         assert_eq!(e, "x is fsdax");
     }
 }

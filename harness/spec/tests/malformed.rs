@@ -117,6 +117,8 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("cxl poison unaligned", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - cxl_inject_poison: {dpa: 100}\n", "5:30 poison is in 64-byte lines: DPA 0x64 and length 64 must be multiples of 64 (length non-zero)"),
     ("cxl poison past the device", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - cxl_inject_poison: {dpa: 256M}\n", "5:30 64 bytes at DPA 0x10000000 end past CXL device 0 (256M)"),
     ("cxl poison without a device", "steps:\n  - expect_cxl_poison: {records: []}\n", "2:24 CXL device 0: machine.cxl is empty"),
+    ("cxl placeholder past the devices", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - sh: echo ${cxl.1.memdev}\n", "5:9 `${cxl.1.memdev}`: machine.cxl has 1"),
+    ("cxl region placeholder without a region", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - sh: cxl list -r ${cxl.0.region}\n", "5:9 `${cxl.0.region}`: no setup.cxl_regions entry has device 0"),
     ("cxl poison source word", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - expect_cxl_poison: {records: [{dpa: 0, source: Bad}]}\n", "5:52 unknown variant `Bad`, expected one of Unknown, External, Internal, Injected, Vendor"),
 ];
 

@@ -433,7 +433,7 @@ impl Checker<'_> {
             .value
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| self.step(i + 1, s, &machine, &namespaces))
+            .filter_map(|(i, s)| self.step(i + 1, s, &machine, &namespaces, &cxl_regions))
             .collect();
         // The poison model runs from setup with `machine.poison`, else from
         // the first `consume`: before that there is nothing to count.
@@ -1012,6 +1012,7 @@ impl Checker<'_> {
         entry: &Spanned<StepEntry>,
         machine: &MachineSpec,
         namespaces: &[NamespaceSpec],
+        cxl_regions: &[CxlRegionSpec],
     ) -> Option<Step> {
         let s = &entry.value;
         let at = entry.referenced;
@@ -1035,6 +1036,7 @@ impl Checker<'_> {
         let scope = Scope {
             machine,
             namespaces,
+            cxl_regions,
             step: s,
         };
         let (name, action) = s.check_action(self, &scope)?;
@@ -1235,22 +1237,43 @@ impl Checker<'_> {
         }
     }
 
-    pub(crate) fn check_placeholders(
-        &mut self,
-        text: &str,
-        at: &Location,
-        namespaces: &[NamespaceSpec],
-    ) {
+    pub(crate) fn check_placeholders(&mut self, text: &str, at: &Location, scope: &Scope<'_>) {
         let found = match template::placeholders(text) {
             Ok(p) => p,
             Err(e) => return self.error(at, e),
         };
         for p in found {
-            let Some(ns) = self.namespace(&p.namespace, at, namespaces) else {
-                continue;
-            };
-            if let Err(e) = field_applies(ns, p.field) {
-                self.error(at, e);
+            match p.target {
+                template::Ref::Ns { name, field } => {
+                    let Some(ns) = self.namespace(&name, at, scope.namespaces) else {
+                        continue;
+                    };
+                    if let Err(e) = field_applies(ns, field) {
+                        self.error(at, e);
+                    }
+                }
+                template::Ref::Cxl { device, field } => {
+                    let have = scope.machine.cxl.len();
+                    if device >= have {
+                        self.error(
+                            at,
+                            format!(
+                                "`${{cxl.{device}.{}}}`: machine.cxl has {have}",
+                                field.name()
+                            ),
+                        );
+                    } else if field == template::CxlField::Region
+                        && !scope
+                            .cxl_regions
+                            .iter()
+                            .any(|r| r.devices.contains(&device))
+                    {
+                        self.error(
+                            at,
+                            format!("`${{cxl.{device}.region}}`: no setup.cxl_regions entry has device {device}"),
+                        );
+                    }
+                }
             }
         }
     }

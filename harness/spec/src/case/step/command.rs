@@ -32,8 +32,8 @@ A program and its arguments, run by the guest agent without a shell, in its
 own process group (killed at the step's `timeout`). `stdin` is written to it
 (default: /dev/null); `env` adds variables. Its result is checked by
 `expect` (exit status 0 by default). The program name must not be empty.
-Placeholders (`${ns.NAME.FIELD}`) work in every argument, `stdin` and `env`
-values.
+Placeholders (`${ns.NAME.FIELD}`, `${cxl.N.FIELD}`) work in every argument,
+`stdin` and `env` values.
 "#;
 }
 
@@ -51,7 +51,7 @@ impl Check for Run {
             Some(_) => {}
         }
         for arg in &run.value {
-            ck.check_placeholders(&arg.value, &arg.referenced, scope.namespaces);
+            ck.check_placeholders(&arg.value, &arg.referenced, scope);
         }
         let argv: Vec<String> = run.value.iter().map(|a| a.value.clone()).collect();
         Some((argv.join(" "), command(ck, scope, argv)))
@@ -83,7 +83,7 @@ impl Check for Sh {
         if sh.value.trim().is_empty() {
             ck.error(&sh.referenced, "the script is empty");
         }
-        ck.check_placeholders(&sh.value, &sh.referenced, scope.namespaces);
+        ck.check_placeholders(&sh.value, &sh.referenced, scope);
         let argv = vec!["sh".to_string(), "-c".to_string(), sh.value.clone()];
         Some((sh.value.clone(), command(ck, scope, argv)))
     }
@@ -93,12 +93,12 @@ impl Check for Sh {
 fn command(ck: &mut Checker<'_>, scope: &Scope<'_>, argv: Vec<String>) -> Command {
     let s = scope.step;
     if let Some(stdin) = &s.stdin {
-        ck.check_placeholders(&stdin.value, &stdin.referenced, scope.namespaces);
+        ck.check_placeholders(&stdin.value, &stdin.referenced, scope);
     }
     // Values may hold placeholders too (the runner expands them); names
     // are the program's environment names and stay literal.
     for value in s.env.values() {
-        ck.check_placeholders(&value.value, &value.referenced, scope.namespaces);
+        ck.check_placeholders(&value.value, &value.referenced, scope);
     }
     Command {
         argv,

@@ -36,7 +36,7 @@ pub use touch::TouchSpec;
 
 use super::load::Checker;
 use super::model::ExpectEntry;
-use super::NamespaceSpec;
+use super::{CxlRegionSpec, NamespaceSpec};
 use crate::machine::{MachineSpec, QemuNeed};
 use crate::size::Timeout;
 use serde::Deserialize;
@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 pub(crate) struct Scope<'s> {
     pub machine: &'s MachineSpec,
     pub namespaces: &'s [NamespaceSpec],
+    pub cxl_regions: &'s [CxlRegionSpec],
     /// The whole step (its `stdin`, `env`, `expect`).
     pub step: &'s StepEntry,
 }
