@@ -73,6 +73,55 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The failure without what changes from run to run (numbers,
+    /// addresses, times): two failures of one class are the same failure.
+    /// `cargo xtask bisect` compares classes, so an unrelated failure on
+    /// the way is not blamed on a commit.
+    pub fn class(&self) -> String {
+        let first = |s: &str| mask(s.lines().next().unwrap_or_default());
+        match self {
+            Failure::Preflight(_) => "preflight".into(),
+            Failure::Artifacts { .. } => "artifacts".into(),
+            Failure::Boot(_) => "boot".into(),
+            Failure::Setup(_) => "setup".into(),
+            Failure::Baseline(v) => format!(
+                "after setup: {}",
+                v.first().map(|v| first(&v.to_string())).unwrap_or_default()
+            ),
+            Failure::StepBroke { at, message } => {
+                format!("step {} broke: {}", at.number, first(message))
+            }
+            Failure::StepFailed { at, problems, .. } => format!(
+                "step {} failed: {}",
+                at.number,
+                problems.first().map(|p| first(p)).unwrap_or_default()
+            ),
+            Failure::Observe { label, .. } => format!("reading the error state after {label}"),
+        }
+    }
+}
+
+/// Every run of digits (and the hex digits after `0x`) as `#`.
+fn mask(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            if c == '0' && chars.peek() == Some(&'x') {
+                chars.next();
+            }
+            while chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) {
+                chars.next();
+            }
+            out.push('#');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn list(v: &[Violation]) -> String {
     v.iter()
         .map(|v| v.to_string())
@@ -100,6 +149,28 @@ mod tests {
             file: "cases/t.yaml".into(),
             line: 4,
         }
+    }
+
+    #[test]
+    fn classes_keep_the_step_and_the_kind_not_the_numbers() {
+        let f = |problem: &str| Failure::StepFailed {
+            at: at(None),
+            problems: vec![problem.into(), "second".into()],
+            details: String::new(),
+        };
+        assert_eq!(
+            f("expected exit 0, got exit 3").class(),
+            "step 2 failed: expected exit #, got exit #"
+        );
+        assert_eq!(
+            f("badblocks of region0 at 0x1f000: [8200]").class(),
+            f("badblocks of region0 at 0x2000: [8]").class()
+        );
+        assert_ne!(
+            f("expected exit 0, got exit 3").class(),
+            f("stdout does not match /^ok$/").class()
+        );
+        assert_eq!(Failure::Boot("agent never came".into()).class(), "boot");
     }
 
     #[test]

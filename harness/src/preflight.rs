@@ -81,6 +81,19 @@ pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), String> {
     }
 }
 
+/// Why this run's QEMU or kernel cannot take `case` at all: the lab then
+/// lists the case as skipped with this reason (a newer QEMU, a kernel with
+/// the options, can run it); `None` when nothing stands in the way.
+pub fn unsupported(case: &crate::case::Case, env: &LabEnv) -> Option<String> {
+    if let Err(why) = qemu(case, env) {
+        return Some(why);
+    }
+    if !case.machine.cxl.is_empty() {
+        return cxl(env).err();
+    }
+    None
+}
+
 /// Options a CXL machine's cases need: the drivers that find the devices,
 /// the windows and the regions, and event tracing for the poison list.
 const CXL_CONFIG: [&str; 7] = [
@@ -200,8 +213,16 @@ mod tests {
         .unwrap();
         let e = qemu(&case, &env).unwrap_err();
         assert!(e.starts_with("this case needs QEMU >= 8.1"), "{e}");
+        assert!(unsupported(&case, &env)
+            .unwrap()
+            .starts_with("this case needs QEMU >= 8.1"));
         env.qemu_version = "10.0.2".into();
         assert!(qemu(&case, &env).is_ok());
+        // A kernel without the CXL options (6.1 has no
+        // CXL_REGION_INVALIDATION_TEST): skipped, naming it.
+        fs::write(dir.path().join("config"), "CONFIG_CXL_ACPI=m\n").unwrap();
+        let why = unsupported(&case, &env).unwrap();
+        assert!(why.contains("CONFIG_CXL_REGION_INVALIDATION_TEST"), "{why}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct CaseRecord {
     pub boot: Option<Duration>,
     /// Preparing the lab's ACPI tables, when the machine has them.
     pub acpi_tables: Option<Duration>,
+    /// A failure's class (see `Failure::class`).
+    pub class: Option<String>,
 }
 
 /// What the whole run used: in the first event and as JUnit properties.
@@ -116,6 +118,7 @@ impl Reporter {
             "boot_ms": record.boot.map(|b| b.as_millis() as u64),
             "acpi_tables_ms": record.acpi_tables.map(|t| t.as_millis() as u64),
             "message": message,
+            "class": record.class,
         }));
         self.cases.lock().unwrap().push(record);
     }
@@ -170,6 +173,7 @@ mod tests {
             duration: Duration::from_millis(1500),
             boot: Some(Duration::from_secs(2)),
             acpi_tables: None,
+            class: None,
         }
     }
 

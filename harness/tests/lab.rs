@@ -244,9 +244,10 @@ fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
 fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Trial {
     Trial::ignorable_test(case.id.clone(), move || {
         let start = Instant::now();
-        // A case for a newer QEMU than this run's is skipped with the release
-        // it needs (the runner's preflight would fail it the same way).
-        if let Some(why) = case.needs_qemu().and_then(|n| n.unmet(&lab.qemu_version)) {
+        // A case for a newer QEMU than this run's, or for kernel options this
+        // kernel lacks, is skipped with the reason (the runner's preflight
+        // would fail it the same way).
+        if let Some(why) = pmem_lab_harness::preflight::unsupported(&case, &lab) {
             let why = format!("skipped: {why}");
             if let Some(r) = &lab.reporter {
                 r.case(CaseRecord {
@@ -255,11 +256,14 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                     duration: start.elapsed(),
                     boot: None,
                     acpi_tables: None,
+                    class: None,
                 });
             }
             return Ok(Completion::ignored_with(why));
         }
-        let result = runner::run_case(&case, &lab).map_err(|f| f.to_string());
+        let result = runner::run_case(&case, &lab);
+        let class = result.as_ref().err().map(|f| f.failure.class());
+        let result = result.map_err(|f| f.to_string());
         let release = pmem_lab_env::vars::KERNEL_RELEASE
             .get_str()
             .unwrap_or_default();
@@ -306,6 +310,7 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                 duration: start.elapsed(),
                 boot,
                 acpi_tables,
+                class,
             });
         }
         verdict

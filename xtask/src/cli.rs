@@ -3,6 +3,7 @@
 //! or a missing `--kernel-tree` is an error in milliseconds, not after a
 //! ten-minute build.
 
+use crate::kernel::KernelSpec;
 use clap::{Args, Parser, Subcommand};
 use pmem_lab_env::put::PutArg;
 use std::path::PathBuf;
@@ -24,8 +25,15 @@ pub struct Cli {
 /// Options every command accepts.
 #[derive(Debug, Args)]
 pub struct Global {
+    /// The kernel to build and run: `debian-6.12` (the default),
+    /// `debian-6.1` (Debian's linux-source packages) or a tree's DIR (built
+    /// out of tree, O=; never written to). Repeat it to run the cases on
+    /// each, with one report that has a column per kernel.
+    #[arg(long, global = true, value_name = "KERNEL", value_parser = kernel_spec)]
+    pub kernel: Vec<KernelSpec>,
     /// Build this kernel tree (out of tree, O=) instead of Debian's
-    /// linux-source-6.12; your tree is never written to.
+    /// linux-source-6.12; your tree is never written to. Same as
+    /// `--kernel DIR`.
     #[arg(long, global = true, value_name = "DIR", value_parser = kernel_tree)]
     pub kernel_tree: Option<PathBuf>,
     /// Build cache [default: $PMEM_LAB_CACHE, else $XDG_CACHE_HOME/pmem-lab,
@@ -76,6 +84,31 @@ pub enum Command {
     /// Build what VMs need and print the environment the harness reads, for
     /// `eval` in a shell.
     Env,
+    /// Find the commit that broke a case: git bisect between GOOD and BAD
+    /// in a private clone of --kernel-tree (your tree is never written),
+    /// each commit built incrementally and judged by the case's failure
+    /// class at BAD. docs/bisecting.md.
+    Bisect {
+        /// A case id as `cargo xtask lab -- --list` shows it.
+        case: String,
+        /// A revision where the case passes.
+        #[arg(long, value_name = "REV")]
+        good: String,
+        /// A revision where the case fails.
+        #[arg(long, value_name = "REV")]
+        bad: String,
+        /// Runs per commit at most (a flaky case: more).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        repeat: u32,
+    },
+    /// Test the bisect: a git history made from Debian's 6.12 source with a
+    /// planted break (and a flaky one) must be bisected to the planted
+    /// commits. Prints how long each bisection took.
+    BisectTest {
+        /// Runs per commit for the flaky bisection.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=50))]
+        repeat: u32,
+    },
     /// Medians of build, boot and case times.
     Bench {
         /// Runs per figure.
@@ -102,6 +135,15 @@ pub enum LabCommand {
         #[arg(long = "put", value_name = "HOST:GUEST", value_parser = PutArg::parse)]
         put: Vec<PutArg>,
     },
+}
+
+/// `debian-6.12`, `debian-6.1`, or a kernel tree's directory.
+fn kernel_spec(s: &str) -> Result<KernelSpec, String> {
+    if s.starts_with("debian-") {
+        KernelSpec::debian_named(s)
+    } else {
+        kernel_tree(s).map(KernelSpec::Tree)
+    }
 }
 
 fn kernel_tree(s: &str) -> Result<PathBuf, String> {
@@ -198,6 +240,30 @@ mod tests {
         assert!(e.to_string().contains("not a directory"), "{e}");
         let e = parse(&["lab", "--qemu", "/nonexistent/qemu"]).unwrap_err();
         assert!(e.to_string().contains("is not a file"), "{e}");
+    }
+
+    #[test]
+    fn kernels_are_debian_names_or_trees_and_repeat() {
+        let cli = parse(&["lab", "--kernel", "debian-6.1", "--kernel", "debian-6.12"]).unwrap();
+        assert_eq!(
+            cli.global.kernel,
+            [
+                KernelSpec::Debian(crate::deps::DebianKernel::V6_1),
+                KernelSpec::Debian(crate::deps::DebianKernel::V6_12)
+            ]
+        );
+        let e = parse(&["lab", "--kernel", "debian-5.10"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Debian packages the kernels debian-6.12, debian-6.1"),
+            "{e}"
+        );
+        let e = parse(&["lab", "--kernel", "/"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("does not look like a Linux source tree"),
+            "{e}"
+        );
     }
 
     #[test]

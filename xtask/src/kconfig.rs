@@ -72,6 +72,73 @@ pub fn unmet(requests: &[Request], dot_config: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every symbol a source tree's Kconfig files define (`config X`,
+/// `menuconfig X`): an option the fragment asks for and the tree does not
+/// define is one this kernel lacks (older or newer than the fragment), not
+/// one a dependency dropped.
+pub fn defined_symbols(
+    src: &std::path::Path,
+) -> std::io::Result<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && !name.starts_with('.') {
+                dirs.push(path);
+            } else if kind.is_file() && name.starts_with("Kconfig") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                out.extend(symbols_in(&text).map(|s| format!("CONFIG_{s}")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The symbols one Kconfig file defines (`config X`, `menuconfig X`; help
+/// text that starts a line with "config " is not a symbol).
+pub fn symbols_in(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("config ")
+                .or_else(|| l.strip_prefix("menuconfig "))
+                .map(str::trim)
+        })
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+/// Split unmet requests into those whose symbol the tree does not define
+/// (the kernel lacks the option) and the rest (dropped: an error).
+pub fn split_unmet(
+    requests: &[Request],
+    dot_config: &str,
+    defined: &std::collections::BTreeSet<String>,
+) -> (Vec<String>, Vec<String>) {
+    let lacking: Vec<Request> = requests
+        .iter()
+        .filter(|r| !defined.contains(&r.symbol))
+        .cloned()
+        .collect();
+    let known: Vec<Request> = requests
+        .iter()
+        .filter(|r| defined.contains(&r.symbol))
+        .cloned()
+        .collect();
+    // A `# CONFIG_X is not set` request for a symbol the tree lacks is met.
+    let lacks = lacking
+        .iter()
+        .filter(|r| r.value != "n")
+        .map(|r| r.symbol.clone())
+        .collect();
+    (lacks, unmet(&known, dot_config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +180,19 @@ mod tests {
             "CONFIG_ACPI=y\nCONFIG_LIBNVDIMM=m\nCONFIG_HZ=100\n"
         )
         .is_empty());
+    }
+
+    #[test]
+    fn options_the_tree_does_not_define_are_lacking_not_dropped() {
+        let defined: std::collections::BTreeSet<String> =
+            symbols_in("config ACPI\n\tbool\nmenuconfig LIBNVDIMM\n  config VT\n")
+                .map(|s| format!("CONFIG_{s}"))
+                .collect();
+        let cfg = "CONFIG_ACPI=y\n";
+        let (lacks, dropped) = split_unmet(&parse(FRAGMENT).unwrap(), cfg, &defined);
+        assert_eq!(lacks, ["CONFIG_HZ"]);
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        assert!(dropped[0].starts_with("CONFIG_LIBNVDIMM=m"), "{dropped:?}");
     }
 
     #[test]

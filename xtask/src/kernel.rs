@@ -8,7 +8,7 @@
 //!   complete or absent (staged, then renamed);
 //! - `build.lock`: held while building, so never two kernel builds at once.
 
-use crate::deps;
+use crate::deps::DebianKernel;
 use crate::kconfig;
 use crate::progress::Progress;
 use crate::util::{self, Error, Key, Result};
@@ -66,23 +66,71 @@ impl Kernel {
     }
 }
 
-/// The kernel source: the user's tree, or Debian's tarball unpacked once.
-pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
-    if let Some(tree) = tree {
-        let dir = fs::canonicalize(tree)?;
-        if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
-            return Err(Error::new(format!(
-                "{} does not look like a kernel tree (no Makefile/Kconfig)",
-                dir.display()
-            )));
-        }
-        return Ok(Source {
-            identity: format!("tree:{}", dir.display()),
-            dir,
-            user_tree: true,
-        });
+/// A kernel the lab can build: one of Debian's source packages, or a tree
+/// the user names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSpec {
+    Debian(DebianKernel),
+    Tree(PathBuf),
+}
+
+impl KernelSpec {
+    /// `debian-6.12` or `debian-6.1`.
+    pub fn debian_named(s: &str) -> std::result::Result<KernelSpec, String> {
+        let series = s.strip_prefix("debian-").unwrap_or(s);
+        DebianKernel::ALL
+            .into_iter()
+            .find(|k| k.series() == series)
+            .map(KernelSpec::Debian)
+            .ok_or_else(|| {
+                let known: Vec<String> = DebianKernel::ALL
+                    .iter()
+                    .map(|k| format!("debian-{}", k.series()))
+                    .collect();
+                format!("`{s}`: Debian packages the kernels {}", known.join(", "))
+            })
     }
-    let (sh, package, format) = (Shell::new()?, deps::DEBIAN_KERNEL_PACKAGE, "-f=${Version}");
+
+    /// A short name for folders and report columns.
+    pub fn label(&self) -> String {
+        match self {
+            KernelSpec::Debian(k) => format!("debian-{}", k.series()),
+            KernelSpec::Tree(p) => format!(
+                "tree-{}",
+                util::safe_name(&p.file_name().unwrap_or_default().to_string_lossy())
+            ),
+        }
+    }
+
+    /// The Debian source package it needs installed, if any.
+    pub fn debian(&self) -> Option<DebianKernel> {
+        match self {
+            KernelSpec::Debian(k) => Some(*k),
+            KernelSpec::Tree(_) => None,
+        }
+    }
+}
+
+/// The kernel source: the user's tree, or Debian's tarball unpacked once.
+pub fn source(spec: &KernelSpec, cache: &Path) -> Result<Source> {
+    let debian = match spec {
+        KernelSpec::Tree(tree) => {
+            let dir = fs::canonicalize(tree)?;
+            if !dir.join("Makefile").is_file() || !dir.join("Kconfig").is_file() {
+                return Err(Error::new(format!(
+                    "{} does not look like a kernel tree (no Makefile/Kconfig)",
+                    dir.display()
+                )));
+            }
+            return Ok(Source {
+                identity: format!("tree:{}", dir.display()),
+                dir,
+                user_tree: true,
+            });
+        }
+        KernelSpec::Debian(k) => *k,
+    };
+    let (sh, package, format) = (Shell::new()?, debian.package(), "-f=${Version}");
     let version = cmd!(sh, "dpkg-query -W {format} {package}").read()?;
     let version = version.trim().to_string();
     let dir = cache
@@ -92,11 +140,11 @@ pub fn source(tree: Option<&Path>, cache: &Path) -> Result<Source> {
     // not this run unpacks.
     crate::util::sweep_staging(&cache.join("src"), ".unpack-");
     if !dir.join("Makefile").is_file() {
-        unpack(Path::new(deps::DEBIAN_KERNEL_TARBALL), &dir)?;
+        unpack(Path::new(debian.tarball()), &dir)?;
     }
     Ok(Source {
         dir,
-        identity: format!("debian:{}={version}", deps::DEBIAN_KERNEL_PACKAGE),
+        identity: format!("debian:{package}={version}"),
         user_tree: false,
     })
 }
@@ -164,7 +212,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
 
     // Only a cold build tells how many objects a full build compiles.
     let cold = !build.join("vmlinux").exists();
-    configure(src, fragments, &build, &mut log)?;
+    let lacks = configure(src, fragments, &build, &mut log)?;
     let count_file = root.join("objects.count");
     let estimate = fs::read_to_string(&count_file)
         .ok()
@@ -201,13 +249,20 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
         40,
         &mut log,
     )?;
-    stage(&build, &nfit_dir, &out, &mut log)?;
+    stage(&build, &nfit_dir, &out, &lacks, &mut log)?;
     drop(lock);
     Kernel::at(&out)
 }
 
-/// allnoconfig + fragments + olddefconfig, then check every request.
-fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -> Result<()> {
+/// allnoconfig + fragments + olddefconfig, then check every request. The
+/// options the tree does not define at all come back (see
+/// [`kconfig::split_unmet`]); any other unmet request is an error.
+fn configure(
+    src: &Source,
+    fragments: &[PathBuf],
+    build: &Path,
+    log: &mut Log,
+) -> Result<Vec<String>> {
     let make_src = |target: &str| {
         let mut c = Command::new("make");
         c.arg("-C")
@@ -230,7 +285,8 @@ fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -
     fs::write(&dot, config)?;
     log.run(&mut make_src("olddefconfig"), "configure")?;
     let result = fs::read_to_string(&dot)?;
-    let unmet = kconfig::unmet(&requests, &result);
+    let defined = kconfig::defined_symbols(&src.dir)?;
+    let (lacks, unmet) = kconfig::split_unmet(&requests, &result, &defined);
     if !unmet.is_empty() {
         return Err(Error::new(format!(
             "the kernel config lacks options the lab needs ({}):\n  {}\nFix the fragment in images/kernel/ or the tree's Kconfig dependencies.",
@@ -238,7 +294,13 @@ fn configure(src: &Source, fragments: &[PathBuf], build: &Path, log: &mut Log) -
             unmet.join("\n  ")
         )));
     }
-    Ok(())
+    if !lacks.is_empty() {
+        eprintln!(
+            "[kernel] this kernel has no {} (its Kconfig does not define them): cases that need them are skipped",
+            lacks.join(", ")
+        );
+    }
+    Ok(lacks)
 }
 
 /// Source directories the nfit_test build compiles (its Kbuild reaches
@@ -288,7 +350,7 @@ fn find_modules(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()> {
+fn stage(build: &Path, nfit_dir: &Path, out: &Path, lacks: &[String], log: &mut Log) -> Result<()> {
     let staging = out.with_extension(format!("staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(staging.join("nfit_test"))?;
@@ -322,6 +384,8 @@ fn stage(build: &Path, nfit_dir: &Path, out: &Path, log: &mut Log) -> Result<()>
         )));
     }
     fs::write(staging.join("release"), release.trim())?;
+    // The fragment's options this kernel does not have (see `configure`).
+    fs::write(staging.join("lacks"), lacks.join("\n"))?;
     util::publish_dir(&staging, out)
 }
 

@@ -34,15 +34,23 @@ pub fn build(opts: &Options) -> Result<Built> {
 /// the config's differences from Debian's own must be the ones
 /// images/kernel/parity.txt explains (see [`crate::parity`]).
 pub fn build_kernel(opts: &Options) -> Result<kernel::Kernel> {
-    deps::ensure(&opts.host(), opts.kernel_tree.is_none())?;
-    let src = kernel::source(opts.kernel_tree.as_deref(), &opts.cache)?;
+    let spec = opts.kernel()?;
+    deps::ensure(&opts.host(), &spec.debian().into_iter().collect::<Vec<_>>())?;
+    let src = kernel::source(spec, &opts.cache)?;
     let built = kernel::ensure(&src, &fragments(&opts.workspace)?, &opts.cache, opts.jobs)?;
-    if src.user_tree {
+    // images/kernel/parity.txt audits the lab's config against Debian's
+    // 6.12 config, the default kernel's.
+    if spec.debian() != Some(deps::DebianKernel::V6_12) {
+        eprintln!(
+            "[lab] kernel config parity is audited for debian-6.12 only ({}); {} is not checked",
+            parity::LIST,
+            spec.label()
+        );
         return Ok(built);
     }
     // Without the package registry (offline), say so and go on: the check
     // guards the recipe, not the run.
-    let debian = match parity::debian_config(&opts.cache, deps::DEBIAN_KERNEL_PACKAGE) {
+    let debian = match parity::debian_config(&opts.cache, deps::DebianKernel::V6_12.package()) {
         Ok(path) => path,
         Err(e) => {
             eprintln!(
@@ -105,13 +113,67 @@ pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Resu
             filter.map_or("the selection".to_string(), |f| format!("`{f}`"))
         )));
     }
-    let env = vm_env(opts)?;
-    if harness(opts, &env, &args)? {
+    if let [_] = &opts.kernels[..] {
+        let env = vm_env(opts)?;
+        return if harness(opts, &env, &args)? {
+            Ok(())
+        } else {
+            Err(Error::new(format!(
+                "some cases failed; their artifacts are under {}",
+                opts.artifacts.display()
+            )))
+        };
+    }
+    run_kernels(opts, &args)
+}
+
+/// The selection on each kernel in turn (its artifacts and report in
+/// folders of its own), then one report with a column per kernel.
+fn run_kernels(opts: &Options, args: &[String]) -> Result<()> {
+    let reports = opts.workspace.join("target/pmem-lab/report");
+    let mut columns = Vec::new();
+    let mut failed = Vec::new();
+    for k in &opts.kernels {
+        let o = opts.for_kernel(k);
+        eprintln!("[lab] === kernel {}", k.label());
+        let dir = reports.join(k.label());
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut env = vm_env(&o)?;
+        let release = env
+            .iter()
+            .find(|(n, _)| *n == vars::KERNEL_RELEASE.name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        env.push((vars::REPORT.name, dir.display().to_string()));
+        if !harness(&o, &env, args)? {
+            failed.push(format!(
+                "{} (artifacts: {})",
+                k.label(),
+                o.artifacts.display()
+            ));
+        }
+        let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default();
+        columns.push(crate::kernels::Column {
+            label: k.label(),
+            release,
+            cases: events
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["type"] == "case")
+                .collect(),
+        });
+    }
+    let path = reports.join("kernels.md");
+    std::fs::create_dir_all(&reports)?;
+    std::fs::write(&path, crate::kernels::markdown(&columns))?;
+    eprintln!("{}", crate::kernels::summary(&columns));
+    eprintln!("[lab] report with a column per kernel: {}", path.display());
+    if failed.is_empty() {
         Ok(())
     } else {
         Err(Error::new(format!(
-            "some cases failed; their artifacts are under {}",
-            opts.artifacts.display()
+            "some cases failed on {}",
+            failed.join(", ")
         )))
     }
 }
@@ -164,6 +226,15 @@ pub fn harness_run_with(
 ) -> Result<HarnessRun> {
     let mut env = vm_env(opts)?;
     env.extend(extra);
+    harness_run_env(opts, env, args)
+}
+
+/// [`harness_run`] with an environment already built (see [`vm_env`]).
+pub fn harness_run_env(
+    opts: &Options,
+    mut env: Vec<(&'static str, String)>,
+    args: &[String],
+) -> Result<HarnessRun> {
     let report = opts
         .cache
         .join(format!("bench-report-{}", std::process::id()));

@@ -3,11 +3,14 @@
 
 mod accel;
 mod bench;
+mod bisect;
+mod bisect_test;
 mod cli;
 mod deps;
 mod image;
 mod kconfig;
 mod kernel;
+mod kernels;
 mod lab;
 mod parity;
 mod progress;
@@ -20,11 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Options shared by every command, with defaults applied.
+#[derive(Clone)]
 pub struct Options {
     pub workspace: PathBuf,
     pub cache: PathBuf,
     pub artifacts: PathBuf,
-    pub kernel_tree: Option<PathBuf>,
+    /// The kernels to build and run, in order (at least one).
+    pub kernels: Vec<kernel::KernelSpec>,
     pub jobs: usize,
     /// VMs in parallel (the test runner's threads); None: its default.
     pub vms: Option<usize>,
@@ -33,6 +38,27 @@ pub struct Options {
 }
 
 impl Options {
+    /// The one kernel of a command that runs one (all but `lab`).
+    pub fn kernel(&self) -> util::Result<&kernel::KernelSpec> {
+        match &self.kernels[..] {
+            [one] => Ok(one),
+            _ => Err(util::Error::new(
+                "this command works on one kernel: name one with --kernel (`cargo xtask lab` takes several)",
+            )),
+        }
+    }
+
+    /// The same options for one of the kernels: its own artifacts folder
+    /// when the run has several.
+    pub fn for_kernel(&self, k: &kernel::KernelSpec) -> Options {
+        let mut o = self.clone();
+        if self.kernels.len() > 1 {
+            o.artifacts = self.artifacts.join(k.label());
+        }
+        o.kernels = vec![k.clone()];
+        o
+    }
+
     /// What the host checks need to know (see [`deps::Host`]).
     pub fn host(&self) -> deps::Host {
         deps::Host {
@@ -68,7 +94,14 @@ fn run(cli: Cli) -> util::Result<()> {
             .unwrap_or_else(|| workspace.join("target/pmem-lab/artifacts")),
         workspace,
         cache: g.cache.unwrap_or_else(pmem_lab_env::default_cache),
-        kernel_tree: g.kernel_tree,
+        kernels: {
+            let mut k = g.kernel;
+            k.extend(g.kernel_tree.map(kernel::KernelSpec::Tree));
+            if k.is_empty() {
+                k.push(kernel::KernelSpec::Debian(deps::DebianKernel::V6_12));
+            }
+            k
+        },
         jobs: g.jobs.map_or_else(util::nproc, usize::from),
         vms: g.vms.map(usize::from),
         qemu: g.qemu.or_else(|| vars::QEMU.get().map(PathBuf::from)),
@@ -84,8 +117,10 @@ fn run(cli: Cli) -> util::Result<()> {
             runner_args,
         } => lab::run(&opts, filter.as_deref(), &runner_args),
         Command::Kernel => {
-            let k = lab::build_kernel(&opts)?;
-            println!("{}", k.bzimage.display());
+            for k in &opts.kernels {
+                let k = lab::build_kernel(&opts.for_kernel(k))?;
+                println!("{}", k.bzimage.display());
+            }
             Ok(())
         }
         Command::Image => {
@@ -94,7 +129,8 @@ fn run(cli: Cli) -> util::Result<()> {
             Ok(())
         }
         Command::Deps { qemu_backports } => {
-            deps::ensure(&opts.host(), true)?;
+            let sources: Vec<_> = opts.kernels.iter().filter_map(|k| k.debian()).collect();
+            deps::ensure(&opts.host(), &sources)?;
             if qemu_backports {
                 println!("{}", deps::backports::fetch(&opts.cache)?.display());
             }
@@ -108,6 +144,33 @@ fn run(cli: Cli) -> util::Result<()> {
             }
             Ok(())
         }
+        Command::Bisect {
+            case,
+            good,
+            bad,
+            repeat,
+        } => {
+            let tree = match opts.kernels.as_slice() {
+                [kernel::KernelSpec::Tree(t)] => t.clone(),
+                _ => {
+                    return Err(util::Error::new(
+                        "bisect needs the git tree to bisect: --kernel-tree DIR",
+                    ))
+                }
+            };
+            let b = bisect::BisectOptions {
+                case,
+                tree,
+                good,
+                bad,
+                repeat,
+            };
+            match bisect::run(&opts, &b)? {
+                Some(_) => Ok(()),
+                None => Err(util::Error::new("no single first bad commit (above)")),
+            }
+        }
+        Command::BisectTest { repeat } => bisect_test::run(&opts, repeat),
         Command::Bench {
             runs,
             suite_runs,

@@ -99,15 +99,7 @@ fn audited(src: &Path) -> BTreeMap<String, &'static str> {
 
 /// The symbols a Kconfig file defines (`config X`, `menuconfig X`).
 fn kconfig_symbols(text: &str) -> Vec<&str> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim_start();
-            l.strip_prefix("config ")
-                .or_else(|| l.strip_prefix("menuconfig "))
-                .map(str::trim)
-        })
-        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .collect()
+    crate::kconfig::symbols_in(text).collect()
 }
 
 fn values(config: &str) -> BTreeMap<String, String> {

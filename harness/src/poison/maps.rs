@@ -5,7 +5,8 @@
 //! by four functions, whatever the program (drivers/dax/device.c and
 //! fs/dax.c, 6.12): `vmf_insert_mixed()` and `vmf_insert_mixed_mkwrite()`
 //! for 4K pages (vma, address, pfn), `vmf_insert_pfn_pmd()` and
-//! `vmf_insert_pfn_pud()` for 2M and 1G (vmf, pfn). The watcher stops at
+//! `vmf_insert_pfn_pud()` for 2M and 1G (vmf, pfn; `..._prot()` on older
+//! kernels, see [`Hook::symbols`]). The watcher stops at
 //! their entry with a breakpoint, reads the arguments, and from then on
 //! knows that virtual address range maps that physical range (in some
 //! address space: every watch point fired there is checked against the
@@ -25,12 +26,17 @@ pub enum Hook {
 impl Hook {
     pub const ALL: [Hook; 4] = [Hook::Mixed, Hook::MixedMkwrite, Hook::Pmd, Hook::Pud];
 
-    pub fn symbol(self) -> &'static str {
+    /// The function's names, the current first. Before 6.7 the huge-page
+    /// ones were inline wrappers (include/linux/huge_mm.h) around
+    /// `vmf_insert_pfn_pmd_prot()` / `_pud_prot()`, which take the same vmf
+    /// and pfn in the same registers (a pgprot_t follows); 6.1 is such a
+    /// kernel.
+    pub fn symbols(self) -> &'static [&'static str] {
         match self {
-            Hook::Mixed => "vmf_insert_mixed",
-            Hook::MixedMkwrite => "vmf_insert_mixed_mkwrite",
-            Hook::Pmd => "vmf_insert_pfn_pmd",
-            Hook::Pud => "vmf_insert_pfn_pud",
+            Hook::Mixed => &["vmf_insert_mixed"],
+            Hook::MixedMkwrite => &["vmf_insert_mixed_mkwrite"],
+            Hook::Pmd => &["vmf_insert_pfn_pmd", "vmf_insert_pfn_pmd_prot"],
+            Hook::Pud => &["vmf_insert_pfn_pud", "vmf_insert_pfn_pud_prot"],
         }
     }
 

@@ -141,10 +141,10 @@ impl KernelSymbols {
         })?;
         let mut hooks = Vec::new();
         for h in Hook::ALL {
-            let a = running(h.symbol()).ok_or_else(|| {
+            let a = h.symbols().iter().find_map(|s| running(s)).ok_or_else(|| {
                 format!(
                     "the guest kernel has no `{}` in /proc/kallsyms: the poison model cannot see user mappings",
-                    h.symbol()
+                    h.symbols().join("` or `")
                 )
             })?;
             hooks.push((h, a));
@@ -173,7 +173,7 @@ impl KernelSymbols {
     pub fn kallsyms_pattern() -> String {
         let names: Vec<&str> = ["_text", PAGE_FAULT_ENTRY, COPY_MC_STRING]
             .into_iter()
-            .chain(Hook::ALL.iter().map(|h| h.symbol()))
+            .chain(Hook::ALL.iter().flat_map(|h| h.symbols().iter().copied()))
             .collect();
         format!(" ({})$", names.join("|"))
     }
@@ -726,7 +726,13 @@ mod tests {
             .contains("asm_exc_page_fault"));
         assert_eq!(
             KernelSymbols::kallsyms_pattern(),
-            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pud)$"
+            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot)$"
         );
+        // 6.1: the huge-page hooks are the `_prot` functions.
+        let old = kallsyms
+            .replace("vmf_insert_pfn_pmd\n", "vmf_insert_pfn_pmd_prot\n")
+            .replace("vmf_insert_pfn_pud\n", "vmf_insert_pfn_pud_prot\n");
+        let s = KernelSymbols::new(&p, &old).unwrap();
+        assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
     }
 }

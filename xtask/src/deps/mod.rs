@@ -38,11 +38,59 @@ fn tool(name: &'static str) -> bool {
     find_in_path(name).is_some()
 }
 
-/// The default kernel source: Debian's linux-source-6.12 tarball.
-pub const DEBIAN_KERNEL_TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
-pub const DEBIAN_KERNEL_PACKAGE: &str = "linux-source-6.12";
+/// The kernel sources Debian 12 packages: both long-term kernels, as
+/// tarballs under /usr/src. 6.12 is the lab's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebianKernel {
+    V6_12,
+    V6_1,
+}
 
-pub fn needs(default_kernel_source: bool) -> Vec<Need> {
+impl DebianKernel {
+    pub const ALL: [DebianKernel; 2] = [DebianKernel::V6_12, DebianKernel::V6_1];
+
+    /// `6.12`: what `--kernel debian-6.12` names.
+    pub fn series(self) -> &'static str {
+        match self {
+            DebianKernel::V6_12 => "6.12",
+            DebianKernel::V6_1 => "6.1",
+        }
+    }
+
+    pub fn package(self) -> &'static str {
+        match self {
+            DebianKernel::V6_12 => "linux-source-6.12",
+            DebianKernel::V6_1 => "linux-source-6.1",
+        }
+    }
+
+    pub fn tarball(self) -> &'static str {
+        match self {
+            DebianKernel::V6_12 => "/usr/src/linux-source-6.12.tar.xz",
+            DebianKernel::V6_1 => "/usr/src/linux-source-6.1.tar.xz",
+        }
+    }
+
+    fn need(self) -> Need {
+        // `present` is a plain fn: one closure per source.
+        let present: fn(&Host) -> bool = match self {
+            DebianKernel::V6_12 => |_| Path::new(DebianKernel::V6_12.tarball()).exists(),
+            DebianKernel::V6_1 => |_| Path::new(DebianKernel::V6_1.tarball()).exists(),
+        };
+        Need {
+            what: match self {
+                DebianKernel::V6_12 => "kernel source tarball (6.12)",
+                DebianKernel::V6_1 => "kernel source tarball (6.1)",
+            },
+            package: self.package(),
+            present,
+        }
+    }
+}
+
+/// What the lab needs on the host, with the Debian kernel sources the run
+/// builds.
+pub fn needs(sources: &[DebianKernel]) -> Vec<Need> {
     let mut v = vec![
         Need {
             what: "qemu-system-x86_64",
@@ -148,6 +196,12 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
             present: |_| tool("lz4"),
         },
         Need {
+            // `cargo xtask bisect` and its test drive git.
+            what: "git",
+            package: "git",
+            present: |_| tool("git"),
+        },
+        Need {
             what: "perl",
             package: "perl",
             present: |_| tool("perl"),
@@ -163,13 +217,7 @@ pub fn needs(default_kernel_source: bool) -> Vec<Need> {
             present: |_| Path::new("/usr/include/openssl/ssl.h").exists(),
         },
     ];
-    if default_kernel_source {
-        v.push(Need {
-            what: "kernel source tarball",
-            package: DEBIAN_KERNEL_PACKAGE,
-            present: |_| Path::new(DEBIAN_KERNEL_TARBALL).exists(),
-        });
-    }
+    v.extend(sources.iter().map(|k| k.need()));
     v
 }
 
@@ -188,8 +236,8 @@ fn is_static(path: &str) -> bool {
     matches!(crate::util::elf_interpreter(Path::new(path)), Ok(None))
 }
 
-fn missing(host: &Host, default_kernel_source: bool) -> Vec<Need> {
-    needs(default_kernel_source)
+fn missing(host: &Host, sources: &[DebianKernel]) -> Vec<Need> {
+    needs(sources)
         .into_iter()
         .filter(|n| !(n.present)(host))
         .collect()
@@ -197,8 +245,8 @@ fn missing(host: &Host, default_kernel_source: bool) -> Vec<Need> {
 
 /// Make sure every need is met, installing with apt-get where we may and
 /// never removing or downgrading anything.
-pub fn ensure(host: &Host, default_kernel_source: bool) -> Result<(), Error> {
-    let missing = missing(host, default_kernel_source);
+pub fn ensure(host: &Host, sources: &[DebianKernel]) -> Result<(), Error> {
+    let missing = missing(host, sources);
     if missing.is_empty() {
         return Ok(());
     }
@@ -232,7 +280,7 @@ pub fn ensure(host: &Host, default_kernel_source: bool) -> Result<(), Error> {
     if private {
         private_qemu::fetch(&host.cache)?;
     }
-    let still: Vec<&str> = self::missing(host, default_kernel_source)
+    let still: Vec<&str> = self::missing(host, sources)
         .iter()
         .map(|n| n.what)
         .collect();
