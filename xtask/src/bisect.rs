@@ -136,13 +136,24 @@ struct Tested {
     artifacts: PathBuf,
 }
 
-/// Bisect; the first bad commit when there is one.
-pub fn run(opts: &Options, b: &BisectOptions) -> Result<Option<String>> {
+/// What a bisection found.
+pub struct Bisected {
+    /// The first bad commit, when there is one.
+    pub first: Option<String>,
+    /// Commits skipped, and why.
+    pub skipped: Vec<(String, String)>,
+    /// Commits tested, BAD and GOOD included.
+    pub tested: usize,
+}
+
+/// Bisect (see the module's text).
+pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
     let sh = Shell::new()?;
     let tree = std::fs::canonicalize(&b.tree)?;
     let rev = |r: &str| -> Result<String> {
         let spec = format!("{r}^{{commit}}");
         Ok(cmd!(sh, "git -C {tree} rev-parse --verify {spec}")
+            .quiet()
             .read()?
             .trim()
             .to_string())
@@ -186,13 +197,27 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Option<String>> {
             sh,
             "git clone --quiet --shared --no-checkout {tree} {clone}"
         )
+        .quiet()
         .run()?;
-    } else {
-        // Commits made in the tree since the clone was made.
+    }
+    // A clone of an earlier history of the tree may lack GOOD or BAD (the
+    // tree was remade, its objects went with it): clone again. The build
+    // folder goes by the clone's path, so builds stay incremental.
+    let has = |sha: &str| {
+        let spec = format!("{sha}^{{commit}}");
+        cmd!(sh, "git -C {clone} cat-file -e {spec}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+    };
+    if !has(&good) || !has(&bad) {
+        std::fs::remove_dir_all(&clone)?;
         cmd!(
             sh,
-            "git -C {clone} fetch --quiet {tree} +refs/heads/*:refs/remotes/origin/*"
+            "git clone --quiet --shared --no-checkout {tree} {clone}"
         )
+        .quiet()
         .run()?;
     }
     let _ = cmd!(sh, "git -C {clone} bisect reset")
@@ -244,10 +269,13 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Option<String>> {
         )));
     }
     let mut log = vec![at_bad, at_good];
-    let out = cmd!(sh, "git -C {clone} bisect start {bad} {good}").read()?;
+    let out = cmd!(sh, "git -C {clone} bisect start {bad} {good}")
+        .quiet()
+        .read()?;
     let mut said = parse_git(&out);
     while said == GitSaid::Next {
         let head = cmd!(sh, "git -C {clone} rev-parse HEAD")
+            .quiet()
             .read()?
             .trim()
             .to_string();
@@ -256,6 +284,7 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Option<String>> {
         // `git bisect skip` ends with status 2 when only skipped commits
         // are left: its words say what happened, not its status.
         let out = cmd!(sh, "git -C {clone} bisect {word}")
+            .quiet()
             .ignore_status()
             .read()?;
         said = parse_git(&out);
@@ -270,10 +299,20 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Option<String>> {
     std::fs::write(&path, &report)?;
     eprintln!("{report}\n[bisect] this report: {}", path.display());
     drop(lock);
-    match said {
-        GitSaid::Found(sha) => Ok(Some(sha)),
-        _ => Ok(None),
-    }
+    Ok(Bisected {
+        first: match said {
+            GitSaid::Found(sha) => Some(sha),
+            _ => None,
+        },
+        skipped: log
+            .iter()
+            .filter_map(|t| match &t.verdict {
+                Verdict::Skip(why) if why != "BAD" => Some((t.sha.clone(), why.clone())),
+                _ => None,
+            })
+            .collect(),
+        tested: log.len(),
+    })
 }
 
 /// Build `sha` and run the case on it (up to `repeat` times; with a
@@ -287,8 +326,12 @@ fn test(
     sha: &str,
     bad_class: Option<&str>,
 ) -> Result<Tested> {
-    cmd!(sh, "git -C {clone} checkout --quiet --force --detach {sha}").run()?;
-    let subject = cmd!(sh, "git -C {clone} log -1 --format=%s {sha}").read()?;
+    cmd!(sh, "git -C {clone} checkout --quiet --force --detach {sha}")
+        .quiet()
+        .run()?;
+    let subject = cmd!(sh, "git -C {clone} log -1 --format=%s {sha}")
+        .quiet()
+        .read()?;
     eprintln!("[bisect] testing {} {subject}", short(sha));
     let artifacts = dir.join("runs").join(short(sha));
     let mut o = opts.clone();
@@ -345,12 +388,11 @@ fn test(
         Some(class) => judge(&runs, class),
         None => Verdict::Skip("BAD".into()),
     };
-    eprintln!(
-        "[bisect] {} {}: {}",
-        short(sha),
-        verdict.git_word(),
-        show_runs(&runs)
-    );
+    let label = match bad_class {
+        Some(_) => verdict.git_word(),
+        None => "at BAD",
+    };
+    eprintln!("[bisect] {} {label}: {}", short(sha), show_runs(&runs));
     Ok(Tested {
         sha: sha.to_string(),
         verdict,
@@ -407,7 +449,9 @@ fn report(
     let mut out = String::from("# Bisect\n\n");
     match said {
         GitSaid::Found(sha) => {
-            let show = cmd!(sh, "git -C {clone} show --stat --format=fuller {sha}").read()?;
+            let show = cmd!(sh, "git -C {clone} show --stat --format=fuller {sha}")
+                .quiet()
+                .read()?;
             let _ = writeln!(out, "First bad commit:\n\n```\n{show}\n```\n");
         }
         GitSaid::OnlySkipped(shas) => {
@@ -425,9 +469,9 @@ fn report(
     if rate < 1.0 {
         let _ = writeln!(
             out,
-            "The failure showed in {:.0}% of the runs at BAD: a commit judged good after {repeat} passing runs is bad with probability {:.3} at most.\n",
+            "The failure showed in {:.0}% of the runs at BAD: a commit judged good after {repeat} passing runs is bad with probability {:.2}% at most.\n",
             rate * 100.0,
-            miss_chance(rate, repeat)
+            miss_chance(rate, repeat) * 100.0
         );
     }
     let _ = writeln!(out, "| commit | verdict | runs |\n|---|---|---|");
@@ -447,6 +491,7 @@ fn report(
     if let GitSaid::Found(first) = said {
         let first_bad = log.iter().find(|t| t.sha == *first);
         let parent = cmd!(sh, "git -C {clone} rev-parse {first}^")
+            .quiet()
             .read()?
             .trim()
             .to_string();

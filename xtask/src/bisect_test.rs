@@ -3,12 +3,15 @@
 //!
 //! From Debian's 6.12 source (read, never written) the lab makes a git
 //! repository under `<cache>/bisect-test/linux` whose commits change one
-//! driver file at a time: harmless comments, a commit that does not build
-//! and the one that fixes it, and a planted break of how an error address
-//! becomes a badblock (drivers/nvdimm/badrange.c, one sector too far).
+//! driver file at a time: a harmless comment, the planted break of how an
+//! error address becomes a badblock (drivers/nvdimm/badrange.c, one sector
+//! too far), a commit that does not build and its fix, two more harmless
+//! comments.
 //! A second branch plants the same break, but only in half of the calls: a
 //! flaky failure. `cargo xtask bisect` must name the planted commit on both
-//! (the flaky one with `--repeat`), skipping the commit that does not build.
+//! (the flaky one with `--repeat`), and on the steady one it must have
+//! skipped the commit that does not build (the first midpoint) rather than
+//! blamed it.
 //! The commits are made with git's plumbing (hash-object, update-index,
 //! commit-tree) against an index of the lab's own, so the source folder is
 //! only read.
@@ -27,7 +30,7 @@ pub const CASE: &str = "badblocks/latent-sector";
 const BADRANGE: &str = "drivers/nvdimm/badrange.c";
 const RIGHT: &str = "start_sector = div_u64(ns_offset, sector_size);";
 /// Bump when the history below changes.
-const HISTORY: &str = "bisect-test-history-1";
+const HISTORY: &str = "bisect-test-history-2";
 
 /// One commit: its subject, the file it changes and how (from the file as
 /// the previous commit left it, and as Debian ships it).
@@ -41,62 +44,67 @@ fn comment(text: &str, _original: &str) -> String {
     format!("{text}\n/* pmem-lab bisect-test: a harmless change */\n")
 }
 
-/// The steady branch from base, and the flaky branch's own commits (it
-/// forks after "fix the build").
-fn history() -> (Vec<Change>, Vec<Change>) {
-    let common = vec![
-        Change {
-            subject: "nvdimm: a harmless comment",
-            path: "drivers/nvdimm/core.c",
-            edit: comment,
-        },
+/// The commit every branch starts with, and a branch's own commits after
+/// it: the planted break, then a commit that does not build and its fix
+/// (so the bisection's first midpoint cannot be built and must be
+/// skipped), then two harmless commits.
+fn history(planted: Change) -> Vec<Change> {
+    vec![
+        planted,
         Change {
             subject: "nvdimm/badrange: a change that does not build",
             path: BADRANGE,
-            edit: |t, _| format!("{t}\nint pmem_lab_bisect_test_broken = ;\n"),
+            edit: |t, _| format!("{t}{BROKEN}\n"),
         },
         Change {
             subject: "nvdimm/badrange: fix the build",
             path: BADRANGE,
-            edit: |_, original| original.to_string(),
+            edit: |t, _| t.replace(BROKEN, ""),
         },
-    ];
-    let planted = |subject, edit: fn(&str, &str) -> String| {
-        vec![
-            Change {
-                subject,
-                path: BADRANGE,
-                edit,
-            },
-            Change {
-                subject: "dax: a harmless comment",
-                path: "drivers/dax/bus.c",
-                edit: comment,
-            },
-            Change {
-                subject: "nvdimm/region: a harmless comment",
-                path: "drivers/nvdimm/region_devs.c",
-                edit: comment,
-            },
-        ]
-    };
-    let steady = planted(
-        "nvdimm/badrange: PLANTED badblocks one sector too far",
-        |t, _| t.replace(RIGHT, "start_sector = div_u64(ns_offset, sector_size) + 1;"),
-    );
-    let flaky = planted(
-        "nvdimm/badrange: PLANTED badblocks one sector too far, half of the time",
-        |t, _| {
+        Change {
+            subject: "dax: a harmless comment",
+            path: "drivers/dax/bus.c",
+            edit: comment,
+        },
+        Change {
+            subject: "nvdimm/region: a harmless comment",
+            path: "drivers/nvdimm/region_devs.c",
+            edit: comment,
+        },
+    ]
+}
+
+/// No trailing newline: git's output is read with it trimmed.
+const BROKEN: &str = "\nint pmem_lab_bisect_test_broken = ;";
+
+fn first() -> Change {
+    Change {
+        subject: "nvdimm: a harmless comment",
+        path: "drivers/nvdimm/core.c",
+        edit: comment,
+    }
+}
+
+fn steady() -> Change {
+    Change {
+        subject: "nvdimm/badrange: PLANTED badblocks one sector too far",
+        path: BADRANGE,
+        edit: |t, _| t.replace(RIGHT, "start_sector = div_u64(ns_offset, sector_size) + 1;"),
+    }
+}
+
+fn flaky() -> Change {
+    Change {
+        subject: "nvdimm/badrange: PLANTED badblocks one sector too far, half of the time",
+        path: BADRANGE,
+        edit: |t, _| {
             t.replacen("#include", "#include <linux/random.h>\n#include", 1)
                 .replace(
                     RIGHT,
                     "start_sector = div_u64(ns_offset, sector_size) + get_random_u32_below(2);",
                 )
         },
-    );
-    let mut all = common;
-    all.extend(steady);
-    (all, flaky)
+    }
 }
 
 /// A git repository with the history; returns (base, steady tip, steady
@@ -117,7 +125,7 @@ fn make_repo(sh: &Shell, src: &Path, repo: &Path) -> Result<[String; 5]> {
         repo.display()
     );
     let git_dir = repo.join(".git");
-    cmd!(sh, "git init --quiet {repo}").run()?;
+    cmd!(sh, "git init --quiet {repo}").quiet().run()?;
     let _env = [
         sh.push_env("GIT_DIR", &git_dir),
         sh.push_env("GIT_WORK_TREE", src),
@@ -126,45 +134,57 @@ fn make_repo(sh: &Shell, src: &Path, repo: &Path) -> Result<[String; 5]> {
         sh.push_env("GIT_COMMITTER_NAME", "pmem-lab"),
         sh.push_env("GIT_COMMITTER_EMAIL", "pmem-lab@localhost"),
     ];
+    // git resolves paths from the current directory: work from the source.
+    let _dir = sh.push_dir(src);
     let t = Instant::now();
-    cmd!(sh, "git add --all").quiet().run()?;
-    let tree = cmd!(sh, "git write-tree").read()?;
-    let base = cmd!(sh, "git commit-tree {tree} -m base").read()?;
+    // --force: Debian's top-level .gitignore ignores everything at the top
+    // level (its packaging repository holds only debian/).
+    cmd!(sh, "git add --all --force").quiet().run()?;
+    let tree = cmd!(sh, "git write-tree").quiet().read()?;
+    let base = cmd!(sh, "git commit-tree {tree} -m base").quiet().read()?;
     eprintln!(
         "[bisect-test] base commit of the whole tree in {:.0}s",
         t.elapsed().as_secs_f64()
     );
-    let (steady, flaky) = history();
-    // Each file's text as the previous commit left it.
+    // Commit `changes` one by one on `parent`; the last commit and the
+    // planted one.
     let commit_all = |parent: &str, changes: &[Change]| -> Result<(String, String)> {
-        cmd!(sh, "git read-tree {parent}").run()?;
+        cmd!(sh, "git read-tree {parent}").quiet().run()?;
         let mut head = parent.to_string();
         let mut planted = String::new();
         for c in changes {
             let path = c.path;
-            let now = cmd!(sh, "git cat-file blob :{path}").read()?;
+            let now = cmd!(sh, "git cat-file blob :{path}").quiet().read()?;
             let original = std::fs::read_to_string(src.join(path))?;
             let text = (c.edit)(&now, &original);
             let blob = cmd!(sh, "git hash-object -w --stdin --path {path}")
+                .quiet()
                 .stdin(text)
                 .read()?;
             let info = format!("100644,{blob},{path}");
-            cmd!(sh, "git update-index --cacheinfo {info}").run()?;
-            let tree = cmd!(sh, "git write-tree").read()?;
+            cmd!(sh, "git update-index --cacheinfo {info}")
+                .quiet()
+                .run()?;
+            let tree = cmd!(sh, "git write-tree").quiet().read()?;
             let subject = c.subject;
-            head = cmd!(sh, "git commit-tree {tree} -p {head} -m {subject}").read()?;
+            head = cmd!(sh, "git commit-tree {tree} -p {head} -m {subject}")
+                .quiet()
+                .read()?;
             if subject.contains("PLANTED") {
                 planted = head.clone();
             }
         }
         Ok((head, planted))
     };
-    let (steady_tip, steady_planted) = commit_all(&base, &steady)?;
-    // The flaky branch forks after "fix the build".
-    let fork = cmd!(sh, "git rev-parse {steady_planted}^").read()?;
-    let (flaky_tip, flaky_planted) = commit_all(&fork, &flaky)?;
-    cmd!(sh, "git update-ref refs/heads/master {steady_tip}").run()?;
-    cmd!(sh, "git update-ref refs/heads/flaky {flaky_tip}").run()?;
+    let (fork, _) = commit_all(&base, &[first()])?;
+    let (steady_tip, steady_planted) = commit_all(&fork, &history(steady()))?;
+    let (flaky_tip, flaky_planted) = commit_all(&fork, &history(flaky()))?;
+    cmd!(sh, "git update-ref refs/heads/master {steady_tip}")
+        .quiet()
+        .run()?;
+    cmd!(sh, "git update-ref refs/heads/flaky {flaky_tip}")
+        .quiet()
+        .run()?;
     let all = [base, steady_tip, steady_planted, flaky_tip, flaky_planted];
     std::fs::write(&marker, all.join("\n"))?;
     Ok(all)
@@ -197,15 +217,22 @@ pub fn run(opts: &Options, repeat: u32) -> Result<()> {
             },
         )?;
         let took = t.elapsed().as_secs_f64();
-        let ok = found.as_deref() == Some(planted.as_str());
+        let no_build = found
+            .skipped
+            .iter()
+            .filter(|(_, why)| why.starts_with("does not build"))
+            .count();
+        // The steady bisection's first midpoint does not build.
+        let ok =
+            found.first.as_deref() == Some(planted.as_str()) && (what == "flaky" || no_build > 0);
         eprintln!(
-            "[bisect-test] {what}: {} in {took:.0}s (planted {})",
-            match &found {
-                Some(f) if ok => format!("found the planted commit {f}"),
+            "[bisect-test] {what}: {} in {took:.0}s, {} commit(s) built and tested, {no_build} skipped as not building (planted {planted})",
+            match &found.first {
+                Some(f) if *f == *planted => format!("found the planted commit {f}"),
                 Some(f) => format!("blamed {f}, which is NOT the planted commit"),
                 None => "found no single commit".to_string(),
             },
-            planted
+            found.tested,
         );
         results.push((what, ok, took));
     }

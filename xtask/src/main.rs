@@ -165,7 +165,7 @@ fn run(cli: Cli) -> util::Result<()> {
                 bad,
                 repeat,
             };
-            match bisect::run(&opts, &b)? {
+            match bisect::run(&opts, &b)?.first {
                 Some(_) => Ok(()),
                 None => Err(util::Error::new("no single first bad commit (above)")),
             }
