@@ -7,7 +7,7 @@
 use crate::case::step::{CxlPoisonCheck, ExpectedRecord};
 use crate::case::CxlRegionSpec;
 use crate::guest::Guest;
-use crate::ndctl::json_list;
+use crate::ndctl::{json_list, sysfs_number};
 use crate::template::CxlField;
 use pmem_lab_spec::cxl::{parse_trace, PoisonEvent, RegionMap, TraceType, LINE};
 use serde_json::Value;
@@ -152,18 +152,17 @@ fn region_maps(
     layout: &CxlLayout,
 ) -> Result<Vec<(usize, RegionMap)>, String> {
     let dir = format!("/sys/bus/cxl/devices/{region}");
-    let v = guest.read_all(&[
-        format!("{dir}/resource"),
-        format!("{dir}/size"),
-        format!("{dir}/interleave_ways"),
-        format!("{dir}/interleave_granularity"),
-    ])?;
-    let (start, size, ways, granularity) = (
-        number(&v[0])?,
-        number(&v[1])?,
-        number(&v[2])?,
-        number(&v[3])?,
-    );
+    let v = numbers(
+        guest,
+        &[
+            "resource",
+            "size",
+            "interleave_ways",
+            "interleave_granularity",
+        ]
+        .map(|a| format!("{dir}/{a}")),
+    )?;
+    let (start, size, ways, granularity) = (v[0], v[1], v[2], v[3]);
     let mut maps = Vec::new();
     for position in 0..ways {
         let decoder = guest
@@ -171,7 +170,10 @@ fn region_maps(
             .remove(0);
         let decoder = decoder.trim();
         let d = format!("/sys/bus/cxl/devices/{decoder}");
-        let v = guest.read_all(&[format!("{d}/dpa_resource"), format!("{d}/dpa_size")])?;
+        let dpa = numbers(
+            guest,
+            &[format!("{d}/dpa_resource"), format!("{d}/dpa_size")],
+        )?;
         // The endpoint port of the decoder names its memdev (`uport`).
         let port = decoder
             .split('.')
@@ -197,8 +199,8 @@ fn region_maps(
                 ways,
                 granularity,
                 position,
-                dpa_start: number(&v[0])?,
-                dpa_size: number(&v[1])?,
+                dpa_start: dpa[0],
+                dpa_size: dpa[1],
             },
         ));
     }
@@ -217,8 +219,7 @@ fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, String> {
         .filter_map(|r| r["dev"].as_str().map(str::to_string))
         .collect();
     for name in &names {
-        let res = guest.read_all(&[format!("/sys/bus/nd/devices/{name}/resource")])?;
-        if number(&res[0])? == start {
+        if numbers(guest, &[format!("/sys/bus/nd/devices/{name}/resource")])?[0] == start {
             return Ok(name.clone());
         }
     }
@@ -228,13 +229,14 @@ fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, String> {
     ))
 }
 
-fn number(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    match t.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => t.parse(),
-    }
-    .map_err(|_| format!("not a number in sysfs: {t:?}"))
+/// Sysfs numbers, in one round trip.
+fn numbers(guest: &mut Guest, paths: &[String]) -> Result<Vec<u64>, String> {
+    let texts = guest.read_all(paths)?;
+    paths
+        .iter()
+        .zip(&texts)
+        .map(|(p, t)| sysfs_number(t, p))
+        .collect()
 }
 
 /// The device's poison list as the kernel reads it now: trigger the list

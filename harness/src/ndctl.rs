@@ -1,5 +1,5 @@
-//! ndctl's output forms, read in one place for setup, the oracle and the
-//! checks.
+//! ndctl's output forms (and the numbers sysfs prints beside them), read
+//! in one place for setup, CXL, the oracle and the checks.
 
 use serde_json::Value;
 
@@ -15,4 +15,15 @@ pub fn json_list(stdout: &str) -> Result<Vec<Value>, String> {
         Ok(other) => Err(format!("expected a JSON list, got {other}")),
         Err(e) => Err(format!("not JSON ({e}): {stdout}")),
     }
+}
+
+/// A sysfs number: `0x...` addresses or decimal sizes; `what` names it in
+/// the error.
+pub fn sysfs_number(text: &str, what: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{what} is not a number: {t:?}"))
 }

@@ -2,6 +2,7 @@
 
 use crate::lab_env::LabEnv;
 use std::fs;
+use std::path::Path;
 
 pub use pmem_lab_env::program;
 
@@ -56,12 +57,7 @@ pub fn e820(env: &LabEnv) -> Result<(), String> {
     let Some(config) = &env.kernel_config else {
         return Ok(());
     };
-    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let have = |o: &str| {
-        text.lines()
-            .any(|l| l == format!("{o}=m") || l == format!("{o}=y"))
-    };
-    if have("CONFIG_X86_PMEM_LEGACY") {
+    if unbuilt(config, &["CONFIG_X86_PMEM_LEGACY"])?.is_empty() {
         Ok(())
     } else {
         Err(format!(
@@ -112,16 +108,7 @@ pub fn cxl(env: &LabEnv) -> Result<(), String> {
     let Some(config) = &env.kernel_config else {
         return Ok(());
     };
-    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
-    let missing: Vec<&str> = CXL_CONFIG
-        .iter()
-        .copied()
-        .filter(|o| {
-            !text
-                .lines()
-                .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
-        })
-        .collect();
+    let missing = unbuilt(config, &CXL_CONFIG)?;
     if missing.is_empty() {
         Ok(())
     } else {
@@ -131,6 +118,20 @@ pub fn cxl(env: &LabEnv) -> Result<(), String> {
             config.display()
         ))
     }
+}
+
+/// The `options` a kernel config does not build (neither `=y` nor `=m`).
+fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    Ok(options
+        .iter()
+        .copied()
+        .filter(|o| {
+            !text
+                .lines()
+                .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -82,9 +82,8 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     if !case.machine.e820_pmem.is_empty() {
         preflight::e820(env).map_err(Failure::Preflight)?;
     }
-    preflight::qemu(case, env).map_err(Failure::Preflight)?;
-    if !case.machine.cxl.is_empty() {
-        preflight::cxl(env).map_err(Failure::Preflight)?;
+    if let Some(why) = preflight::unsupported(case, env) {
+        return Err(Failure::Preflight(why));
     }
     let mut started = start_vm(case, env, dir, false).map_err(Failure::Boot)?;
     let mut log = StepLog::new(dir);

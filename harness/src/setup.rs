@@ -5,7 +5,7 @@ use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
 use crate::guest::Guest;
 use crate::namespace::Bus;
-use crate::ndctl::json_list;
+use crate::ndctl::{json_list, sysfs_number as number};
 use crate::size::ByteSize;
 use crate::template::{NsField, Ref};
 use serde_json::Value;
@@ -280,16 +280,6 @@ pub fn region_align_for(start: u64) -> Option<u64> {
         return None;
     }
     Some(1u64 << start.trailing_zeros().min(DEFAULT.trailing_zeros()))
-}
-
-/// Parse a sysfs number: `0x...` addresses or decimal sizes.
-fn number(text: &str, what: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let parsed = match t.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => t.parse(),
-    };
-    parsed.map_err(|_| format!("{what} is not a number: {t:?}"))
 }
 
 /// Read where every region and namespace really is (see [`crate::address`]).

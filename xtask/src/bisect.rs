@@ -185,24 +185,10 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    // A clone made earlier is reused unless it cannot see GOOD and BAD (the
+    // tree was remade and its objects went with it): then it is made again.
+    // The build folder goes by the clone's path, so builds stay incremental.
     let clone = home.join("linux");
-    if !clone.join(".git").is_dir() {
-        let _ = std::fs::remove_dir_all(&clone);
-        eprintln!(
-            "[bisect] cloning {} (shared objects) into {}",
-            tree.display(),
-            clone.display()
-        );
-        cmd!(
-            sh,
-            "git clone --quiet --shared --no-checkout {tree} {clone}"
-        )
-        .quiet()
-        .run()?;
-    }
-    // A clone of an earlier history of the tree may lack GOOD or BAD (the
-    // tree was remade, its objects went with it): clone again. The build
-    // folder goes by the clone's path, so builds stay incremental.
     let has = |sha: &str| {
         let spec = format!("{sha}^{{commit}}");
         cmd!(sh, "git -C {clone} cat-file -e {spec}")
@@ -211,8 +197,13 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
             .run()
             .is_ok()
     };
-    if !has(&good) || !has(&bad) {
-        std::fs::remove_dir_all(&clone)?;
+    if !(clone.join(".git").is_dir() && has(&good) && has(&bad)) {
+        let _ = std::fs::remove_dir_all(&clone);
+        eprintln!(
+            "[bisect] cloning {} (shared objects) into {}",
+            tree.display(),
+            clone.display()
+        );
         cmd!(
             sh,
             "git clone --quiet --shared --no-checkout {tree} {clone}"

@@ -34,6 +34,16 @@ fn rows(columns: &[Column]) -> BTreeMap<&str, Row<'_>> {
     rows
 }
 
+/// The case statuses the harness reports, in report order.
+const STATUSES: [&str; 4] = ["passed", "failed", "known-failure", "ignored"];
+
+/// How many rows have `status` in column `i`.
+fn count(rows: &BTreeMap<&str, Row<'_>>, i: usize, status: &str) -> usize {
+    rows.values()
+        .filter(|r| r[i].is_some_and(|c| c.0 == status))
+        .count()
+}
+
 /// Whether a row's cells say different things.
 fn differs(row: &Row<'_>) -> bool {
     let first = row[0].map(|c| c.0);
@@ -51,14 +61,9 @@ pub fn markdown(columns: &[Column]) -> String {
         .collect();
     let _ = writeln!(out, "| | {} |", head.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(columns.len()));
-    for status in ["passed", "failed", "known-failure", "ignored"] {
+    for status in STATUSES {
         let counts: Vec<String> = (0..columns.len())
-            .map(|i| {
-                rows.values()
-                    .filter(|r| r[i].is_some_and(|c| c.0 == status))
-                    .count()
-                    .to_string()
-            })
+            .map(|i| count(&rows, i, status).to_string())
             .collect();
         let _ = writeln!(out, "| {status} | {} |", counts.join(" | "));
     }
@@ -100,20 +105,11 @@ pub fn summary(columns: &[Column]) -> String {
     let rows = rows(columns);
     let mut out = String::new();
     for (i, c) in columns.iter().enumerate() {
-        let count = |s: &str| {
-            rows.values()
-                .filter(|r| r[i].is_some_and(|c| c.0 == s))
-                .count()
-        };
+        let [passed, failed, known, ignored] = STATUSES.map(|s| count(&rows, i, s));
         let _ = writeln!(
             out,
-            "[lab] {} ({}): {} passed, {} failed, {} known failures, {} ignored",
-            c.label,
-            c.release,
-            count("passed"),
-            count("failed"),
-            count("known-failure"),
-            count("ignored")
+            "[lab] {} ({}): {passed} passed, {failed} failed, {known} known failures, {ignored} ignored",
+            c.label, c.release,
         );
     }
     let n = rows.values().filter(|r| differs(r)).count();

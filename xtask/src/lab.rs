@@ -152,15 +152,10 @@ fn run_kernels(opts: &Options, args: &[String]) -> Result<()> {
                 o.artifacts.display()
             ));
         }
-        let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default();
         columns.push(crate::kernels::Column {
             label: k.label(),
             release,
-            cases: events
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|e| e["type"] == "case")
-                .collect(),
+            cases: case_events(&dir),
         });
     }
     let path = reports.join("kernels.md");
@@ -243,14 +238,8 @@ pub fn harness_run_env(
         .args(args)
         .output()
         .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
-    let events = report.join("events.jsonl");
-    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    let cases = case_events(&report);
     let _ = std::fs::remove_dir_all(&report);
-    let cases = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["type"] == "case")
-        .collect();
     Ok(HarnessRun {
         success: out.status.success(),
         cases,
@@ -260,6 +249,17 @@ pub fn harness_run_env(
             String::from_utf8_lossy(&out.stderr)
         ),
     })
+}
+
+/// The `case` events of a report folder's events.jsonl (see
+/// harness/src/report.rs); none when the harness wrote no report.
+fn case_events(report: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(report.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "case")
+        .collect()
 }
 
 /// `cargo <args>` in the workspace with the lab's environment.
