@@ -7,8 +7,9 @@ use crate::case::Case;
 use crate::guest::Guest;
 use crate::lab_env::LabEnv;
 use crate::launch;
-use crate::machine::MachineSpec;
+use crate::machine::{MachineSpec, VmFiles};
 use crate::vm;
+use crate::vm_snapshot::Saved;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,13 @@ pub struct Started {
     /// The VM's private directory (sockets, NVDIMM files, initrd); removed
     /// when dropped.
     pub private: tempfile::TempDir,
-    /// The lab's ACPI tables, when the machine has them.
+    /// The lab's ACPI tables, when the machine has them (and it booted).
     pub acpi: Option<AcpiTables>,
+    /// Where QEMU finds the VM's files (a snapshot saves the backing files
+    /// from there).
+    pub files: VmFiles,
+    /// Restored from a VM snapshot rather than booted.
+    pub restored: bool,
 }
 
 /// What went into a VM's lab ACPI tables.
@@ -36,6 +42,13 @@ impl Started {
     /// tables (when there are any): what every user of a case VM needs
     /// before setup.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, String> {
+        if self.restored {
+            return self
+                .guest
+                .machine()
+                .wait_restored(timeout)
+                .map_err(|e| format!("restoring the VM snapshot: {e}"));
+        }
         let ready = self
             .guest
             .machine()
@@ -55,22 +68,26 @@ pub fn start_vm(
     dir: &Path,
     interactive: bool,
 ) -> Result<Started, String> {
-    start_machine(&case.machine, env, dir, interactive)
+    start_machine(&case.machine, env, dir, interactive, None)
 }
 
 /// Start a VM of `machine`: its private directory (sockets need short paths;
 /// sparse NVDIMM backing files and the initrd with the lab's ACPI tables go
 /// with them, and all of it goes when the returned guard drops), the QEMU
 /// command line (saved in `dir`), QEMU.
+/// With `snapshot`, QEMU restores it instead of booting: no ACPI tables to
+/// prepare (they are in the guest already), and the initrd QEMU loads is
+/// never read by the guest.
 pub fn start_machine(
     machine: &MachineSpec,
     env: &LabEnv,
     dir: &Path,
     interactive: bool,
+    snapshot: Option<&Saved>,
 ) -> Result<Started, String> {
     let private = launch::private_dir()?;
     let mut acpi = None;
-    let initrd = if machine.lab_root_dsm() {
+    let initrd = if machine.lab_root_dsm() && snapshot.is_none() {
         let path = private.path().join("initrd");
         let start = Instant::now();
         let built_on = acpi::write_initrd(machine, env, dir, &path)
@@ -83,10 +100,20 @@ pub fn start_machine(
     } else {
         env.initrd.clone()
     };
-    let vm = launch::start(machine, env, dir, private.path(), &initrd, interactive)?;
+    let (vm, files) = launch::start(
+        machine,
+        env,
+        dir,
+        private.path(),
+        &initrd,
+        interactive,
+        snapshot,
+    )?;
     Ok(Started {
         guest: Guest::new(vm),
         private,
         acpi,
+        files,
+        restored: snapshot.is_some(),
     })
 }

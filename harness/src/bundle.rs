@@ -76,6 +76,7 @@ mod tests {
             accel: Accel::Tcg,
             artifacts: PathBuf::from("/w/target/pmem-lab/artifacts"),
             keep_passed: false,
+            snapshots: true,
             reporter: None,
             cases_root: Some(PathBuf::from("/w/cases")),
             cache: PathBuf::from("/cache"),

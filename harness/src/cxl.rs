@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const INSTANCE: &str = "/sys/kernel/tracing/instances/pmem-lab";
 
 /// What setup found and made.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CxlLayout {
     /// Device index (machine.cxl) -> memdev (`mem0`).
     pub memdevs: Vec<String>,
     pub regions: Vec<CxlRegion>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CxlRegion {
     /// The CXL region (`region0` on the cxl bus).
     pub name: String,

@@ -44,6 +44,10 @@ pub enum Failure {
     Boot(String),
     #[error("setup: {0}")]
     Setup(String),
+    /// A VM snapshot could not be used, or the restored guest is not the
+    /// one the snapshot saved.
+    #[error("restoring the VM snapshot {}: {message}\n(run the case with `cargo xtask lab --cold` to take snapshots out of it)", snapshot.display())]
+    Restored { snapshot: PathBuf, message: String },
     /// The error state after setup already broke an invariant.
     #[error("after boot and setup, the oracle found:\n  - {}", list(.0))]
     Baseline(Vec<Violation>),
@@ -85,6 +89,7 @@ impl Failure {
             Failure::Artifacts { .. } => "artifacts".into(),
             Failure::Boot(_) => "boot".into(),
             Failure::Setup(_) => "setup".into(),
+            Failure::Restored { .. } => "restore".into(),
             Failure::Baseline(v) => format!(
                 "after setup: {}",
                 v.first().map(|v| first(&v.to_string())).unwrap_or_default()

@@ -17,6 +17,9 @@ pub struct LabEnv {
     pub accel: Accel,
     pub artifacts: PathBuf,
     pub keep_passed: bool,
+    /// Save and restore VM snapshots ([`crate::vm_snapshot`]); off with
+    /// PMEM_LAB_COLD=1.
+    pub snapshots: bool,
     /// Step and case events for CI (see [`crate::report`]).
     pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
     /// The cases root the run loaded (for reproducers).
@@ -67,6 +70,7 @@ impl LabEnv {
             accel,
             artifacts,
             keep_passed: vars::KEEP.is_on(),
+            snapshots: !vars::COLD.is_on(),
             kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),
             reporter: None,
             cases_root: None,
@@ -74,5 +78,24 @@ impl LabEnv {
             qemu,
             qemu_version,
         }))
+    }
+}
+
+/// A run's environment with every file under `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_env(dir: &Path) -> LabEnv {
+    LabEnv {
+        kernel: dir.join("bzImage"),
+        initrd: dir.join("initrd"),
+        kernel_config: Some(dir.join("config")),
+        accel: Accel::Tcg,
+        artifacts: dir.join("artifacts"),
+        keep_passed: false,
+        snapshots: true,
+        reporter: None,
+        cases_root: None,
+        cache: dir.join("cache"),
+        qemu: Qemu::at(dir.join("qemu")),
+        qemu_version: "7.2.22".into(),
     }
 }

@@ -7,6 +7,7 @@
 use crate::lab_env::LabEnv;
 use crate::machine::{self, MachineSpec, VmFiles};
 use crate::vm::{self, Vm};
+use crate::vm_snapshot::Saved;
 use pmem_lab_env::vars;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -69,8 +70,8 @@ fn alive(pid: i32) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Start QEMU for `machine` booting `initrd`, its files in `private`, its
-/// logs and command line in `dir`.
+/// Start QEMU for `machine` booting `initrd` (or restoring `snapshot`), its
+/// files in `private`, its logs and command line in `dir`.
 pub fn start(
     machine: &MachineSpec,
     env: &LabEnv,
@@ -78,27 +79,35 @@ pub fn start(
     private: &Path,
     initrd: &Path,
     interactive: bool,
-) -> Result<Vm, String> {
-    let files = VmFiles::in_dir(private, &env.kernel, initrd, machine);
-    // Sparse backing files: a device reads as zeros and costs no disk.
-    let sparse = |path: &Path, size: u64| {
-        fs::File::create(path)
-            .and_then(|f| f.set_len(size))
-            .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
-        sparse(path, nv.size.bytes())?;
-    }
-    for (dev, (mem, lsa)) in machine.cxl.iter().zip(&files.cxl_backing) {
-        sparse(mem, dev.size.bytes())?;
-        sparse(lsa, dev.lsa_size.bytes())?;
+    snapshot: Option<&Saved>,
+) -> Result<(Vm, VmFiles), String> {
+    let mut files = VmFiles::in_dir(private, &env.kernel, initrd, machine);
+    if let Some(saved) = snapshot {
+        // The snapshot's copies: the devices as setup left them.
+        saved.restore_backing(&files)?;
+        files.incoming = Some(saved.state_path());
+    } else {
+        // Sparse backing files: a device reads as zeros and costs no disk.
+        let sparse = |path: &Path, size: u64| {
+            fs::File::create(path)
+                .and_then(|f| f.set_len(size))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
+            sparse(path, nv.size.bytes())?;
+        }
+        for (dev, (mem, lsa)) in machine.cxl.iter().zip(&files.cxl_backing) {
+            sparse(mem, dev.size.bytes())?;
+            sparse(lsa, dev.lsa_size.bytes())?;
+        }
     }
     let args = machine::qemu_args(machine, env.accel, &files);
     let _ = fs::write(
         dir.join("qemu-cmdline.txt"),
         vm::command_line(&env.qemu, &args) + "\n",
     );
-    Vm::start_with(&env.qemu, &args, &files, dir, interactive)
+    let vm = Vm::start_with(&env.qemu, &args, &files, dir, interactive)?;
+    Ok((vm, files))
 }
 
 #[cfg(test)]

@@ -32,3 +32,4 @@ pub mod runner;
 pub mod setup;
 pub mod shell;
 pub mod vm;
+pub mod vm_snapshot;

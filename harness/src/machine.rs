@@ -45,6 +45,10 @@ pub struct VmFiles {
     pub nvdimm_backing: Vec<PathBuf>,
     /// Per CXL device: its persistent capacity and its label storage area.
     pub cxl_backing: Vec<(PathBuf, PathBuf)>,
+    /// Restore this VM snapshot state instead of booting (see
+    /// [`crate::vm_snapshot`]): QEMU starts with `-incoming defer` and
+    /// loads it when told to.
+    pub incoming: Option<PathBuf>,
 }
 
 impl VmFiles {
@@ -65,6 +69,7 @@ impl VmFiles {
             cxl_backing: (0..spec.cxl.len())
                 .map(|i| (dir.join(format!("cxl{i}")), dir.join(format!("cxl{i}-lsa"))))
                 .collect(),
+            incoming: None,
         }
     }
 }
@@ -152,7 +157,11 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
     if spec.lab_root_dsm() {
         a.push2(
             "-chardev",
-            format!("file,id=platform,path={}", files.platform_log.display()),
+            // append: a restored VM's log goes on from the snapshot's.
+            format!(
+                "file,id=platform,path={},append=on",
+                files.platform_log.display()
+            ),
         );
         a.push2(
             "-device",
@@ -178,6 +187,11 @@ pub fn qemu_args(spec: &MachineSpec, accel: Accel, files: &VmFiles) -> Vec<OsStr
         );
     }
     cxl_args(&mut a, spec, files);
+    if files.incoming.is_some() {
+        // Wait for migrate-incoming: the migration capabilities must be
+        // set first (crate::vm::MIGRATION_CAPABILITIES).
+        a.push2("-incoming", "defer");
+    }
     a.0
 }
 
@@ -318,6 +332,34 @@ mod tests {
             ],
             ..MachineSpec::default()
         }
+    }
+
+    #[test]
+    fn a_restore_waits_for_its_state_and_the_platform_log_goes_on() {
+        let spec = two_dimms();
+        let mut files = VmFiles::in_dir(
+            Path::new("/tmp/pl-x"),
+            Path::new("/k/bzImage"),
+            Path::new("/k/initrd"),
+            &spec,
+        );
+        let cold: Vec<String> = qemu_args(&spec, Accel::Tcg, &files)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(!cold.iter().any(|a| a == "-incoming"));
+        assert!(
+            cold.contains(&"file,id=platform,path=/tmp/pl-x/platform.log,append=on".to_string())
+        );
+        files.incoming = Some(PathBuf::from("/snap/state"));
+        let restore: Vec<String> = qemu_args(&spec, Accel::Tcg, &files)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // The same machine, plus `-incoming defer`: the state comes through
+        // migrate-incoming once the capabilities are set.
+        assert_eq!(&restore[..cold.len()], &cold[..]);
+        assert_eq!(&restore[cold.len()..], ["-incoming", "defer"]);
     }
 
     fn args_of(spec: &MachineSpec, accel: Accel) -> Vec<String> {

@@ -147,6 +147,73 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// What two guests in the same state must agree on: every view of the
+    /// error state, as [`Snapshot::to_json`] has them, without the kernel
+    /// log (its timestamps and timing-dependent lines differ from boot to
+    /// boot; the kernel-log rule itself is checked on every observation)
+    /// and without namespace UUIDs (`ndctl create-namespace` draws them at
+    /// random on every cold boot).
+    pub fn equivalence_view(&self) -> Value {
+        let mut v = self.to_json("setup");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("after");
+            o.remove("dmesg");
+        }
+        strip_keys(&mut v, &["uuid", "raw_uuid"]);
+        v
+    }
+}
+
+fn strip_keys(v: &mut Value, keys: &[&str]) {
+    match v {
+        Value::Object(o) => {
+            for k in keys {
+                o.remove(*k);
+            }
+            o.values_mut().for_each(|v| strip_keys(v, keys));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| strip_keys(v, keys)),
+        _ => {}
+    }
+}
+
+/// Where two equivalence views differ, one line per differing field, or
+/// `None` when they are equal.
+pub fn view_difference(cold: &Value, other: &Value) -> Option<String> {
+    if cold == other {
+        return None;
+    }
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        cold.as_object().unwrap_or(&empty),
+        other.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let cut = |v: Option<&Value>| {
+        let s = v
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "(absent)".into());
+        if s.len() > 600 {
+            format!("{}…", &s[..s.floor_char_boundary(600)])
+        } else {
+            s
+        }
+    };
+    let lines: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("  {k}: cold {} / other {}", cut(a.get(k)), cut(b.get(k))))
+        .collect();
+    Some(if lines.is_empty() {
+        format!("  cold {cold} / other {other}")
+    } else {
+        lines.join("\n")
+    })
+}
+
 /// Read the error state. `after_seq`: the last kernel log record already
 /// seen (from the previous snapshot).
 pub fn take(

@@ -137,23 +137,10 @@ fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::Accel;
     use std::path::Path;
 
     fn env_in(dir: &Path) -> LabEnv {
-        LabEnv {
-            kernel: dir.join("bzImage"),
-            initrd: dir.join("initrd"),
-            kernel_config: Some(dir.join("config")),
-            accel: Accel::Tcg,
-            artifacts: dir.join("artifacts"),
-            keep_passed: false,
-            reporter: None,
-            cases_root: None,
-            cache: dir.join("cache"),
-            qemu: pmem_lab_env::qemu::Qemu::at(dir.join("qemu")),
-            qemu_version: "7.2.22".into(),
-        }
+        crate::lab_env::test_env(dir)
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub struct CaseRecord {
     pub acpi_tables: Option<Duration>,
     /// A failure's class (see `Failure::class`).
     pub class: Option<String>,
+    /// How a passed case's VM started: `cold`, `cold+saved`, `restored`.
+    pub start: Option<String>,
+    /// A passed case's first oracle observation as the equivalence check
+    /// compares it (`cargo xtask lab --equivalence`).
+    pub setup_view: Option<Value>,
+    /// Whether it was compared with a cold run's (PMEM_LAB_EQUIVALENCE).
+    pub compared_with_cold: bool,
 }
 
 /// What the whole run used: in the first event and as JUnit properties.
@@ -119,6 +126,9 @@ impl Reporter {
             "acpi_tables_ms": record.acpi_tables.map(|t| t.as_millis() as u64),
             "message": message,
             "class": record.class,
+            "start": record.start,
+            "setup_view": record.setup_view,
+            "compared_with_cold": record.compared_with_cold,
         }));
         self.cases.lock().unwrap().push(record);
     }
@@ -130,6 +140,24 @@ impl Reporter {
         fs::write(&path, xml).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(path)
     }
+}
+
+/// The first oracle observations of a run's passed cases, by case id, from
+/// its events.jsonl (see [`Reporter::case`]).
+pub fn setup_views(events: &Path) -> Result<std::collections::HashMap<String, Value>, String> {
+    let text = fs::read_to_string(events).map_err(|e| format!("{}: {e}", events.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "case" && e["status"] == "passed")
+        .filter_map(|e| {
+            Some((
+                e["case"].as_str()?.to_string(),
+                e.get("setup_view")?.clone(),
+            ))
+        })
+        .filter(|(_, v)| !v.is_null())
+        .collect())
 }
 
 /// The JUnit document for these cases (one suite, `pmem-lab`).
@@ -174,6 +202,9 @@ mod tests {
             boot: Some(Duration::from_secs(2)),
             acpi_tables: None,
             class: None,
+            start: None,
+            setup_view: None,
+            compared_with_cold: false,
         }
     }
 

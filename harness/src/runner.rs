@@ -7,7 +7,7 @@
 //! PMEM_LAB_KEEP=1) and kept after a failure, whose message names the folder.
 
 use crate::badblocks;
-use crate::boot::{start_vm, Started};
+use crate::boot::{start_machine, Started};
 use crate::bring;
 use crate::case::step::{BadblocksCheck, Command, LineSpec, TouchSpec};
 use crate::case::{Action, Case, NdctlOp, Step};
@@ -21,6 +21,7 @@ use crate::poison::{Lines, Source};
 use crate::setup::{self, Layout};
 use crate::template;
 use crate::vm::VmError;
+use crate::vm_snapshot::{self, Start};
 use crate::{bundle, checks, cxl, dax, machine, preflight};
 use pmem_lab_proto::{RunRequest, RunResult};
 use serde_json::json;
@@ -32,11 +33,17 @@ use std::time::{Duration, Instant};
 /// Timings of a passed case.
 #[derive(Debug, Clone)]
 pub struct Passed {
+    /// QEMU start to agent ready (booted or restored).
     pub boot: Duration,
     pub total: Duration,
     pub kernel_release: String,
     /// Preparing the lab's ACPI tables before QEMU started, if used.
     pub acpi_tables: Option<Duration>,
+    /// How the VM started ([`vm_snapshot::Start::name`]).
+    pub start: &'static str,
+    /// The oracle's first observation, as the equivalence check compares
+    /// it ([`oracle::Snapshot::equivalence_view`]).
+    pub setup_view: serde_json::Value,
 }
 
 /// Run `case`; `Err` says why, and where the evidence is.
@@ -85,9 +92,20 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     if let Some(why) = preflight::unsupported(case, env) {
         return Err(Failure::Preflight(why));
     }
-    let mut started = start_vm(case, env, dir, false).map_err(Failure::Boot)?;
+    let (plan, key) = vm_snapshot::plan(case, env).map_err(Failure::Boot)?;
     let mut log = StepLog::new(dir);
-
+    log.line(format!(
+        "VM start: {} (snapshot key {})",
+        plan.name(),
+        key.digest
+    ));
+    let (saved, mut maker) = match plan {
+        Start::Cold => (None, None),
+        Start::ColdAndSave(m) => (None, Some(m)),
+        Start::Restore(s) => (Some(s), None),
+    };
+    let mut started =
+        start_machine(&case.machine, env, dir, false, saved.as_ref()).map_err(Failure::Boot)?;
     let ready = started
         .wait_ready(case.boot_timeout)
         .map_err(Failure::Boot)?;
@@ -98,12 +116,33 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         ready.kernel_release
     ));
     let acpi_tables = started.acpi.as_ref().map(|t| t.took);
+    let start_name = match (&saved, &maker) {
+        (Some(_), _) => "restored",
+        (None, Some(_)) => "cold+saved",
+        (None, None) => "cold",
+    };
     let Started {
-        mut guest, private, ..
+        mut guest,
+        private,
+        files,
+        ..
     } = started;
-    let outcome = setup::create_namespaces(&mut guest, case)
-        .map_err(Failure::Setup)
-        .and_then(|layout| {
+    let mut setup_view = serde_json::Value::Null;
+    let outcome = match &saved {
+        Some(s) => s.layout().map_err(|e| Failure::Restored {
+            snapshot: s.dir.clone(),
+            message: e,
+        }),
+        None => setup::create_namespaces(&mut guest, case).map_err(Failure::Setup),
+    }
+    .and_then(|layout| {
+        if let Some(m) = &maker {
+            save_snapshot(&mut guest, m, &layout, &files, private.path(), &mut log)
+                .map_err(|e| Failure::Setup(format!("saving the VM snapshot: {e}")))?;
+        }
+        Ok(layout)
+    })
+    .and_then(|layout| {
             log.line(format!("layout: {layout:?}"));
             let poison = if case.machine.poison {
                 let w = start_poison(&mut guest, case, env, &layout, private.path())
@@ -131,6 +170,37 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
                 env,
                 private: private.path(),
             };
+            let baseline = run.baseline()?;
+            setup_view = baseline.equivalence_view();
+            match (maker.take(), &saved) {
+                (Some(m), _) => {
+                    let published = m.publish(&setup_view, &dir.join("console.log"));
+                    run.log.line(match published {
+                        Ok(s) => format!(
+                            "VM snapshot published: {} ({} MB on disk)",
+                            s.dir.display(),
+                            s.disk_usage() >> 20
+                        ),
+                        Err(e) => format!("VM snapshot not published: {e}"),
+                    });
+                }
+                (None, Some(s)) => {
+                    let want = s.setup_state().map_err(|e| Failure::Restored {
+                        snapshot: s.dir.clone(),
+                        message: e,
+                    })?;
+                    if let Some(diff) = oracle::view_difference(&want, &setup_view) {
+                        return Err(Failure::Restored {
+                            snapshot: s.dir.clone(),
+                            message: format!(
+                                "the oracle's first observation differs from the cold boot that saved the snapshot:\n{diff}"
+                            ),
+                        });
+                    }
+                    run.log.line("restored guest: the oracle's first observation equals the cold boot's".into());
+                }
+                (None, None) => {}
+            }
             run.steps()
         });
     save_dmesg(&mut guest, dir);
@@ -143,8 +213,42 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         total: start.elapsed(),
         kernel_release: ready.kernel_release,
         acpi_tables,
+        start: start_name,
+        setup_view,
     })
 }
+
+/// Save the VM as setup left it: stop it, write its state, copy the
+/// backing files, run it again.
+fn save_snapshot(
+    guest: &mut Guest,
+    maker: &vm_snapshot::Maker,
+    layout: &Layout,
+    files: &machine::VmFiles,
+    private: &Path,
+    log: &mut StepLog,
+) -> Result<(), String> {
+    let began = Instant::now();
+    maker.save_layout(layout)?;
+    let vm = guest.machine();
+    let state = vm
+        .save_state(&maker.state_path(), &private.join("migrate"), SAVE_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let stream = began.elapsed();
+    let backing = maker.save_backing(files)?;
+    vm.resume(SAVE_TIMEOUT).map_err(|e| e.to_string())?;
+    log.line(format!(
+        "VM snapshot saved in {:.2}s (state {:.1} MB in {:.2}s, backing files {} KB of data)",
+        began.elapsed().as_secs_f64(),
+        state as f64 / 1e6,
+        stream.as_secs_f64(),
+        backing >> 10
+    ));
+    Ok(())
+}
+
+/// Saving a snapshot: a stopped guest of a few GB under TCG.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One case's steps, with what the oracle needs between them.
 struct CaseRun<'a> {
@@ -192,7 +296,8 @@ fn start_poison(
 }
 
 impl CaseRun<'_> {
-    fn steps(&mut self) -> Result<(), Failure> {
+    /// The oracle's first observation, which must break no invariant.
+    fn baseline(&mut self) -> Result<oracle::Snapshot, Failure> {
         let baseline = self.observe("setup")?;
         let broken = oracle::violations(
             &self.layout.geometry,
@@ -203,6 +308,10 @@ impl CaseRun<'_> {
         if !broken.is_empty() {
             return Err(Failure::Baseline(broken));
         }
+        Ok(baseline)
+    }
+
+    fn steps(&mut self) -> Result<(), Failure> {
         for step in &self.case.steps {
             self.step(step)?;
         }

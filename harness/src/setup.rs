@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// What setup created for one case namespace.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NamespaceInfo {
     /// What the kernel says it is now (a `reconfigure` step changes it).
     pub mode: NamespaceMode,
@@ -22,7 +22,7 @@ pub struct NamespaceInfo {
     pub blockdev: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Layout {
     /// QEMU NVDIMM index -> libnvdimm region, e.g. `region0`.
     pub regions: Vec<String>,

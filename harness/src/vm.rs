@@ -17,12 +17,13 @@
 use crate::machine::{self, VmFiles};
 use crate::qmp;
 use pmem_lab_env::qemu::Qemu;
-use pmem_lab_proto::{GuestMessage, Reply, Request, PROTOCOL_VERSION};
-use serde_json::Value;
+use pmem_lab_proto::{FileRead, GuestMessage, Op, Reply, Request, PROTOCOL_VERSION};
+use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -164,9 +165,28 @@ impl Vm {
             .stderr(Stdio::piped())
             .process_group(0);
         let parent = std::process::id() as i32;
+        // A restore reads the snapshot's state from INCOMING_FD.
+        let incoming = files
+            .incoming
+            .as_ref()
+            .map(|p| File::open(p).map_err(|e| format!("{}: {e}", p.display())))
+            .transpose()?;
+        let incoming_fd = incoming.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // After stdio is set up (std's order), so fd 3 is free to
+                // take; dup2 leaves the copy without close-on-exec.
+                if let Some(fd) = incoming_fd {
+                    let r = if fd == INCOMING_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, INCOMING_FD)
+                    };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -238,17 +258,8 @@ impl Vm {
     /// message.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Ready, VmError> {
         let deadline = self.started + timeout;
-        let mut qmp_stream = self.connect(&self.qmp_socket.clone(), "the QMP socket", deadline)?;
-        let reader =
-            qmp::handshake(&mut qmp_stream, Duration::from_secs(10)).map_err(VmError::Qmp)?;
-        spawn_qmp_reader(reader, self.tx.clone());
-        self.qmp = Some(qmp_stream);
-        let agent = self.connect(&self.agent_socket.clone(), "the agent socket", deadline)?;
-        let reader = agent
-            .try_clone()
-            .map_err(|e| VmError::Protocol(e.to_string()))?;
-        spawn_agent_reader(reader, self.tx.clone());
-        self.agent = Some(agent);
+        self.connect_qmp(deadline)?;
+        self.connect_agent(deadline)?;
         let msg = self.wait_for("the guest agent to start", deadline, |e| match e {
             Event::Agent(m @ GuestMessage::Ready { .. }) => Some(m.clone()),
             _ => None,
@@ -273,6 +284,132 @@ impl Vm {
             boot_time: self.started.elapsed(),
             guest_uptime: Duration::from_millis(uptime_ms),
         })
+    }
+
+    fn connect_qmp(&mut self, deadline: Instant) -> Result<(), VmError> {
+        let mut qmp_stream = self.connect(&self.qmp_socket.clone(), "the QMP socket", deadline)?;
+        let reader =
+            qmp::handshake(&mut qmp_stream, Duration::from_secs(10)).map_err(VmError::Qmp)?;
+        spawn_qmp_reader(reader, self.tx.clone());
+        self.qmp = Some(qmp_stream);
+        Ok(())
+    }
+
+    fn connect_agent(&mut self, deadline: Instant) -> Result<(), VmError> {
+        let agent = self.connect(&self.agent_socket.clone(), "the agent socket", deadline)?;
+        let reader = agent
+            .try_clone()
+            .map_err(|e| VmError::Protocol(e.to_string()))?;
+        spawn_agent_reader(reader, self.tx.clone());
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// A VM started with [`VmFiles::incoming`]: load the snapshot's state
+    /// (`migrate-incoming` from [`INCOMING_FD`], the NVDIMM and CXL memory
+    /// coming from the backing files, see [`MIGRATION_CAPABILITIES`]), wait
+    /// until the guest runs, and ask the agent, which is where setup left
+    /// it, who it is: the restored counterpart of [`Vm::wait_ready`].
+    pub fn wait_restored(&mut self, timeout: Duration) -> Result<Ready, VmError> {
+        let deadline = self.started + timeout;
+        self.connect_qmp(deadline)?;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        self.qmp("migrate-set-capabilities", Some(capabilities()), left())?;
+        let uri = format!("fd:{INCOMING_FD}");
+        self.qmp("migrate-incoming", Some(json!({ "uri": uri })), left())?;
+        // The snapshot was taken of a stopped guest, so QEMU keeps it
+        // stopped after loading it.
+        self.wait_migration("the snapshot to load", deadline)?;
+        self.resume(left())?;
+        self.connect_agent(deadline)?;
+        let paths = ["/proc/sys/kernel/osrelease", "/proc/uptime"].map(String::from);
+        let files = match self.request(
+            Op::ReadFiles {
+                paths: paths.to_vec(),
+            },
+            left(),
+        )? {
+            Reply::Files { files } => files,
+            other => return Err(VmError::Protocol(format!("unexpected reply {other:?}"))),
+        };
+        let text = |i: usize| match &files.get(i) {
+            Some(FileRead::Text { text }) => text.trim().to_string(),
+            _ => String::new(),
+        };
+        let uptime = text(1)
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or_default();
+        Ok(Ready {
+            kernel_release: text(0),
+            boot_time: self.started.elapsed(),
+            guest_uptime: Duration::from_secs_f64(uptime),
+        })
+    }
+
+    /// Stop the guest and write its state to `to` (QEMU streams it to a
+    /// socket at `socket`, which the lab copies to the file: QEMU 7.2 has no
+    /// `file:` migration). The guest stays stopped: [`Vm::resume`] runs it.
+    /// Returns the bytes written.
+    pub fn save_state(
+        &mut self,
+        to: &Path,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<u64, VmError> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let io = |what: &str, e: std::io::Error| VmError::Protocol(format!("{what}: {e}"));
+        self.qmp("migrate-set-capabilities", Some(capabilities()), left())?;
+        self.qmp("stop", None, left())?;
+        let _ = std::fs::remove_file(socket);
+        let listener =
+            UnixListener::bind(socket).map_err(|e| io(&socket.display().to_string(), e))?;
+        let out = File::create(to).map_err(|e| io(&to.display().to_string(), e))?;
+        let writer = thread::spawn(move || -> std::io::Result<u64> {
+            let (mut stream, _) = listener.accept()?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+            let n = std::io::copy(&mut stream, &mut out)?;
+            out.flush()?;
+            Ok(n)
+        });
+        let uri = format!("unix:{}", socket.display());
+        let started = self.qmp("migrate", Some(json!({ "uri": uri })), left());
+        let status =
+            started.and_then(|_| self.wait_migration("the VM's state to be saved", deadline));
+        if status.is_err() {
+            // Unblock the writer if QEMU never connected.
+            let _ = UnixStream::connect(socket);
+        }
+        let written = writer
+            .join()
+            .map_err(|_| VmError::Protocol("the state writer panicked".into()))?;
+        let _ = std::fs::remove_file(socket);
+        status?;
+        written.map_err(|e| io("writing the VM's state", e))
+    }
+
+    /// Poll until this QEMU's migration (out or in) has completed.
+    fn wait_migration(&mut self, what: &str, deadline: Instant) -> Result<(), VmError> {
+        let began = Instant::now();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.qmp("query-migrate", None, left)?;
+            match v["status"].as_str() {
+                Some("completed") => return Ok(()),
+                Some(s @ ("failed" | "cancelled")) => {
+                    return Err(VmError::Qmp(format!("migration {s}: {}", v["error-desc"])))
+                }
+                _ if left.is_zero() => return Err(self.timeout_error(what.into(), began.elapsed())),
+                _ => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Run a stopped guest again.
+    pub fn resume(&mut self, timeout: Duration) -> Result<(), VmError> {
+        self.qmp("cont", None, timeout).map(|_| ())
     }
 
     /// QEMU creates its sockets while it starts: retry until they exist.
@@ -622,6 +759,23 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The descriptor a restoring QEMU reads the snapshot's state from.
+pub const INCOMING_FD: i32 = 3;
+
+/// Both ends of a snapshot: `x-ignore-shared` leaves shared file-backed RAM
+/// (every NVDIMM and CXL memory backend, `share=on`) out of the stream; the
+/// snapshot keeps those files instead, so neither saving nor restoring reads
+/// gigabytes of holes.
+pub const MIGRATION_CAPABILITIES: [&str; 1] = ["x-ignore-shared"];
+
+fn capabilities() -> Value {
+    let caps: Vec<Value> = MIGRATION_CAPABILITIES
+        .iter()
+        .map(|c| json!({ "capability": c, "state": true }))
+        .collect();
+    json!({ "capabilities": caps })
 }
 
 /// Replies that nobody waits for yet are kept for a later wait; QMP events are kept by [`Vm::record`]; the rest is only logged.

@@ -11,8 +11,11 @@ use pmem_lab_harness::bring;
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::known::{self, KnownFailure};
 use pmem_lab_harness::lab_env::LabEnv;
-use pmem_lab_harness::report::{CaseRecord, Outcome, Reporter, RunInfo};
+use pmem_lab_harness::oracle;
+use pmem_lab_harness::report::{self, CaseRecord, Outcome, Reporter, RunInfo};
 use pmem_lab_harness::runner;
+use pmem_lab_harness::vm_snapshot;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +74,12 @@ fn main() {
         Arc::new(env)
     });
 
+    let cold_views = Arc::new(pmem_lab_env::vars::EQUIVALENCE.get().map(|p| {
+        report::setup_views(Path::new(&p)).unwrap_or_else(|e| {
+            eprintln!("error: PMEM_LAB_EQUIVALENCE: {e}");
+            std::process::exit(2);
+        })
+    }));
     let mut trials = Vec::new();
     let compiler = bring::have_compiler();
     for l in &loaded {
@@ -96,10 +105,38 @@ fn main() {
             .with_kind("validate"),
         );
     }
-    for l in &loaded {
-        let Ok(case) = &l.case else { continue };
+    // The first case of each VM snapshot key runs first: the others restore
+    // its snapshot, and would otherwise wait for it (see vm_snapshot::plan).
+    let mut seen = std::collections::HashSet::new();
+    let (mut firsts, mut rest): (Vec<&Case>, Vec<&Case>) = (Vec::new(), Vec::new());
+    for case in loaded.iter().filter_map(|l| l.case.as_ref().ok()) {
+        let first = match &lab {
+            Some(env) if !args.is_filtered_out(&Trial::test(case.id.clone(), || Ok(()))) => {
+                seen.insert(vm_snapshot::key(case, env).digest)
+            }
+            _ => true,
+        };
+        if first {
+            firsts.push(case)
+        } else {
+            rest.push(case)
+        }
+    }
+    if std::env::var_os("PMEM_LAB_DEBUG_KEYS").is_some() {
+        eprintln!(
+            "pmem-lab: {} snapshot keys for {} cases",
+            firsts.len(),
+            firsts.len() + rest.len()
+        );
+    }
+    for case in firsts.into_iter().chain(rest) {
         let trial = match (&skip_reason, &lab) {
-            (None, Some(lab)) => vm_trial(case.clone(), Arc::clone(lab), known.clone()),
+            (None, Some(lab)) => vm_trial(
+                case.clone(),
+                Arc::clone(lab),
+                known.clone(),
+                Arc::clone(&cold_views),
+            ),
             (reason, _) => {
                 // Ignored like #[ignore]: `-- --ignored` runs them, and then
                 // they fail with the reason instead of pretending to pass.
@@ -241,7 +278,12 @@ fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
     }
 }
 
-fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Trial {
+fn vm_trial(
+    case: Case,
+    lab: Arc<LabEnv>,
+    known: Arc<Vec<KnownFailure>>,
+    cold_views: Arc<Option<HashMap<String, serde_json::Value>>>,
+) -> Trial {
     Trial::ignorable_test(case.id.clone(), move || {
         let start = Instant::now();
         // A case for a newer QEMU than this run's, or for kernel options this
@@ -257,6 +299,9 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                     boot: None,
                     acpi_tables: None,
                     class: None,
+                    start: None,
+                    setup_view: None,
+                    compared_with_cold: false,
                 });
             }
             return Ok(Completion::ignored_with(why));
@@ -270,6 +315,24 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
         let listed = known.iter().find(|k| k.covers(&case.id, &release));
         let boot = result.as_ref().ok().map(|p| p.boot);
         let acpi_tables = result.as_ref().ok().and_then(|p| p.acpi_tables);
+        let start_mode = result.as_ref().ok().map(|p| p.start.to_string());
+        let setup_view = result.as_ref().ok().map(|p| p.setup_view.clone());
+        // Equivalence: a passed case's first observation against the cold
+        // run's (cargo xtask lab --equivalence).
+        let mut compared_with_cold = false;
+        let result = result.and_then(|passed| {
+            let Some(cold) = cold_views.as_ref().as_ref().and_then(|v| v.get(&case.id)) else {
+                return Ok(passed);
+            };
+            compared_with_cold = true;
+            match oracle::view_difference(cold, &passed.setup_view) {
+                None => Ok(passed),
+                Some(diff) => Err(format!(
+                    "equivalence: after setup, this {} VM's oracle observation differs from the cold run's:\n{diff}",
+                    passed.start
+                )),
+            }
+        });
         let (outcome, verdict) = match (result, listed) {
             (Ok(passed), None) => {
                 let tables = passed
@@ -277,9 +340,10 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                     .map(|t| format!(", ACPI tables {:.3}s", t.as_secs_f64()))
                     .unwrap_or_default();
                 eprintln!(
-                    "{}: agent ready in {:.2}s, case took {:.2}s ({}, QEMU {}){tables}",
+                    "{}: agent ready in {:.2}s ({}), case took {:.2}s ({}, QEMU {}){tables}",
                     case.id,
                     passed.boot.as_secs_f64(),
+                    passed.start,
                     passed.total.as_secs_f64(),
                     passed.kernel_release,
                     lab.qemu_version
@@ -311,6 +375,9 @@ fn vm_trial(case: Case, lab: Arc<LabEnv>, known: Arc<Vec<KnownFailure>>) -> Tria
                 boot,
                 acpi_tables,
                 class,
+                start: start_mode,
+                setup_view,
+                compared_with_cold,
             });
         }
         verdict

@@ -4,10 +4,12 @@
 //! Figures: the last cold kernel build (recorded by the build itself; rerun
 //! one with `cargo xtask bench --cold`), building the initramfs, boot to /init for the lab's
 //! kernel and for Debian's stock kernel on the same image (and their ratio),
-//! boot to agent ready and a typical case (from the harness's own timing
-//! line), the poison model's costs (`poison/read-cost`: a sequential read
+//! case start (QEMU start to agent ready) and a typical case, cold and
+//! restored from a VM snapshot (from the harness's events), snapshot sizes,
+//! the poison model's costs (`poison/read-cost`: a sequential read
 //! with and without a poisoned line armed elsewhere, the lab's stop at a
-//! load, the guest program's own load-to-signal time), and the whole suite.
+//! load, the guest program's own load-to-signal time), and the whole suite
+//! cold, with snapshots for the first time, and again (every case restored).
 
 use crate::lab;
 use crate::progress::fmt_duration;
@@ -98,14 +100,51 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         )),
     }
 
-    let typical = case_timings(opts, TYPICAL_CASE, b.runs)?;
+    // Cold: every VM boots (the figures of earlier benches); restored: the
+    // same case from its VM snapshot (the first run below saves it).
+    let cold_opts = Options {
+        cold: true,
+        ..opts.clone()
+    };
+    let snap_opts = Options {
+        cold: false,
+        ..opts.clone()
+    };
+    let typical = case_timings(&cold_opts, TYPICAL_CASE, b.runs)?;
     rows.push((
-        "boot to agent ready (QEMU start -> agent)".into(),
+        "case start, cold (QEMU start -> agent ready)".into(),
         stats(&typical.boots),
     ));
     rows.push((
-        format!("typical case ({TYPICAL_CASE})"),
+        format!("typical case, cold ({TYPICAL_CASE})"),
         stats(&typical.cases),
+    ));
+    case_timings(&snap_opts, TYPICAL_CASE, 1)?;
+    let restored = case_timings(&snap_opts, TYPICAL_CASE, b.runs)?;
+    if let Some(other) = restored.starts.iter().find(|s| *s != "restored") {
+        return Err(Error::new(format!(
+            "{TYPICAL_CASE} started `{other}` where a VM snapshot should have been restored"
+        )));
+    }
+    rows.push((
+        "case start, restored (QEMU start -> agent ready)".into(),
+        stats(&restored.boots),
+    ));
+    rows.push((
+        format!("typical case, restored ({TYPICAL_CASE})"),
+        stats(&restored.cases),
+    ));
+    rows.push((
+        "ratio cold / restored: start, case (medians)".into(),
+        format!(
+            "{:.1}x, {:.1}x",
+            ratio(&typical.boots, &restored.boots),
+            ratio(&typical.cases, &restored.cases)
+        ),
+    ));
+    rows.push((
+        "VM snapshots in the cache".into(),
+        snapshot_sizes(&opts.cache),
     ));
     if !typical.tables.is_empty() {
         rows.push((
@@ -113,7 +152,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             stats(&typical.tables),
         ));
     }
-    let stock = case_timings(opts, STOCK_TABLE_CASE, b.runs)?;
+    let stock = case_timings(&cold_opts, STOCK_TABLE_CASE, b.runs)?;
     rows.push((
         "boot to agent ready, QEMU's own ACPI table".into(),
         stats(&stock.boots),
@@ -129,8 +168,25 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     rows.extend(poison_costs(opts, b.runs)?);
 
     if b.suite_runs > 0 {
-        let suite = timed(b.suite_runs, || suite(opts))?;
-        rows.push(("whole suite (cargo xtask lab, warm)".into(), stats(&suite)));
+        // Cold; then with snapshots twice: the first run saves what the
+        // cache lacks, the second restores every case it can.
+        for (what, o, runs) in [
+            ("whole suite, cold", &cold_opts, b.suite_runs),
+            ("whole suite, snapshots (first run)", &snap_opts, 1),
+            ("whole suite, snapshots (again)", &snap_opts, b.suite_runs),
+        ] {
+            let mut times = Vec::new();
+            let mut events = Vec::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                events = suite(o)?;
+                times.push(t.elapsed());
+            }
+            rows.push((
+                what.into(),
+                format!("{} [{}]", stats(&times), starts(&events)),
+            ));
+        }
     }
 
     println!("\npmem-lab bench ({} runs each; median, min..max)", b.runs);
@@ -365,6 +421,8 @@ struct CaseTimings {
     cases: Vec<Duration>,
     /// Empty when the case's machine does not use the lab's ACPI tables.
     tables: Vec<Duration>,
+    /// How each run's VM started (`cold`, `cold+saved`, `restored`).
+    starts: Vec<String>,
 }
 
 /// Run `case` `n` times through the harness; its `case` event gives boot to
@@ -374,6 +432,7 @@ fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
         boots: Vec::new(),
         cases: Vec::new(),
         tables: Vec::new(),
+        starts: Vec::new(),
     };
     for _ in 0..n.max(1) {
         let run = lab::harness_run(opts, &[case.to_string(), "--exact".into()])?;
@@ -388,11 +447,67 @@ fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
         t.boots.push(need("boot_ms")?);
         t.cases.push(need("duration_ms")?);
         t.tables.extend(ms("acpi_tables_ms"));
+        t.starts
+            .push(event["start"].as_str().unwrap_or_default().to_string());
     }
     Ok(t)
 }
 
-fn suite(opts: &Options) -> Result<()> {
+/// Medians of a's over b's.
+fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    median(a).as_secs_f64() / median(b).as_secs_f64()
+}
+
+/// How a suite's cases started, with the median start of each kind.
+fn starts(events: &[serde_json::Value]) -> String {
+    let mut out = Vec::new();
+    for kind in ["cold", "cold+saved", "restored"] {
+        let boots: Vec<Duration> = events
+            .iter()
+            .filter(|e| e["start"] == kind)
+            .filter_map(|e| e["boot_ms"].as_u64().map(Duration::from_millis))
+            .collect();
+        if !boots.is_empty() {
+            out.push(format!("{} {kind}, start {}", boots.len(), stats(&boots)));
+        }
+    }
+    out.join("; ")
+}
+
+/// Count, median and total size on disk of the VM snapshots in the cache.
+fn snapshot_sizes(cache: &Path) -> String {
+    let root = cache.join(pmem_lab_env::SNAPSHOTS_DIR);
+    let mut sizes: Vec<u64> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|generation| {
+            std::fs::read_dir(generation.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|e| e.path().join("state").is_file())
+        .map(|e| pmem_lab_env::disk_usage(&e.path()))
+        .collect();
+    if sizes.is_empty() {
+        return format!("none in {}", root.display());
+    }
+    sizes.sort();
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "{} in {}: median {:.0} MB ({:.0}..{:.0}), {:.1} GB in all",
+        sizes.len(),
+        root.display(),
+        mb(sizes[sizes.len() / 2]),
+        mb(sizes[0]),
+        mb(sizes[sizes.len() - 1]),
+        sizes.iter().sum::<u64>() as f64 / 1e9
+    )
+}
+
+/// Run the whole suite; its case events.
+fn suite(opts: &Options) -> Result<Vec<serde_json::Value>> {
     let run = lab::harness_run(opts, &[])?;
     let failed: Vec<&str> = run
         .cases
@@ -401,7 +516,7 @@ fn suite(opts: &Options) -> Result<()> {
         .filter_map(|e| e["case"].as_str())
         .collect();
     if run.success && failed.is_empty() && !run.cases.is_empty() {
-        Ok(())
+        Ok(run.cases)
     } else {
         Err(Error::new(format!(
             "the suite failed during the benchmark (failed: {}):\n{}",

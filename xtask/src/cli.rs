@@ -50,6 +50,10 @@ pub struct Global {
     /// else the lab's private copy].
     #[arg(long, global = true, value_name = "PATH", value_parser = qemu_binary)]
     pub qemu: Option<PathBuf>,
+    /// Boot every case's VM cold: no VM snapshot is saved or restored
+    /// (docs/performance.md) [default: $PMEM_LAB_COLD=1].
+    #[arg(long, global = true)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +71,11 @@ pub enum Command {
         /// Arguments for the test runner after `--` (e.g. --list, --exact).
         #[arg(last = true, value_name = "ARGS")]
         runner_args: Vec<String>,
+        /// Run the selection twice, cold and with VM snapshots, and compare
+        /// each case's first oracle observation between the two
+        /// (report/equivalence.md); fails on any difference or failure.
+        #[arg(long)]
+        equivalence: bool,
     },
     /// Build (or reuse) the guest kernel.
     Kernel,
@@ -273,6 +282,7 @@ mod tests {
             shell: None,
             filter,
             runner_args,
+            equivalence: false,
         } = cli.command
         else {
             panic!("lab")
@@ -281,6 +291,14 @@ mod tests {
         assert!(parse(&["lab", "devdax", "clear/"]).is_err());
         assert_eq!(runner_args, ["--list"]);
         assert_eq!(cli.global.vms, Some(2));
+        let cli = parse(&["lab", "--equivalence", "clear/"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lab {
+                equivalence: true,
+                ..
+            }
+        ));
         let cli = parse(&["lab", "shell", "namespaces/devdax-2m"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -92,6 +92,28 @@ pub fn qemu(opts: &Options) -> Result<Qemu> {
 }
 
 pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Result<()> {
+    let args = checked_args(opts, filter, runner_args)?;
+    if let [_] = &opts.kernels[..] {
+        let env = vm_env(opts)?;
+        return if harness(opts, &env, &args)? {
+            Ok(())
+        } else {
+            Err(Error::new(format!(
+                "some cases failed; their artifacts are under {}",
+                opts.artifacts.display()
+            )))
+        };
+    }
+    run_kernels(opts, &args)
+}
+
+/// The test runner's arguments for a selection, once the case files are
+/// valid and the selection is not empty.
+pub fn checked_args(
+    opts: &Options,
+    filter: Option<&str>,
+    runner_args: &[String],
+) -> Result<Vec<String>> {
     // Malformed cases fail here, in seconds, before a kernel build or a VM;
     // so does a filter that selects nothing.
     eprintln!("[lab] checking case files");
@@ -113,18 +135,7 @@ pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Resu
             filter.map_or("the selection".to_string(), |f| format!("`{f}`"))
         )));
     }
-    if let [_] = &opts.kernels[..] {
-        let env = vm_env(opts)?;
-        return if harness(opts, &env, &args)? {
-            Ok(())
-        } else {
-            Err(Error::new(format!(
-                "some cases failed; their artifacts are under {}",
-                opts.artifacts.display()
-            )))
-        };
-    }
-    run_kernels(opts, &args)
+    Ok(args)
 }
 
 /// The selection on each kernel in turn (its artifacts and report in
@@ -195,6 +206,10 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
         (vars::QEMU.name, path(&qemu.binary)),
         (vars::ARTIFACTS.name, path(&opts.artifacts)),
         (vars::CACHE.name, path(&opts.cache)),
+        (
+            vars::COLD.name,
+            if opts.cold { "1" } else { "0" }.to_string(),
+        ),
     ])
 }
 
@@ -253,7 +268,7 @@ pub fn harness_run_env(
 
 /// The `case` events of a report folder's events.jsonl (see
 /// harness/src/report.rs); none when the harness wrote no report.
-fn case_events(report: &Path) -> Vec<serde_json::Value> {
+pub fn case_events(report: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(report.join("events.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -348,7 +363,7 @@ pub fn shell(opts: &Options, case: &str, put: &[PutArg]) -> Result<()> {
 
 /// Run the harness's `lab` target: `cargo test -p pmem-lab-harness --test lab`.
 /// `Ok(false)` when some trial failed.
-fn harness(opts: &Options, env: &[(&str, String)], args: &[String]) -> Result<bool> {
+pub fn harness(opts: &Options, env: &[(&str, String)], args: &[String]) -> Result<bool> {
     let mut cmd = harness_command(opts, env);
     cmd.args(args);
     let status = cmd

@@ -7,6 +7,7 @@ mod bisect;
 mod bisect_test;
 mod cli;
 mod deps;
+mod equivalence;
 mod image;
 mod kconfig;
 mod kernel;
@@ -35,6 +36,8 @@ pub struct Options {
     pub vms: Option<usize>,
     /// `--qemu`, else PMEM_LAB_QEMU.
     pub qemu: Option<PathBuf>,
+    /// `--cold`: no VM snapshots (PMEM_LAB_COLD=1 for the harness).
+    pub cold: bool,
 }
 
 impl Options {
@@ -103,6 +106,7 @@ fn run(cli: Cli) -> util::Result<()> {
             k
         },
         jobs: g.jobs.map_or_else(util::nproc, usize::from),
+        cold: g.cold || vars::COLD.is_on(),
         vms: g.vms.map(usize::from),
         qemu: g.qemu.or_else(|| vars::QEMU.get().map(PathBuf::from)),
     };
@@ -115,7 +119,14 @@ fn run(cli: Cli) -> util::Result<()> {
             shell: None,
             filter,
             runner_args,
+            equivalence: false,
         } => lab::run(&opts, filter.as_deref(), &runner_args),
+        Command::Lab {
+            shell: None,
+            filter,
+            runner_args,
+            equivalence: true,
+        } => equivalence::run(&opts, filter.as_deref(), &runner_args),
         Command::Kernel => {
             for k in &opts.kernels {
                 let k = lab::build_kernel(&opts.for_kernel(k))?;

@@ -34,3 +34,21 @@ pub fn default_cache() -> PathBuf {
         .map(|h| PathBuf::from(h).join(".cache/pmem-lab"))
         .unwrap_or_else(|| std::env::temp_dir().join("pmem-lab-cache"))
 }
+
+/// The VM snapshots' folder in the cache (the harness's store,
+/// harness/src/vm_snapshot.rs; the benchmark reports its size):
+/// `<cache>/vm-snapshots/<lab binary>/<key>/`.
+pub const SNAPSHOTS_DIR: &str = "vm-snapshots";
+
+/// Bytes on disk of the files directly in `dir` (a sparse file counts what
+/// it holds).
+pub fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}

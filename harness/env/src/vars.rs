@@ -54,6 +54,12 @@ vars! {
     CACHE = "PMEM_LAB_CACHE", "xtask / user",
         "build cache directory (`--cache`); the harness keeps QEMU's ACPI tables per machine shape in its `acpi/`";
     KEEP = "PMEM_LAB_KEEP", "user", "`1`: keep passing cases' artifacts too";
+    EQUIVALENCE = "PMEM_LAB_EQUIVALENCE", "xtask",
+        "events.jsonl of a cold run (`cargo xtask lab --equivalence`): a passed case whose first oracle observation differs from its cold one fails";
+    SNAPSHOT_GB = "PMEM_LAB_SNAPSHOT_GB", "user",
+        "disk budget of the VM snapshots in the cache, in GB (default 12); the least recently used go first";
+    COLD = "PMEM_LAB_COLD", "xtask / user",
+        "`1` (`cargo xtask lab --cold`): every case boots cold; no VM snapshot is saved or restored";
     CASES = "PMEM_LAB_CASES", "user", "cases root (default `cases/`)";
     KNOWN_FAILURES = "PMEM_LAB_KNOWN_FAILURES", "user", "known-failures file (default `known-failures.yaml`)";
     TMPDIR = "PMEM_LAB_TMPDIR", "user", "where per-VM private dirs (sockets, NVDIMM files) go";

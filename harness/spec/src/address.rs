@@ -20,7 +20,7 @@
 use crate::badblocks::SECTOR;
 use crate::namespace::NamespaceMode;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RegionGeometry {
     /// `region0`
     pub dev: String,
@@ -28,7 +28,7 @@ pub struct RegionGeometry {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NamespaceGeometry {
     /// The case's name.
     pub name: String,
@@ -48,7 +48,7 @@ impl NamespaceGeometry {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Geometry {
     /// In QEMU NVDIMM order.
     pub regions: Vec<RegionGeometry>,

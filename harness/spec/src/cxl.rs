@@ -120,7 +120,7 @@ fn parse_event(fields: &str) -> Result<PoisonEvent, String> {
 /// Where a device's capacity lands in host physical memory: the region and
 /// the device's place in its interleave, read from sysfs
 /// (/sys/bus/cxl/devices/regionN and the endpoint decoder).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegionMap {
     /// The region's first host physical address (`regionN/resource`).
     pub start: u64,

@@ -95,7 +95,7 @@ fn shape_args(shape: &MachineSpec, env: &LabEnv) -> Vec<std::ffi::OsString> {
 }
 
 /// QEMU's version line plus the size and mtime of its binary and BIOS.
-fn qemu_identity(qemu: &Qemu) -> String {
+pub(crate) fn qemu_identity(qemu: &Qemu) -> String {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
         let mut id = qemu.version_line().unwrap_or_default();
@@ -165,7 +165,15 @@ fn publish(dir: &Path, shape: &MachineSpec, env: &LabEnv, t: &QemuTables) -> Res
 fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
     fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
     let private = launch::private_dir()?;
-    let vm = launch::start(shape, env, probe_dir, private.path(), &env.initrd, false)?;
+    let (vm, _) = launch::start(
+        shape,
+        env,
+        probe_dir,
+        private.path(),
+        &env.initrd,
+        false,
+        None,
+    )?;
     let mut guest = Guest::new(vm);
     let result = guest
         .machine()

@@ -473,6 +473,7 @@ impl Checker<'_> {
             steps,
             allow_dmesg: self.regexes(&file.allow_dmesg),
             allow_oracle: self.regexes(&file.allow_oracle),
+            cold_boot: file.cold_boot,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Case {
     pub allow_dmesg: Vec<Regex>,
     /// View violations the oracle tolerates (never kernel-log ones).
     pub allow_oracle: Vec<Regex>,
+    /// Never start from a VM snapshot (`cold_boot: true`).
+    pub cold_boot: bool,
 }
 
 impl Case {

@@ -35,6 +35,11 @@ pub struct CaseFile {
     /// badblock written to a block device's own sysfs file, say).
     #[serde(default)]
     pub allow_oracle: Option<Spanned<Patterns>>,
+    /// Boot this case's VM cold even when a VM snapshot of its machine and
+    /// setup exists (and save none): for a case about boot itself, or to
+    /// take the snapshot machinery out of a suspect result.
+    #[serde(default)]
+    pub cold_boot: bool,
     /// Expanded before parsing (see [`super::matrix`]); ignored here.
     #[serde(default)]
     pub matrix: Option<serde_json::Value>,
