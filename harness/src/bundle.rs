@@ -45,6 +45,11 @@ pub fn reproducer(case: &Case, env: &LabEnv) -> String {
     if let Some(config) = &env.kernel_config {
         env_vars.push(format!("{}={}", vars::KERNEL_CONFIG.name, q(config)));
     }
+    // A run without VM snapshots is replayed without them; with them, the
+    // replay restores the same snapshot if the cache still has it.
+    if !env.snapshots {
+        env_vars.push(format!("{}=1", vars::COLD.name));
+    }
     format!(
         "#!/bin/sh\n# Replays `{id}` on the kernel and image it failed with.\n\
          cd {ws} &&\n{vars} \\\n  cargo test -p pmem-lab-harness --test lab -- --exact '{id}' \"$@\"\n",
@@ -98,5 +103,11 @@ mod tests {
         ] {
             assert!(script.contains(line), "{line} not in:\n{script}");
         }
+        assert!(!script.contains("PMEM_LAB_COLD"), "{script}");
+        let cold = LabEnv {
+            snapshots: false,
+            ..env
+        };
+        assert!(reproducer(&case, &cold).contains("PMEM_LAB_COLD=1"));
     }
 }

@@ -96,19 +96,28 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     let mut log = StepLog::new(dir);
     log.line(format!(
         "VM start: {} (snapshot key {})",
-        plan.name(),
+        plan.describe(),
         key.digest
     ));
     let (saved, mut maker) = match plan {
-        Start::Cold => (None, None),
+        Start::Cold(_) => (None, None),
         Start::ColdAndSave(m) => (None, Some(m)),
         Start::Restore(s) => (Some(s), None),
     };
     let mut started =
         start_machine(&case.machine, env, dir, false, saved.as_ref()).map_err(Failure::Boot)?;
-    let ready = started
-        .wait_ready(case.boot_timeout)
-        .map_err(Failure::Boot)?;
+    let ready = started.wait_ready(case.boot_timeout).map_err(|e| match &saved {
+        // A snapshot that does not load would fail every case of its key:
+        // drop it, so the next one boots and saves a good one.
+        Some(s) => {
+            s.discard();
+            Failure::Restored {
+                snapshot: s.dir.clone(),
+                message: format!("{e}\n(the snapshot was removed: the next case of this machine and setup boots and saves a new one)"),
+            }
+        }
+        None => Failure::Boot(e),
+    })?;
     log.line(format!(
         "agent ready after {:.2}s (guest uptime {:.2}s, kernel {})",
         ready.boot_time.as_secs_f64(),

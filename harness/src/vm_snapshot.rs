@@ -52,9 +52,8 @@ const DEFAULT_BUDGET_GB: u64 = 12;
 
 /// How a case's VM starts.
 pub enum Start {
-    /// Boot; no snapshot is made (snapshots off, the case asked for a cold
-    /// boot, or another case of the key failed to make one).
-    Cold,
+    /// Boot; no snapshot is made, for the reason given.
+    Cold(&'static str),
     /// Boot, and save a snapshot after setup (this case holds the key's
     /// lock until it is published or given up).
     ColdAndSave(Maker),
@@ -63,11 +62,12 @@ pub enum Start {
 }
 
 impl Start {
-    pub fn name(&self) -> &'static str {
+    /// For steps.log: how, and why not restored.
+    pub fn describe(&self) -> String {
         match self {
-            Start::Cold => "cold",
-            Start::ColdAndSave(_) => "cold (saving a snapshot)",
-            Start::Restore(_) => "restored",
+            Start::Cold(why) => format!("cold ({why})"),
+            Start::ColdAndSave(_) => "cold (saving a snapshot)".into(),
+            Start::Restore(s) => format!("restored from {}", s.dir.display()),
         }
     }
 }
@@ -233,8 +233,8 @@ fn budget() -> u64 {
 /// boot would only compete for the same cores), then restores.
 pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), String> {
     let key = key(case, env);
-    if !env.snapshots || case.cold_boot {
-        return Ok((Start::Cold, key));
+    if let Some(why) = never_restored(case, env) {
+        return Ok((Start::Cold(why), key));
     }
     let dir = store(&env.cache).join(&key.digest);
     if let Some(saved) = Saved::find(&dir) {
@@ -269,6 +269,23 @@ pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), String> {
         }),
         key,
     ))
+}
+
+/// Why `case` boots cold whatever the store holds, if it does.
+fn never_restored(case: &Case, env: &LabEnv) -> Option<&'static str> {
+    if !env.snapshots {
+        Some("snapshots are off: --cold")
+    } else if case.cold_boot {
+        Some("the case says cold_boot: true")
+    } else if !case.machine.cxl.is_empty() {
+        // QEMU's cxl-type3 device has no migration state (no vmsd in
+        // hw/mem/cxl_type3.c as of 10.0): a restored guest finds its
+        // device registers reset, and the mailbox fails (writing
+        // trigger_poison_list gave EIO).
+        Some("QEMU does not migrate CXL devices")
+    } else {
+        None
+    }
 }
 
 /// A snapshot being made: the key's lock, and the folder it is written to
@@ -337,6 +354,11 @@ impl Saved {
 
     pub fn state_path(&self) -> PathBuf {
         self.dir.join(STATE)
+    }
+
+    /// Remove it (it did not load).
+    pub fn discard(&self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 
     /// Note a use, for the budget's least-recently-used order.
@@ -500,10 +522,13 @@ mod tests {
         let mut env = crate::lab_env::test_env(dir.path());
         let case = |yaml: &str| crate::case::load_str("k", Path::new("/k.yaml"), yaml).unwrap();
         let cold = case("cold_boot: true\nsteps:\n  - run: [true]\n");
-        assert!(matches!(plan(&cold, &env).unwrap().0, Start::Cold));
+        assert!(matches!(plan(&cold, &env).unwrap().0, Start::Cold(_)));
+        let cxl = case("machine:\n  cxl: [{size: 256M}]\nsteps:\n  - run: [true]\n");
+        let (start, _) = plan(&cxl, &env).unwrap();
+        assert_eq!(start.describe(), "cold (QEMU does not migrate CXL devices)");
         env.snapshots = false;
         let plain = case("steps:\n  - run: [true]\n");
-        assert!(matches!(plan(&plain, &env).unwrap().0, Start::Cold));
+        assert!(matches!(plan(&plain, &env).unwrap().0, Start::Cold(_)));
         // With snapshots on and none saved, the first case makes one.
         env.snapshots = true;
         let (start, _) = plan(&plain, &env).unwrap();

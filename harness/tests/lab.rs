@@ -111,7 +111,10 @@ fn main() {
     let (mut firsts, mut rest): (Vec<&Case>, Vec<&Case>) = (Vec::new(), Vec::new());
     for case in loaded.iter().filter_map(|l| l.case.as_ref().ok()) {
         let first = match &lab {
-            Some(env) if !args.is_filtered_out(&Trial::test(case.id.clone(), || Ok(()))) => {
+            Some(env)
+                if env.snapshots
+                    && !args.is_filtered_out(&Trial::test(case.id.clone(), || Ok(()))) =>
+            {
                 seen.insert(vm_snapshot::key(case, env).digest)
             }
             _ => true,
@@ -121,13 +124,6 @@ fn main() {
         } else {
             rest.push(case)
         }
-    }
-    if std::env::var_os("PMEM_LAB_DEBUG_KEYS").is_some() {
-        eprintln!(
-            "pmem-lab: {} snapshot keys for {} cases",
-            firsts.len(),
-            firsts.len() + rest.len()
-        );
     }
     for case in firsts.into_iter().chain(rest) {
         let trial = match (&skip_reason, &lab) {

@@ -348,6 +348,12 @@ fn test(
     for _ in 0..b.repeat {
         let mut env = env.clone();
         env.push((vars::KEEP.name, "1".to_string()));
+        // Every run boots: each commit is a new kernel (a snapshot would
+        // never be restored), and the runs of `--repeat` must be
+        // independent boots, or a flaky failure that depends on the boot
+        // would repeat one draw N times.
+        env.retain(|(k, _)| *k != vars::COLD.name);
+        env.push((vars::COLD.name, "1".to_string()));
         let r = lab::harness_run_env(&o, env, &["--exact".to_string(), b.case.clone()])?;
         let run = match r.cases.iter().find(|c| c["case"] == b.case.as_str()) {
             Some(c) if c["status"] == "passed" => Run::Passed,
