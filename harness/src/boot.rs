@@ -47,7 +47,7 @@ impl Started {
                 .guest
                 .machine()
                 .wait_restored(timeout)
-                .map_err(|e| format!("restoring the VM snapshot: {e}"));
+                .map_err(|e| e.to_string());
         }
         let ready = self
             .guest
