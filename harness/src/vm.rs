@@ -313,6 +313,10 @@ impl Vm {
     pub fn wait_restored(&mut self, timeout: Duration) -> Result<Ready, VmError> {
         let deadline = self.started + timeout;
         self.connect_qmp(deadline)?;
+        // The agent's socket before the state: then the guest's port comes
+        // back connected, and the agent, blocked in its read when the
+        // snapshot was taken, never sees the host go away.
+        self.connect_agent(deadline)?;
         let left = || deadline.saturating_duration_since(Instant::now());
         self.qmp("migrate-set-capabilities", Some(capabilities()), left())?;
         let uri = format!("fd:{INCOMING_FD}");
@@ -321,7 +325,6 @@ impl Vm {
         // stopped after loading it.
         self.wait_migration("the snapshot to load", deadline)?;
         self.resume(left())?;
-        self.connect_agent(deadline)?;
         let paths = ["/proc/sys/kernel/osrelease", "/proc/uptime"].map(String::from);
         let files = match self.request(
             Op::ReadFiles {

@@ -129,26 +129,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The harness binary's digest: setup's code is part of what a snapshot
-/// holds.
+/// The harness binary's identity (path, size, mtime: cargo relinks it
+/// whenever its code changes): setup's code is part of what a snapshot
+/// holds. Not a digest of its bytes: the test binary is an unoptimised
+/// build of 100+ MB, and hashing it took 3 s.
 fn generation() -> &'static str {
     static GEN: OnceLock<String> = OnceLock::new();
     GEN.get_or_init(|| {
-        std::env::current_exe()
-            .and_then(|exe| {
-                let mut f = File::open(exe)?;
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                Ok(hex(&h.finalize())[..16].to_string())
-            })
-            .unwrap_or_else(|_| "unknown".into())
+        let exe = std::env::current_exe().unwrap_or_default();
+        hex(&Sha256::digest(file_identity(&exe).as_bytes()))[..16].to_string()
     })
 }
 
