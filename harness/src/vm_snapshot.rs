@@ -15,8 +15,8 @@
 //!   the snapshot, which every restore must reproduce (the equivalence check);
 //! - `key.txt`: what the key covers, for people; `console.log`: the boot.
 //!
-//! `<lab>` is a digest of the harness binary itself, so a change to setup's
-//! code never restores a guest an older setup made; older generations are
+//! `<lab>` names the harness binary itself (path, size, mtime), so a change
+//! to setup's code never restores a guest an older setup made; older generations are
 //! removed. The key covers everything else that shapes the guest: kernel,
 //! initramfs, QEMU (binary, version, BIOS), accelerator, kernel command line,
 //! machine (NVDIMMs, latent errors, root _DSM and its faults, CXL devices),

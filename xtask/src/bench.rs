@@ -142,10 +142,6 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             ratio(&typical.cases, &restored.cases)
         ),
     ));
-    rows.push((
-        "VM snapshots in the cache".into(),
-        snapshot_sizes(&opts.cache),
-    ));
     if !typical.tables.is_empty() {
         rows.push((
             "lab ACPI tables before QEMU starts".into(),
@@ -188,6 +184,10 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             ));
         }
     }
+    rows.push((
+        "VM snapshots in the cache".into(),
+        snapshot_sizes(&opts.cache),
+    ));
 
     println!("\npmem-lab bench ({} runs each; median, min..max)", b.runs);
     for (what, figure) in rows {
