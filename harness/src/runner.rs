@@ -39,7 +39,7 @@ pub struct Passed {
     pub kernel_release: String,
     /// Preparing the lab's ACPI tables before QEMU started, if used.
     pub acpi_tables: Option<Duration>,
-    /// How the VM started ([`vm_snapshot::Start::name`]).
+    /// How the VM started ([`vm_snapshot::Start::kind`]).
     pub start: &'static str,
     /// The oracle's first observation, as the equivalence check compares
     /// it ([`oracle::Snapshot::equivalence_view`]).
@@ -99,6 +99,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         plan.describe(),
         key.digest
     ));
+    let start_kind = plan.kind();
     let (saved, mut maker) = match plan {
         Start::Cold(_) => (None, None),
         Start::ColdAndSave(m) => (None, Some(m)),
@@ -125,11 +126,6 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         ready.kernel_release
     ));
     let acpi_tables = started.acpi.as_ref().map(|t| t.took);
-    let start_name = match (&saved, &maker) {
-        (Some(_), _) => "restored",
-        (None, Some(_)) => "cold+saved",
-        (None, None) => "cold",
-    };
     let Started {
         mut guest,
         private,
@@ -222,7 +218,7 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         total: start.elapsed(),
         kernel_release: ready.kernel_release,
         acpi_tables,
-        start: start_name,
+        start: start_kind,
         setup_view,
     })
 }

@@ -62,6 +62,15 @@ pub enum Start {
 }
 
 impl Start {
+    /// The word reports use: `cold`, `cold+saved`, `restored`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Start::Cold(_) => "cold",
+            Start::ColdAndSave(_) => "cold+saved",
+            Start::Restore(_) => "restored",
+        }
+    }
+
     /// For steps.log: how, and why not restored.
     pub fn describe(&self) -> String {
         match self {
@@ -515,6 +524,7 @@ mod tests {
         let cxl = case("machine:\n  cxl: [{size: 256M}]\nsteps:\n  - run: [true]\n");
         let (start, _) = plan(&cxl, &env).unwrap();
         assert_eq!(start.describe(), "cold (QEMU does not migrate CXL devices)");
+        assert_eq!(start.kind(), "cold");
         env.snapshots = false;
         let plain = case("steps:\n  - run: [true]\n");
         assert!(matches!(plan(&plain, &env).unwrap().0, Start::Cold(_)));
@@ -522,6 +532,7 @@ mod tests {
         env.snapshots = true;
         let (start, _) = plan(&plain, &env).unwrap();
         assert!(matches!(start, Start::ColdAndSave(_)));
+        assert_eq!(start.kind(), "cold+saved");
         assert!(!dir
             .path()
             .join("cache")
