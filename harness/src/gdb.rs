@@ -147,6 +147,7 @@ pub mod reg {
     pub const RDX: u32 = 3;
     pub const RSI: u32 = 4;
     pub const RDI: u32 = 5;
+    pub const R8: u32 = 8;
     pub const RIP: u32 = 16;
     pub const EFLAGS: u32 = 17;
     pub const CS: u32 = 18;
@@ -318,6 +319,25 @@ impl Gdb {
         le_value(&answer)
     }
 
+    /// The selected vCPU's general registers (gdb's amd64 order: rax rbx
+    /// rcx rdx rsi rdi rbp rsp r8..r15), RIP and EFLAGS, in one `g`.
+    pub fn registers(&mut self, timeout: Duration) -> Result<([u64; 16], u64, u64), GdbError> {
+        let answer = self.request("g", timeout)?;
+        // 17 8-byte registers, then 4-byte EFLAGS.
+        if answer.starts_with('E') || answer.len() < 2 * (17 * 8 + 4) {
+            return Err(GdbError::Refused {
+                packet: "g".into(),
+                answer,
+            });
+        }
+        let value = |from: usize, bytes: usize| le_value(&answer[2 * from..2 * (from + bytes)]);
+        let mut gpr = [0u64; 16];
+        for (i, r) in gpr.iter_mut().enumerate() {
+            *r = value(8 * i, 8)?;
+        }
+        Ok((gpr, value(16 * 8, 8)?, value(17 * 8, 4)?))
+    }
+
     /// Set a 64-bit register of the selected vCPU.
     pub fn set_register(
         &mut self,
@@ -339,6 +359,14 @@ impl Gdb {
             return Err(GdbError::Refused { packet, answer });
         }
         hex_decode(&answer)
+    }
+
+    /// Write memory at a virtual address of the selected vCPU.
+    pub fn write(&mut self, addr: u64, bytes: &[u8], timeout: Duration) -> Result<(), GdbError> {
+        self.expect_ok(
+            &format!("M{addr:x},{:x}:{}", bytes.len(), hex_encode(bytes)),
+            timeout,
+        )
     }
 
     /// A 64-bit little-endian value at a virtual address of the selected vCPU.

@@ -297,7 +297,7 @@ fn start_poison(
         }
     }
     let (socket, log) = watcher::paths(private);
-    Watcher::start(&socket, &symbols, &log, lines, case.machine.cpus)
+    Watcher::start(&socket, symbols, &log, lines, case.machine.cpus)
 }
 
 impl CaseRun<'_> {

@@ -11,6 +11,23 @@
 //! knows that virtual address range maps that physical range (in some
 //! address space: every watch point fired there is checked against the
 //! stopped CPU's translation before anything is injected).
+//!
+//! Other ways a user mapping of NVDIMM memory comes to be, from mm/ (6.12):
+//! - mremap() moves page tables without faulting: `move_vma()` ->
+//!   `move_page_tables()` (mm/mremap.c), which moves whole PMDs/PUDs of a
+//!   device-dax mapping (`move_huge_pmd()`, `move_huge_pud()`) or its PTEs;
+//!   the lab hooks `move_page_tables()` (old address, new address, length)
+//!   and gives every known mapping in the moved range its new address
+//!   ([`UserMaps::moved`]). exec's stack shift uses it too (no NVDIMM).
+//! - fork() copies page tables only where `vma_needs_copy()` says
+//!   (mm/memory.c: uffd-wp, VM_PFNMAP/VM_MIXEDMAP, an anon_vma, i.e. a
+//!   MAP_PRIVATE fsdax file written to); the child's copy is at the same
+//!   virtual address, which the watch point already covers in every address
+//!   space. A MAP_SHARED dax mapping is not copied: the child faults, and
+//!   the install hooks see it.
+//! - a mapping installed before a line is poisoned: every mapping seen since
+//!   the model started is kept, and each newly poisoned line is watched at
+//!   all of them.
 
 use std::collections::BTreeSet;
 
@@ -21,10 +38,18 @@ pub enum Hook {
     MixedMkwrite,
     Pmd,
     Pud,
+    /// `move_page_tables(vma, old_addr, new_vma, new_addr, len, ...)`.
+    MovePageTables,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 4] = [Hook::Mixed, Hook::MixedMkwrite, Hook::Pmd, Hook::Pud];
+    pub const ALL: [Hook; 5] = [
+        Hook::Mixed,
+        Hook::MixedMkwrite,
+        Hook::Pmd,
+        Hook::Pud,
+        Hook::MovePageTables,
+    ];
 
     /// The function's names, the current first. Before 6.7 the huge-page
     /// ones were inline wrappers (include/linux/huge_mm.h) around
@@ -37,15 +62,17 @@ impl Hook {
             Hook::MixedMkwrite => &["vmf_insert_mixed_mkwrite"],
             Hook::Pmd => &["vmf_insert_pfn_pmd", "vmf_insert_pfn_pmd_prot"],
             Hook::Pud => &["vmf_insert_pfn_pud", "vmf_insert_pfn_pud_prot"],
+            Hook::MovePageTables => &["move_page_tables"],
         }
     }
 
-    /// The size of the mapping it installs.
-    pub fn size(self) -> u64 {
+    /// The size of the mapping it installs (`None`: it moves mappings).
+    pub fn size(self) -> Option<u64> {
         match self {
-            Hook::Mixed | Hook::MixedMkwrite => 4 << 10,
-            Hook::Pmd => 2 << 20,
-            Hook::Pud => 1 << 30,
+            Hook::Mixed | Hook::MixedMkwrite => Some(4 << 10),
+            Hook::Pmd => Some(2 << 20),
+            Hook::Pud => Some(1 << 30),
+            Hook::MovePageTables => None,
         }
     }
 
@@ -77,8 +104,8 @@ pub struct UserMap {
 
 impl UserMap {
     /// From a hook's arguments: the faulting address and the pfn_t.
-    pub fn installed(hook: Hook, address: u64, pfn_t: u64) -> UserMap {
-        let size = hook.size();
+    /// `size`: the hook's ([`Hook::size`]).
+    pub fn installed(size: u64, address: u64, pfn_t: u64) -> UserMap {
         UserMap {
             va: address & !(size - 1),
             pa: pfn_of(pfn_t) << 12,
@@ -106,6 +133,27 @@ impl UserMaps {
         self.0.insert(m)
     }
 
+    /// Page tables of `[old, old + len)` moved to `new` (mremap): every
+    /// known mapping's part in that range is now also at its new address
+    /// (the old stays known: a stale watch point only costs a stop the
+    /// translation check lets pass). The new mappings.
+    pub fn moved(&mut self, old: u64, new: u64, len: u64) -> Vec<UserMap> {
+        let end = old.saturating_add(len);
+        let moved: Vec<UserMap> = self
+            .0
+            .iter()
+            .filter_map(|m| {
+                let (lo, hi) = (m.va.max(old), (m.va + m.size).min(end));
+                (lo < hi).then(|| UserMap {
+                    va: new.wrapping_add(lo - old),
+                    pa: m.pa + (lo - m.va),
+                    size: hi - lo,
+                })
+            })
+            .collect();
+        moved.into_iter().filter(|m| self.0.insert(*m)).collect()
+    }
+
     /// The user virtual addresses of physical `line`.
     pub fn aliases(&self, line: u64) -> impl Iterator<Item = u64> + '_ {
         self.0.iter().filter_map(move |m| m.alias(line))
@@ -128,7 +176,7 @@ mod tests {
     fn a_pmd_mapping_is_2m_aligned_and_maps_its_lines() {
         // pfn 0x100a00 with PFN_DEV|PFN_MAP flags in the top bits.
         let pfn_t = (3u64 << 62) | 0x10_0a00;
-        let m = UserMap::installed(Hook::Pmd, 0x7f12_3456_7890, pfn_t);
+        let m = UserMap::installed(2 << 20, 0x7f12_3456_7890, pfn_t);
         assert_eq!(
             m,
             UserMap {
@@ -144,9 +192,9 @@ mod tests {
     #[test]
     fn every_mapping_of_a_line_is_an_alias() {
         let mut maps = UserMaps::default();
-        assert!(maps.add(UserMap::installed(Hook::Mixed, 0x7000_0000_1234, 0x10_0a01)));
-        assert!(!maps.add(UserMap::installed(Hook::Mixed, 0x7000_0000_1000, 0x10_0a01)));
-        maps.add(UserMap::installed(Hook::Pud, 0x7f40_0000_0000, 0x10_0000));
+        assert!(maps.add(UserMap::installed(4096, 0x7000_0000_1234, 0x10_0a01)));
+        assert!(!maps.add(UserMap::installed(4096, 0x7000_0000_1000, 0x10_0a01)));
+        maps.add(UserMap::installed(1 << 30, 0x7f40_0000_0000, 0x10_0000));
         let mut a: Vec<u64> = maps.aliases(0x1_00a0_1040).collect();
         a.sort();
         assert_eq!(a, [0x7000_0000_1040, 0x7f40_00a0_1040]);
@@ -154,8 +202,41 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_range_takes_its_mappings_with_it() {
+        let mut maps = UserMaps::default();
+        // A 2M device-dax mapping and a 4K one elsewhere.
+        maps.add(UserMap::installed(2 << 20, 0x7f00_0020_0000, 0x10_0a00));
+        maps.add(UserMap::installed(4096, 0x7e00_0000_0000, 0x10_0b00));
+        // mremap(MREMAP_FIXED) of the 2M to 0x7f10_0000_0000.
+        let new = maps.moved(0x7f00_0020_0000, 0x7f10_0000_0000, 2 << 20);
+        assert_eq!(
+            new,
+            [UserMap {
+                va: 0x7f10_0000_0000,
+                pa: 0x1_00a0_0000,
+                size: 2 << 20
+            }]
+        );
+        let mut a: Vec<u64> = maps.aliases(0x1_00a0_1040).collect();
+        a.sort();
+        assert_eq!(a, [0x7f00_0020_1040, 0x7f10_0000_1040]);
+        // Half of it moved again: only that half.
+        let new = maps.moved(0x7f10_0010_0000, 0x7f20_0000_0000, 4 << 20);
+        assert_eq!(new.len(), 1);
+        assert_eq!(
+            (new[0].va, new[0].pa, new[0].size),
+            (0x7f20_0000_0000, 0x1_00b0_0000, 1 << 20)
+        );
+        // Nothing known there: nothing new.
+        assert!(maps.moved(0x1000, 0x2000, 0x1000).is_empty());
+    }
+
+    #[test]
     fn hooks_name_their_sizes() {
-        assert_eq!(Hook::ALL.map(|h| h.size() >> 12), [1, 1, 512, 262144]);
+        assert_eq!(
+            Hook::ALL.map(|h| h.size().map(|s| s >> 12)),
+            [Some(1), Some(1), Some(512), Some(262144), None]
+        );
         assert!(Hook::Pud.address_in_vmf() && !Hook::Mixed.address_in_vmf());
     }
 }

@@ -1,142 +1,703 @@
-//! Putting a vCPU back before the load that consumed poison.
+//! Putting a vCPU back at the load that consumed poison, as hardware leaves
+//! it when the load raises #MC before it retires.
 //!
 //! Under TCG, QEMU reports an x86 read watch point after the access: it
 //! executes the instruction once more with the watch point off and stops
 //! after it (accel/tcg/watchpoint.c; x86 does not ask for "stop before
-//! access"). For `rep movs`, the string copy of memcpy and of the
-//! copy_mc_*/copy_to_user paths, that one execution is one iteration: one
-//! element of the line has been copied and RSI, RDI and RCX have moved past
-//! it. Real hardware raises the machine check before the load retires, so
-//! the lab steps the registers back by one element: the kernel's fixup then
-//! sees the copy exactly where hardware would leave it (the count not
-//! copied includes the poisoned element), and `read()` of a DAX file returns
-//! what it would on a real machine instead of a one-byte short read. Any
-//! other load is left where QEMU stopped it (RIP after the instruction);
-//! docs/poison.md says so.
+//! access"). So at the stop the load has retired: RIP is past it, its
+//! destination is written, its side effects (RSI/RDI of a string move, RSP
+//! of a push, a read-modify-write's store) are done. Hardware would have
+//! raised the machine check with RIP at the load (MCG_STATUS.EIPV) and
+//! nothing of it done; the kernel's recovery depends on that: the exception
+//! table is looked up by the load's own address (`ex_get_fixup_type(m->ip)`
+//! in arch/x86/kernel/cpu/mce/severity.c), `is_copy_from_user()` decodes
+//! the instruction at RIP to find the user address, and a user program's
+//! SIGBUS handler that returns runs the load again.
+//!
+//! The lab finds the instruction that ends at the stop's RIP by decoding
+//! (iced-x86): from the start of the enclosing kernel symbol when one is
+//! known (System.map; exact), otherwise by a vote of forward decodes from
+//! every byte of a window before RIP (x86 decoding re-synchronises within a
+//! few instructions; [`vote`]). It then undoes what the instruction did
+//! ([`plan`]): RIP to its first byte, registers it moved or combined put
+//! back from the values they now hold and the memory's bytes (which QEMU
+//! did not corrupt), a store it made put back. What it cannot undo is said
+//! in the [`Rewind::note`] that steps.log prints, and in docs/poison.md.
+//!
+//! String moves are special: QEMU 7.2 stops a `rep movs` on the
+//! instruction itself after one element (RIP unchanged, RSI/RDI/RCX moved
+//! by one); QEMU 10.0.2 runs the whole `rep movsb` before it stops.
 
-/// The element size of a `rep movs` whose bytes start `code`, if it is one
-/// (prefixes in any order: F3 REP, 66 operand size, REX with W).
-pub fn rep_movs_width(code: &[u8]) -> Option<u64> {
-    let (mut rep, mut opsize, mut rexw) = (false, false, false);
-    for b in code.iter().take(4) {
-        match b {
-            0xf3 => rep = true,
-            0x66 => opsize = true,
-            0x40..=0x4f => rexw = b & 0x08 != 0,
-            0xa4 => return rep.then_some(1),
-            0xa5 => {
-                return rep.then_some(if rexw {
-                    8
-                } else if opsize {
-                    2
-                } else {
-                    4
-                })
-            }
-            _ => return None,
-        }
-    }
-    None
-}
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
+
+/// The longest x86 instruction.
+pub const MAX_INSTRUCTION: usize = 15;
+/// How far before RIP the vote starts decoding (see [`vote`]).
+pub const VOTE_WINDOW: u64 = 64;
 
 /// EFLAGS.DF: string instructions count down.
 pub const DIRECTION_FLAG: u64 = 1 << 10;
+/// EFLAGS.ZF.
+const ZERO_FLAG: u64 = 1 << 6;
 
-/// The registers of a string move one element back, if the element just
-/// copied came from the watched line `[line_va, line_va + 64)`:
-/// `(rsi, rdi, rcx)`.
-pub fn one_back(
-    width: u64,
-    (rsi, rdi, rcx): (u64, u64, u64),
-    eflags: u64,
-    line_va: u64,
-) -> Option<(u64, u64, u64)> {
-    if eflags & DIRECTION_FLAG != 0 {
-        return None;
-    }
-    let src = rsi.checked_sub(width)?;
-    (line_va..line_va + super::LINE)
-        .contains(&src)
-        .then(|| (src, rdi.wrapping_sub(width), rcx + 1))
+/// The general registers in gdb's amd64 order.
+const GPR: [Register; 16] = [
+    Register::RAX,
+    Register::RBX,
+    Register::RCX,
+    Register::RDX,
+    Register::RSI,
+    Register::RDI,
+    Register::RBP,
+    Register::RSP,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
+/// A vCPU's general registers (gdb's order: rax rbx rcx rdx rsi rdi rbp
+/// rsp r8..r15), RIP and RFLAGS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Regs {
+    pub gpr: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
 }
 
-/// QEMU 10.0.2 runs a whole `rep movsb` when it re-executes the
-/// instruction for a watch point, and reports the stop after it (measured:
-/// it stops at copy_mc_enhanced_fast_string+0xc; 7.2 stops at +0xa, the
-/// `rep movsb`, one byte done; versions in between were not tried). For a copy whose count came from RDX
-/// (copy_mc_enhanced_fast_string: `movq %rdx, %rcx; rep movsb`,
-/// arch/x86/lib/copy_mc_64.S), the registers at the first byte of the
-/// watched line: the source began at RSI - (RDX - RCX). `(rsi, rdi, rcx)`.
-pub fn back_to_line(
-    (rsi, rdi, rcx): (u64, u64, u64),
-    rdx: u64,
-    eflags: u64,
-    line_va: u64,
-) -> Option<(u64, u64, u64)> {
-    if eflags & DIRECTION_FLAG != 0 {
+/// Where a general register's bits sit: its slot in [`Regs::gpr`], shift
+/// and width (AH is bits 8..16 of RAX).
+fn field(r: Register) -> Option<(usize, u32, u32)> {
+    if !r.is_gpr() {
         return None;
     }
-    let start = rsi.checked_sub(rdx.checked_sub(rcx)?)?;
-    let first = line_va.max(start);
-    let back = rsi.checked_sub(first).filter(|b| *b > 0)?;
-    Some((first, rdi.wrapping_sub(back), rcx + back))
+    let slot = GPR.iter().position(|g| *g == r.full_register())?;
+    let shift = match r {
+        Register::AH | Register::BH | Register::CH | Register::DH => 8,
+        _ => 0,
+    };
+    Some((slot, shift, 8 * r.size() as u32))
 }
 
-/// `rep movsb`.
-pub const REP_MOVSB: [u8; 2] = [0xf3, 0xa4];
+/// A register's name as GNU as writes it, without the `%`.
+trait Name {
+    fn name(self) -> String;
+}
+
+impl Name for Register {
+    fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
+fn mask(bits: u32) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1 << bits) - 1
+    }
+}
+
+impl Regs {
+    /// The value of `r` (any general register, any width).
+    pub fn get(&self, r: Register) -> Option<u64> {
+        let (slot, shift, bits) = field(r)?;
+        Some((self.gpr[slot] >> shift) & mask(bits))
+    }
+
+    /// Put `value` into `r`'s bits, leaving the rest of the register.
+    fn put(&mut self, r: Register, value: u64) {
+        if let Some((slot, shift, bits)) = field(r) {
+            let m = mask(bits) << shift;
+            self.gpr[slot] = (self.gpr[slot] & !m) | ((value << shift) & m);
+        }
+    }
+
+    fn full(&self, r: Register) -> u64 {
+        self.get(r.full_register()).unwrap_or(0)
+    }
+
+    fn set_full(&mut self, r: Register, v: u64) {
+        self.put(r.full_register(), v);
+    }
+
+    /// The general registers that differ from `other`, by gdb number.
+    pub fn changed(&self, other: &Regs) -> Vec<(u32, u64)> {
+        (0..16)
+            .filter(|i| self.gpr[*i] != other.gpr[*i])
+            .map(|i| (i as u32, self.gpr[i]))
+            .collect()
+    }
+}
+
+/// Where the lab found the instruction's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// Decoded from the start of the enclosing symbol: exact.
+    Symbol,
+    /// The boundary most forward decodes from the window agreed on.
+    Vote { agreeing: usize, of: usize },
+}
+
+/// Decode `code` (at virtual `va`) forward from its first byte: the
+/// instruction that ends exactly at `rip`, if the decode lands there, and
+/// the one at `rip`.
+pub fn decode_from(code: &[u8], va: u64, rip: u64) -> (Option<Instruction>, Option<Instruction>) {
+    let mut d = Decoder::with_ip(64, code, va, DecoderOptions::NONE);
+    let mut before = None;
+    while d.can_decode() {
+        let i = d.decode();
+        if i.is_invalid() {
+            return (None, None);
+        }
+        if i.ip() == rip {
+            return (before, Some(i));
+        }
+        if i.ip() > rip {
+            return (None, None);
+        }
+        before = (i.next_ip() == rip).then_some(i);
+        if i.next_ip() == rip && !d.can_decode() {
+            return (before, None);
+        }
+    }
+    (before, None)
+}
+
+/// The instruction that ends at `rip` when no instruction boundary before
+/// it is known (user code, module code): decode forward from every byte of
+/// `code` (which starts at `va` and runs past `rip`), keep the chains that
+/// land exactly on `rip`, and take the last instruction most of them agree
+/// on. x86 decoding re-synchronises after a few instructions, so chains
+/// from far enough back agree on the true boundary; ties go to the chain
+/// from furthest back. `Anchor::Vote` says how many agreed.
+pub fn vote(code: &[u8], va: u64, rip: u64) -> Option<(Instruction, Anchor)> {
+    let mut counts: Vec<(u64, usize, Instruction)> = Vec::new();
+    let mut of = 0;
+    for start in 0..(rip.saturating_sub(va) as usize).min(code.len()) {
+        let (before, _) = decode_from(&code[start..], va + start as u64, rip);
+        let Some(i) = before else { continue };
+        of += 1;
+        match counts.iter_mut().find(|(ip, _, _)| *ip == i.ip()) {
+            Some(c) => c.1 += 1,
+            None => counts.push((i.ip(), 1, i)),
+        }
+    }
+    // The first of the most agreed (counts keeps first-seen order, i.e.
+    // the chain from furthest back).
+    let best = counts.iter().map(|c| c.1).max()?;
+    let (_, agreeing, i) = counts.into_iter().find(|c| c.1 == best)?;
+    Some((i, Anchor::Vote { agreeing, of }))
+}
+
+/// `i` as GNU as writes it.
+pub fn text(i: &Instruction) -> String {
+    let mut f = GasFormatter::new();
+    let mut s = String::new();
+    f.format(i, &mut s);
+    s
+}
+
+/// How to put the vCPU back before the load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    /// The registers as they must be (RIP at the load).
+    pub regs: Regs,
+    /// Bytes to put back where the instruction stored (virtual address).
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// The instruction, as GNU as writes it.
+    pub instruction: String,
+    /// What is left as QEMU made it rather than as hardware leaves it.
+    pub note: Option<String>,
+}
+
+/// Reads guest memory at a virtual address of the stopped vCPU.
+pub type ReadMem<'a> = dyn FnMut(u64, usize) -> Option<Vec<u8>> + 'a;
+
+fn le(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
+    u64::from_le_bytes(b)
+}
+
+fn sign_extend(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        return v;
+    }
+    let s = 64 - bits;
+    (((v << s) as i64) >> s) as u64
+}
+
+/// What the vCPU looked like at the stop.
+pub struct Stop<'a> {
+    pub regs: Regs,
+    /// The watched line's virtual address (the watch point's, 64 bytes).
+    pub line_va: u64,
+    /// The instruction that ends at RIP, and the one at RIP.
+    pub before: Option<Instruction>,
+    pub at: Option<Instruction>,
+    /// The element count a whole `rep movsb` started with, where the lab
+    /// knows it (RDX in copy_mc_enhanced_fast_string).
+    pub rep_count: Option<u64>,
+    pub mem: &'a mut ReadMem<'a>,
+}
+
+fn is_string_read(i: &Instruction) -> bool {
+    i.is_string_instruction()
+        && matches!(
+            i.mnemonic(),
+            Mnemonic::Movsb
+                | Mnemonic::Movsw
+                | Mnemonic::Movsd
+                | Mnemonic::Movsq
+                | Mnemonic::Lodsb
+                | Mnemonic::Lodsw
+                | Mnemonic::Lodsd
+                | Mnemonic::Lodsq
+                | Mnemonic::Cmpsb
+                | Mnemonic::Cmpsw
+                | Mnemonic::Cmpsd
+                | Mnemonic::Cmpsq
+                | Mnemonic::Scasb
+                | Mnemonic::Scasw
+                | Mnemonic::Scasd
+                | Mnemonic::Scasq
+        )
+}
+
+fn has_rep(i: &Instruction) -> bool {
+    i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix()
+}
+
+/// Which of RSI and RDI a string instruction moves (`scas` reads through
+/// RDI, `lods` through RSI, `movs`/`cmps` both).
+fn string_pointers(i: &Instruction) -> (bool, bool) {
+    match i.mnemonic() {
+        Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => (true, false),
+        Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => (false, true),
+        _ => (true, true),
+    }
+}
+
+fn element(i: &Instruction) -> u64 {
+    (i.memory_size().size() as u64).max(1)
+}
+
+/// Put a string instruction's pointers back by `n` elements (and RCX up
+/// by `n` for a rep).
+fn string_back(i: &Instruction, regs: &mut Regs, n: u64) {
+    let w = element(i) * n;
+    let (si, di) = string_pointers(i);
+    if si {
+        let v = regs.full(Register::RSI).wrapping_sub(w);
+        regs.set_full(Register::RSI, v);
+    }
+    if di {
+        let v = regs.full(Register::RDI).wrapping_sub(w);
+        regs.set_full(Register::RDI, v);
+    }
+    if has_rep(i) {
+        let v = regs.full(Register::RCX).wrapping_add(n);
+        regs.set_full(Register::RCX, v);
+    }
+}
+
+/// The pointer through which a string instruction reads the line.
+fn string_source(i: &Instruction, regs: &Regs) -> u64 {
+    match string_pointers(i) {
+        (false, true) => regs.full(Register::RDI),
+        _ => regs.full(Register::RSI),
+    }
+}
+
+fn in_line(line: u64, a: u64, len: u64) -> bool {
+    a < line + super::LINE && a.wrapping_add(len) > line
+}
+
+/// Work out how to put the vCPU back before the load of the watched line.
+/// `Err` says why it cannot (the stop is then left as QEMU made it).
+pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
+    let Stop {
+        regs,
+        line_va,
+        before,
+        at,
+        rep_count,
+        mem,
+    } = stop;
+    if regs.rflags & DIRECTION_FLAG != 0 {
+        // Counting down: no kernel copy does, and the lab does not model it.
+        if at.as_ref().or(before.as_ref()).is_some_and(is_string_read) {
+            return Err("a string instruction counting down (EFLAGS.DF) is not rewound".into());
+        }
+    }
+    // QEMU 7.2: stopped on a rep string instruction after one element.
+    if let Some(i) = at.filter(|i| is_string_read(i) && has_rep(i)) {
+        if in_line(
+            line_va,
+            string_source(&i, &regs).wrapping_sub(element(&i)),
+            element(&i),
+        ) {
+            let mut back = regs;
+            string_back(&i, &mut back, 1);
+            return Ok(Rewind {
+                regs: back,
+                writes: Vec::new(),
+                instruction: text(&i),
+                note: string_store_note(&i, 1),
+            });
+        }
+    }
+    let i = before.ok_or("no instruction that reads memory ends at RIP")?;
+    if i.flow_control() != FlowControl::Next && !is_string_read(&i) {
+        return Err(format!("`{}` is not a plain load", text(&i)));
+    }
+    let mut back = regs;
+    back.rip = i.ip();
+    if is_string_read(&i) {
+        return string_whole(&i, back, line_va, rep_count);
+    }
+    let mem_op = (0..i.op_count())
+        .find(|o| i.op_kind(*o) == OpKind::Memory)
+        .ok_or_else(|| format!("`{}` has no memory operand", text(&i)))?;
+    let size = i.memory_size().size() as u64;
+    let info = InstructionInfoFactory::new().info(&i).clone();
+    let reads = info.used_memory().iter().any(|m| {
+        matches!(
+            m.access(),
+            OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        )
+    });
+    if !reads {
+        return Err(format!("`{}` does not read memory", text(&i)));
+    }
+    let written: Vec<Register> = info
+        .used_registers()
+        .iter()
+        .filter(|u| {
+            u.register().is_gpr()
+                && matches!(
+                    u.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                )
+        })
+        .map(|u| u.register())
+        .collect();
+    let (base, index) = (i.memory_base(), i.memory_index());
+    let clobbered = |r: Register| {
+        r != Register::None
+            && written
+                .iter()
+                .any(|w| w.full_register() == r.full_register())
+    };
+    let address = |regs: &Regs| {
+        i.virtual_address(mem_op, 0, |r, _, _| match r {
+            Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+            Register::FS | Register::GS => None,
+            r => regs.get(r),
+        })
+    };
+    let mut note = None;
+    // The effective address: from the registers now, or, when the load
+    // wrote its own base register (`mov (%rax),%rax`), solved from the
+    // line's bytes.
+    let ea = if clobbered(base) || clobbered(index) {
+        let dest = i.op0_register();
+        if clobbered(index)
+            || dest.full_register() != base.full_register()
+            || i.op_kind(0) != OpKind::Register
+        {
+            return Err(format!(
+                "`{}` wrote a register of its own address",
+                text(&i)
+            ));
+        }
+        let loaded = regs.get(dest).unwrap_or(0);
+        let signed = matches!(i.mnemonic(), Mnemonic::Movsx | Mnemonic::Movsxd);
+        let dbits = 8 * dest.size() as u32;
+        let candidates: Vec<u64> = (line_va.saturating_sub(size - 1)..line_va + super::LINE)
+            .filter(|a| {
+                mem(*a, size as usize).is_some_and(|b| {
+                    let v = le(&b);
+                    let v = if signed {
+                        sign_extend(v, 8 * size as u32)
+                    } else {
+                        v
+                    };
+                    v & mask(dbits) == loaded
+                })
+            })
+            .collect();
+        let [ea] = candidates[..] else {
+            return Err(format!(
+                "`{}` overwrote its base register and {} addresses of the line hold the loaded value",
+                text(&i),
+                candidates.len()
+            ));
+        };
+        // Solve base = ea - disp - index * scale (as the instruction's
+        // address arithmetic, in 64 bits).
+        let idx = if index == Register::None {
+            0
+        } else {
+            regs.full(index)
+        };
+        let disp = if i.is_ip_rel_memory_operand() {
+            0
+        } else {
+            i.memory_displacement64()
+        };
+        let old = ea
+            .wrapping_sub(disp)
+            .wrapping_sub(idx.wrapping_mul(i.memory_index_scale() as u64));
+        // Where the load's destination is narrower than its base, the
+        // base's other bits are as they were.
+        let prior = match dest.size() {
+            8 => old,
+            4 => old,
+            _ => (regs.full(base) & !mask(dbits)) | (old & mask(dbits)),
+        };
+        if dest.size() == 4 {
+            note = Some(format!(
+                "{} was solved from the line's bytes",
+                base.full_register().name()
+            ));
+        }
+        back.set_full(base, prior);
+        ea
+    } else {
+        address(&regs).ok_or_else(|| format!("`{}`: cannot compute its address", text(&i)))?
+    };
+    if !in_line(line_va, ea, size.max(1)) {
+        return Err(format!(
+            "`{}` read {ea:#x}, not the watched line {line_va:#x}",
+            text(&i)
+        ));
+    }
+    let m = mem(ea, size as usize).map(|b| le(&b));
+    let bits = 8 * size as u32;
+    let mut writes = Vec::new();
+    let op1_value = |regs: &Regs| match i.op_kind(1) {
+        OpKind::Register => regs.get(i.op1_register()),
+        OpKind::Memory => None,
+        _ => Some(i.immediate(1)),
+    };
+    match (i.mnemonic(), i.op_kind(0)) {
+        // A read-modify-write of a register: invert it with the line's
+        // bytes (unchanged in memory).
+        (Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor, OpKind::Register) => {
+            let d = i.op0_register();
+            let (now, v) = (regs.get(d).unwrap_or(0), m.ok_or("cannot read the line")?);
+            let v = if d.size() as u64 > size {
+                sign_extend(v, bits)
+            } else {
+                v
+            };
+            let old = match i.mnemonic() {
+                Mnemonic::Add => now.wrapping_sub(v),
+                Mnemonic::Sub => now.wrapping_add(v),
+                _ => now ^ v,
+            };
+            back.put(d, old);
+            if d.size() == 4 {
+                note = Some(format!(
+                    "the upper half of {} is lost (a 32-bit result clears it)",
+                    d.full_register().name()
+                ));
+            }
+        }
+        // A read-modify-write of the line: put its old bytes back.
+        (
+            Mnemonic::Add
+            | Mnemonic::Sub
+            | Mnemonic::Xor
+            | Mnemonic::Inc
+            | Mnemonic::Dec
+            | Mnemonic::Neg
+            | Mnemonic::Not,
+            OpKind::Memory,
+        ) => {
+            let now = m.ok_or("cannot read the line")?;
+            let src = if matches!(i.mnemonic(), Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor) {
+                op1_value(&regs).ok_or("no source value")?
+            } else {
+                0
+            };
+            let old = match i.mnemonic() {
+                Mnemonic::Add => now.wrapping_sub(src),
+                Mnemonic::Sub => now.wrapping_add(src),
+                Mnemonic::Xor => now ^ src,
+                Mnemonic::Inc => now.wrapping_sub(1),
+                Mnemonic::Dec => now.wrapping_add(1),
+                Mnemonic::Neg => now.wrapping_neg(),
+                _ => !now,
+            };
+            writes.push((
+                ea,
+                (old & mask(bits)).to_le_bytes()[..size as usize].to_vec(),
+            ));
+        }
+        // xchg: the register holds the line's old bytes, the line the
+        // register's.
+        (Mnemonic::Xchg, _) => {
+            let r = if i.op_kind(0) == OpKind::Register {
+                i.op0_register()
+            } else {
+                i.op1_register()
+            };
+            let now = m.ok_or("cannot read the line")?;
+            writes.push((
+                ea,
+                regs.get(r).unwrap_or(0).to_le_bytes()[..size as usize].to_vec(),
+            ));
+            back.put(r, now);
+        }
+        // xadd: line = old + reg, reg = old line.
+        (Mnemonic::Xadd, OpKind::Memory) => {
+            let r = i.op1_register();
+            let (now, got) = (m.ok_or("cannot read the line")?, regs.get(r).unwrap_or(0));
+            writes.push((ea, got.to_le_bytes()[..size as usize].to_vec()));
+            back.put(r, now.wrapping_sub(got));
+        }
+        // cmpxchg: equal (ZF) -> the line took the source and the
+        // accumulator is unchanged; not equal -> the accumulator took the
+        // line, its old value is lost.
+        (Mnemonic::Cmpxchg, OpKind::Memory) => {
+            let acc = match size {
+                1 => Register::AL,
+                2 => Register::AX,
+                4 => Register::EAX,
+                _ => Register::RAX,
+            };
+            if regs.rflags & ZERO_FLAG != 0 {
+                writes.push((
+                    ea,
+                    regs.get(acc).unwrap_or(0).to_le_bytes()[..size as usize].to_vec(),
+                ));
+            } else {
+                note = Some(
+                    "cmpxchg found the line different: the accumulator's old value is lost".into(),
+                );
+            }
+        }
+        (Mnemonic::Push, _) => {
+            let v = regs.full(Register::RSP).wrapping_add(size);
+            back.set_full(Register::RSP, v);
+        }
+        (Mnemonic::Pop, _) => {
+            let v = regs.full(Register::RSP).wrapping_sub(size);
+            back.set_full(Register::RSP, v);
+        }
+        (m, _) => {
+            // Anything else: every register it writes must be its
+            // destination only (loads of every width and extension,
+            // compares, tests, vector loads), which the fixup or the load
+            // run again overwrites.
+            let dest = (i.op_kind(0) == OpKind::Register).then(|| i.op0_register().full_register());
+            let other: Vec<String> = written
+                .iter()
+                .filter(|w| Some(w.full_register()) != dest)
+                .map(|w| w.name())
+                .collect();
+            let rmw = info.used_registers().iter().any(|u| {
+                Some(u.register().full_register()) == dest
+                    && matches!(u.access(), OpAccess::ReadWrite | OpAccess::ReadCondWrite)
+            }) && !matches!(
+                m,
+                Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
+            );
+            if !other.is_empty() || rmw {
+                note = Some(format!(
+                    "`{m:?}` changed {} from the line's bytes; not put back",
+                    if other.is_empty() {
+                        "its destination".to_string()
+                    } else {
+                        other.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    Ok(Rewind {
+        regs: back,
+        writes,
+        instruction: text(&i),
+        note,
+    })
+}
+
+/// A string instruction QEMU ran to its end before it stopped (QEMU 10's
+/// whole `rep movsb`, or any non-rep one): back to the line's first
+/// element it read.
+fn string_whole(
+    i: &Instruction,
+    mut back: Regs,
+    line_va: u64,
+    rep_count: Option<u64>,
+) -> Result<Rewind, String> {
+    let rep = has_rep(i);
+    let w = element(i);
+    let src = string_source(i, &back);
+    if !rep {
+        if !in_line(line_va, src.wrapping_sub(w), w) {
+            return Err(format!(
+                "`{}` read {:#x}, not the watched line",
+                text(i),
+                src.wrapping_sub(w)
+            ));
+        }
+        string_back(i, &mut back, 1);
+        return Ok(Rewind {
+            regs: back,
+            writes: Vec::new(),
+            instruction: text(i),
+            note: string_store_note(i, 1),
+        });
+    }
+    let done_from =
+        |count: u64| src.wrapping_sub(count.wrapping_sub(back.full(Register::RCX)).wrapping_mul(w));
+    let (first, note) = match rep_count {
+        Some(c) => {
+            let start = done_from(c);
+            (line_va.max(start), None)
+        }
+        None => (
+            line_va,
+            Some("QEMU ran the whole rep: rewound to the line's first byte (exact when the copy began at or before it)".to_string()),
+        ),
+    };
+    if src <= first {
+        return Err(format!("`{}` stopped before the watched line", text(i)));
+    }
+    let n = (src - first) / w;
+    string_back(i, &mut back, n);
+    Ok(Rewind {
+        regs: back,
+        writes: Vec::new(),
+        instruction: text(i),
+        note: note.or(string_store_note(i, n)),
+    })
+}
+
+/// A `movs` stored what it loaded before QEMU stopped it.
+fn string_store_note(i: &Instruction, n: u64) -> Option<String> {
+    matches!(i.mnemonic(), Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq).then(|| {
+        format!(
+            "{} element(s) of the line already stored at the destination (the fixup counts them as not copied)",
+            n
+        )
+    })
+}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn string_moves_are_recognised_by_their_bytes() {
-        assert_eq!(rep_movs_width(&[0xf3, 0xa4, 0xc3, 0x90]), Some(1));
-        assert_eq!(rep_movs_width(&[0xf3, 0x48, 0xa5, 0x90]), Some(8));
-        assert_eq!(rep_movs_width(&[0x66, 0xf3, 0xa5, 0x90]), Some(2));
-        assert_eq!(rep_movs_width(&[0xf3, 0xa5, 0x90, 0x90]), Some(4));
-        // movsb without rep, a mov load, nothing.
-        assert_eq!(rep_movs_width(&[0xa4, 0x90, 0x90, 0x90]), None);
-        assert_eq!(rep_movs_width(&[0x8a, 0x06, 0x90, 0x90]), None);
-        assert_eq!(rep_movs_width(&[]), None);
-    }
-
-    #[test]
-    fn a_whole_copy_goes_back_to_the_line() {
-        let line = 0xff11_0001_00e0_0000;
-        // A 4096-byte copy from the line's page start, all done (RCX 0).
-        let done = (line + 4096, 0x5000 + 4096, 0);
-        assert_eq!(
-            back_to_line(done, 4096, 0x246, line),
-            Some((line, 0x5000, 4096))
-        );
-        // The line 0x40 into the copy.
-        assert_eq!(
-            back_to_line(done, 4096, 0x246, line + 0x40),
-            Some((line + 0x40, 0x5040, 4096 - 0x40))
-        );
-        // The copy began inside the line: back to where it began.
-        let mid = (line + 0x20 + 100, 0x9000 + 100, 0);
-        assert_eq!(
-            back_to_line(mid, 100, 0x246, line),
-            Some((line + 0x20, 0x9000, 100))
-        );
-        // The line is past the end of this copy, or counting down: leave it.
-        assert_eq!(back_to_line(done, 4096, 0x246, line + 4096), None);
-        assert_eq!(back_to_line(done, 4096, 0x646, line), None);
-        assert_eq!(back_to_line((10, 10, 0), 4096, 0x246, 0), None);
-    }
-
-    #[test]
-    fn one_element_back_only_into_the_watched_line() {
-        let line = 0xff11_0001_00e0_0000;
-        assert_eq!(
-            one_back(1, (line + 1, 0x5000_0001, 4095), 0x246, line),
-            Some((line, 0x5000_0000, 4096))
-        );
-        // The element came from before the line: leave it.
-        assert_eq!(one_back(8, (line + 4, 0x5000, 10), 0x246, line), None);
-        // Counting down: leave it.
-        assert_eq!(one_back(1, (line + 1, 0x5001, 1), 0x646, line), None);
-    }
-}
+mod tests;

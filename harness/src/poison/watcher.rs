@@ -48,29 +48,122 @@ pub struct Consumption {
     pub va: u64,
     pub gpa: u64,
     pub command: String,
-    /// A `rep movs` stepped back to the load (see [`super::rewind`]).
-    pub rewound: bool,
+    /// How the vCPU was put back at the load (see [`super::rewind`]).
+    pub rewound: Rewound,
     /// From the load to the resumed vCPU with the machine check pending.
     pub took: Duration,
 }
 
+/// How the watcher put a vCPU back at the load before it injected.
+#[derive(Debug, Clone)]
+pub enum Rewound {
+    /// RIP at the load's first byte, its effects undone (but `note`).
+    To {
+        rip: u64,
+        instruction: String,
+        anchor: rewind::Anchor,
+        note: Option<String>,
+    },
+    /// Left as QEMU stopped it (RIP after the load), and why.
+    Not(String),
+}
+
 impl Consumption {
     pub fn describe(&self) -> String {
+        let how = match &self.rewound {
+            Rewound::To {
+                rip,
+                instruction,
+                anchor,
+                note,
+            } => format!(
+                " -> {rip:#x} `{instruction}` ({}){}",
+                match anchor {
+                    rewind::Anchor::Symbol => "decoded from its symbol".to_string(),
+                    rewind::Anchor::Vote { agreeing, of } =>
+                        format!("boundary by vote, {agreeing}/{of}"),
+                },
+                note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+            ),
+            Rewound::Not(why) => format!(" (not rewound: {why})"),
+        };
         format!(
-            "{} load on CPU {} at RIP {:#x}{} of line {:#x} (VA {:#x}): `{}` ({} us)",
+            "{} load on CPU {} at RIP {:#x}{how} of line {:#x} (VA {:#x}{}): `{}` ({} us)",
             self.consumer.name(),
             self.cpu,
             self.rip,
-            if self.rewound {
-                " (rep movs stepped back one element)"
+            self.gpa,
+            self.va,
+            if self.consumer == Consumer::Kernel && self.va < USER_TOP {
+                ", a user address: copy-in"
             } else {
                 ""
             },
-            self.gpa,
-            self.va,
             self.command,
             self.took.as_micros()
         )
+    }
+}
+
+/// The end of the x86-64 user half (TASK_SIZE_MAX with 5-level paging is
+/// below it too): a kernel load of an address below is a load through a
+/// user address, which the kernel classifies as copy-in when its
+/// instruction has a user-access fixup (arch/x86/kernel/cpu/mce/severity.c,
+/// error_context() and is_copy_from_user()).
+pub const USER_TOP: u64 = 1 << 56;
+
+/// How far into a kernel function the watcher decodes from its start
+/// (longer ones: by vote, see [`rewind::vote`]).
+const SYMBOL_DECODE_LIMIT: u64 = 16 << 10;
+
+/// The kernel's text symbols (System.map), to decode a stopped kernel
+/// load from the start of its function.
+#[derive(Debug, Default)]
+pub struct TextSymbols {
+    /// Sorted System.map addresses of text symbols, below `_etext`.
+    starts: Vec<u64>,
+    etext: u64,
+    /// running - System.map (KASLR).
+    offset: u64,
+}
+
+impl TextSymbols {
+    pub fn parse(system_map: &str, offset: u64) -> TextSymbols {
+        let mut starts = Vec::new();
+        let mut etext = 0;
+        for l in system_map.lines() {
+            let mut w = l.split_whitespace();
+            let (Some(a), Some(t), Some(n)) = (w.next(), w.next(), w.next()) else {
+                continue;
+            };
+            let Ok(a) = u64::from_str_radix(a, 16) else {
+                continue;
+            };
+            if n == "_etext" {
+                etext = a;
+            }
+            if matches!(t, "T" | "t" | "W" | "w") {
+                starts.push(a);
+            }
+        }
+        starts.sort_unstable();
+        starts.dedup();
+        TextSymbols {
+            starts,
+            etext,
+            offset,
+        }
+    }
+
+    /// The running address of the text symbol that holds `rip`, if `rip`
+    /// is in the kernel's own text (not a module's).
+    pub fn enclosing(&self, rip: u64) -> Option<u64> {
+        let at = rip.wrapping_sub(self.offset);
+        if at >= self.etext {
+            return None;
+        }
+        let i = self.starts.partition_point(|s| *s <= at).checked_sub(1)?;
+        Some(self.starts[i].wrapping_add(self.offset))
     }
 }
 
@@ -84,8 +177,10 @@ pub struct Seen {
     /// Loads whose instruction faulted first (see [`PAGE_FAULT_ENTRY`]):
     /// resumed, to be caught when the instruction restarts.
     pub deferred: u64,
-    /// User mappings of NVDIMM memory the kernel installed.
+    /// User mappings of NVDIMM memory the kernel installed (or moved).
     pub user_maps: u64,
+    /// Of those, moved by mremap (`move_page_tables()`), so far.
+    pub moved: u64,
     /// Why the watcher stopped, if it did on an error.
     pub stopped: Option<String>,
 }
@@ -124,9 +219,12 @@ pub struct KernelSymbols {
     pub hooks: Vec<(Hook, u64)>,
     /// The page-fault entry (`asm_exc_page_fault`), see [`State::on_stop`].
     pub page_fault_entry: u64,
-    /// `copy_mc_enhanced_fast_string` (see [`rewind::back_to_line`]); a
-    /// kernel for CPUs without ERMS may not have it.
+    /// `copy_mc_enhanced_fast_string` (its `rep movsb` counts from RDX,
+    /// see [`rewind::Stop::rep_count`]); a kernel for CPUs without ERMS
+    /// may not have it.
     pub copy_mc_string: Option<u64>,
+    /// Every text symbol, to decode a kernel load from its function's start.
+    pub text: TextSymbols,
 }
 
 impl KernelSymbols {
@@ -159,9 +257,11 @@ impl KernelSymbols {
             symbol(&text, name)
                 .ok_or_else(|| format!("{}: no symbol `{name}`", system_map.display()))
         };
+        let text_map = find("_text")?;
         Ok(KernelSymbols {
             page_offset_base: find("page_offset_base")?,
-            text_map: find("_text")?,
+            text: TextSymbols::parse(&text, text_running.wrapping_sub(text_map)),
+            text_map,
             text_running,
             hooks,
             page_fault_entry,
@@ -216,7 +316,7 @@ impl Watcher {
     /// changes, resume.
     pub fn start(
         socket: &Path,
-        symbols: &KernelSymbols,
+        symbols: KernelSymbols,
         platform_log: &Path,
         lines: Lines,
         cpus: u32,
@@ -239,6 +339,7 @@ impl Watcher {
             hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
             page_fault_entry: symbols.page_fault_entry,
             copy_mc_string: symbols.copy_mc_string,
+            text: symbols.text,
             user_maps: UserMaps::default(),
             armed: BTreeSet::new(),
             kernel: BTreeMap::new(),
@@ -313,6 +414,7 @@ impl Watcher {
             passed: std::mem::take(&mut s.passed),
             deferred: std::mem::take(&mut s.deferred),
             user_maps: s.user_maps,
+            moved: s.moved,
             stopped: s.stopped.clone(),
         }
     }
@@ -360,6 +462,7 @@ struct State {
     hooks: BTreeMap<u64, Hook>,
     page_fault_entry: u64,
     copy_mc_string: Option<u64>,
+    text: TextSymbols,
     user_maps: UserMaps,
     /// Virtual addresses with a watch point.
     armed: BTreeSet<u64>,
@@ -585,7 +688,7 @@ impl State {
         } else {
             Consumer::Kernel
         };
-        let rewound = self.rewind(rip, va)?;
+        let rewound = self.rewind(rip, va, consumer == Consumer::Kernel)?;
         let command = Injection::consumed(consumer, line, cpu, self.cpus).hmp_command();
         let answer = self.gdb.monitor(&command, T)?;
         if !answer.trim().is_empty() {
@@ -607,69 +710,138 @@ impl State {
         Ok(())
     }
 
-    /// Step a `rep movs` that QEMU stopped one element past the load back
-    /// to the load (see [`super::rewind`]); whether it did.
-    fn rewind(&mut self, rip: u64, line_va: u64) -> Result<bool, GdbError> {
-        let regs = |g: &mut Gdb| -> Result<_, GdbError> {
-            Ok((
-                g.register(reg::RSI, T)?,
-                g.register(reg::RDI, T)?,
-                g.register(reg::RCX, T)?,
-            ))
+    /// Put the vCPU back at the load, as hardware leaves it when the load
+    /// raises #MC before it retires (see [`super::rewind`]): what was done,
+    /// or why nothing was.
+    fn rewind(&mut self, rip: u64, line_va: u64, kernel: bool) -> Result<Rewound, GdbError> {
+        let (gpr, _, rflags) = self.gdb.registers(T)?;
+        let regs = rewind::Regs { gpr, rip, rflags };
+        // The code before RIP: from the enclosing kernel symbol (exact), or
+        // a window to vote over; and the instruction at RIP.
+        let symbol = kernel
+            .then(|| self.text.enclosing(rip))
+            .flatten()
+            .filter(|s| rip - s <= SYMBOL_DECODE_LIMIT);
+        let from = symbol.unwrap_or(rip.saturating_sub(rewind::VOTE_WINDOW));
+        let Some((code_va, code)) = self.code(from, rip) else {
+            return Ok(Rewound::Not(format!(
+                "the code before RIP {rip:#x} cannot be read"
+            )));
         };
-        let set = |g: &mut Gdb, (rsi, rdi, rcx): (u64, u64, u64)| -> Result<(), GdbError> {
-            g.set_register(reg::RSI, rsi, T)?;
-            g.set_register(reg::RDI, rdi, T)?;
-            g.set_register(reg::RCX, rcx, T)
+        let at_rip = |code: &[u8]| {
+            let off = (rip - code_va) as usize;
+            (off < code.len()).then(|| {
+                iced_x86::Decoder::with_ip(64, &code[off..], rip, iced_x86::DecoderOptions::NONE)
+                    .decode()
+            })
         };
-        // QEMU 7.2: stopped on the `rep movs`, one element done.
-        if let Some(width) = self
-            .gdb
-            .read(rip, 4, T)
-            .ok()
-            .and_then(|code| rewind::rep_movs_width(&code))
-        {
-            let (now, eflags) = (regs(&mut self.gdb)?, self.gdb.register(reg::EFLAGS, T)?);
-            let Some(back) = rewind::one_back(width, now, eflags, line_va) else {
-                return Ok(false);
-            };
-            set(&mut self.gdb, back)?;
-            return Ok(true);
+        let (before, at, anchor) = if symbol == Some(code_va) {
+            let (b, a) = rewind::decode_from(&code, code_va, rip);
+            (b, a, rewind::Anchor::Symbol)
+        } else {
+            match rewind::vote(&code, code_va, rip) {
+                Some((b, anchor)) => (Some(b), at_rip(&code), anchor),
+                None => (
+                    None,
+                    at_rip(&code),
+                    rewind::Anchor::Vote { agreeing: 0, of: 0 },
+                ),
+            }
+        };
+        let rep_count = match (self.copy_mc_string, &before) {
+            (Some(f), Some(b)) if (f..f + 0x20).contains(&b.ip()) => Some(gpr[reg::RDX as usize]),
+            _ => None,
+        };
+        let gdb = &mut self.gdb;
+        let mut read = |a: u64, n: usize| gdb.read(a, n, T).ok();
+        let planned = rewind::plan(rewind::Stop {
+            regs,
+            line_va,
+            before,
+            at,
+            rep_count,
+            mem: &mut read,
+        });
+        let plan = match planned {
+            Ok(p) => p,
+            Err(why) => return Ok(Rewound::Not(why)),
+        };
+        for (n, v) in plan.regs.changed(&regs) {
+            self.gdb.set_register(n, v, T)?;
         }
-        // QEMU 10: stopped after the whole `rep movsb` of
-        // copy_mc_enhanced_fast_string.
-        let at = rip.wrapping_sub(2);
-        let inside = self
-            .copy_mc_string
-            .is_some_and(|f| (f..f + 0x20).contains(&at));
-        if !inside || self.gdb.read(at, 2, T).ok().as_deref() != Some(&rewind::REP_MOVSB[..]) {
-            return Ok(false);
+        if plan.regs.rip != rip {
+            self.gdb.set_register(reg::RIP, plan.regs.rip, T)?;
         }
-        let (now, eflags) = (regs(&mut self.gdb)?, self.gdb.register(reg::EFLAGS, T)?);
-        let rdx = self.gdb.register(reg::RDX, T)?;
-        let Some(back) = rewind::back_to_line(now, rdx, eflags, line_va) else {
-            return Ok(false);
-        };
-        set(&mut self.gdb, back)?;
-        self.gdb.set_register(reg::RIP, at, T)?;
-        Ok(true)
+        for (a, bytes) in &plan.writes {
+            self.gdb.write(*a, bytes, T)?;
+        }
+        Ok(Rewound::To {
+            rip: plan.regs.rip,
+            instruction: plan.instruction,
+            anchor,
+            note: plan.note,
+        })
+    }
+
+    /// Guest code from `from` to just past `rip` (the longest
+    /// instruction), at the stopped vCPU's addresses; what of it can be
+    /// read (the window may start on an unmapped page, the instruction at
+    /// RIP may end on one).
+    fn code(&mut self, from: u64, rip: u64) -> Option<(u64, Vec<u8>)> {
+        let page = rip & !0xfff;
+        let starts = [from, from.max(page)];
+        let ends = [rip + rewind::MAX_INSTRUCTION as u64, rip];
+        for start in starts {
+            for end in ends {
+                if let Some(code) = self.read_long(start, end) {
+                    return Some((start, code));
+                }
+            }
+        }
+        None
+    }
+
+    fn read_long(&mut self, start: u64, end: u64) -> Option<Vec<u8>> {
+        // QEMU answers at most 2 KiB per `m`.
+        let mut out = Vec::new();
+        let mut a = start;
+        while a < end {
+            let n = (end - a).min(2048) as usize;
+            out.extend(self.gdb.read(a, n, T).ok()?);
+            a += n as u64;
+        }
+        Some(out)
     }
 
     /// The kernel is about to install a user mapping: note it (and watch
     /// its poisoned lines), then step the CPU over the breakpoint.
     fn at_hook(&mut self, cpu: u32, hook: Hook, rip: u64) -> Result<(), GdbError> {
-        let (address, pfn_t) = if hook.address_in_vmf() {
-            let vmf = self.gdb.register(reg::RDI, T)?;
-            let address = self.gdb.read_u64(vmf + VMF_ADDRESS, T)?;
-            (address, self.gdb.register(reg::RSI, T)?)
-        } else {
-            (
-                self.gdb.register(reg::RSI, T)?,
-                self.gdb.register(reg::RDX, T)?,
-            )
+        let arg = |g: &mut Gdb, r: u32| g.register(r, T);
+        let new = match hook.size() {
+            Some(size) => {
+                let (address, pfn_t) = if hook.address_in_vmf() {
+                    let vmf = arg(&mut self.gdb, reg::RDI)?;
+                    let address = self.gdb.read_u64(vmf + VMF_ADDRESS, T)?;
+                    (address, arg(&mut self.gdb, reg::RSI)?)
+                } else {
+                    (arg(&mut self.gdb, reg::RSI)?, arg(&mut self.gdb, reg::RDX)?)
+                };
+                let m = UserMap::installed(size, address, pfn_t);
+                self.user_maps.add(m)
+            }
+            // move_page_tables(vma, old_addr, new_vma, new_addr, len, ...)
+            None => {
+                let (old, new, len) = (
+                    arg(&mut self.gdb, reg::RSI)?,
+                    arg(&mut self.gdb, reg::RCX)?,
+                    arg(&mut self.gdb, reg::R8)?,
+                );
+                let moved = self.user_maps.moved(old, new, len);
+                self.seen.lock().unwrap().moved += moved.len() as u64;
+                !moved.is_empty()
+            }
         };
-        let m = UserMap::installed(hook, address, pfn_t);
-        if self.user_maps.add(m) {
+        if new {
             self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
             self.sync()?;
         }
@@ -707,16 +879,28 @@ mod tests {
         let p = dir.path().join("System.map");
         std::fs::write(
             &p,
-            "ffffffff81000000 T _text\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
+            "ffffffff81000000 T _text\nffffffff81000100 t fault_in_readable\nffffffff81000200 T __get_user_nocheck_4\n\
+             ffffffff81e00000 T _etext\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
         )
         .unwrap();
         let kallsyms = "ffffffff8a000000 T _text\nffffffff8a601230 T asm_exc_page_fault\n\
             ffffffff8a1475e0 T vmf_insert_mixed\n\
             ffffffff8a1475f0 T vmf_insert_mixed_mkwrite\nffffffff8a18cdf0 T vmf_insert_pfn_pmd\n\
-            ffffffff8a18ce00 T vmf_insert_pfn_pud\n";
+            ffffffff8a18ce00 T vmf_insert_pfn_pud\nffffffff8a190000 T move_page_tables\n";
         let s = KernelSymbols::new(&p, kallsyms).unwrap();
         assert_eq!(s.runtime(s.page_offset_base), 0xffff_ffff_8ba0_c2e8);
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
+        // A kernel load is decoded from its function's running start; a
+        // module's (past _etext) has none.
+        assert_eq!(
+            s.text.enclosing(0xffff_ffff_8a00_0184),
+            Some(0xffff_ffff_8a00_0100)
+        );
+        assert_eq!(
+            s.text.enclosing(0xffff_ffff_8a00_020c),
+            Some(0xffff_ffff_8a00_0200)
+        );
+        assert_eq!(s.text.enclosing(0xffff_ffff_c000_1000), None);
         let none = dir.path().join("none");
         assert!(KernelSymbols::new(&none, kallsyms)
             .unwrap_err()
@@ -726,7 +910,7 @@ mod tests {
             .contains("asm_exc_page_fault"));
         assert_eq!(
             KernelSymbols::kallsyms_pattern(),
-            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot)$"
+            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot|move_page_tables)$"
         );
         // 6.1: the huge-page hooks are the `_prot` functions.
         let old = kallsyms

@@ -443,7 +443,7 @@ impl Checker<'_> {
             if let Some(m) = s.value.expect.machine_checks.as_ref().filter(|_| !model) {
                 self.error(
                     &m.referenced,
-                    "`expect.machine_checks` counts what the poison model raises: set `machine.poison: true` (or count after a `consume`)",
+                    "`expect.machine_checks` counts what the poison model raises, and it is off on this machine: drop `machine.poison: false`, or use QEMU NVDIMMs with the lab's root _DSM or CXL devices (or count after a `consume`)",
                 );
             }
         }
@@ -533,15 +533,22 @@ impl Checker<'_> {
             }
         }
         self.cxl(m, &mut spec);
-        if let Some(p) = &m.poison {
-            if p.value && !spec.lab_root_dsm() && spec.cxl.is_empty() {
-                self.error(
-                    &p.referenced,
-                    "the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it) or CXL devices (it learns of `cxl_inject_poison` steps)",
-                );
+        // On wherever the platform can know the poisoned lines (the lab's
+        // root _DSM logs every inject and clear; CXL devices list theirs):
+        // a case that injects an error and reads it gets what hardware
+        // does unless it opts out.
+        spec.poison = match &m.poison {
+            Some(p) => {
+                if p.value && !spec.lab_root_dsm() && spec.cxl.is_empty() {
+                    self.error(
+                        &p.referenced,
+                        "the poison model needs QEMU NVDIMMs with the lab's root _DSM (it learns of injections and clears from it) or CXL devices (it learns of `cxl_inject_poison` steps)",
+                    );
+                }
+                p.value
             }
-            spec.poison = p.value;
-        }
+            None => spec.lab_root_dsm() || !spec.cxl.is_empty(),
+        };
         self.latent_errors(m, &spec);
         self.e820_pmem(m, &mut spec);
         spec
@@ -1416,6 +1423,23 @@ steps:
             panic!("a run step")
         };
         assert_eq!(argv[..2], ["sh", "-c"]);
+    }
+
+    #[test]
+    fn the_poison_model_is_on_wherever_the_platform_knows_the_lines() {
+        let on = |machine: &str| {
+            load(&format!("machine:\n{machine}steps:\n  - run: [true]\n"))
+                .unwrap()
+                .machine
+                .poison
+        };
+        assert!(on("  nvdimms: [{size: 1G}]\n"));
+        assert!(!on("  poison: false\n  nvdimms: [{size: 1G}]\n"));
+        // QEMU's own table tells the lab of no injection or clear.
+        assert!(!on("  root_dsm: qemu\n  nvdimms: [{size: 1G}]\n"));
+        // No NVDIMM of QEMU's: nothing to watch.
+        assert!(!on("  nfit_test: true\n"));
+        assert!(!on("  cpus: 1\n"));
     }
 
     #[test]

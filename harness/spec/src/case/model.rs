@@ -70,8 +70,10 @@ pub struct MachineSection {
     /// [`crate::machine::DsmFault`]): `truncated-ars-status`.
     #[serde(default)]
     pub root_dsm_faults: Vec<Spanned<DsmFault>>,
-    /// Arm the poison model: every load of a poisoned line, by any program
-    /// or the kernel, takes the machine check hardware would raise there.
+    /// The poison model: every load of a poisoned line, by any program or
+    /// the kernel, takes the machine check hardware would raise there. On
+    /// by default where the platform can know the lines (QEMU NVDIMMs with
+    /// the lab's root _DSM, CXL devices); `false` opts out.
     pub poison: Option<Spanned<bool>>,
     /// CXL type-3 devices with persistent capacity (a q35 machine with
     /// `cxl=on`; needs QEMU 8.1).

@@ -1,4 +1,4 @@
-//! `touch`: read every page of a window of a mapping, counting faults.
+//! `touch`: fault every page of a window of a mapping in, counting faults.
 
 use super::{Check, Checker, Kind, Scope};
 use crate::size::ByteSize;
@@ -16,7 +16,7 @@ pub struct TouchEntry {
     pub cpu: Option<Spanned<u32>>,
 }
 
-/// A window of a mapping to read page by page.
+/// A window of a mapping to fault in page by page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TouchSpec {
     pub map: String,
@@ -35,7 +35,7 @@ impl Kind for Touch {
 ### `touch`
 
 ```yaml
-- touch: {map: m}                        # read every 4 KiB; count minor faults
+- touch: {map: m}                        # fault every 4 KiB in; count minor faults
   expect: {faults: 4}
 ```
 
@@ -46,8 +46,12 @@ impl Kind for Touch {
 | `length` | to the end | bytes to walk |
 | `cpu` | any | pin the reader to this vCPU |
 
-Reads one byte of every 4 KiB page; `expect.faults` checks the minor faults
-(getrusage).
+Faults every 4 KiB page in as a read would, with
+`madvise(MADV_POPULATE_READ)`, which takes the same read faults (device-dax
+at its alignment) but loads no data: a window over a poisoned line is mapped
+without consuming it (a load of every page would, as on hardware: use
+`consume` or a program for that). `expect.faults` checks the minor faults
+(getrusage; GUP's faults count there too, mm/memory.c mm_account_fault()).
 "#;
 }
 
