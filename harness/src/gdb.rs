@@ -406,6 +406,27 @@ impl Gdb {
         self.send("c")
     }
 
+    /// Detach (`D`): QEMU removes every breakpoint and watch point of the
+    /// stub and lets the VM run (gdbstub.c, handle_detach), whatever state
+    /// it was in. Stop replies that were already on their way are skipped.
+    pub fn detach(&mut self, timeout: Duration) -> Result<(), GdbError> {
+        self.send("D")?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.read_packet(left)? {
+                a if a == "OK" => return Ok(()),
+                a if parse_stop(&a).is_some() || a.starts_with('O') => continue,
+                answer => {
+                    return Err(GdbError::Refused {
+                        packet: "D".into(),
+                        answer,
+                    })
+                }
+            }
+        }
+    }
+
     /// Ask a running target to stop (the protocol's interrupt byte).
     pub fn interrupt(&mut self) -> Result<(), GdbError> {
         self.stream.write_all(&[0x03])?;

@@ -24,9 +24,16 @@
  *            so the load runs again and prints the value it got
  *   mremap   mremap(MREMAP_FIXED) the mapping to a new address, then load
  *            OFFSET there (addresses relative to the new mapping)
- * Before the access every TEST but store loads the mapping's first byte
- * (a clean line, so the page tables map the page and the kernel's own
- * loads do not fault first).
+ *   alias    map the same range a second time, at another address, and
+ *            load OFFSET through that one (addresses relative to it)
+ *   late     map and fault in, print "late mapped", wait for the file
+ *            /tmp/einj-go, then load OFFSET: the mapping exists before
+ *            the line is poisoned
+ * Before the access every TEST but store loads three clean bytes: the
+ * mapping's first, the last of OFFSET's page and the line before OFFSET,
+ * so the page tables map those pages (the kernel's own loads then do not
+ * fault first, and mremap has page tables to move). The poisoned range
+ * must start at OFFSET and end before the end of its page.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -132,7 +139,12 @@ int main(int argc, char **argv)
 		printf("store ok\n");
 		return 0;
 	}
+	/* Clean lines: the mapping's first byte, the last byte of OFFSET's
+	 * page and the line before OFFSET, so those pages are mapped. */
 	(void)base[0];
+	(void)base[off | 4095];
+	if (off >= 64)
+		(void)base[off - 64];
 	if (strcmp(test, "single") == 0) {
 		load(test, off);
 	} else if (strcmp(test, "double") == 0) {
@@ -181,6 +193,25 @@ int main(int argc, char **argv)
 		}
 		printf("mremap moved by %s\n", moved == (void *)base ? "nothing" : "a new address");
 		base = moved;
+		load(test, off);
+	} else if (strcmp(test, "alias") == 0) {
+		uintptr_t h2 = (uintptr_t)mmap(NULL, length + align, PROT_NONE,
+					       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		void *to = (void *)((h2 + align - 1) & ~(align - 1));
+		volatile unsigned char *second =
+			mmap(to, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+		if (second == MAP_FAILED) {
+			perror("mmap");
+			return 2;
+		}
+		(void)second[0];
+		(void)second[off | 4095];
+		base = second;
+		load(test, off);
+	} else if (strcmp(test, "late") == 0) {
+		printf("late mapped\n");
+		for (int i = 0; i < 6000 && access("/tmp/einj-go", F_OK) != 0; i++)
+			usleep(10000);
 		load(test, off);
 	} else {
 		fprintf(stderr, "unknown test %s\n", test);

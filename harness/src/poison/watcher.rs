@@ -478,11 +478,23 @@ struct State {
 impl State {
     /// Serve until told to quit; an error is kept for the runner to report.
     fn run(mut self, orders: Receiver<Order>) {
-        if let Err(e) = self.serve(&orders) {
+        let served = self.serve(&orders);
+        if let Err(e) = &served {
             self.seen.lock().unwrap().stopped = Some(e.to_string());
-            // The error may have come while the VM was stopped: let it run,
-            // so the step ends (and fails with this error) instead of
-            // waiting for a guest that never resumes.
+        }
+        // A running VM drops what the stub receives and stops instead
+        // (gdbstub.c, gdb_read_byte()): stop it first. After an error it
+        // may be stopped already.
+        if served.is_ok() {
+            let _ = self.pause();
+        }
+        // Leave no breakpoint behind: the hooks fire on every exec
+        // (move_page_tables()) and every dax fault, and with nobody to
+        // resume it the VM would stop at the next one (the lab still reads
+        // dmesg after the steps). Detaching also resumes a VM an error
+        // left stopped, so the step ends and fails with that error instead
+        // of waiting for a guest that never resumes.
+        if self.gdb.detach(T).is_err() {
             let _ = self.gdb.resume();
         }
     }
