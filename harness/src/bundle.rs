@@ -47,6 +47,9 @@ pub fn reproducer(case: &Case, env: &LabEnv) -> String {
     }
     // A run without VM snapshots is replayed without them; with them, the
     // replay restores the same snapshot if the cache still has it.
+    if !env.poison_default {
+        env_vars.push(format!("{}=off", vars::POISON_DEFAULT.name));
+    }
     if !env.snapshots {
         env_vars.push(format!("{}=1", vars::COLD.name));
     }
@@ -82,6 +85,7 @@ mod tests {
             artifacts: PathBuf::from("/w/target/pmem-lab/artifacts"),
             keep_passed: false,
             snapshots: true,
+            poison_default: true,
             reporter: None,
             cases_root: Some(PathBuf::from("/w/cases")),
             cache: PathBuf::from("/cache"),
@@ -106,8 +110,14 @@ mod tests {
         assert!(!script.contains("PMEM_LAB_COLD"), "{script}");
         let cold = LabEnv {
             snapshots: false,
-            ..env
+            ..env.clone()
         };
         assert!(reproducer(&case, &cold).contains("PMEM_LAB_COLD=1"));
+        assert!(!script.contains("PMEM_LAB_POISON_DEFAULT"), "{script}");
+        let off = LabEnv {
+            poison_default: false,
+            ..env
+        };
+        assert!(reproducer(&case, &off).contains("PMEM_LAB_POISON_DEFAULT=off"));
     }
 }

@@ -20,6 +20,9 @@ pub struct LabEnv {
     /// Save and restore VM snapshots ([`crate::vm_snapshot`]); off with
     /// PMEM_LAB_COLD=1.
     pub snapshots: bool,
+    /// The poison model where a case does not set `machine.poison`
+    /// (PMEM_LAB_POISON_DEFAULT=off: only where it sets it).
+    pub poison_default: bool,
     /// Step and case events for CI (see [`crate::report`]).
     pub reporter: Option<std::sync::Arc<crate::report::Reporter>>,
     /// The cases root the run loaded (for reproducers).
@@ -71,6 +74,13 @@ impl LabEnv {
             artifacts,
             keep_passed: vars::KEEP.is_on(),
             snapshots: !vars::COLD.is_on(),
+            poison_default: match vars::POISON_DEFAULT.get_str().as_deref() {
+                Some("off") => false,
+                Some("on") | None => true,
+                Some(other) => {
+                    return Err(format!("PMEM_LAB_POISON_DEFAULT={other}: use on or off"))
+                }
+            },
             kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),
             reporter: None,
             cases_root: None,
@@ -92,6 +102,7 @@ pub(crate) fn test_env(dir: &Path) -> LabEnv {
         artifacts: dir.join("artifacts"),
         keep_passed: false,
         snapshots: true,
+        poison_default: true,
         reporter: None,
         cases_root: None,
         cache: dir.join("cache"),

@@ -149,7 +149,9 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
     })
     .and_then(|layout| {
             log.line(format!("layout: {layout:?}"));
-            let poison = if case.machine.poison {
+            let poison = if case.machine.poison
+                && (env.poison_default || !case.machine.poison_by_default)
+            {
                 let w = start_poison(&mut guest, case, env, &layout, private.path())
                     .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
                 log.line(format!(

@@ -16,6 +16,7 @@ use crate::progress::fmt_duration;
 use crate::util::{self, Error, Result};
 use crate::{image, Options};
 use pmem_lab_env::qemu::Qemu;
+use pmem_lab_env::vars;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -183,6 +184,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
                 format!("{} [{}]", stats(&times), starts(&events)),
             ));
         }
+        rows.extend(poison_suite(&snap_opts, b.suite_runs)?);
     }
     rows.push((
         "VM snapshots in the cache".into(),
@@ -360,7 +362,6 @@ fn parse_poison_log(text: &str) -> Option<PoisonFigures> {
 
 /// Run [`POISON_CASE`] `n` times, keeping its artifacts, and read them.
 fn poison_costs(opts: &Options, n: usize) -> Result<Vec<(String, String)>> {
-    use pmem_lab_env::vars;
     let artifacts = opts
         .cache
         .join(format!("bench-artifacts-{}", std::process::id()));
@@ -506,9 +507,44 @@ fn snapshot_sizes(cache: &Path) -> String {
     )
 }
 
+/// The suite (VM snapshots restored) with the poison model on by default
+/// and with PMEM_LAB_POISON_DEFAULT=off (only the cases that set
+/// `machine.poison: true` keep it), alternating, and the ratio of medians.
+fn poison_suite(opts: &Options, runs: usize) -> Result<Vec<(String, String)>> {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (times, value) in [(&mut on, "on"), (&mut off, "off")] {
+            let t = Instant::now();
+            suite_with(opts, vec![(vars::POISON_DEFAULT.name, value.to_string())])?;
+            times.push(t.elapsed());
+        }
+    }
+    Ok(vec![
+        (
+            "whole suite, snapshots, poison on (default)".into(),
+            stats(&on),
+        ),
+        (
+            "whole suite, snapshots, poison default off".into(),
+            stats(&off),
+        ),
+        (
+            "ratio poison on / off (medians)".into(),
+            format!("{:.2}x", ratio(&on, &off)),
+        ),
+    ])
+}
+
 /// Run the whole suite; its case events.
 fn suite(opts: &Options) -> Result<Vec<serde_json::Value>> {
-    let run = lab::harness_run(opts, &[])?;
+    suite_with(opts, Vec::new())
+}
+
+fn suite_with(
+    opts: &Options,
+    extra: Vec<(&'static str, String)>,
+) -> Result<Vec<serde_json::Value>> {
+    let run = lab::harness_run_with(opts, &[], extra)?;
     let failed: Vec<&str> = run
         .cases
         .iter()

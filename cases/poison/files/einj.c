@@ -11,8 +11,9 @@
  * TEST:
  *   single   load one byte at OFFSET
  *   double   load OFFSET, then OFFSET+N (another line of the same page)
- *   split    an 8-byte load that starts 4 bytes before OFFSET (half in
- *            the line before, half in the poisoned one)
+ *   split    store distinct bytes around OFFSET, then an 8-byte load that
+ *            starts 4 bytes before OFFSET (half in the line before, half
+ *            in the poisoned one)
  *   store    store one byte at OFFSET (no load)
  *   memcpy   memcpy() N bytes (default 4096) from OFFSET's page
  *   write    write(2) N bytes (default 4096) from OFFSET to a new file
@@ -25,7 +26,8 @@
  *   mremap   mremap(MREMAP_FIXED) the mapping to a new address, then load
  *            OFFSET there (addresses relative to the new mapping)
  *   alias    map the same range a second time, at another address, and
- *            load OFFSET through that one (addresses relative to it)
+ *            load OFFSET through that one (si_addr still printed relative
+ *            to the first mapping)
  *   late     map and fault in, print "late mapped", wait for the file
  *            /tmp/einj-go, then load OFFSET: the mapping exists before
  *            the line is poisoned
@@ -50,16 +52,20 @@
 #include <unistd.h>
 
 static sigjmp_buf back;
-static int jump; /* the handler long-jumps (loads) or returns (syscalls) */
-static int repair;
+/* What the handler does: long-jump (around a load), return (after a
+ * system call, or to rerun a repaired load); otherwise the SIGBUS was not
+ * expected (a pre-touch) and the program exits 3. */
+static int jump, in_syscall, repair;
 static volatile unsigned char *base;
+/* What si_addr is printed relative to (the first mapping, for alias). */
+static volatile unsigned char *shown;
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
 	(void)sig;
 	(void)ctx;
 	printf("SIGBUS code=%d addr=+%#llx lsb=%d\n", info->si_code,
-	       (unsigned long long)((uintptr_t)info->si_addr - (uintptr_t)base), info->si_addr_lsb);
+	       (unsigned long long)((uintptr_t)info->si_addr - (uintptr_t)shown), info->si_addr_lsb);
 	fflush(stdout);
 	if (repair) {
 		size_t size = (size_t)1 << info->si_addr_lsb;
@@ -75,6 +81,10 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 	}
 	if (jump)
 		siglongjmp(back, 1);
+	if (!in_syscall) {
+		printf("unexpected SIGBUS\n");
+		_exit(3);
+	}
 }
 
 static unsigned long long number(const char *s)
@@ -130,6 +140,7 @@ int main(int argc, char **argv)
 		perror("mmap");
 		return 2;
 	}
+	shown = base;
 	struct sigaction sa = { .sa_sigaction = on_sigbus, .sa_flags = SA_SIGINFO | SA_NODEFER };
 	sigaction(SIGBUS, &sa, NULL);
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -151,6 +162,10 @@ int main(int argc, char **argv)
 		load(test, off);
 		load(test, off + n);
 	} else if (strcmp(test, "split") == 0) {
+		/* Distinct bytes around the boundary (stores consume nothing),
+		 * so the loaded value names its address. */
+		for (int i = -64; i < 64; i++)
+			base[off + i] = (unsigned char)(3 * i + 130);
 		jump = 1;
 		if (sigsetjmp(back, 1) == 0) {
 			uint64_t v;
@@ -171,9 +186,11 @@ int main(int argc, char **argv)
 			perror("/tmp/einj-write");
 			return 2;
 		}
+		in_syscall = 1;
 		result("write", write(out, (const void *)(base + off), n));
 	} else if (strcmp(test, "futex") == 0) {
 		/* A value the word does not hold: a clean word gives EAGAIN. */
+		in_syscall = 1;
 		result("futex", syscall(SYS_futex, base + off, FUTEX_WAIT, 0x5eed5eed, NULL, NULL, 0));
 	} else if (strcmp(test, "mlock") == 0) {
 		result("mlock", mlock((const void *)base, length));
@@ -192,7 +209,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		printf("mremap moved by %s\n", moved == (void *)base ? "nothing" : "a new address");
-		base = moved;
+		base = shown = moved;
 		load(test, off);
 	} else if (strcmp(test, "alias") == 0) {
 		uintptr_t h2 = (uintptr_t)mmap(NULL, length + align, PROT_NONE,
@@ -206,7 +223,7 @@ int main(int argc, char **argv)
 		}
 		(void)second[0];
 		(void)second[off | 4095];
-		base = second;
+		base = second; /* si_addr still shown relative to the first */
 		load(test, off);
 	} else if (strcmp(test, "late") == 0) {
 		printf("late mapped\n");

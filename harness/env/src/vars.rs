@@ -60,6 +60,8 @@ vars! {
         "disk budget of the VM snapshots in the cache, in GB (default 12); the least recently used go first";
     COLD = "PMEM_LAB_COLD", "xtask / user",
         "`1` (`cargo xtask lab --cold`): every case boots cold; no VM snapshot is saved or restored";
+    POISON_DEFAULT = "PMEM_LAB_POISON_DEFAULT", "user",
+        "`off`: the poison model runs only where a case sets `machine.poison: true` (to measure it: `cargo xtask bench`); default `on`, where the platform can know the lines";
     CASES = "PMEM_LAB_CASES", "user", "cases root (default `cases/`)";
     KNOWN_FAILURES = "PMEM_LAB_KNOWN_FAILURES", "user", "known-failures file (default `known-failures.yaml`)";
     TMPDIR = "PMEM_LAB_TMPDIR", "user", "where per-VM private dirs (sockets, NVDIMM files) go";

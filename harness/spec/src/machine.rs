@@ -30,6 +30,9 @@ pub struct MachineSpec {
     /// The poison model is armed (harness/src/poison): loads of poisoned
     /// lines raise machine checks.
     pub poison: bool,
+    /// `poison` came from the default (the case did not set it): what
+    /// PMEM_LAB_POISON_DEFAULT=off turns off.
+    pub poison_by_default: bool,
     /// CXL type-3 devices with persistent capacity; a machine with any is a
     /// q35 with `cxl=on` (see [`CxlSpec`]).
     pub cxl: Vec<CxlSpec>,
@@ -193,6 +196,7 @@ impl Default for MachineSpec {
             dsm_faults: Vec::new(),
             e820_pmem: Vec::new(),
             poison: false,
+            poison_by_default: false,
             cxl: Vec::new(),
         }
     }

@@ -547,7 +547,10 @@ impl Checker<'_> {
                 }
                 p.value
             }
-            None => spec.lab_root_dsm() || !spec.cxl.is_empty(),
+            None => {
+                spec.poison_by_default = true;
+                spec.lab_root_dsm() || !spec.cxl.is_empty()
+            }
         };
         self.latent_errors(m, &spec);
         self.e820_pmem(m, &mut spec);
