@@ -33,6 +33,7 @@ const POISON_CASE: &str = "poison/read-cost";
 pub struct BenchOptions {
     pub runs: usize,
     pub suite_runs: usize,
+    pub poison_suite_runs: usize,
     pub cold: bool,
 }
 
@@ -184,7 +185,9 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
                 format!("{} [{}]", stats(&times), starts(&events)),
             ));
         }
-        rows.extend(poison_suite(&snap_opts, b.suite_runs)?);
+    }
+    if b.poison_suite_runs > 0 {
+        rows.extend(poison_suite(&snap_opts, b.poison_suite_runs)?);
     }
     rows.push((
         "VM snapshots in the cache".into(),
@@ -223,13 +226,14 @@ mod tests {
             --- step 3 `sequential read`: [..] -> exit 0 in 900 ms\n  stderr:\n    134217728 bytes (134 MB, 128 MiB) copied, 0.683182 s, 196 MB/s\n\
             --- step 4 `sequential read`: [..]\n    134217728 bytes (134 MB, 128 MiB) copied, 0.5 s, 270 MB/s\n\
             --- step 5 `a program loads the line`: [..]\n  stdout:\n    0x401000 SIGBUS code=4 addr=+0x400000 lsb=21\n    load-to-signal 2479 us\n\
-            --- step 5 `a program loads the line`: machine check: user load on CPU 0 at RIP 0x4016ca of line 0x120a01000 (VA 0x7fb6b6201000): `mce 0 9 0xbd80000000000134 0x6 0x120a01000 0x86` (1203 us)\n";
+            --- step 5 `a program loads the line`: machine check: user load on CPU 0 at RIP 0x4016ca of line 0x120a01000 (VA 0x7fb6b6201000): `mce 0 9 0xbd80000000000134 0x6 0x120a01000 0x86` (1203 us, rewind 88 us)\n";
         assert_eq!(
             parse_poison_log(log),
             Some(PoisonFigures {
                 clean: Duration::from_micros(683_182),
                 armed: Duration::from_millis(500),
                 stop: Duration::from_micros(1203),
+                rewind: Duration::from_micros(88),
                 load_to_signal: Duration::from_micros(2479),
             })
         );
@@ -329,6 +333,8 @@ struct PoisonFigures {
     /// The lab: from the vCPU's stop at the load to it resumed with the
     /// machine check pending.
     stop: Duration,
+    /// Of the stop, finding the load and putting the vCPU back at it.
+    rewind: Duration,
     /// The guest program: just before the load to its SIGBUS handler.
     load_to_signal: Duration,
 }
@@ -343,6 +349,13 @@ fn parse_poison_log(text: &str) -> Option<PoisonFigures> {
     let reads: Vec<Duration> = text.lines().filter_map(secs).collect();
     let stop = text.lines().find(|l| l.contains(": machine check: "))?;
     let stop_us: u64 = stop.rsplit('(').next()?.split(' ').next()?.parse().ok()?;
+    let rewind_us: u64 = stop
+        .rsplit("rewind ")
+        .next()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
     let l2s: u64 = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("load-to-signal "))?
@@ -356,6 +369,7 @@ fn parse_poison_log(text: &str) -> Option<PoisonFigures> {
         clean: *reads.get(1)?,
         armed: *reads.get(2)?,
         stop: Duration::from_micros(stop_us),
+        rewind: Duration::from_micros(rewind_us),
         load_to_signal: Duration::from_micros(l2s),
     })
 }
@@ -408,6 +422,10 @@ fn poison_costs(opts: &Options, n: usize) -> Result<Vec<(String, String)>> {
         (
             "lab's stop at a poisoned load".into(),
             stats(&pick(|f| f.stop)),
+        ),
+        (
+            "  of it, putting the vCPU back at the load".into(),
+            stats(&pick(|f| f.rewind)),
         ),
         (
             "load to SIGBUS handler (guest program's clock)".into(),

@@ -126,6 +126,11 @@ pub enum Command {
         /// Runs of the whole suite (0: skip it).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=20))]
         suite_runs: u16,
+        /// Runs of the suite (snapshots restored) with the poison model on
+        /// by default and with PMEM_LAB_POISON_DEFAULT=off, alternating
+        /// (0: skip) [default: --suite-runs].
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=20))]
+        poison_suite_runs: Option<u16>,
         /// Rebuild the kernel from scratch first.
         #[arg(long)]
         cold: bool,

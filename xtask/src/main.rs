@@ -185,12 +185,14 @@ fn run(cli: Cli) -> util::Result<()> {
         Command::Bench {
             runs,
             suite_runs,
+            poison_suite_runs,
             cold,
         } => bench::run(
             &opts,
             &bench::BenchOptions {
                 runs: runs.into(),
                 suite_runs: suite_runs.into(),
+                poison_suite_runs: poison_suite_runs.unwrap_or(suite_runs).into(),
                 cold,
             },
         ),

@@ -691,9 +691,13 @@ fn string_whole(
 
 /// A `movs` stored what it loaded before QEMU stopped it.
 fn string_store_note(i: &Instruction, n: u64) -> Option<String> {
-    matches!(i.mnemonic(), Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq).then(|| {
+    matches!(
+        i.mnemonic(),
+        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq
+    )
+    .then(|| {
         format!(
-            "{} element(s) of the line already stored at the destination (the fixup counts them as not copied)",
+            "{} element(s) already stored at the destination (the fixup counts them as not copied)",
             n
         )
     })

@@ -52,6 +52,8 @@ pub struct Consumption {
     pub rewound: Rewound,
     /// From the load to the resumed vCPU with the machine check pending.
     pub took: Duration,
+    /// Of that, finding the load and putting the vCPU back.
+    pub rewind_took: Duration,
 }
 
 /// How the watcher put a vCPU back at the load before it injected.
@@ -88,7 +90,7 @@ impl Consumption {
             Rewound::Not(why) => format!(" (not rewound: {why})"),
         };
         format!(
-            "{} load on CPU {} at RIP {:#x}{how} of line {:#x} (VA {:#x}{}): `{}` ({} us)",
+            "{} load on CPU {} at RIP {:#x}{how} of line {:#x} (VA {:#x}{}): `{}` ({} us, rewind {} us)",
             self.consumer.name(),
             self.cpu,
             self.rip,
@@ -100,7 +102,8 @@ impl Consumption {
                 ""
             },
             self.command,
-            self.took.as_micros()
+            self.took.as_micros(),
+            self.rewind_took.as_micros()
         )
     }
 }
@@ -700,7 +703,9 @@ impl State {
         } else {
             Consumer::Kernel
         };
+        let rewind_began = Instant::now();
         let rewound = self.rewind(rip, va, consumer == Consumer::Kernel)?;
+        let rewind_took = rewind_began.elapsed();
         let command = Injection::consumed(consumer, line, cpu, self.cpus).hmp_command();
         let answer = self.gdb.monitor(&command, T)?;
         if !answer.trim().is_empty() {
@@ -718,6 +723,7 @@ impl State {
             command,
             rewound,
             took: began.elapsed(),
+            rewind_took,
         });
         Ok(())
     }
