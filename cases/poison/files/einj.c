@@ -28,6 +28,11 @@
  *   alias    map the same range a second time, at another address, and
  *            load OFFSET through that one (si_addr still printed relative
  *            to the first mapping)
+ *   odirect  pwrite(2) N bytes (default 4096) from OFFSET to the block
+ *            device named by the 6th argument, O_DIRECT (the kernel
+ *            reads the pinned page through its direct map)
+ *   vmsplice vmsplice(2) N bytes from OFFSET into a pipe, then read(2)
+ *            them out (the pipe's reader copies from the page)
  *   late     map and fault in, print "late mapped", wait for the file
  *            /tmp/einj-go, then load OFFSET: the mapping exists before
  *            the line is poisoned
@@ -49,6 +54,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static sigjmp_buf back;
@@ -225,6 +231,23 @@ int main(int argc, char **argv)
 		(void)second[off | 4095];
 		base = second; /* si_addr still shown relative to the first */
 		load(test, off);
+	} else if (strcmp(test, "odirect") == 0 && argc > 6) {
+		int out = open(argv[6], O_WRONLY | O_DIRECT);
+		if (out < 0) {
+			perror(argv[6]);
+			return 2;
+		}
+		result("pwrite", pwrite(out, (const void *)(base + off), n, 0));
+	} else if (strcmp(test, "vmsplice") == 0) {
+		static unsigned char buf[1 << 16];
+		int p[2];
+		if (pipe(p) != 0) {
+			perror("pipe");
+			return 2;
+		}
+		struct iovec iov = { .iov_base = (void *)(base + off), .iov_len = n };
+		result("vmsplice", vmsplice(p[1], &iov, 1, 0));
+		result("read", read(p[0], buf, n));
 	} else if (strcmp(test, "late") == 0) {
 		printf("late mapped\n");
 		for (int i = 0; i < 6000 && access("/tmp/einj-go", F_OK) != 0; i++)

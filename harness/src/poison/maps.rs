@@ -51,7 +51,8 @@ impl Hook {
         Hook::MovePageTables,
     ];
 
-    /// The function's names, the current first. Before 6.7 the huge-page
+    /// The function's names, the current first; the lab hooks every one
+    /// the kernel has. Before 6.7 the huge-page
     /// ones were inline wrappers (include/linux/huge_mm.h) around
     /// `vmf_insert_pfn_pmd_prot()` / `_pud_prot()`, which take the same vmf
     /// and pfn in the same registers (a pgprot_t follows); 6.1 is such a
@@ -62,7 +63,11 @@ impl Hook {
             Hook::MixedMkwrite => &["vmf_insert_mixed_mkwrite"],
             Hook::Pmd => &["vmf_insert_pfn_pmd", "vmf_insert_pfn_pmd_prot"],
             Hook::Pud => &["vmf_insert_pfn_pud", "vmf_insert_pfn_pud_prot"],
-            Hook::MovePageTables => &["move_page_tables"],
+            // 6.1 (GCC 12): mremap's move_vma() calls the clone
+            // `.part.0` (the body after `if (!len) return 0`), with the
+            // same arguments in the same registers (disassembly of the
+            // lab's 6.1 build); the function itself is only its wrapper.
+            Hook::MovePageTables => &["move_page_tables", "move_page_tables.part.0"],
         }
     }
 

@@ -241,14 +241,18 @@ impl KernelSymbols {
             format!("no `{PAGE_FAULT_ENTRY}` in the guest's /proc/kallsyms: {kallsyms:?}")
         })?;
         let mut hooks = Vec::new();
+        // Every name of a hook the kernel has: a compiler's clone is
+        // called instead of the function (see [`Hook::symbols`]), and a
+        // double stop where one calls the other only learns a mapping twice.
         for h in Hook::ALL {
-            let a = h.symbols().iter().find_map(|s| running(s)).ok_or_else(|| {
-                format!(
+            let found: Vec<u64> = h.symbols().iter().filter_map(|s| running(s)).collect();
+            if found.is_empty() {
+                return Err(format!(
                     "the guest kernel has no `{}` in /proc/kallsyms: the poison model cannot see user mappings",
                     h.symbols().join("` or `")
-                )
-            })?;
-            hooks.push((h, a));
+                ));
+            }
+            hooks.extend(found.into_iter().map(|a| (h, a)));
         }
         let text = std::fs::read_to_string(system_map).map_err(|e| {
             format!(
@@ -274,10 +278,11 @@ impl KernelSymbols {
 
     /// The symbols the guest must be asked for (a `grep -E` pattern).
     pub fn kallsyms_pattern() -> String {
-        let names: Vec<&str> = ["_text", PAGE_FAULT_ENTRY, COPY_MC_STRING]
+        let names = ["_text", PAGE_FAULT_ENTRY, COPY_MC_STRING]
             .into_iter()
             .chain(Hook::ALL.iter().flat_map(|h| h.symbols().iter().copied()))
-            .collect();
+            .map(|n| n.replace('.', "\\."))
+            .collect::<Vec<_>>();
         format!(" ({})$", names.join("|"))
     }
 
@@ -928,8 +933,18 @@ mod tests {
             .contains("asm_exc_page_fault"));
         assert_eq!(
             KernelSymbols::kallsyms_pattern(),
-            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot|move_page_tables)$"
+            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot|move_page_tables|move_page_tables\\.part\\.0)$"
         );
+        // 6.1: mremap calls move_page_tables' clone; both are hooked.
+        let split = format!("{kallsyms}ffffffff8a17dab0 t move_page_tables.part.0\n");
+        let s = KernelSymbols::new(&p, &split).unwrap();
+        let moves: Vec<u64> = s
+            .hooks
+            .iter()
+            .filter(|(h, _)| *h == Hook::MovePageTables)
+            .map(|(_, a)| *a)
+            .collect();
+        assert_eq!(moves, [0xffff_ffff_8a19_0000, 0xffff_ffff_8a17_dab0]);
         // 6.1: the huge-page hooks are the `_prot` functions.
         let old = kallsyms
             .replace("vmf_insert_pfn_pmd\n", "vmf_insert_pfn_pmd_prot\n")
