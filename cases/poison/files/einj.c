@@ -33,6 +33,10 @@
  *            reads the pinned page through its direct map)
  *   vmsplice vmsplice(2) N bytes from OFFSET into a pipe, then read(2)
  *            them out (the pipe's reader copies from the page)
+ *   fork     (a file) map it MAP_PRIVATE and write its first page, so
+ *            the mapping has an anon_vma and fork() copies its page
+ *            tables (mm/memory.c, vma_needs_copy()); the child loads
+ *            OFFSET through the copied entry, the parent waits
  *   late     map and fault in, print "late mapped", wait for the file
  *            /tmp/einj-go, then load OFFSET: the mapping exists before
  *            the line is poisoned
@@ -55,6 +59,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static sigjmp_buf back;
@@ -248,6 +253,25 @@ int main(int argc, char **argv)
 		struct iovec iov = { .iov_base = (void *)(base + off), .iov_len = n };
 		result("vmsplice", vmsplice(p[1], &iov, 1, 0));
 		result("read", read(p[0], buf, n));
+	} else if (strcmp(test, "fork") == 0) {
+		void *at2 = (void *)base;
+		base = mmap(at2, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0);
+		if (base == MAP_FAILED) {
+			perror("mmap private");
+			return 2;
+		}
+		shown = base;
+		base[0] = 0x22; /* a private copy: the VMA gets its anon_vma */
+		(void)base[off | 4095];
+		(void)base[off - 64];
+		pid_t child = fork();
+		if (child == 0) {
+			load(test, off);
+			_exit(0);
+		}
+		int status = 0;
+		waitpid(child, &status, 0);
+		printf("child exit=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 	} else if (strcmp(test, "late") == 0) {
 		printf("late mapped\n");
 		for (int i = 0; i < 6000 && access("/tmp/einj-go", F_OK) != 0; i++)
