@@ -425,10 +425,23 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
         let loaded = regs.get(dest).unwrap_or(0);
         let signed = matches!(i.mnemonic(), Mnemonic::Movsx | Mnemonic::Movsxd);
         let dbits = 8 * dest.size() as u32;
-        let candidates: Vec<u64> = (line_va.saturating_sub(size - 1)..line_va + super::LINE)
+        // One read of every byte a load of the line can touch (one gdbstub
+        // round trip, not one per candidate).
+        // The bytes around the line may be on another page, not mapped:
+        // then the line's own.
+        let wide = line_va.saturating_sub(size - 1);
+        let (from, window) = match mem(wide, (line_va + super::LINE + size - 1 - wide) as usize) {
+            Some(w) => (wide, w),
+            None => (
+                line_va,
+                mem(line_va, super::LINE as usize).ok_or("cannot read the line")?,
+            ),
+        };
+        let candidates: Vec<u64> = (from..line_va + super::LINE)
             .filter(|a| {
-                mem(*a, size as usize).is_some_and(|b| {
-                    let v = le(&b);
+                let at = (a - from) as usize;
+                window.get(at..at + size as usize).is_some_and(|b| {
+                    let v = le(b);
                     let v = if signed {
                         sign_extend(v, 8 * size as u32)
                     } else {
