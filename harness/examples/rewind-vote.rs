@@ -10,6 +10,7 @@
 //! docs/poison.md quotes its figures.
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
 use pmem_lab_harness::poison::rewind;
+use pmem_lab_harness::poison::watcher::{symbol, TextSymbols};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -19,24 +20,15 @@ fn main() {
     };
     let text = std::fs::read(text).expect("text");
     let map = std::fs::read_to_string(map).expect("System.map");
-    let sym = |n: &str| {
-        map.lines()
-            .find(|l| l.ends_with(&format!(" {n}")))
-            .and_then(|l| u64::from_str_radix(l.split(' ').next()?, 16).ok())
-            .expect("symbol")
-    };
-    let (base, etext) = (sym("_text"), sym("_etext"));
-    let mut starts: Vec<u64> = map
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split(' ');
-            let a = u64::from_str_radix(w.next()?, 16).ok()?;
-            matches!(w.next()?, "T" | "t").then_some(a)
-        })
+    // The symbols the watcher decodes kernel loads from.
+    let base = symbol(&map, "_text").expect("_text in System.map");
+    let symbols = TextSymbols::parse(&map, 0);
+    let (all, etext) = symbols.starts();
+    let starts: Vec<u64> = all
+        .iter()
+        .copied()
         .filter(|a| (base..etext).contains(a))
         .collect();
-    starts.sort_unstable();
-    starts.dedup();
     let (mut loads, mut right, mut wrong, mut none) = (0u64, 0u64, 0u64, 0u64);
     let mut info = InstructionInfoFactory::new();
     for w in starts.windows(2) {

@@ -142,6 +142,9 @@ pub fn parse_stop(reply: &str) -> Option<Stop> {
 /// x86-64 register numbers in gdb's layout: the general registers, RIP,
 /// EFLAGS and the selectors, which every QEMU numbers the same (control
 /// registers: see [`crate::qmp::register_field`]).
+/// Bytes per `m` packet of a long [`Gdb::read`].
+pub const READ_CHUNK: usize = 1024;
+
 pub mod reg {
     pub const RCX: u32 = 2;
     pub const RDX: u32 = 3;
@@ -351,14 +354,22 @@ impl Gdb {
         )
     }
 
-    /// Read memory at a virtual address of the selected vCPU.
+    /// Read memory at a virtual address of the selected vCPU, any length:
+    /// QEMU answers at most 2 KiB per `m` (4 KiB of hex), so longer reads
+    /// go in pieces of [`READ_CHUNK`].
     pub fn read(&mut self, addr: u64, len: usize, timeout: Duration) -> Result<Vec<u8>, GdbError> {
-        let packet = format!("m{addr:x},{len:x}");
-        let answer = self.request(&packet, timeout)?;
-        if answer.starts_with('E') || answer.len() != 2 * len {
-            return Err(GdbError::Refused { packet, answer });
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let at = addr + out.len() as u64;
+            let n = (len - out.len()).min(READ_CHUNK);
+            let packet = format!("m{at:x},{n:x}");
+            let answer = self.request(&packet, timeout)?;
+            if answer.starts_with('E') || answer.len() != 2 * n {
+                return Err(GdbError::Refused { packet, answer });
+            }
+            out.extend(hex_decode(&answer)?);
         }
-        hex_decode(&answer)
+        Ok(out)
     }
 
     /// Write memory at a virtual address of the selected vCPU.

@@ -249,41 +249,62 @@ pub struct Stop<'a> {
     pub mem: &'a mut ReadMem<'a>,
 }
 
+/// The string instructions that read memory, by what they read through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StringRead {
+    /// `movs`: reads through RSI, stores through RDI.
+    Movs,
+    /// `lods`: reads through RSI.
+    Lods,
+    /// `cmps`: reads through both.
+    Cmps,
+    /// `scas`: reads through RDI.
+    Scas,
+}
+
+impl StringRead {
+    fn of(i: &Instruction) -> Option<StringRead> {
+        if !i.is_string_instruction() {
+            return None;
+        }
+        Some(match i.mnemonic() {
+            Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
+                StringRead::Movs
+            }
+            Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => {
+                StringRead::Lods
+            }
+            Mnemonic::Cmpsb | Mnemonic::Cmpsw | Mnemonic::Cmpsd | Mnemonic::Cmpsq => {
+                StringRead::Cmps
+            }
+            Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => {
+                StringRead::Scas
+            }
+            _ => return None,
+        })
+    }
+
+    /// Which of RSI and RDI it moves.
+    fn pointers(self) -> (bool, bool) {
+        match self {
+            StringRead::Lods => (true, false),
+            StringRead::Scas => (false, true),
+            StringRead::Movs | StringRead::Cmps => (true, true),
+        }
+    }
+}
+
 fn is_string_read(i: &Instruction) -> bool {
-    i.is_string_instruction()
-        && matches!(
-            i.mnemonic(),
-            Mnemonic::Movsb
-                | Mnemonic::Movsw
-                | Mnemonic::Movsd
-                | Mnemonic::Movsq
-                | Mnemonic::Lodsb
-                | Mnemonic::Lodsw
-                | Mnemonic::Lodsd
-                | Mnemonic::Lodsq
-                | Mnemonic::Cmpsb
-                | Mnemonic::Cmpsw
-                | Mnemonic::Cmpsd
-                | Mnemonic::Cmpsq
-                | Mnemonic::Scasb
-                | Mnemonic::Scasw
-                | Mnemonic::Scasd
-                | Mnemonic::Scasq
-        )
+    StringRead::of(i).is_some()
 }
 
 fn has_rep(i: &Instruction) -> bool {
     i.has_rep_prefix() || i.has_repe_prefix() || i.has_repne_prefix()
 }
 
-/// Which of RSI and RDI a string instruction moves (`scas` reads through
-/// RDI, `lods` through RSI, `movs`/`cmps` both).
+/// Which of RSI and RDI a string instruction moves.
 fn string_pointers(i: &Instruction) -> (bool, bool) {
-    match i.mnemonic() {
-        Mnemonic::Lodsb | Mnemonic::Lodsw | Mnemonic::Lodsd | Mnemonic::Lodsq => (true, false),
-        Mnemonic::Scasb | Mnemonic::Scasw | Mnemonic::Scasd | Mnemonic::Scasq => (false, true),
-        _ => (true, true),
-    }
+    StringRead::of(i).map_or((true, true), StringRead::pointers)
 }
 
 fn element(i: &Instruction) -> u64 {
@@ -704,14 +725,9 @@ fn string_whole(
 
 /// A `movs` stored what it loaded before QEMU stopped it.
 fn string_store_note(i: &Instruction, n: u64) -> Option<String> {
-    matches!(
-        i.mnemonic(),
-        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq
-    )
-    .then(|| {
+    (StringRead::of(i) == Some(StringRead::Movs)).then(|| {
         format!(
-            "{} element(s) already stored at the destination (the fixup counts them as not copied)",
-            n
+            "{n} element(s) already stored at the destination (the fixup counts them as not copied)"
         )
     })
 }

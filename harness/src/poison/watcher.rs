@@ -134,14 +134,7 @@ impl TextSymbols {
     pub fn parse(system_map: &str, offset: u64) -> TextSymbols {
         let mut starts = Vec::new();
         let mut etext = 0;
-        for l in system_map.lines() {
-            let mut w = l.split_whitespace();
-            let (Some(a), Some(t), Some(n)) = (w.next(), w.next(), w.next()) else {
-                continue;
-            };
-            let Ok(a) = u64::from_str_radix(a, 16) else {
-                continue;
-            };
+        for (a, t, n) in entries(system_map) {
             if n == "_etext" {
                 etext = a;
             }
@@ -156,6 +149,11 @@ impl TextSymbols {
             etext,
             offset,
         }
+    }
+
+    /// The text symbols' System.map addresses, sorted, and `_etext`.
+    pub fn starts(&self) -> (&[u64], u64) {
+        (&self.starts, self.etext)
     }
 
     /// The running address of the text symbol that holds `rip`, if `rip`
@@ -182,8 +180,6 @@ pub struct Seen {
     pub deferred: u64,
     /// User mappings of NVDIMM memory the kernel installed (or moved).
     pub user_maps: u64,
-    /// Of those, moved by mremap (`move_page_tables()`), so far.
-    pub moved: u64,
     /// Why the watcher stopped, if it did on an error.
     pub stopped: Option<String>,
 }
@@ -293,11 +289,17 @@ impl KernelSymbols {
 
 /// `name`'s address in System.map or /proc/kallsyms text (`ADDR TYPE NAME
 /// [module]` lines).
-fn symbol(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
+pub fn symbol(text: &str, name: &str) -> Option<u64> {
+    entries(text).find_map(|(a, _, n)| (n == name).then_some(a))
+}
+
+/// The `(address, type, name)` of every line of System.map or
+/// /proc/kallsyms text.
+fn entries(text: &str) -> impl Iterator<Item = (u64, &str, &str)> {
+    text.lines().filter_map(|l| {
         let mut w = l.split_whitespace();
-        let (a, _, n) = (w.next()?, w.next()?, w.next()?);
-        (n == name).then(|| u64::from_str_radix(a, 16).ok())?
+        let (a, t, n) = (w.next()?, w.next()?, w.next()?);
+        Some((u64::from_str_radix(a, 16).ok()?, t, n))
     })
 }
 
@@ -422,7 +424,6 @@ impl Watcher {
             passed: std::mem::take(&mut s.passed),
             deferred: std::mem::take(&mut s.deferred),
             user_maps: s.user_maps,
-            moved: s.moved,
             stopped: s.stopped.clone(),
         }
     }
@@ -446,16 +447,10 @@ struct GdbTables<'a> {
 impl kernel::Tables for GdbTables<'_> {
     type Error = GdbError;
     fn table(&mut self, pa: u64) -> Result<[u64; 512], GdbError> {
-        // QEMU answers at most 2 KiB per `m` (4 KiB of hex).
-        const CHUNK: usize = 1024;
+        let bytes = self.gdb.read(self.direct_map + pa, 4096, T)?;
         let mut t = [0u64; 512];
-        for (c, chunk) in t.chunks_mut(CHUNK / 8).enumerate() {
-            let bytes = self
-                .gdb
-                .read(self.direct_map + pa + (c * CHUNK) as u64, CHUNK, T)?;
-            for (e, b) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
-                *e = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-            }
+        for (e, b) in t.iter_mut().zip(bytes.chunks_exact(8)) {
+            *e = u64::from_le_bytes(b.try_into().expect("8 bytes"));
         }
         Ok(t)
     }
@@ -816,24 +811,12 @@ impl State {
         let ends = [rip + rewind::MAX_INSTRUCTION as u64, rip];
         for start in starts {
             for end in ends {
-                if let Some(code) = self.read_long(start, end) {
+                if let Ok(code) = self.gdb.read(start, (end - start) as usize, T) {
                     return Some((start, code));
                 }
             }
         }
         None
-    }
-
-    fn read_long(&mut self, start: u64, end: u64) -> Option<Vec<u8>> {
-        // QEMU answers at most 2 KiB per `m`.
-        let mut out = Vec::new();
-        let mut a = start;
-        while a < end {
-            let n = (end - a).min(2048) as usize;
-            out.extend(self.gdb.read(a, n, T).ok()?);
-            a += n as u64;
-        }
-        Some(out)
     }
 
     /// The kernel is about to install a user mapping: note it (and watch
@@ -859,9 +842,7 @@ impl State {
                     arg(&mut self.gdb, reg::RCX)?,
                     arg(&mut self.gdb, reg::R8)?,
                 );
-                let moved = self.user_maps.moved(old, new, len);
-                self.seen.lock().unwrap().moved += moved.len() as u64;
-                !moved.is_empty()
+                !self.user_maps.moved(old, new, len).is_empty()
             }
         };
         if new {

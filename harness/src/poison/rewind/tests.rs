@@ -41,6 +41,16 @@ fn regs(set: &[(Register, u64)], rip: u64) -> Regs {
 /// Decode `code` at CODE from its start (as from a symbol), stopped at
 /// `rip_offset`, and plan.
 fn plan_at(code: &[u8], rip_offset: u64, r: Regs) -> Result<Rewind, String> {
+    plan_counted(code, rip_offset, r, None)
+}
+
+/// [`plan_at`] with the count a whole `rep movsb` began with.
+fn plan_counted(
+    code: &[u8],
+    rip_offset: u64,
+    r: Regs,
+    rep_count: Option<u64>,
+) -> Result<Rewind, String> {
     let mem = Mem::new(code);
     let (before, at) = decode_from(code, CODE, CODE + rip_offset);
     let mut read = |a: u64, n: usize| mem.read(a, n);
@@ -52,7 +62,7 @@ fn plan_at(code: &[u8], rip_offset: u64, r: Regs) -> Result<Rewind, String> {
         line_va: LINE,
         before,
         at,
-        rep_count: None,
+        rep_count,
         mem: &mut read,
     })
 }
@@ -221,18 +231,7 @@ fn a_whole_rep_movsb_goes_back_to_the_line() {
         ],
         0,
     );
-    let mem = Mem::new(&code);
-    let (before, at) = decode_from(&code, CODE, CODE + 2);
-    let mut read = |a: u64, n: usize| mem.read(a, n);
-    let w = plan(Stop {
-        regs: Regs { rip: CODE + 2, ..r },
-        line_va: LINE,
-        before,
-        at,
-        rep_count: Some(4096),
-        mem: &mut read,
-    })
-    .unwrap();
+    let w = plan_counted(&code, 2, r, Some(4096)).unwrap();
     assert_eq!(w.regs.rip, CODE);
     assert_eq!(
         (
@@ -251,28 +250,10 @@ fn a_whole_rep_movsb_goes_back_to_the_line() {
         ],
         0,
     );
-    let (before, at) = decode_from(&code, CODE, CODE + 2);
-    let w = plan(Stop {
-        regs: Regs { rip: CODE + 2, ..r },
-        line_va: LINE,
-        before,
-        at,
-        rep_count: Some(100),
-        mem: &mut read,
-    })
-    .unwrap();
+    let w = plan_counted(&code, 2, r, Some(100)).unwrap();
     assert_eq!(w.regs.get(Register::RSI), Some(LINE + 0x20));
     // Without the count: to the line's start, and said.
-    let (before, at) = decode_from(&code, CODE, CODE + 2);
-    let w = plan(Stop {
-        regs: Regs { rip: CODE + 2, ..r },
-        line_va: LINE,
-        before,
-        at,
-        rep_count: None,
-        mem: &mut read,
-    })
-    .unwrap();
+    let w = plan_counted(&code, 2, r, None).unwrap();
     assert_eq!(w.regs.get(Register::RSI), Some(LINE));
     assert!(w.note.unwrap().contains("whole rep"));
 }
