@@ -401,6 +401,10 @@ fn test(
 /// Copy the commit's kernel, config and initramfs out of the build cache
 /// (the next commit's build replaces them there), and point the run at the
 /// copies, so each commit's reproduce.sh keeps working.
+/// The kernel's symbol table, beside its bzImage (see
+/// harness/src/runner.rs `start_poison`).
+const SYSTEM_MAP: &str = "System.map";
+
 fn keep_parts(env: Vec<(&'static str, String)>, to: &Path) -> Result<Vec<(&'static str, String)>> {
     std::fs::create_dir_all(to)?;
     env.into_iter()
@@ -413,6 +417,14 @@ fn keep_parts(env: Vec<(&'static str, String)>, to: &Path) -> Result<Vec<(&'stat
             };
             let dest = to.join(file);
             std::fs::copy(&v, &dest)?;
+            // The harness reads the kernel's symbols from the System.map
+            // beside its bzImage (the poison model, on by default): a copied
+            // kernel without it fails every case at setup.
+            if k == vars::KERNEL.name {
+                let map = Path::new(&v).with_file_name(SYSTEM_MAP);
+                std::fs::copy(&map, to.join(SYSTEM_MAP))
+                    .map_err(|e| Error::new(format!("{}: {e}", map.display())))?;
+            }
             Ok((k, dest.display().to_string()))
         })
         .collect()
@@ -526,6 +538,30 @@ mod tests {
             class: class.into(),
             first: format!("{class} (message)"),
         }
+    }
+
+    #[test]
+    fn a_kept_kernel_keeps_its_symbols() {
+        let dir = std::env::temp_dir().join(format!("pmem-lab-keep-{}", std::process::id()));
+        let (built, kept) = (dir.join("built"), dir.join("kept"));
+        std::fs::create_dir_all(&built).unwrap();
+        std::fs::write(built.join("bzImage"), "kernel").unwrap();
+        std::fs::write(built.join(SYSTEM_MAP), "ffffffff81000000 T _text").unwrap();
+        let env = vec![
+            (
+                vars::KERNEL.name,
+                built.join("bzImage").display().to_string(),
+            ),
+            (vars::ACCEL.name, "tcg".to_string()),
+        ];
+        let env = keep_parts(env, &kept).unwrap();
+        assert_eq!(env[0].1, kept.join("bzImage").display().to_string());
+        assert_eq!(env[1].1, "tcg");
+        assert_eq!(
+            std::fs::read_to_string(kept.join(SYSTEM_MAP)).unwrap(),
+            "ffffffff81000000 T _text"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
