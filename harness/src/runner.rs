@@ -120,10 +120,15 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
         None => Failure::Boot(e),
     })?;
     log.line(format!(
-        "agent ready after {:.2}s (guest uptime {:.2}s, kernel {})",
+        "agent ready after {:.2}s (guest uptime {:.2}s, kernel {}{})",
         ready.boot_time.as_secs_f64(),
         ready.guest_uptime.as_secs_f64(),
-        ready.kernel_release
+        ready.kernel_release,
+        if ready.phases.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", ready.phases)
+        }
     ));
     let acpi_tables = started.acpi.as_ref().map(|t| t.took);
     let Started {

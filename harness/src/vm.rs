@@ -119,6 +119,9 @@ pub struct Ready {
     pub boot_time: Duration,
     /// Guest CLOCK_BOOTTIME at ready.
     pub guest_uptime: Duration,
+    /// Where a restored start's time went (QMP up, agent socket, state
+    /// loaded, guest resumed and answering), for steps.log; empty for a boot.
+    pub phases: String,
 }
 
 pub struct Vm {
@@ -283,6 +286,7 @@ impl Vm {
             kernel_release,
             boot_time: self.started.elapsed(),
             guest_uptime: Duration::from_millis(uptime_ms),
+            phases: String::new(),
         })
     }
 
@@ -312,7 +316,14 @@ impl Vm {
     /// it, who it is: the restored counterpart of [`Vm::wait_ready`].
     pub fn wait_restored(&mut self, timeout: Duration) -> Result<Ready, VmError> {
         let deadline = self.started + timeout;
+        let mut phases = Vec::new();
+        let mut mark = |what: &str, since: &mut Instant| {
+            phases.push(format!("{what} {} ms", since.elapsed().as_millis()));
+            *since = Instant::now();
+        };
+        let mut since = self.started;
         self.connect_qmp(deadline)?;
+        mark("QEMU up", &mut since);
         // The agent's socket before the state: then the guest's port comes
         // back connected, and the agent, blocked in its read when the
         // snapshot was taken, never sees the host go away.
@@ -324,6 +335,7 @@ impl Vm {
         // The snapshot was taken of a stopped guest, so QEMU keeps it
         // stopped after loading it.
         self.wait_migration("the snapshot to load", deadline)?;
+        mark("state loaded", &mut since);
         self.resume(left())?;
         let paths = ["/proc/sys/kernel/osrelease", "/proc/uptime"].map(String::from);
         let files = match self.request(
@@ -344,10 +356,12 @@ impl Vm {
             .next()
             .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or_default();
+        mark("agent answered", &mut since);
         Ok(Ready {
             kernel_release: text(0),
             boot_time: self.started.elapsed(),
             guest_uptime: Duration::from_secs_f64(uptime),
+            phases: phases.join(", "),
         })
     }
 

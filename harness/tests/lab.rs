@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = pmem_lab_env::vars::CASES
         .get()
@@ -74,6 +74,11 @@ fn main() {
         Arc::new(env)
     });
 
+    // VMs at a time: `--test-threads` (xtask's `--vms`), else the lab's
+    // measured default rather than libtest's one per core.
+    if lab.is_some() && args.test_threads.is_none() {
+        args.test_threads = Some(pmem_lab_env::parallel::default_vms());
+    }
     let cold_views = Arc::new(pmem_lab_env::vars::EQUIVALENCE.get().map(|p| {
         report::setup_views(Path::new(&p)).unwrap_or_else(|e| {
             eprintln!("error: PMEM_LAB_EQUIVALENCE: {e}");

@@ -70,7 +70,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
 
     let tmp = std::env::temp_dir().join(format!("pmem-lab-bench-{}.cpio", std::process::id()));
     let images = timed(b.runs, || {
-        image::build_to(&opts.workspace, &built.kernel, &tmp)
+        image::build_to(&opts.workspace, &opts.cache, &built.kernel, &tmp)
     })?;
     let _ = std::fs::remove_file(&tmp);
     rows.push(("initramfs build".into(), stats(&images)));
@@ -165,6 +165,12 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
 
     rows.extend(poison_costs(opts, b.runs)?);
 
+    let warm = warm_command(opts, TYPICAL_CASE, b.runs)?;
+    rows.push((
+        format!("warm one-case command (cargo xtask lab {TYPICAL_CASE})"),
+        stats(&warm),
+    ));
+
     if b.suite_runs > 0 {
         // Cold; then with snapshots twice: the first run saves what the
         // cache lacks, the second restores every case it can.
@@ -184,6 +190,34 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
                 what.into(),
                 format!("{} [{}]", stats(&times), starts(&events)),
             ));
+        }
+    }
+    if b.suite_runs > 0 {
+        // The default number of VMs at a time against one per core.
+        let cores = util::nproc();
+        let default = pmem_lab_env::parallel::default_vms();
+        for (what, vms) in [
+            (
+                format!("whole suite, restored, default {default} VMs"),
+                None,
+            ),
+            (
+                format!("whole suite, restored, --vms {cores} (cores)"),
+                Some(cores),
+            ),
+        ] {
+            let o = Options {
+                vms,
+                ..snap_opts.clone()
+            };
+            let mut times = Vec::new();
+            let mut events = Vec::new();
+            for _ in 0..b.suite_runs {
+                let t = Instant::now();
+                events = suite(&o)?;
+                times.push(t.elapsed());
+            }
+            rows.push((what, format!("{} [{}]", stats(&times), starts(&events))));
         }
     }
     if b.poison_suite_runs > 0 {
@@ -432,6 +466,32 @@ fn poison_costs(opts: &Options, n: usize) -> Result<Vec<(String, String)>> {
             stats(&pick(|f| f.load_to_signal)),
         ),
     ])
+}
+
+/// The command a developer repeats, as a whole process: `cargo xtask lab
+/// CASE` with nothing changed since the last run (one run first, not
+/// measured, makes it so), in the user's environment.
+fn warm_command(opts: &Options, case: &str, n: usize) -> Result<Vec<Duration>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let run = || -> Result<Duration> {
+        let t = Instant::now();
+        let out = std::process::Command::new(&cargo)
+            .current_dir(&opts.workspace)
+            .args(["xtask", "lab", case])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        let took = t.elapsed();
+        if !out.status.success() {
+            return Err(Error::new(format!(
+                "`cargo xtask lab {case}` failed during the benchmark:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(took)
+    };
+    run()?;
+    (0..n.max(1)).map(|_| run()).collect()
 }
 
 /// Timings of one case over several runs.

@@ -10,11 +10,16 @@
 //! inflate of this image costs about 0.45 s of every boot, more than reading
 //! the larger file; the cache keeps one copy per key.
 //!
-//! Published as `<cache>/images/<key>.cpio`, key = hash of every input
-//! file's content, so an unchanged recipe reuses the image and any change
-//! (a new ndctl from apt, a rebuilt agent, another kernel) makes a new one.
+//! Published as `<cache>/images/<key>.cpio`, key = hash of every guest
+//! path, mode and input file's content, so an unchanged recipe reuses the
+//! image and any change (a new ndctl from apt, a rebuilt agent, another
+//! kernel) makes a new one. The slow parts of computing it — `ldd` of every
+//! program, `dpkg -L` of every package, hashing every file — are remembered
+//! by the identity of the files that decide them ([`crate::memo`], kept in
+//! `<cache>/images/memo.json`), so a warm run only stats the inputs.
 
 use crate::kernel::Kernel;
+use crate::memo::{self, Memo};
 use crate::util::{Error, Key, Result};
 use fs_err as fs;
 use std::collections::BTreeMap;
@@ -23,7 +28,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use xshell::{cmd, Shell};
 
-const RECIPE: &str = "image-recipe-2";
+const RECIPE: &str = "image-recipe-3";
 const BUSYBOX: &str = "/bin/busybox";
 const AGENT_GUEST_PATH: &str = "sbin/pmem-lab-agent";
 
@@ -36,33 +41,36 @@ enum Node {
     CharDev { major: u32, minor: u32 },
 }
 
-/// Build (or reuse) the initramfs for `kernel`. Returns its path.
 /// Build the image into `out` unconditionally (for the benchmark).
-pub fn build_to(workspace: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
-    let agent = build_agent(workspace)?;
-    let tree = collect(workspace, kernel, &agent)?;
+pub fn build_to(workspace: &Path, cache: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
+    let agent = &crate::binaries::get(workspace)?.agent;
+    let mut memo = Memo::load(&memo_path(cache)?);
+    let tree = collect(workspace, kernel, agent, &mut memo)?;
+    memo.save()?;
     write_cpio(&tree, out)
 }
 
+/// Build (or reuse) the initramfs for `kernel`. Returns its path.
 pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
-    let agent = build_agent(workspace)?;
-    let tree = collect(workspace, kernel, &agent)?;
+    let agent = &crate::binaries::get(workspace)?.agent;
+    let mut memo = Memo::load(&memo_path(cache)?);
+    let tree = collect(workspace, kernel, agent, &mut memo)?;
     let mut key = Key::new(RECIPE);
     for (guest, node) in &tree {
         match node {
             Node::File { host, mode } => {
+                let digest = memo.get("sha256", host, "", || crate::util::sha256_file(host))?;
                 key.str("file", guest)
                     .str("mode", &mode.to_string())
-                    .file("content", host)?;
+                    .str("content", &digest);
             }
             other => {
                 key.str("node", &format!("{guest} {other:?}"));
             }
         }
     }
-    let dir = cache.join("images");
-    fs::create_dir_all(&dir)?;
-    let out = dir.join(format!("{}.cpio", key.finish()));
+    memo.save()?;
+    let out = cache.join("images").join(format!("{}.cpio", key.finish()));
     if out.is_file() {
         return Ok(out);
     }
@@ -77,24 +85,31 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
     Ok(out)
 }
 
-fn build_agent(workspace: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let sh = Shell::new()?;
-    sh.change_dir(workspace);
-    cmd!(
-        sh,
-        "{cargo} build --quiet --release --package pmem-lab-agent"
-    )
-    .quiet()
-    .run()?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("release/pmem-lab-agent"))
+/// `<cache>/images/memo.json`, its folder made.
+fn memo_path(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("images");
+    fs::create_dir_all(&dir)?;
+    Ok(dir.join("memo.json"))
 }
 
-fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<String, Node>> {
+/// What else a library closure depends on: the loader's cache and search
+/// path (a new library installed or LD_LIBRARY_PATH set resolve anew).
+fn ldd_context() -> String {
+    format!(
+        "ld.so.cache={} LD_LIBRARY_PATH={}",
+        memo::identity(Path::new("/etc/ld.so.cache")).unwrap_or_default(),
+        std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+    )
+}
+
+fn collect(
+    workspace: &Path,
+    kernel: &Kernel,
+    agent: &Path,
+    memo: &mut Memo,
+) -> Result<BTreeMap<String, Node>> {
     let mut tree = BTreeMap::new();
+    let ldd = ldd_context();
     for d in [
         "proc",
         "sys",
@@ -112,7 +127,7 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
     let recipe = workspace.join("images/initramfs");
     add_file(&mut tree, "init", &recipe.join("init"), 0o755);
     add_file(&mut tree, "etc/fstab", &recipe.join("fstab"), 0o644);
-    add_program(&mut tree, agent, AGENT_GUEST_PATH)?;
+    add_program(&mut tree, agent, AGENT_GUEST_PATH, memo, &ldd)?;
 
     let list = workspace.join("images/initramfs/files.txt");
     let text = fs::read_to_string(&list)?;
@@ -135,7 +150,7 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
                     )))
                 }
             };
-            add_package(&mut tree, package, &except)
+            add_package(&mut tree, package, &except, memo, &ldd)
                 .map_err(|e| Error::new(format!("{}:{}: {e}", list.display(), i + 1)))?;
             continue;
         }
@@ -154,13 +169,15 @@ fn collect(workspace: &Path, kernel: &Kernel, agent: &Path) -> Result<BTreeMap<S
                 host.display()
             )));
         }
-        add_program(&mut tree, &host, &guest)?;
+        add_program(&mut tree, &host, &guest, memo, &ldd)?;
     }
 
     // busybox last: its applets fill only the names nothing else took.
     add_file(&mut tree, "bin/busybox", Path::new(BUSYBOX), 0o755);
-    let sh = Shell::new()?;
-    let applets = cmd!(sh, "{BUSYBOX} --list-full").read()?;
+    let applets = memo.get("applets", Path::new(BUSYBOX), "", || {
+        let sh = Shell::new()?;
+        Ok(cmd!(sh, "{BUSYBOX} --list-full").read()?)
+    })?;
     for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
         if !tree.contains_key(applet) {
             let depth = applet.matches('/').count();
@@ -216,13 +233,26 @@ fn add_tree(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Resu
 /// /usr/sbin (`dpkg -L`) but those named in `except`, at the same paths in
 /// the guest, with its libraries; the package's symlinks stay symlinks
 /// (kmod's `modprobe -> /bin/kmod`).
-fn add_package(tree: &mut BTreeMap<String, Node>, package: &str, except: &[&str]) -> Result<()> {
-    let sh = Shell::new()?;
-    let listing = cmd!(sh, "dpkg -L {package}").quiet().read().map_err(|_| {
-        Error::new(format!(
-            "package {package} is not installed (run `cargo xtask deps`)"
-        ))
-    })?;
+fn add_package(
+    tree: &mut BTreeMap<String, Node>,
+    package: &str,
+    except: &[&str],
+    memo: &mut Memo,
+    ldd: &str,
+) -> Result<()> {
+    let dpkg_l = || {
+        let sh = Shell::new()?;
+        cmd!(sh, "dpkg -L {package}").quiet().read().map_err(|_| {
+            Error::new(format!(
+                "package {package} is not installed (run `cargo xtask deps`)"
+            ))
+        })
+    };
+    // dpkg rewrites a package's file list whenever it installs the package.
+    let listing = match dpkg_list_file(package) {
+        Some(list) => memo.get("dpkg -L", &list, "", dpkg_l)?,
+        None => dpkg_l()?,
+    };
     let mut programs = 0;
     for path in package_programs(&listing) {
         let host = Path::new(path);
@@ -242,7 +272,7 @@ fn add_package(tree: &mut BTreeMap<String, Node>, package: &str, except: &[&str]
                 Node::Symlink(target.to_string_lossy().into_owned()),
             );
         } else if meta.is_file() {
-            add_program(tree, host, guest)?;
+            add_program(tree, host, guest, memo, ldd)?;
             programs += 1;
         }
     }
@@ -250,6 +280,26 @@ fn add_package(tree: &mut BTreeMap<String, Node>, package: &str, except: &[&str]
         return Err(Error::new(format!("package {package} ships no program")));
     }
     Ok(())
+}
+
+/// dpkg's list of a package's files: `<pkg>.list`, or `<pkg>:<arch>.list`
+/// for a multi-arch package.
+fn dpkg_list_file(package: &str) -> Option<PathBuf> {
+    let info = Path::new("/var/lib/dpkg/info");
+    let plain = info.join(format!("{package}.list"));
+    if plain.is_file() {
+        return Some(plain);
+    }
+    let prefix = format!("{package}:");
+    std::fs::read_dir(info)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".list"))
+        })
 }
 
 /// The program paths in `dpkg -L` output.
@@ -270,7 +320,13 @@ fn package_programs(listing: &str) -> Vec<&str> {
 
 /// A program and, if dynamic, its loader and libraries at the paths ldd
 /// reports (the guest's loader searches the same default directories).
-fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> Result<()> {
+fn add_program(
+    tree: &mut BTreeMap<String, Node>,
+    host: &Path,
+    guest: &str,
+    memo: &mut Memo,
+    ldd: &str,
+) -> Result<()> {
     if !pmem_lab_env::ldd::is_elf(host) {
         // A script or a configuration file: as it is.
         let mode = if fs::metadata(host)?.permissions().mode() & 0o111 != 0 {
@@ -283,8 +339,16 @@ fn add_program(tree: &mut BTreeMap<String, Node>, host: &Path, guest: &str) -> R
     }
     add_file(tree, guest, host, 0o755);
     // A static program has an empty closure.
-    for lib in pmem_lab_env::ldd::closure(host).map_err(Error::new)? {
-        let real = fs::canonicalize(&lib)?;
+    let closure = memo.get("ldd", host, ldd, || {
+        let libs = pmem_lab_env::ldd::closure(host).map_err(Error::new)?;
+        Ok(libs
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })?;
+    for lib in closure.lines().filter(|l| !l.is_empty()).map(Path::new) {
+        let real = fs::canonicalize(lib)?;
         add_file(
             tree,
             lib.to_string_lossy().trim_start_matches('/'),

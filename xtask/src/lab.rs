@@ -20,14 +20,21 @@ pub fn build(opts: &Options) -> Result<Built> {
     let t = Instant::now();
     let kernel = build_kernel(opts)?;
     let initrd = image::ensure(&opts.workspace, &opts.cache, &kernel)?;
-    eprintln!(
-        "[lab] kernel {} ({}), image {} ready in {}",
-        kernel.release,
-        kernel.dir.display(),
-        initrd.display(),
-        crate::progress::fmt_duration(t.elapsed())
-    );
-    Ok(Built { kernel, initrd })
+    let built = Built { kernel, initrd };
+    built.say_ready(t);
+    Ok(built)
+}
+
+impl Built {
+    fn say_ready(&self, since: Instant) {
+        eprintln!(
+            "[lab] kernel {} ({}), image {} ready in {}",
+            self.kernel.release,
+            self.kernel.dir.display(),
+            self.initrd.display(),
+            crate::progress::fmt_duration(since.elapsed())
+        );
+    }
 }
 
 /// Host packages, then the kernel (built or reused); for Debian's source,
@@ -187,14 +194,20 @@ fn run_kernels(opts: &Options, args: &[String]) -> Result<()> {
 /// Build what VMs need, pick the accelerator, and describe it all in the
 /// environment variables the harness reads.
 pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
-    let built = build(opts)?;
+    let t = Instant::now();
+    let kernel = build_kernel(opts)?;
     let qemu = qemu(opts)?;
+    // The accelerator probe (when its verdict is not remembered) boots the
+    // kernel while the image is made.
+    let probe = accel::Probe::start(&qemu, &kernel.bzimage, &opts.cache);
+    let initrd = image::ensure(&opts.workspace, &opts.cache, &kernel)?;
+    let built = Built { kernel, initrd };
+    built.say_ready(t);
     let version = qemu
         .version_line()
         .map_err(|e| Error::new(format!("QEMU does not start: {e}")))?;
     eprintln!("[lab] QEMU: {} ({version})", qemu.binary.display());
-    let probe_log = opts.cache.join("kvm-probe.log");
-    let (accel, why) = accel::detect(&qemu, &built.kernel.bzimage, &probe_log);
+    let accel::Verdict { accel, why } = probe.verdict();
     eprintln!("[lab] accelerator: {accel} ({why})");
     let path = |p: &Path| p.display().to_string();
     Ok(vec![
@@ -249,10 +262,11 @@ pub fn harness_run_env(
         .cache
         .join(format!("bench-report-{}", std::process::id()));
     env.push((vars::REPORT.name, report.display().to_string()));
-    let out = harness_command(opts, &env)
+    let out = harness_command(opts, &env)?
         .args(args)
+        .args(opts.vms.map(|n| format!("--test-threads={n}")))
         .output()
-        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot run the lab's test runner: {e}")))?;
     let cases = case_events(&report);
     let _ = std::fs::remove_dir_all(&report);
     Ok(HarnessRun {
@@ -277,40 +291,25 @@ pub fn case_events(report: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `cargo <args>` in the workspace with the lab's environment.
-fn cargo(opts: &Options, env: &[(&str, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&opts.workspace)
-        .args(args)
+/// The harness's `lab` test runner (built once: [`crate::binaries`]),
+/// ready for its own arguments. It runs where `cargo test` would run it, in
+/// its package's directory.
+fn harness_command(opts: &Options, env: &[(&str, String)]) -> Result<Command> {
+    let bins = crate::binaries::get(&opts.workspace)?;
+    let mut cmd = Command::new(&bins.lab);
+    cmd.current_dir(opts.workspace.join("harness"))
         .envs(env.iter().map(|(k, v)| (k, v)));
-    cmd
-}
-
-/// The harness's `lab` test target, ready for its own arguments.
-fn harness_command(opts: &Options, env: &[(&str, String)]) -> Command {
-    cargo(
-        opts,
-        env,
-        &[
-            "test",
-            "--quiet",
-            "--package",
-            "pmem-lab-harness",
-            "--test",
-            "lab",
-            "--",
-        ],
-    )
+    Ok(cmd)
 }
 
 /// How many case trials (VM cases, not validation) the runner would run
 /// with `args`: `--list` asks it without running anything.
 fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
-    let out = harness_command(opts, &[])
+    let out = harness_command(opts, &[])?
         .args(args)
         .arg("--list")
         .output()
-        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot run the lab's test runner: {e}")))?;
     if !out.status.success() {
         return Err(Error::new(format!(
             "the test runner cannot list the cases:\n{}",
@@ -327,25 +326,16 @@ fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
 /// case is found and checked first, before anything is built.
 pub fn shell(opts: &Options, case: &str, put: &[PutArg]) -> Result<()> {
     let put: Vec<String> = put.iter().map(PutArg::to_string).collect();
+    let bins = crate::binaries::get(&opts.workspace)?;
     let shell = |env: &[(&str, String)], extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--quiet",
-            "--package",
-            "pmem-lab-harness",
-            "--bin",
-            "pmem-lab-shell",
-            "--",
-        ];
-        args.extend(extra);
-        args.push(case);
-        for p in &put {
-            args.push("--put");
-            args.push(p);
-        }
-        cargo(opts, env, &args)
+        Command::new(&bins.shell)
+            .current_dir(opts.workspace.join("harness"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args(extra)
+            .arg(case)
+            .args(put.iter().flat_map(|p| ["--put", p.as_str()]))
             .status()
-            .map_err(|e| Error::new(format!("cannot run cargo: {e}")))
+            .map_err(|e| Error::new(format!("cannot run pmem-lab-shell: {e}")))
     };
     if !shell(&[], &["--check"])?.success() {
         return Err(Error::new(format!(
@@ -361,13 +351,12 @@ pub fn shell(opts: &Options, case: &str, put: &[PutArg]) -> Result<()> {
     }
 }
 
-/// Run the harness's `lab` target: `cargo test -p pmem-lab-harness --test lab`.
+/// Run the harness's `lab` target, as `cargo test -p pmem-lab-harness --test lab` would.
 /// `Ok(false)` when some trial failed.
 pub fn harness(opts: &Options, env: &[(&str, String)], args: &[String]) -> Result<bool> {
-    let mut cmd = harness_command(opts, env);
-    cmd.args(args);
-    let status = cmd
+    let status = harness_command(opts, env)?
+        .args(args)
         .status()
-        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot run the lab's test runner: {e}")))?;
     Ok(status.success())
 }

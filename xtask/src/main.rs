@@ -3,6 +3,7 @@
 
 mod accel;
 mod bench;
+mod binaries;
 mod bisect;
 mod bisect_test;
 mod cli;
@@ -13,6 +14,7 @@ mod kconfig;
 mod kernel;
 mod kernels;
 mod lab;
+mod memo;
 mod parity;
 mod progress;
 mod util;

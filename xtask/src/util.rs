@@ -82,6 +82,21 @@ impl Key {
     }
 }
 
+/// A file's SHA-256, in hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut file = fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The ELF interpreter (PT_INTERP) of a binary, or None for a static one.
 pub fn elf_interpreter(path: &Path) -> Result<Option<String>> {
     let data = fs::read(path)?;

@@ -1,13 +1,15 @@
 //! What `cargo xtask` and the harness agree on, in one place: the
 //! environment variables that carry a run's configuration from the CLI to the
 //! test runner ([`vars`]), which QEMU the lab runs and how ([`qemu`]), a
-//! program's shared-library closure ([`ldd`]) and the `HOST:GUEST` argument
+//! program's shared-library closure ([`ldd`]), how many VMs run at a time
+//! ([`parallel`]) and the `HOST:GUEST` argument
 //! of `lab shell --put` ([`put`]).
 //!
 //! Both sides link this crate, so a variable's name is written once and the
 //! compiler checks every use. It has no dependencies: xtask stays lean.
 
 pub mod ldd;
+pub mod parallel;
 pub mod put;
 pub mod qemu;
 pub mod vars;
