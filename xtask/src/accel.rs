@@ -128,7 +128,7 @@ impl Probe {
         {
             return Probe(ProbeState::Known(Verdict {
                 why: format!(
-                    "{} (remembered: `{}` probes again)",
+                    "{}; remembered, `{}` probes again",
                     v.why,
                     forget_hint(cache)
                 ),
