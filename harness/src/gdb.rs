@@ -146,10 +146,12 @@ pub fn parse_stop(reply: &str) -> Option<Stop> {
 pub const READ_CHUNK: usize = 1024;
 
 pub mod reg {
+    pub const RAX: u32 = 0;
     pub const RCX: u32 = 2;
     pub const RDX: u32 = 3;
     pub const RSI: u32 = 4;
     pub const RDI: u32 = 5;
+    pub const RSP: u32 = 7;
     pub const R8: u32 = 8;
     pub const RIP: u32 = 16;
     pub const EFLAGS: u32 = 17;
@@ -175,13 +177,21 @@ impl Gdb {
             no_ack: false,
         };
         // QEMU stops the VM on attach and reports that stop as well as
-        // answering `?`: take both (measured: `T02` then `T05`), so that no
-        // stale stop reply is read as the answer to a later packet.
-        g.request("?", timeout)?;
-        while g.read_packet(Duration::from_millis(100)).is_ok() {}
-        if g.request("QStartNoAckMode", timeout)? == "OK" {
-            g.no_ack = true;
-        }
+        // answering `?` (measured: `T02` then `T05`). Every stop reply
+        // comes before the answer to the next packet, so reading up to
+        // that answer drains them all, with no wait for silence (a 100 ms
+        // wait here was a fifth of every case's watcher start).
+        g.send("?")?;
+        g.send("QStartNoAckMode")?;
+        let answer = loop {
+            let p = g.read_packet(timeout)?;
+            let stop_or_output = matches!(p.as_bytes().first(), Some(b'T' | b'S'))
+                || (p.starts_with('O') && p != "OK");
+            if !stop_or_output {
+                break p;
+            }
+        };
+        g.no_ack = answer == "OK";
         // QEMU answers `p` (one register) only to a client that has read the
         // target description (gdbstub.c: gdb_has_xml).
         let xml = g.xfer("target.xml", timeout)?;

@@ -157,12 +157,15 @@ fn run_in(case: &Case, env: &LabEnv, dir: &Path) -> Result<Passed, Failure> {
             let poison = if case.machine.poison
                 && (env.poison_default || !case.machine.poison_by_default)
             {
+                let began = Instant::now();
                 let w = start_poison(&mut guest, case, env, &layout, private.path())
                     .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
+                let armed = w
+                    .sync()
+                    .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
                 log.line(format!(
-                    "poison model armed: {} lines",
-                    w.sync()
-                        .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?
+                    "poison model armed: {armed} lines, in {} ms",
+                    began.elapsed().as_millis()
                 ));
                 Some(w)
             } else {
@@ -292,11 +295,20 @@ fn start_poison(
     layout: &Layout,
     private: &Path,
 ) -> Result<Watcher, String> {
-    let pattern = KernelSymbols::kallsyms_pattern();
-    let kallsyms = guest
-        .ok(&["grep", "-E", &pattern, "/proc/kallsyms"])?
-        .stdout;
-    let symbols = KernelSymbols::new(&env.kernel.with_file_name("System.map"), &kallsyms)?;
+    let system_map = env.kernel.with_file_name("System.map");
+    // A kernel built without CONFIG_RANDOMIZE_BASE runs where System.map
+    // says (the lab's own config); otherwise the guest says where `_text` is.
+    let relocatable = env
+        .kernel_config
+        .as_ref()
+        .and_then(|c| fs::read_to_string(c).ok())
+        .is_none_or(|c| c.lines().any(|l| l == "CONFIG_RANDOMIZE_BASE=y"));
+    let kallsyms = if relocatable {
+        guest.ok(&KernelSymbols::kallsyms_command())?.stdout
+    } else {
+        KernelSymbols::unrelocated(&system_map)?
+    };
+    let symbols = KernelSymbols::new(&system_map, &kallsyms)?;
     let mut lines = Lines::default();
     for (nv, region) in case.machine.nvdimms.iter().zip(&layout.geometry.regions) {
         for e in &nv.errors {
@@ -624,19 +636,21 @@ impl CaseRun<'_> {
             }
         }
         if let Some(w) = &self.poison {
+            let began = Instant::now();
             let armed = w
                 .sync()
                 .map_err(|e| broke(format!("the poison model: {e}")))?;
             let seen = w.take();
             let problem = self.machine_checks(step, &seen.consumptions);
             self.log.line(format!(
-                "--- step {} `{}`: poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen",
+                "--- step {} `{}`: poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen (synced in {} ms)",
                 step.number,
                 step.name,
                 seen.consumptions.len(),
                 seen.passed,
                 seen.deferred,
-                seen.user_maps
+                seen.user_maps,
+                began.elapsed().as_millis()
             ));
             problems.extend(problem);
         }

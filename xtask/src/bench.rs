@@ -129,7 +129,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         )));
     }
     rows.push((
-        "case start, restored (QEMU start -> agent ready)".into(),
+        "case start alone, restored (QEMU start -> agent ready)".into(),
         stats(&restored.boots),
     ));
     rows.push((

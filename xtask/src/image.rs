@@ -16,7 +16,7 @@
 //! kernel) makes a new one. The slow parts of computing it — `ldd` of every
 //! program, `dpkg -L` of every package, hashing every file — are remembered
 //! by the identity of the files that decide them ([`crate::memo`], kept in
-//! `<cache>/images/memo.json`), so a warm run only stats the inputs.
+//! `<cache>/memo.json`), so a warm run only stats the inputs.
 
 use crate::kernel::Kernel;
 use crate::memo::{self, Memo};
@@ -44,7 +44,7 @@ enum Node {
 /// Build the image into `out` unconditionally (for the benchmark).
 pub fn build_to(workspace: &Path, cache: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
     let agent = &crate::binaries::get(workspace)?.agent;
-    let mut memo = Memo::load(&memo_path(cache)?);
+    let mut memo = Memo::load(&memo::path(cache)?);
     let tree = collect(workspace, kernel, agent, &mut memo)?;
     memo.save()?;
     write_cpio(&tree, out)
@@ -53,7 +53,7 @@ pub fn build_to(workspace: &Path, cache: &Path, kernel: &Kernel, out: &Path) -> 
 /// Build (or reuse) the initramfs for `kernel`. Returns its path.
 pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let agent = &crate::binaries::get(workspace)?.agent;
-    let mut memo = Memo::load(&memo_path(cache)?);
+    let mut memo = Memo::load(&memo::path(cache)?);
     let tree = collect(workspace, kernel, agent, &mut memo)?;
     let mut key = Key::new(RECIPE);
     for (guest, node) in &tree {
@@ -70,7 +70,9 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
         }
     }
     memo.save()?;
-    let out = cache.join("images").join(format!("{}.cpio", key.finish()));
+    let dir = cache.join("images");
+    fs::create_dir_all(&dir)?;
+    let out = dir.join(format!("{}.cpio", key.finish()));
     if out.is_file() {
         return Ok(out);
     }
@@ -83,13 +85,6 @@ pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf
     write_cpio(&tree, &tmp)?;
     fs::rename(&tmp, &out)?;
     Ok(out)
-}
-
-/// `<cache>/images/memo.json`, its folder made.
-fn memo_path(cache: &Path) -> Result<PathBuf> {
-    let dir = cache.join("images");
-    fs::create_dir_all(&dir)?;
-    Ok(dir.join("memo.json"))
 }
 
 /// What else a library closure depends on: the loader's cache and search

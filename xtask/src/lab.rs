@@ -123,9 +123,21 @@ pub fn checked_args(
 ) -> Result<Vec<String>> {
     // Malformed cases fail here, in seconds, before a kernel build or a VM;
     // so does a filter that selects nothing.
-    eprintln!("[lab] checking case files");
-    if !harness(opts, &[], &["validate/".to_string(), "--quiet".to_string()])? {
-        return Err(Error::new("invalid case files (above); no VM was started"));
+    // Both passes are remembered while nothing they read changed
+    // (crate::validated).
+    let runner = &crate::binaries::get(&opts.workspace)?.lab;
+    let inputs = crate::validated::Inputs::now(&opts.workspace, runner, &opts.cache);
+    let validate = ["validate/".to_string(), "--quiet".to_string()];
+    if inputs.as_ref().and_then(|i| i.recall(&validate)).is_some() {
+        eprintln!("[lab] case files unchanged since they last passed the check");
+    } else {
+        eprintln!("[lab] checking case files");
+        if !harness(opts, &[], &validate)? {
+            return Err(Error::new("invalid case files (above); no VM was started"));
+        }
+        if let Some(i) = &inputs {
+            i.remember(&validate, "ok");
+        }
     }
     let mut args: Vec<String> = filter.map(str::to_string).into_iter().collect();
     args.extend(runner_args.iter().cloned());
@@ -136,7 +148,7 @@ pub fn checked_args(
     // (the validation pass already refused an empty cases root).
     let narrowed = filter.is_some() || !runner_args.is_empty();
     let running = !runner_args.iter().any(|a| a == "--list");
-    if narrowed && running && selected_cases(opts, &args)? == 0 {
+    if narrowed && running && selected_cases(opts, inputs.as_ref(), &args)? == 0 {
         return Err(Error::new(format!(
             "no case matches {}: `cargo xtask lab -- --list` lists them",
             filter.map_or("the selection".to_string(), |f| format!("`{f}`"))
@@ -203,9 +215,7 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
     let initrd = image::ensure(&opts.workspace, &opts.cache, &kernel)?;
     let built = Built { kernel, initrd };
     built.say_ready(t);
-    let version = qemu
-        .version_line()
-        .map_err(|e| Error::new(format!("QEMU does not start: {e}")))?;
+    let version = qemu_version(opts, &qemu)?;
     eprintln!("[lab] QEMU: {} ({version})", qemu.binary.display());
     let accel::Verdict { accel, why } = probe.verdict();
     eprintln!("[lab] accelerator: {accel} ({why})");
@@ -217,6 +227,7 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
         (vars::KERNEL_RELEASE.name, built.kernel.release.clone()),
         (vars::ACCEL.name, accel.to_string()),
         (vars::QEMU.name, path(&qemu.binary)),
+        (vars::QEMU_VERSION.name, version),
         (vars::ARTIFACTS.name, path(&opts.artifacts)),
         (vars::CACHE.name, path(&opts.cache)),
         (
@@ -224,6 +235,19 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
             if opts.cold { "1" } else { "0" }.to_string(),
         ),
     ])
+}
+
+/// QEMU's `--version` line, remembered by the binary's identity and its
+/// library and firmware folders (a QEMU start costs 0.05-0.15 s).
+fn qemu_version(opts: &Options, qemu: &Qemu) -> Result<String> {
+    let context = format!("{:?} {:?}", qemu.libraries, qemu.firmware);
+    let mut memo = crate::memo::Memo::load(&crate::memo::path(&opts.cache)?);
+    let line = memo.get("qemu --version", &qemu.binary, &context, || {
+        qemu.version_line()
+            .map_err(|e| Error::new(format!("QEMU does not start: {e}")))
+    })?;
+    memo.save()?;
+    Ok(line)
 }
 
 /// What a harness run reported: its exit status, the `case` events of its
@@ -303,11 +327,23 @@ fn harness_command(opts: &Options, env: &[(&str, String)]) -> Result<Command> {
 }
 
 /// How many case trials (VM cases, not validation) the runner would run
-/// with `args`: `--list` asks it without running anything.
-fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
+/// with `args`: `--list` asks it without running anything (remembered with
+/// the validation's inputs).
+fn selected_cases(
+    opts: &Options,
+    inputs: Option<&crate::validated::Inputs>,
+    args: &[String],
+) -> Result<usize> {
+    let mut list = args.to_vec();
+    list.push("--list".to_string());
+    if let Some(n) = inputs
+        .and_then(|i| i.recall(&list))
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return Ok(n);
+    }
     let out = harness_command(opts, &[])?
-        .args(args)
-        .arg("--list")
+        .args(&list)
         .output()
         .map_err(|e| Error::new(format!("cannot run the lab's test runner: {e}")))?;
     if !out.status.success() {
@@ -316,10 +352,14 @@ fn selected_cases(opts: &Options, args: &[String]) -> Result<usize> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let n = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.ends_with(": test") && !l.starts_with("validate/"))
-        .count())
+        .count();
+    if let Some(i) = inputs {
+        i.remember(&list, &n.to_string());
+    }
+    Ok(n)
 }
 
 /// `cargo xtask lab shell CASE`: an interactive shell in the case's VM. The

@@ -18,6 +18,7 @@ mod memo;
 mod parity;
 mod progress;
 mod util;
+mod validated;
 
 use clap::Parser;
 use cli::{Cli, Command, LabCommand};

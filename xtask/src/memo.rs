@@ -21,6 +21,12 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// The memo of a cache: `<cache>/memo.json`, its folder made.
+pub fn path(cache: &Path) -> Result<PathBuf> {
+    fs_err::create_dir_all(cache)?;
+    Ok(cache.join("memo.json"))
+}
+
 /// How old a file's last change must be for an answer about it to be kept.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -129,7 +135,7 @@ impl Memo {
 }
 
 /// Whether `file` last changed (ctime) at least `settle` ago.
-fn settled(file: &Path, settle: std::time::Duration) -> bool {
+pub fn settled(file: &Path, settle: std::time::Duration) -> bool {
     let Ok(m) = std::fs::metadata(file) else {
         return false;
     };

@@ -160,7 +160,16 @@ impl Qemu {
 
     /// `qemu-system-x86_64 --version`'s first line, e.g. `QEMU emulator
     /// version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)`.
+    /// When xtask already read it for this binary (PMEM_LAB_QEMU_VERSION
+    /// beside PMEM_LAB_QEMU), that line, without starting QEMU.
     pub fn version_line(&self) -> std::io::Result<String> {
+        if let (Some(line), Some(binary)) =
+            (crate::vars::QEMU_VERSION.get_str(), crate::vars::QEMU.get())
+        {
+            if Path::new(&binary) == self.binary {
+                return Ok(line);
+            }
+        }
         let out = self.command().arg("--version").output()?;
         if !out.status.success() {
             return Err(std::io::Error::other(format!(

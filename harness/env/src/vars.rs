@@ -62,6 +62,8 @@ vars! {
         "`1` (`cargo xtask lab --cold`): every case boots cold; no VM snapshot is saved or restored";
     POISON_DEFAULT = "PMEM_LAB_POISON_DEFAULT", "user",
         "`off`: the poison model runs only where a case sets `machine.poison: true` (to measure it: `cargo xtask bench`); default `on`, where the platform can know the lines";
+    QEMU_VERSION = "PMEM_LAB_QEMU_VERSION", "xtask",
+        "`--version` line of the QEMU in PMEM_LAB_QEMU, as xtask read it (each QEMU start costs 0.05-0.15 s of a run)";
     CASES = "PMEM_LAB_CASES", "user", "cases root (default `cases/`)";
     KNOWN_FAILURES = "PMEM_LAB_KNOWN_FAILURES", "user", "known-failures file (default `known-failures.yaml`)";
     TMPDIR = "PMEM_LAB_TMPDIR", "user", "where per-VM private dirs (sockets, NVDIMM files) go";

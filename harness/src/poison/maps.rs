@@ -15,10 +15,14 @@
 //! Other ways a user mapping of NVDIMM memory comes to be, from mm/ (6.12):
 //! - mremap() moves page tables without faulting: `move_vma()` ->
 //!   `move_page_tables()` (mm/mremap.c), which moves whole PMDs/PUDs of a
-//!   device-dax mapping (`move_huge_pmd()`, `move_huge_pud()`) or its PTEs;
-//!   the lab hooks `move_page_tables()` (old address, new address, length)
-//!   and gives every known mapping in the moved range its new address
-//!   ([`UserMaps::moved`]). exec's stack shift uses it too (no NVDIMM).
+//!   device-dax mapping (`move_huge_pmd()`, `move_huge_pud()`) or its PTEs.
+//!   The lab hooks the system call, `__x64_sys_mremap()` (its pt_regs: old
+//!   address, old and new length), and, when the old range holds a known
+//!   mapping, its return (the new address in RAX); every known mapping in
+//!   the moved range then has its new address too ([`UserMaps::moved`]).
+//!   Not `move_page_tables()` itself: exec's stack shift calls it too
+//!   (`relocate_vma_down()`, mm/mmap.c; 6.1's `shift_arg_pages()`), and a
+//!   stop at every exec cost 110 ms of each under TCG (docs/performance.md).
 //! - fork() copies page tables only where `vma_needs_copy()` says
 //!   (mm/memory.c: uffd-wp, VM_PFNMAP/VM_MIXEDMAP, an anon_vma, i.e. a
 //!   MAP_PRIVATE fsdax file written to); the child's copy is at the same
@@ -38,8 +42,9 @@ pub enum Hook {
     MixedMkwrite,
     Pmd,
     Pud,
-    /// `move_page_tables(vma, old_addr, new_vma, new_addr, len, ...)`.
-    MovePageTables,
+    /// `__x64_sys_mremap(regs)`: the system call, at entry and (a
+    /// breakpoint set there and then) at its return.
+    Mremap,
 }
 
 impl Hook {
@@ -48,7 +53,7 @@ impl Hook {
         Hook::MixedMkwrite,
         Hook::Pmd,
         Hook::Pud,
-        Hook::MovePageTables,
+        Hook::Mremap,
     ];
 
     /// The function's names, the current first; the lab hooks every one
@@ -63,11 +68,9 @@ impl Hook {
             Hook::MixedMkwrite => &["vmf_insert_mixed_mkwrite"],
             Hook::Pmd => &["vmf_insert_pfn_pmd", "vmf_insert_pfn_pmd_prot"],
             Hook::Pud => &["vmf_insert_pfn_pud", "vmf_insert_pfn_pud_prot"],
-            // 6.1 (GCC 12): mremap's move_vma() calls the clone
-            // `.part.0` (the body after `if (!len) return 0`), with the
-            // same arguments in the same registers (disassembly of the
-            // lab's 6.1 build); the function itself is only its wrapper.
-            Hook::MovePageTables => &["move_page_tables", "move_page_tables.part.0"],
+            // The x86-64 system call entry takes the saved user registers
+            // (arch/x86/include/asm/syscall_wrapper.h), the same on 6.1.
+            Hook::Mremap => &["__x64_sys_mremap"],
         }
     }
 
@@ -77,7 +80,7 @@ impl Hook {
             Hook::Mixed | Hook::MixedMkwrite => Some(4 << 10),
             Hook::Pmd => Some(2 << 20),
             Hook::Pud => Some(1 << 30),
-            Hook::MovePageTables => None,
+            Hook::Mremap => None,
         }
     }
 
@@ -87,6 +90,14 @@ impl Hook {
         matches!(self, Hook::Pmd | Hook::Pud)
     }
 }
+
+/// The system call arguments in `struct pt_regs` (arch/x86/include/asm/
+/// ptrace.h: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di ...; the
+/// x86-64 syscall ABI passes di, si, dx, r10, r8, r9): offsets of di
+/// (old address), si (old length), dx (new length).
+pub const PT_REGS_DI: u64 = 112;
+pub const PT_REGS_SI: u64 = 104;
+pub const PT_REGS_DX: u64 = 96;
 
 /// `offsetof(struct vm_fault, address)`: vma, gfp_mask (padded to 8),
 /// pgoff, then address (include/linux/mm.h, the same since 5.18 and in
@@ -159,6 +170,12 @@ impl UserMaps {
         moved.into_iter().filter(|m| self.0.insert(*m)).collect()
     }
 
+    /// Whether a known mapping overlaps `[va, va + len)`.
+    pub fn overlaps(&self, va: u64, len: u64) -> bool {
+        let end = va.saturating_add(len);
+        len != 0 && self.0.iter().any(|m| m.va < end && va < m.va + m.size)
+    }
+
     /// The user virtual addresses of physical `line`.
     pub fn aliases(&self, line: u64) -> impl Iterator<Item = u64> + '_ {
         self.0.iter().filter_map(move |m| m.alias(line))
@@ -176,6 +193,22 @@ impl UserMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_overlaps_only_the_mappings_it_touches() {
+        let mut maps = UserMaps::default();
+        maps.add(UserMap {
+            va: 0x7f00_0020_0000,
+            pa: 0x1_0000_0000,
+            size: 2 << 20,
+        });
+        assert!(maps.overlaps(0x7f00_0000_0000, 0x20_1000));
+        assert!(maps.overlaps(0x7f00_003f_f000, 0x1000));
+        // Ending where it starts, starting where it ends: no overlap.
+        assert!(!maps.overlaps(0x7f00_0000_0000, 0x20_0000));
+        assert!(!maps.overlaps(0x7f00_0040_0000, 0x1000));
+        assert!(!maps.overlaps(0x7f00_0030_0000, 0));
+    }
 
     #[test]
     fn a_pmd_mapping_is_2m_aligned_and_maps_its_lines() {

@@ -21,19 +21,19 @@
 //! `ioremap_cache()` alias instead (`devm_memremap()`), which this model
 //! does not watch yet.
 
-use super::maps::{Hook, UserMap, UserMaps, VMF_ADDRESS};
+use super::maps::{Hook, UserMap, UserMaps, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, VMF_ADDRESS};
 use super::platform_log::Tail;
 use super::Lines;
 use super::{kernel, rewind};
 use crate::gdb::{reg, Gdb, GdbError, Watch};
 use crate::mce::{Consumer, Injection};
 use crate::qmp;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -120,51 +120,83 @@ pub const USER_TOP: u64 = 1 << 56;
 const SYMBOL_DECODE_LIMIT: u64 = 16 << 10;
 
 /// The kernel's text symbols (System.map), to decode a stopped kernel
-/// load from the start of its function.
-#[derive(Debug, Default)]
+/// load from the start of its function. Built on first use: most cases
+/// never stop in kernel code, and the table is 100,000 lines to parse.
+#[derive(Debug, Clone)]
 pub struct TextSymbols {
-    /// Sorted System.map addresses of text symbols, below `_etext`.
-    starts: Vec<u64>,
-    etext: u64,
+    table: Arc<TextTable>,
     /// running - System.map (KASLR).
     offset: u64,
 }
 
+#[derive(Debug)]
+struct TextTable {
+    /// The System.map text, until the table is built from it.
+    source: Arc<String>,
+    /// Sorted System.map addresses of text symbols below `_etext`, and
+    /// `_etext` (shared: every case of a run decodes the same kernel's).
+    built: OnceLock<(Vec<u64>, u64)>,
+}
+
+impl TextTable {
+    fn get(&self) -> &(Vec<u64>, u64) {
+        self.built.get_or_init(|| {
+            let mut starts = Vec::new();
+            let mut etext = 0;
+            for (a, t, n) in entries(&self.source) {
+                if n == "_etext" {
+                    etext = a;
+                }
+                if matches!(t, "T" | "t" | "W" | "w") {
+                    starts.push(a);
+                }
+            }
+            starts.sort_unstable();
+            starts.dedup();
+            (starts, etext)
+        })
+    }
+}
+
 impl TextSymbols {
     pub fn parse(system_map: &str, offset: u64) -> TextSymbols {
-        let mut starts = Vec::new();
-        let mut etext = 0;
-        for (a, t, n) in entries(system_map) {
-            if n == "_etext" {
-                etext = a;
-            }
-            if matches!(t, "T" | "t" | "W" | "w") {
-                starts.push(a);
-            }
-        }
-        starts.sort_unstable();
-        starts.dedup();
+        TextSymbols::lazy(Arc::new(system_map.to_string()), offset)
+    }
+
+    fn lazy(source: Arc<String>, offset: u64) -> TextSymbols {
         TextSymbols {
-            starts,
-            etext,
+            table: Arc::new(TextTable {
+                source,
+                built: OnceLock::new(),
+            }),
             offset,
+        }
+    }
+
+    /// The same symbols in a kernel relocated by `offset`.
+    fn relocated(&self, offset: u64) -> TextSymbols {
+        TextSymbols {
+            offset,
+            ..self.clone()
         }
     }
 
     /// The text symbols' System.map addresses, sorted, and `_etext`.
     pub fn starts(&self) -> (&[u64], u64) {
-        (&self.starts, self.etext)
+        let (starts, etext) = self.table.get();
+        (starts, *etext)
     }
 
     /// The running address of the text symbol that holds `rip`, if `rip`
     /// is in the kernel's own text (not a module's).
     pub fn enclosing(&self, rip: u64) -> Option<u64> {
+        let (starts, etext) = self.starts();
         let at = rip.wrapping_sub(self.offset);
-        if at >= self.etext {
+        if at >= etext {
             return None;
         }
-        let i = self.starts.partition_point(|s| *s <= at).checked_sub(1)?;
-        Some(self.starts[i].wrapping_add(self.offset))
+        let i = starts.partition_point(|s| *s <= at).checked_sub(1)?;
+        Some(starts[i].wrapping_add(self.offset))
     }
 }
 
@@ -213,8 +245,8 @@ pub struct KernelSymbols {
     pub page_offset_base: u64,
     pub text_map: u64,
     pub text_running: u64,
-    /// The running kernel's addresses of the functions that install user
-    /// mappings (see [`Hook`]), from /proc/kallsyms.
+    /// The running kernel's addresses of the functions that install or
+    /// move user mappings (see [`Hook`]).
     pub hooks: Vec<(Hook, u64)>,
     /// The page-fault entry (`asm_exc_page_fault`), see [`State::on_stop`].
     pub page_fault_entry: u64,
@@ -226,16 +258,80 @@ pub struct KernelSymbols {
     pub text: TextSymbols,
 }
 
+/// A kernel's System.map as the watcher needs it, read once per process:
+/// every case of a run boots the same kernel, and the 100,000-line file
+/// took a second to scan per case (one pass per name looked up).
+struct SystemMap {
+    /// The addresses of [`KernelSymbols::names`] it has.
+    named: HashMap<&'static str, u64>,
+    /// Its text symbols, unrelocated.
+    text: TextSymbols,
+}
+
+impl SystemMap {
+    /// The parsed map at `path` (parsed now if this process has not yet,
+    /// or if the file changed since).
+    fn of(path: &Path) -> Result<Arc<SystemMap>, String> {
+        type Cache = Mutex<HashMap<PathBuf, (Option<(u64, SystemTime)>, Arc<SystemMap>)>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .ok();
+        let cache = CACHE.get_or_init(Cache::default);
+        if let Some((s, map)) = cache.lock().unwrap().get(path) {
+            if *s == stamp {
+                return Ok(Arc::clone(map));
+            }
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "{}: {e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)",
+                path.display()
+            )
+        })?;
+        let wanted: HashSet<&'static str> = KernelSymbols::names().collect();
+        let mut named = HashMap::new();
+        // The name first, the address only of a wanted one: one cheap pass.
+        for line in text.lines() {
+            let name = line.rsplit(' ').next().unwrap_or_default();
+            if let Some(w) = wanted.get(name) {
+                if let Some((a, _, _)) = entries(line).next() {
+                    named.entry(*w).or_insert(a);
+                }
+            }
+        }
+        let map = Arc::new(SystemMap {
+            named,
+            text: TextSymbols::lazy(Arc::new(text), 0),
+        });
+        cache
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), (stamp, Arc::clone(&map)));
+        Ok(map)
+    }
+}
+
 impl KernelSymbols {
     /// From the System.map of the booted kernel and the guest's
-    /// /proc/kallsyms lines for `_text` and the hooks.
+    /// /proc/kallsyms line for `_text` (see [`Self::kallsyms_command`]).
+    /// Every other address is System.map's moved by the KASLR offset: the
+    /// kernel image is relocated as a whole (arch/x86/boot/compressed/
+    /// kaslr.c picks one base), so one symbol's offset is every core
+    /// symbol's. Reading only `_text` matters under TCG: the guest formats
+    /// all of /proc/kallsyms (some 100,000 lines) for a whole `grep`,
+    /// 0.6 s of every case, where one line near its start costs little.
     pub fn new(system_map: &Path, kallsyms: &str) -> Result<KernelSymbols, String> {
-        let running = |name: &str| symbol(kallsyms, name);
-        let text_running = running("_text")
+        let text_running = symbol(kallsyms, "_text")
             .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {kallsyms:?}"))?;
-        let page_fault_entry = running(PAGE_FAULT_ENTRY).ok_or_else(|| {
-            format!("no `{PAGE_FAULT_ENTRY}` in the guest's /proc/kallsyms: {kallsyms:?}")
-        })?;
+        let map = SystemMap::of(system_map)?;
+        let named = |name: &str| map.named.get(name).copied();
+        let text_map =
+            named("_text").ok_or_else(|| format!("{}: no symbol `_text`", system_map.display()))?;
+        let offset = text_running.wrapping_sub(text_map);
+        let running = |name: &str| named(name).map(|a| a.wrapping_add(offset));
+        let page_fault_entry = running(PAGE_FAULT_ENTRY)
+            .ok_or_else(|| format!("{}: no symbol `{PAGE_FAULT_ENTRY}`", system_map.display()))?;
         let mut hooks = Vec::new();
         // Every name of a hook the kernel has: a compiler's clone is
         // called instead of the function (see [`Hook::symbols`]), and a
@@ -244,26 +340,17 @@ impl KernelSymbols {
             let found: Vec<u64> = h.symbols().iter().filter_map(|s| running(s)).collect();
             if found.is_empty() {
                 return Err(format!(
-                    "the guest kernel has no `{}` in /proc/kallsyms: the poison model cannot see user mappings",
+                    "{}: the kernel has no `{}`: the poison model cannot see user mappings",
+                    system_map.display(),
                     h.symbols().join("` or `")
                 ));
             }
             hooks.extend(found.into_iter().map(|a| (h, a)));
         }
-        let text = std::fs::read_to_string(system_map).map_err(|e| {
-            format!(
-                "{}: {e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)",
-                system_map.display()
-            )
-        })?;
-        let find = |name: &str| {
-            symbol(&text, name)
-                .ok_or_else(|| format!("{}: no symbol `{name}`", system_map.display()))
-        };
-        let text_map = find("_text")?;
         Ok(KernelSymbols {
-            page_offset_base: find("page_offset_base")?,
-            text: TextSymbols::parse(&text, text_running.wrapping_sub(text_map)),
+            page_offset_base: named("page_offset_base")
+                .ok_or_else(|| format!("{}: no symbol `page_offset_base`", system_map.display()))?,
+            text: map.text.relocated(offset),
             text_map,
             text_running,
             hooks,
@@ -272,14 +359,33 @@ impl KernelSymbols {
         })
     }
 
-    /// The symbols the guest must be asked for (a `grep -E` pattern).
-    pub fn kallsyms_pattern() -> String {
-        let names = ["_text", PAGE_FAULT_ENTRY, COPY_MC_STRING]
-            .into_iter()
-            .chain(Hook::ALL.iter().flat_map(|h| h.symbols().iter().copied()))
-            .map(|n| n.replace('.', "\\."))
-            .collect::<Vec<_>>();
-        format!(" ({})$", names.join("|"))
+    /// Every System.map name [`KernelSymbols::new`] looks up.
+    fn names() -> impl Iterator<Item = &'static str> {
+        [
+            "_text",
+            "page_offset_base",
+            PAGE_FAULT_ENTRY,
+            COPY_MC_STRING,
+        ]
+        .into_iter()
+        .chain(Hook::ALL.iter().flat_map(|h| h.symbols().iter().copied()))
+    }
+
+    /// The `_text` line of a kernel that is never relocated (no
+    /// CONFIG_RANDOMIZE_BASE): System.map's own, as the guest would print it.
+    pub fn unrelocated(system_map: &Path) -> Result<String, String> {
+        let map = SystemMap::of(system_map)?;
+        let text = map
+            .named
+            .get("_text")
+            .ok_or_else(|| format!("{}: no symbol `_text`", system_map.display()))?;
+        Ok(format!("{text:016x} T _text\n"))
+    }
+
+    /// The guest command that prints the running kernel's `_text` line of
+    /// /proc/kallsyms; `-m1` stops reading there, near the file's start.
+    pub fn kallsyms_command() -> [&'static str; 5] {
+        ["grep", "-m1", "-E", " _text$", "/proc/kallsyms"]
     }
 
     fn runtime(&self, addr: u64) -> u64 {
@@ -356,6 +462,7 @@ impl Watcher {
             tlb: None,
             cpus,
             seen: Arc::clone(&seen),
+            returns: Vec::new(),
         };
         state.sync().map_err(|e| e.to_string())?;
         state.gdb.resume().map_err(|e| e.to_string())?;
@@ -476,6 +583,20 @@ struct State {
     tlb: Option<Vec<kernel::Leaf>>,
     cpus: u32,
     seen: Arc<Mutex<Seen>>,
+    /// mremap() calls of known mappings between their entry and return.
+    returns: Vec<MremapCall>,
+}
+
+/// An mremap() whose old range holds a mapping the model knows, followed
+/// from its entry to its return (a breakpoint at the return address).
+struct MremapCall {
+    /// The return address, and RSP when the vCPU is there (entry's + 8):
+    /// which task's call returns.
+    ret: u64,
+    rsp: u64,
+    old: u64,
+    /// The length that moves (the smaller of old and new length).
+    len: u64,
 }
 
 impl State {
@@ -491,8 +612,8 @@ impl State {
         if served.is_ok() {
             let _ = self.pause();
         }
-        // Leave no breakpoint behind: the hooks fire on every exec
-        // (move_page_tables()) and every dax fault, and with nobody to
+        // Leave no breakpoint behind: the hooks fire on every mremap()
+        // and every dax fault, and with nobody to
         // resume it the VM would stop at the next one (the lab still reads
         // dmesg after the steps). Detaching also resumes a VM an error
         // left stopped, so the step ends and fails with that error instead
@@ -682,6 +803,9 @@ impl State {
         if let Some(hook) = self.hooks.get(&rip).copied() {
             return self.at_hook(cpu, hook, rip);
         }
+        if self.returns.iter().any(|c| c.ret == rip) {
+            return self.at_mremap_return(cpu, rip);
+        }
         let Some(va) = watched else {
             return Ok(());
         };
@@ -821,6 +945,38 @@ impl State {
 
     /// The kernel is about to install a user mapping: note it (and watch
     /// its poisoned lines), then step the CPU over the breakpoint.
+    /// A vCPU at the return site of an mremap() the model follows (see
+    /// [`MremapCall`]): if it is that call's return (its stack), the known
+    /// mappings it moved have their new address; the breakpoint goes when
+    /// no followed call returns there any more. Another task passing the
+    /// same site (6.1 returns through do_syscall_64(), shared by every
+    /// system call) is stepped over.
+    fn at_mremap_return(&mut self, cpu: u32, rip: u64) -> Result<(), GdbError> {
+        let rsp = self.gdb.register(reg::RSP, T)?;
+        let Some(i) = self
+            .returns
+            .iter()
+            .position(|c| c.ret == rip && c.rsp == rsp)
+        else {
+            self.gdb.breakpoint(false, rip, T)?;
+            self.gdb.step(cpu, T)?;
+            return self.gdb.breakpoint(true, rip, T);
+        };
+        let call = self.returns.remove(i);
+        let new = self.gdb.register(reg::RAX, T)?;
+        // -4095..-1 are errors (include/linux/err.h, IS_ERR_VALUE); the old
+        // address itself means resized in place, nothing moved.
+        let failed = new >= (-4095i64) as u64;
+        if !failed && new != call.old && !self.user_maps.moved(call.old, new, call.len).is_empty() {
+            self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
+            self.sync()?;
+        }
+        if !self.returns.iter().any(|c| c.ret == rip) {
+            self.gdb.breakpoint(false, rip, T)?;
+        }
+        Ok(())
+    }
+
     fn at_hook(&mut self, cpu: u32, hook: Hook, rip: u64) -> Result<(), GdbError> {
         let arg = |g: &mut Gdb, r: u32| g.register(r, T);
         let new = match hook.size() {
@@ -835,14 +991,30 @@ impl State {
                 let m = UserMap::installed(size, address, pfn_t);
                 self.user_maps.add(m)
             }
-            // move_page_tables(vma, old_addr, new_vma, new_addr, len, ...)
+            // mremap(addr, old_len, new_len, ...): nothing to learn unless
+            // the old range holds a mapping the model knows; then where it
+            // went is the call's return value.
             None => {
-                let (old, new, len) = (
-                    arg(&mut self.gdb, reg::RSI)?,
-                    arg(&mut self.gdb, reg::RCX)?,
-                    arg(&mut self.gdb, reg::R8)?,
-                );
-                !self.user_maps.moved(old, new, len).is_empty()
+                let regs = arg(&mut self.gdb, reg::RDI)?;
+                let old = self.gdb.read_u64(regs + PT_REGS_DI, T)?;
+                let old_len = self.gdb.read_u64(regs + PT_REGS_SI, T)?;
+                let new_len = self.gdb.read_u64(regs + PT_REGS_DX, T)?;
+                // What moves is the part that stays: a shrink drops the tail.
+                let len = old_len.min(new_len);
+                if self.user_maps.overlaps(old, len) {
+                    let rsp = arg(&mut self.gdb, reg::RSP)?;
+                    let ret = self.gdb.read_u64(rsp, T)?;
+                    if !self.returns.iter().any(|c| c.ret == ret) {
+                        self.gdb.breakpoint(true, ret, T)?;
+                    }
+                    self.returns.push(MremapCall {
+                        ret,
+                        rsp: rsp + 8,
+                        old,
+                        len,
+                    });
+                }
+                false
             }
         };
         if new {
@@ -877,23 +1049,26 @@ mod tests {
         assert_eq!(parse_gva2gpa("Unmapped\r\n"), None);
     }
 
+    /// A System.map without the huge-page hooks (the test adds either name).
+    const MAP: &str = "ffffffff81000000 T _text\nffffffff81000100 t fault_in_readable\nffffffff81000200 T __get_user_nocheck_4\n\
+        ffffffff811475e0 T vmf_insert_mixed\nffffffff811475f0 T vmf_insert_mixed_mkwrite\n\
+        ffffffff81190000 T __x64_sys_mremap\nffffffff81601230 T asm_exc_page_fault\n\
+        ffffffff81e00000 T _etext\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n";
+
     #[test]
     fn symbols_come_from_system_map_with_the_kaslr_offset() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("System.map");
         std::fs::write(
             &p,
-            "ffffffff81000000 T _text\nffffffff81000100 t fault_in_readable\nffffffff81000200 T __get_user_nocheck_4\n\
-             ffffffff81e00000 T _etext\nffffffff82a0c2e8 D page_offset_base\nffffffff82a0c2f0 D vmalloc_base\n",
+            format!("{MAP}ffffffff8118cdf0 T vmf_insert_pfn_pmd\nffffffff8118ce00 T vmf_insert_pfn_pud\n"),
         )
         .unwrap();
-        let kallsyms = "ffffffff8a000000 T _text\nffffffff8a601230 T asm_exc_page_fault\n\
-            ffffffff8a1475e0 T vmf_insert_mixed\n\
-            ffffffff8a1475f0 T vmf_insert_mixed_mkwrite\nffffffff8a18cdf0 T vmf_insert_pfn_pmd\n\
-            ffffffff8a18ce00 T vmf_insert_pfn_pud\nffffffff8a190000 T move_page_tables\n";
+        let kallsyms = "ffffffff8a000000 T _text\n";
         let s = KernelSymbols::new(&p, kallsyms).unwrap();
         assert_eq!(s.runtime(s.page_offset_base), 0xffff_ffff_8ba0_c2e8);
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
+        assert_eq!(s.page_fault_entry, 0xffff_ffff_8a60_1230);
         // A kernel load is decoded from its function's running start; a
         // module's (past _etext) has none.
         assert_eq!(
@@ -909,28 +1084,21 @@ mod tests {
         assert!(KernelSymbols::new(&none, kallsyms)
             .unwrap_err()
             .contains("cargo xtask kernel"));
-        assert!(KernelSymbols::new(&p, "ffffffff8a000000 T _text\n")
+        assert!(KernelSymbols::new(&p, "ffffffff8a000000 T _etext\n")
             .unwrap_err()
-            .contains("asm_exc_page_fault"));
-        assert_eq!(
-            KernelSymbols::kallsyms_pattern(),
-            " (_text|asm_exc_page_fault|copy_mc_enhanced_fast_string|vmf_insert_mixed|vmf_insert_mixed_mkwrite|vmf_insert_pfn_pmd|vmf_insert_pfn_pmd_prot|vmf_insert_pfn_pud|vmf_insert_pfn_pud_prot|move_page_tables|move_page_tables\\.part\\.0)$"
-        );
-        // 6.1: mremap calls move_page_tables' clone; both are hooked.
-        let split = format!("{kallsyms}ffffffff8a17dab0 t move_page_tables.part.0\n");
-        let s = KernelSymbols::new(&p, &split).unwrap();
-        let moves: Vec<u64> = s
-            .hooks
-            .iter()
-            .filter(|(h, _)| *h == Hook::MovePageTables)
-            .map(|(_, a)| *a)
-            .collect();
-        assert_eq!(moves, [0xffff_ffff_8a19_0000, 0xffff_ffff_8a17_dab0]);
+            .contains("no `_text`"));
+        // A kernel without KASLR: System.map's own `_text`, no offset.
+        let fixed = KernelSymbols::unrelocated(&p).unwrap();
+        assert_eq!(fixed, "ffffffff81000000 T _text\n");
+        let s = KernelSymbols::new(&p, &fixed).unwrap();
+        assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8118_cdf0));
         // 6.1: the huge-page hooks are the `_prot` functions.
-        let old = kallsyms
-            .replace("vmf_insert_pfn_pmd\n", "vmf_insert_pfn_pmd_prot\n")
-            .replace("vmf_insert_pfn_pud\n", "vmf_insert_pfn_pud_prot\n");
-        let s = KernelSymbols::new(&p, &old).unwrap();
+        std::fs::write(
+            &p,
+            format!("{MAP}ffffffff8118cdf0 T vmf_insert_pfn_pmd_prot\nffffffff8118ce00 T vmf_insert_pfn_pud_prot\n"),
+        )
+        .unwrap();
+        let s = KernelSymbols::new(&p, kallsyms).unwrap();
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
     }
 }
