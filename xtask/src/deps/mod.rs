@@ -221,14 +221,39 @@ pub fn needs(sources: &[DebianKernel]) -> Vec<Need> {
     v
 }
 
+/// The packages whose presence [`needs`] asks dpkg about: asked in one
+/// `dpkg-query` (each start costs 20-50 ms of every run).
+const QUERIED: [&str; 6] = ["jq", "xfsprogs", "bash", "dash", "util-linux", "mount"];
+
 /// Whether dpkg has `package` installed.
 fn installed(package: &str) -> bool {
-    std::process::Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).ends_with(" installed")
-        })
+    static ANSWER: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let query = |packages: &[&str]| -> Vec<String> {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Package} ${Status}\n"])
+            .args(packages)
+            .output()
+            .map(|o| installed_of(&String::from_utf8_lossy(&o.stdout)))
+            .unwrap_or_default()
+    };
+    if QUERIED.contains(&package) {
+        ANSWER
+            .get_or_init(|| query(&QUERIED))
+            .iter()
+            .any(|p| p == package)
+    } else {
+        query(&[package]).iter().any(|p| p == package)
+    }
+}
+
+/// The installed packages in `dpkg-query -W -f='${Package} ${Status}\n'`
+/// output (a package not installed is left out; dpkg-query names an
+/// unknown one on stderr).
+fn installed_of(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.ends_with(" installed"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// busybox must be the static build: the initramfs carries no libc for it.
@@ -376,4 +401,16 @@ fn effective_uid() -> u32 {
                 .and_then(|l| l.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_installed_packages_are_read_as_installed() {
+        let out = "jq install ok installed\nxfsprogs deinstall ok config-files\nbash install ok installed\n";
+        assert_eq!(installed_of(out), ["jq", "bash"]);
+        assert!(installed_of("").is_empty());
+    }
 }
