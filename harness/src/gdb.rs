@@ -151,6 +151,7 @@ pub mod reg {
     pub const RDX: u32 = 3;
     pub const RSI: u32 = 4;
     pub const RDI: u32 = 5;
+    pub const RBP: u32 = 6;
     pub const RSP: u32 = 7;
     pub const R8: u32 = 8;
     pub const RIP: u32 = 16;

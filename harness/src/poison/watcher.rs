@@ -420,9 +420,28 @@ const PAGE_FAULT_ENTRY: &str = "asm_exc_page_fault";
 
 const COPY_MC_STRING: &str = "copy_mc_enhanced_fast_string";
 
-/// `endbr64`, the first instruction of a kernel function built with
-/// CONFIG_X86_KERNEL_IBT.
-const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+/// How the watcher goes past a hook's first instruction (see
+/// [`State::at_hook`]), from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookEntry {
+    /// `endbr64` (f3 0f 1e fa): a kernel built with CONFIG_X86_KERNEL_IBT,
+    /// like the lab's 6.12.
+    Endbr64,
+    /// `push %rbp` (55): frame pointers without IBT, like the lab's 6.1.
+    PushRbp,
+    /// Anything else: step over the breakpoint.
+    Step,
+}
+
+impl HookEntry {
+    fn of(first: &[u8]) -> HookEntry {
+        match first {
+            [0xf3, 0x0f, 0x1e, 0xfa, ..] => HookEntry::Endbr64,
+            [0x55, ..] => HookEntry::PushRbp,
+            _ => HookEntry::Step,
+        }
+    }
+}
 
 /// `gpa: 0x100201040` (HMP `gva2gpa`); `None` for "Unmapped".
 pub fn parse_gva2gpa(out: &str) -> Option<u64> {
@@ -446,12 +465,11 @@ impl Watcher {
         let direct_map = gdb
             .read_u64(symbols.runtime(symbols.page_offset_base), T)
             .map_err(|e| format!("reading page_offset_base: {e}"))?;
-        let mut endbr = BTreeSet::new();
+        let mut entries = BTreeMap::new();
         for (_, addr) in &symbols.hooks {
             gdb.breakpoint(true, *addr, T).map_err(|e| e.to_string())?;
-            if gdb.read(*addr, 4, T).map_err(|e| e.to_string())? == ENDBR64 {
-                endbr.insert(*addr);
-            }
+            let first = gdb.read(*addr, 4, T).map_err(|e| e.to_string())?;
+            entries.insert(*addr, HookEntry::of(&first));
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (orders, rx) = mpsc::channel();
@@ -461,7 +479,7 @@ impl Watcher {
             lines,
             direct_map,
             hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
-            endbr,
+            entries,
             page_fault_entry: symbols.page_fault_entry,
             copy_mc_string: symbols.copy_mc_string,
             text: symbols.text,
@@ -579,8 +597,8 @@ struct State {
     direct_map: u64,
     /// Hook address -> hook.
     hooks: BTreeMap<u64, Hook>,
-    /// The hooks whose first instruction is `endbr64` (see [`State::at_hook`]).
-    endbr: BTreeSet<u64>,
+    /// How to go past each hook's first instruction (see [`HookEntry`]).
+    entries: BTreeMap<u64, HookEntry>,
     page_fault_entry: u64,
     copy_mc_string: Option<u64>,
     text: TextSymbols,
@@ -1032,20 +1050,29 @@ impl State {
             self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
             self.sync()?;
         }
-        if self.endbr.contains(&rip) {
-            // The hook starts with endbr64, which does nothing here (TCG
-            // has no CET, so no indirect-branch tracking to satisfy): go
-            // past it. Stepping over the breakpoint instead removes and
-            // re-inserts it, and QEMU 7.2 flushes all translated code at
-            // each (cpu.c breakpoint_invalidate()): 20-30 ms of every dax
-            // fault, a minute for mlock() of 8 MiB of 4K device-dax.
-            return self
-                .gdb
-                .set_register(reg::RIP, rip + ENDBR64.len() as u64, T);
+        // Past the hook's first instruction without stepping over the
+        // breakpoint: that removes and re-inserts it, and QEMU 7.2 flushes
+        // all translated code at each (cpu.c breakpoint_invalidate()):
+        // 20-30 ms of every dax fault, a minute for mlock() of 8 MiB of 4K
+        // device-dax.
+        match self.entries.get(&rip).copied().unwrap_or(HookEntry::Step) {
+            // Does nothing here (TCG has no CET: no branch tracking).
+            HookEntry::Endbr64 => self.gdb.set_register(reg::RIP, rip + 4, T),
+            // What `push %rbp` does: RBP stored below RSP, RSP lowered.
+            HookEntry::PushRbp => {
+                let (gpr, _, _) = self.gdb.registers(T)?;
+                let (rbp, rsp) = (gpr[reg::RBP as usize], gpr[reg::RSP as usize]);
+                let top = rsp.wrapping_sub(8);
+                self.gdb.write(top, &rbp.to_le_bytes(), T)?;
+                self.gdb.set_register(reg::RSP, top, T)?;
+                self.gdb.set_register(reg::RIP, rip + 1, T)
+            }
+            HookEntry::Step => {
+                self.gdb.breakpoint(false, rip, T)?;
+                self.gdb.step(cpu, T)?;
+                self.gdb.breakpoint(true, rip, T)
+            }
         }
-        self.gdb.breakpoint(false, rip, T)?;
-        self.gdb.step(cpu, T)?;
-        self.gdb.breakpoint(true, rip, T)
     }
 }
 
@@ -1064,6 +1091,15 @@ pub fn paths(private: &Path) -> (PathBuf, PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hook_entry_is_known_by_its_first_bytes() {
+        assert_eq!(HookEntry::of(&[0xf3, 0x0f, 0x1e, 0xfa]), HookEntry::Endbr64);
+        assert_eq!(HookEntry::of(&[0x55, 0x48, 0x89, 0xe5]), HookEntry::PushRbp);
+        // `call __fentry__`, or a nop: stepped over.
+        assert_eq!(HookEntry::of(&[0xe8, 0, 0, 0]), HookEntry::Step);
+        assert_eq!(HookEntry::of(&[]), HookEntry::Step);
+    }
 
     #[test]
     fn gva2gpa_answers() {
