@@ -121,7 +121,7 @@ pub fn cxl(env: &LabEnv) -> Result<(), String> {
 }
 
 /// The `options` a kernel config does not build (neither `=y` nor `=m`).
-fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, String> {
+pub(crate) fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, String> {
     let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
     Ok(options
         .iter()

@@ -295,20 +295,21 @@ fn start_poison(
     layout: &Layout,
     private: &Path,
 ) -> Result<Watcher, String> {
-    let system_map = env.kernel.with_file_name("System.map");
     // A kernel built without CONFIG_RANDOMIZE_BASE runs where System.map
-    // says (the lab's own config); otherwise the guest says where `_text` is.
-    let relocatable = env
-        .kernel_config
-        .as_ref()
-        .and_then(|c| fs::read_to_string(c).ok())
-        .is_none_or(|c| c.lines().any(|l| l == "CONFIG_RANDOMIZE_BASE=y"));
+    // says (the lab's own config); otherwise the guest says where `_text`
+    // is (and so does an unreadable config).
+    let relocatable = env.kernel_config.as_ref().is_none_or(|c| {
+        preflight::unbuilt(c, &["CONFIG_RANDOMIZE_BASE"]).map_or(true, |u| u.is_empty())
+    });
     let kallsyms = if relocatable {
-        guest.ok(&KernelSymbols::kallsyms_command())?.stdout
+        Some(guest.ok(&KernelSymbols::kallsyms_command())?.stdout)
     } else {
-        KernelSymbols::unrelocated(&system_map)?
+        None
     };
-    let symbols = KernelSymbols::new(&system_map, &kallsyms)?;
+    let symbols = KernelSymbols::new(
+        &env.kernel.with_file_name("System.map"),
+        kallsyms.as_deref(),
+    )?;
     let mut lines = Lines::default();
     for (nv, region) in case.machine.nvdimms.iter().zip(&layout.geometry.regions) {
         for e in &nv.errors {

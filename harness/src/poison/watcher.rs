@@ -314,20 +314,25 @@ impl SystemMap {
 
 impl KernelSymbols {
     /// From the System.map of the booted kernel and the guest's
-    /// /proc/kallsyms line for `_text` (see [`Self::kallsyms_command`]).
+    /// /proc/kallsyms line for `_text` (see [`Self::kallsyms_command`]);
+    /// `None` for a kernel that is never relocated (no
+    /// CONFIG_RANDOMIZE_BASE), which runs at System.map's addresses.
     /// Every other address is System.map's moved by the KASLR offset: the
     /// kernel image is relocated as a whole (arch/x86/boot/compressed/
     /// kaslr.c picks one base), so one symbol's offset is every core
     /// symbol's. Reading only `_text` matters under TCG: the guest formats
     /// all of /proc/kallsyms (some 100,000 lines) for a whole `grep`,
     /// 0.6 s of every case, where one line near its start costs little.
-    pub fn new(system_map: &Path, kallsyms: &str) -> Result<KernelSymbols, String> {
-        let text_running = symbol(kallsyms, "_text")
-            .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {kallsyms:?}"))?;
+    pub fn new(system_map: &Path, kallsyms: Option<&str>) -> Result<KernelSymbols, String> {
         let map = SystemMap::of(system_map)?;
         let named = |name: &str| map.named.get(name).copied();
         let text_map =
             named("_text").ok_or_else(|| format!("{}: no symbol `_text`", system_map.display()))?;
+        let text_running = match kallsyms {
+            Some(k) => symbol(k, "_text")
+                .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {k:?}"))?,
+            None => text_map,
+        };
         let offset = text_running.wrapping_sub(text_map);
         let running = |name: &str| named(name).map(|a| a.wrapping_add(offset));
         let page_fault_entry = running(PAGE_FAULT_ENTRY)
@@ -369,17 +374,6 @@ impl KernelSymbols {
         ]
         .into_iter()
         .chain(Hook::ALL.iter().flat_map(|h| h.symbols().iter().copied()))
-    }
-
-    /// The `_text` line of a kernel that is never relocated (no
-    /// CONFIG_RANDOMIZE_BASE): System.map's own, as the guest would print it.
-    pub fn unrelocated(system_map: &Path) -> Result<String, String> {
-        let map = SystemMap::of(system_map)?;
-        let text = map
-            .named
-            .get("_text")
-            .ok_or_else(|| format!("{}: no symbol `_text`", system_map.display()))?;
-        Ok(format!("{text:016x} T _text\n"))
     }
 
     /// The guest command that prints the running kernel's `_text` line of
@@ -465,11 +459,11 @@ impl Watcher {
         let direct_map = gdb
             .read_u64(symbols.runtime(symbols.page_offset_base), T)
             .map_err(|e| format!("reading page_offset_base: {e}"))?;
-        let mut entries = BTreeMap::new();
-        for (_, addr) in &symbols.hooks {
+        let mut hooks = BTreeMap::new();
+        for (hook, addr) in &symbols.hooks {
             gdb.breakpoint(true, *addr, T).map_err(|e| e.to_string())?;
             let first = gdb.read(*addr, 4, T).map_err(|e| e.to_string())?;
-            entries.insert(*addr, HookEntry::of(&first));
+            hooks.insert(*addr, (*hook, HookEntry::of(&first)));
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (orders, rx) = mpsc::channel();
@@ -478,8 +472,7 @@ impl Watcher {
             tail: Tail::new(platform_log),
             lines,
             direct_map,
-            hooks: symbols.hooks.iter().map(|(h, a)| (*a, *h)).collect(),
-            entries,
+            hooks,
             page_fault_entry: symbols.page_fault_entry,
             copy_mc_string: symbols.copy_mc_string,
             text: symbols.text,
@@ -595,10 +588,9 @@ struct State {
     tail: Tail,
     lines: Lines,
     direct_map: u64,
-    /// Hook address -> hook.
-    hooks: BTreeMap<u64, Hook>,
-    /// How to go past each hook's first instruction (see [`HookEntry`]).
-    entries: BTreeMap<u64, HookEntry>,
+    /// Hook address -> the hook, and how to go past its first
+    /// instruction (see [`HookEntry`]).
+    hooks: BTreeMap<u64, (Hook, HookEntry)>,
     page_fault_entry: u64,
     copy_mc_string: Option<u64>,
     text: TextSymbols,
@@ -829,8 +821,8 @@ impl State {
         let began = Instant::now();
         self.gdb.select_cpu(cpu, T)?;
         let rip = self.gdb.register(reg::RIP, T)?;
-        if let Some(hook) = self.hooks.get(&rip).copied() {
-            return self.at_hook(cpu, hook, rip);
+        if let Some((hook, entry)) = self.hooks.get(&rip).copied() {
+            return self.at_hook(cpu, hook, entry, rip);
         }
         if self.returns.iter().any(|c| c.ret == rip) {
             return self.at_mremap_return(cpu, rip);
@@ -972,8 +964,6 @@ impl State {
         None
     }
 
-    /// The kernel is about to install a user mapping: note it (and watch
-    /// its poisoned lines), then step the CPU over the breakpoint.
     /// A vCPU at the return site of an mremap() the model follows (see
     /// [`MremapCall`]): if it is that call's return (its stack), the known
     /// mappings it moved have their new address; the breakpoint goes when
@@ -987,9 +977,7 @@ impl State {
             .iter()
             .position(|c| c.ret == rip && c.rsp == rsp)
         else {
-            self.gdb.breakpoint(false, rip, T)?;
-            self.gdb.step(cpu, T)?;
-            return self.gdb.breakpoint(true, rip, T);
+            return self.step_over(cpu, rip);
         };
         let call = self.returns.remove(i);
         let new = self.gdb.register(reg::RAX, T)?;
@@ -997,8 +985,7 @@ impl State {
         // address itself means resized in place, nothing moved.
         let failed = new >= (-4095i64) as u64;
         if !failed && new != call.old && !self.user_maps.moved(call.old, new, call.len).is_empty() {
-            self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
-            self.sync()?;
+            self.learned()?;
         }
         if !self.returns.iter().any(|c| c.ret == rip) {
             self.gdb.breakpoint(false, rip, T)?;
@@ -1006,7 +993,16 @@ impl State {
         Ok(())
     }
 
-    fn at_hook(&mut self, cpu: u32, hook: Hook, rip: u64) -> Result<(), GdbError> {
+    /// The kernel is about to install a user mapping (or mremap() one):
+    /// note it (and watch its poisoned lines), then let the CPU go on past
+    /// the breakpoint.
+    fn at_hook(
+        &mut self,
+        cpu: u32,
+        hook: Hook,
+        entry: HookEntry,
+        rip: u64,
+    ) -> Result<(), GdbError> {
         let arg = |g: &mut Gdb, r: u32| g.register(r, T);
         let new = match hook.size() {
             Some(size) => {
@@ -1047,15 +1043,14 @@ impl State {
             }
         };
         if new {
-            self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
-            self.sync()?;
+            self.learned()?;
         }
         // Past the hook's first instruction without stepping over the
         // breakpoint: that removes and re-inserts it, and QEMU 7.2 flushes
         // all translated code at each (cpu.c breakpoint_invalidate()):
         // 20-30 ms of every dax fault, a minute for mlock() of 8 MiB of 4K
         // device-dax.
-        match self.entries.get(&rip).copied().unwrap_or(HookEntry::Step) {
+        match entry {
             // Does nothing here (TCG has no CET: no branch tracking).
             HookEntry::Endbr64 => self.gdb.set_register(reg::RIP, rip + 4, T),
             // What `push %rbp` does: RBP stored below RSP, RSP lowered.
@@ -1067,12 +1062,21 @@ impl State {
                 self.gdb.set_register(reg::RSP, top, T)?;
                 self.gdb.set_register(reg::RIP, rip + 1, T)
             }
-            HookEntry::Step => {
-                self.gdb.breakpoint(false, rip, T)?;
-                self.gdb.step(cpu, T)?;
-                self.gdb.breakpoint(true, rip, T)
-            }
+            HookEntry::Step => self.step_over(cpu, rip),
         }
+    }
+
+    /// A user mapping was learned: count it, and watch its poisoned lines.
+    fn learned(&mut self) -> Result<(), GdbError> {
+        self.seen.lock().unwrap().user_maps = self.user_maps.len() as u64;
+        self.sync().map(|_| ())
+    }
+
+    /// Run `cpu` over the breakpoint at `rip`: out, one step, back in.
+    fn step_over(&mut self, cpu: u32, rip: u64) -> Result<(), GdbError> {
+        self.gdb.breakpoint(false, rip, T)?;
+        self.gdb.step(cpu, T)?;
+        self.gdb.breakpoint(true, rip, T)
     }
 }
 
@@ -1123,7 +1127,7 @@ mod tests {
         )
         .unwrap();
         let kallsyms = "ffffffff8a000000 T _text\n";
-        let s = KernelSymbols::new(&p, kallsyms).unwrap();
+        let s = KernelSymbols::new(&p, Some(kallsyms)).unwrap();
         assert_eq!(s.runtime(s.page_offset_base), 0xffff_ffff_8ba0_c2e8);
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
         assert_eq!(s.page_fault_entry, 0xffff_ffff_8a60_1230);
@@ -1139,16 +1143,15 @@ mod tests {
         );
         assert_eq!(s.text.enclosing(0xffff_ffff_c000_1000), None);
         let none = dir.path().join("none");
-        assert!(KernelSymbols::new(&none, kallsyms)
+        assert!(KernelSymbols::new(&none, Some(kallsyms))
             .unwrap_err()
             .contains("cargo xtask kernel"));
-        assert!(KernelSymbols::new(&p, "ffffffff8a000000 T _etext\n")
+        assert!(KernelSymbols::new(&p, Some("ffffffff8a000000 T _etext\n"))
             .unwrap_err()
             .contains("no `_text`"));
-        // A kernel without KASLR: System.map's own `_text`, no offset.
-        let fixed = KernelSymbols::unrelocated(&p).unwrap();
-        assert_eq!(fixed, "ffffffff81000000 T _text\n");
-        let s = KernelSymbols::new(&p, &fixed).unwrap();
+        // A kernel without KASLR: System.map's own addresses, no offset.
+        let s = KernelSymbols::new(&p, None).unwrap();
+        assert_eq!(s.text_running, 0xffff_ffff_8100_0000);
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8118_cdf0));
         // 6.1: the huge-page hooks are the `_prot` functions.
         std::fs::write(
@@ -1156,7 +1159,7 @@ mod tests {
             format!("{MAP}ffffffff8118cdf0 T vmf_insert_pfn_pmd_prot\nffffffff8118ce00 T vmf_insert_pfn_pud_prot\n"),
         )
         .unwrap();
-        let s = KernelSymbols::new(&p, kallsyms).unwrap();
+        let s = KernelSymbols::new(&p, Some(kallsyms)).unwrap();
         assert_eq!(s.hooks[2], (Hook::Pmd, 0xffff_ffff_8a18_cdf0));
     }
 }
