@@ -150,8 +150,7 @@ impl Probe {
             };
             if let Some(path) = remembered {
                 // A cache that cannot be written only costs the next run a probe.
-                let _ = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-                    .and_then(|_| std::fs::write(&path, v.line()));
+                let _ = crate::util::write_atomic(&path, v.line());
             }
             v
         })))

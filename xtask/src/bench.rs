@@ -173,48 +173,41 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
 
     if b.suite_runs > 0 {
         // Cold; then with snapshots twice: the first run saves what the
-        // cache lacks, the second restores every case it can.
+        // cache lacks, the second restores every case it can, at the run's
+        // VMs at a time (the default unless `--vms`); then restored at one
+        // VM per core, to compare.
+        let cores = util::nproc();
+        let vms = match opts.vms {
+            Some(n) => format!("--vms {n}"),
+            None => format!("default {} VMs", pmem_lab_env::parallel::default_vms()),
+        };
+        let per_core = Options {
+            vms: Some(cores),
+            ..snap_opts.clone()
+        };
         for (what, o, runs) in [
-            ("whole suite, cold", &cold_opts, b.suite_runs),
-            ("whole suite, snapshots (first run)", &snap_opts, 1),
-            ("whole suite, snapshots (again)", &snap_opts, b.suite_runs),
+            ("whole suite, cold".to_string(), &cold_opts, b.suite_runs),
+            (
+                "whole suite, snapshots (first run)".to_string(),
+                &snap_opts,
+                1,
+            ),
+            (
+                format!("whole suite, restored, {vms}"),
+                &snap_opts,
+                b.suite_runs,
+            ),
+            (
+                format!("whole suite, restored, --vms {cores} (cores)"),
+                &per_core,
+                b.suite_runs,
+            ),
         ] {
             let mut times = Vec::new();
             let mut events = Vec::new();
             for _ in 0..runs {
                 let t = Instant::now();
                 events = suite(o)?;
-                times.push(t.elapsed());
-            }
-            rows.push((
-                what.into(),
-                format!("{} [{}]", stats(&times), starts(&events)),
-            ));
-        }
-    }
-    if b.suite_runs > 0 {
-        // The default number of VMs at a time against one per core.
-        let cores = util::nproc();
-        let default = pmem_lab_env::parallel::default_vms();
-        for (what, vms) in [
-            (
-                format!("whole suite, restored, default {default} VMs"),
-                None,
-            ),
-            (
-                format!("whole suite, restored, --vms {cores} (cores)"),
-                Some(cores),
-            ),
-        ] {
-            let o = Options {
-                vms,
-                ..snap_opts.clone()
-            };
-            let mut times = Vec::new();
-            let mut events = Vec::new();
-            for _ in 0..b.suite_runs {
-                let t = Instant::now();
-                events = suite(&o)?;
                 times.push(t.elapsed());
             }
             rows.push((what, format!("{} [{}]", stats(&times), starts(&events))));

@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_kept_kernel_keeps_its_symbols() {
-        let dir = std::env::temp_dir().join(format!("pmem-lab-keep-{}", std::process::id()));
+        let dir = crate::util::test_dir("keep");
         let (built, kept) = (dir.join("built"), dir.join("kept"));
         std::fs::create_dir_all(&built).unwrap();
         std::fs::write(built.join("bzImage"), "kernel").unwrap();

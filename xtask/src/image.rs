@@ -44,35 +44,34 @@ enum Node {
 /// Build the image into `out` unconditionally (for the benchmark).
 pub fn build_to(workspace: &Path, cache: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
     let agent = &crate::binaries::get(workspace)?.agent;
-    let mut memo = Memo::load(&memo::path(cache)?);
-    let tree = collect(workspace, kernel, agent, &mut memo)?;
-    memo.save()?;
+    let tree = memo::with(cache, |memo| collect(workspace, kernel, agent, memo))?;
     write_cpio(&tree, out)
 }
 
 /// Build (or reuse) the initramfs for `kernel`. Returns its path.
 pub fn ensure(workspace: &Path, cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
     let agent = &crate::binaries::get(workspace)?.agent;
-    let mut memo = Memo::load(&memo::path(cache)?);
-    let tree = collect(workspace, kernel, agent, &mut memo)?;
-    let mut key = Key::new(RECIPE);
-    for (guest, node) in &tree {
-        match node {
-            Node::File { host, mode } => {
-                let digest = memo.get("sha256", host, "", || crate::util::sha256_file(host))?;
-                key.str("file", guest)
-                    .str("mode", &mode.to_string())
-                    .str("content", &digest);
-            }
-            other => {
-                key.str("node", &format!("{guest} {other:?}"));
+    let (tree, key) = memo::with(cache, |memo| {
+        let tree = collect(workspace, kernel, agent, memo)?;
+        let mut key = Key::new(RECIPE);
+        for (guest, node) in &tree {
+            match node {
+                Node::File { host, mode } => {
+                    let digest = memo.get("sha256", host, "", || crate::util::sha256_file(host))?;
+                    key.str("file", guest)
+                        .str("mode", &mode.to_string())
+                        .str("content", &digest);
+                }
+                other => {
+                    key.str("node", &format!("{guest} {other:?}"));
+                }
             }
         }
-    }
-    memo.save()?;
+        Ok((tree, key.finish()))
+    })?;
     let dir = cache.join("images");
     fs::create_dir_all(&dir)?;
-    let out = dir.join(format!("{}.cpio", key.finish()));
+    let out = dir.join(format!("{key}.cpio"));
     if out.is_file() {
         return Ok(out);
     }

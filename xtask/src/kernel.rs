@@ -133,14 +133,14 @@ pub fn source(spec: &KernelSpec, cache: &Path) -> Result<Source> {
     let (sh, package, format) = (Shell::new()?, debian.package(), "-f=${Version}");
     // dpkg rewrites its status file whenever a package changes: the
     // version is remembered by that file's identity (crate::memo).
-    let mut memo = crate::memo::Memo::load(&crate::memo::path(cache)?);
-    let version = memo.get(
-        &format!("version of {package}"),
-        Path::new("/var/lib/dpkg/status"),
-        "",
-        || Ok(cmd!(sh, "dpkg-query -W {format} {package}").read()?),
-    )?;
-    memo.save()?;
+    let version = crate::memo::with(cache, |memo| {
+        memo.get(
+            &format!("version of {package}"),
+            Path::new("/var/lib/dpkg/status"),
+            "",
+            || Ok(cmd!(sh, "dpkg-query -W {format} {package}").read()?),
+        )
+    })?;
     let version = version.trim().to_string();
     let dir = cache
         .join("src")

@@ -241,13 +241,12 @@ pub fn vm_env(opts: &Options) -> Result<Vec<(&'static str, String)>> {
 /// library and firmware folders (a QEMU start costs 0.05-0.15 s).
 fn qemu_version(opts: &Options, qemu: &Qemu) -> Result<String> {
     let context = format!("{:?} {:?}", qemu.libraries, qemu.firmware);
-    let mut memo = crate::memo::Memo::load(&crate::memo::path(&opts.cache)?);
-    let line = memo.get("qemu --version", &qemu.binary, &context, || {
-        qemu.version_line()
-            .map_err(|e| Error::new(format!("QEMU does not start: {e}")))
-    })?;
-    memo.save()?;
-    Ok(line)
+    crate::memo::with(&opts.cache, |memo| {
+        memo.get("qemu --version", &qemu.binary, &context, || {
+            qemu.version_line()
+                .map_err(|e| Error::new(format!("QEMU does not start: {e}")))
+        })
+    })
 }
 
 /// What a harness run reported: its exit status, the `case` events of its
@@ -319,11 +318,20 @@ pub fn case_events(report: &Path) -> Vec<serde_json::Value> {
 /// ready for its own arguments. It runs where `cargo test` would run it, in
 /// its package's directory.
 fn harness_command(opts: &Options, env: &[(&str, String)]) -> Result<Command> {
-    let bins = crate::binaries::get(&opts.workspace)?;
-    let mut cmd = Command::new(&bins.lab);
+    Ok(in_harness(
+        &crate::binaries::get(&opts.workspace)?.lab,
+        opts,
+        env,
+    ))
+}
+
+/// One of the harness package's programs, run where cargo would run it
+/// (its package's directory) with the lab's environment.
+fn in_harness(program: &Path, opts: &Options, env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(opts.workspace.join("harness"))
         .envs(env.iter().map(|(k, v)| (k, v)));
-    Ok(cmd)
+    cmd
 }
 
 /// How many case trials (VM cases, not validation) the runner would run
@@ -368,9 +376,7 @@ pub fn shell(opts: &Options, case: &str, put: &[PutArg]) -> Result<()> {
     let put: Vec<String> = put.iter().map(PutArg::to_string).collect();
     let bins = crate::binaries::get(&opts.workspace)?;
     let shell = |env: &[(&str, String)], extra: &[&str]| {
-        Command::new(&bins.shell)
-            .current_dir(opts.workspace.join("harness"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
+        in_harness(&bins.shell, opts, env)
             .args(extra)
             .arg(case)
             .args(put.iter().flat_map(|p| ["--put", p.as_str()]))

@@ -21,10 +21,24 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The memo of a cache: `<cache>/memo.json`, its folder made.
-pub fn path(cache: &Path) -> Result<PathBuf> {
+/// `f` with the memo of `cache` (`<cache>/memo.json`), read once per
+/// process and written back, if it learned something, when `f` returns.
+/// The run's steps (the kernel's version, the image, QEMU's version) share
+/// it, so the file is read once, not at each.
+pub fn with<T>(cache: &Path, f: impl FnOnce(&mut Memo) -> Result<T>) -> Result<T> {
+    static SHARED: std::sync::Mutex<Option<Memo>> = std::sync::Mutex::new(None);
     fs_err::create_dir_all(cache)?;
-    Ok(cache.join("memo.json"))
+    let path = cache.join("memo.json");
+    let mut shared = SHARED.lock().unwrap();
+    let memo = match shared.take() {
+        Some(m) if m.path == path => shared.insert(m),
+        _ => shared.insert(Memo::load(&path)),
+    };
+    let out = f(memo);
+    let saved = memo.save();
+    let out = out?;
+    saved?;
+    Ok(out)
 }
 
 /// How old a file's last change must be for an answer about it to be kept.
@@ -124,11 +138,8 @@ impl Memo {
             .iter()
             .map(|(k, (id, a))| (k.clone(), serde_json::json!([id, a])))
             .collect();
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        fs_err::write(&tmp, serde_json::Value::Object(o).to_string())?;
-        fs_err::rename(&tmp, &self.path)?;
+        crate::util::write_atomic(&self.path, serde_json::Value::Object(o).to_string())
+            .map_err(|e| crate::util::Error::new(format!("{}: {e}", self.path.display())))?;
         self.changed = false;
         Ok(())
     }
@@ -151,9 +162,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_reused_until_its_file_or_context_changes() {
-        let dir = std::env::temp_dir().join(format!("xtask-memo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::util::test_dir("memo");
         let (file, store) = (dir.join("program"), dir.join("memo.json"));
         let settle = std::time::Duration::from_millis(50);
         let write = |text: &str| {

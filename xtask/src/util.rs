@@ -82,6 +82,19 @@ impl Key {
     }
 }
 
+/// Write `contents` to `path` through a temporary file beside it and a
+/// rename, its folder made: a concurrent reader sees the old file or the
+/// new one, never half of one (the cache's small records: memo.json, the
+/// accelerator verdict, the remembered validation).
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// A file's SHA-256, in hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
@@ -178,6 +191,16 @@ pub fn sweep_staging(dir: &Path, prefix: &str) {
     }
 }
 
+/// An empty folder of the tests' own, `<tmp>/xtask-NAME-PID` (xtask has no
+/// tempfile dependency); the test removes it when done.
+#[cfg(test)]
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
 pub fn nproc() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -202,7 +225,7 @@ mod tests {
 
     #[test]
     fn stale_staging_folders_are_swept_live_ones_kept() {
-        let dir = tempfile_dir("sweep");
+        let dir = test_dir("sweep");
         let mine = dir.join(format!(".unpack-{}", std::process::id()));
         let dead = dir.join(".unpack-999999999");
         let other = dir.join("debian-6.12");
@@ -216,13 +239,6 @@ mod tests {
         assert!(!mine.exists());
         assert!(other.exists());
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn tempfile_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
     }
 
     #[test]

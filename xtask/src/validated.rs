@@ -82,11 +82,7 @@ impl Inputs {
     /// Remember `answer` for `what`; a cache that cannot be written only
     /// costs the next run the pass.
     pub fn remember(&self, what: &[String], answer: &str) {
-        let path = self.path(what);
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&self.dir)
-            .and_then(|_| std::fs::write(&tmp, answer))
-            .and_then(|_| std::fs::rename(&tmp, &path));
+        let _ = crate::util::write_atomic(&self.path(what), answer);
     }
 
     fn path(&self, what: &[String]) -> PathBuf {
@@ -121,8 +117,7 @@ mod tests {
 
     #[test]
     fn an_answer_holds_until_a_case_file_changes() {
-        let root = std::env::temp_dir().join(format!("xtask-validated-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::util::test_dir("validated");
         let (ws, cache) = (root.join("ws"), root.join("cache"));
         std::fs::create_dir_all(ws.join("cases/sub")).unwrap();
         let case = ws.join("cases/sub/a.yaml");

@@ -221,34 +221,29 @@ pub fn needs(sources: &[DebianKernel]) -> Vec<Need> {
     v
 }
 
-/// The packages whose presence [`needs`] asks dpkg about: asked in one
-/// `dpkg-query` (each start costs 20-50 ms of every run).
-const QUERIED: [&str; 6] = ["jq", "xfsprogs", "bash", "dash", "util-linux", "mount"];
+/// What dpkg has installed, asked once for every package (one
+/// `dpkg-query`, about 10 ms; one per package cost 20-50 ms each on every
+/// run) and again after the lab installs something ([`ensure`]).
+static INSTALLED: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
 
 /// Whether dpkg has `package` installed.
 fn installed(package: &str) -> bool {
-    static ANSWER: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let query = |packages: &[&str]| -> Vec<String> {
-        std::process::Command::new("dpkg-query")
-            .args(["-W", "-f=${Package} ${Status}\n"])
-            .args(packages)
-            .output()
-            .map(|o| installed_of(&String::from_utf8_lossy(&o.stdout)))
-            .unwrap_or_default()
-    };
-    if QUERIED.contains(&package) {
-        ANSWER
-            .get_or_init(|| query(&QUERIED))
-            .iter()
-            .any(|p| p == package)
-    } else {
-        query(&[package]).iter().any(|p| p == package)
-    }
+    INSTALLED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(|| {
+            std::process::Command::new("dpkg-query")
+                .args(["-W", "-f=${Package} ${Status}\n"])
+                .output()
+                .map(|o| installed_of(&String::from_utf8_lossy(&o.stdout)))
+                .unwrap_or_default()
+        })
+        .iter()
+        .any(|p| p == package)
 }
 
 /// The installed packages in `dpkg-query -W -f='${Package} ${Status}\n'`
-/// output (a package not installed is left out; dpkg-query names an
-/// unknown one on stderr).
+/// output (a package removed but not purged is left out).
 fn installed_of(out: &str) -> Vec<String> {
     out.lines()
         .filter(|l| l.ends_with(" installed"))
@@ -305,6 +300,7 @@ pub fn ensure(host: &Host, sources: &[DebianKernel]) -> Result<(), Error> {
     if private {
         private_qemu::fetch(&host.cache)?;
     }
+    *INSTALLED.lock().unwrap() = None;
     let still: Vec<&str> = self::missing(host, sources)
         .iter()
         .map(|n| n.what)
