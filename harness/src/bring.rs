@@ -1,16 +1,13 @@
 //! The files a case brings into the guest (`put` steps), made ready on the
-//! host: a C source compiled statically (cached by its content and the
-//! compiler's identity), a dynamically linked program with its
-//! shared-library closure.
+//! host: a C source compiled statically (in a sandbox: [`crate::compile`]),
+//! a dynamically linked program with its shared-library closure.
 
 use crate::case::step::PutSpec;
 use crate::case::{Action, Case};
+use crate::compile::Bounds;
 use crate::guest::Guest;
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// One file for the guest.
@@ -24,7 +21,7 @@ pub struct GuestFile {
 /// What a `put` step sends: the file, then what it needs to run.
 pub fn prepare(spec: &PutSpec, cache: &Path) -> Result<Vec<GuestFile>, String> {
     let host = if spec.compile {
-        compile(&spec.source, cache)?
+        compile(spec, cache)?
     } else {
         spec.source.clone()
     };
@@ -58,13 +55,13 @@ pub fn put(
 
 /// Compile every C source the case's `put` steps bring: the validation
 /// pass calls this so that a compile error shows before any VM boots.
-/// Each error names the case file and the step's line, then gcc's words.
+/// Each error names the case file and the step's line, then why.
 pub fn compile_case(case: &Case, cache: &Path) -> Result<(), Vec<String>> {
     let errors: Vec<String> = case
         .steps
         .iter()
         .filter_map(|step| match &step.action {
-            Action::Put(spec) if spec.compile => compile(&spec.source, cache)
+            Action::Put(spec) if spec.compile => compile(spec, cache)
                 .err()
                 .map(|e| format!("{}:{}: {e}", case.path.display(), step.line)),
             _ => None,
@@ -77,76 +74,10 @@ pub fn compile_case(case: &Case, cache: &Path) -> Result<(), Vec<String>> {
     }
 }
 
-/// Whether the host can compile C for the guest at all.
-pub fn have_compiler() -> bool {
-    pmem_lab_env::program("gcc").is_some()
+fn compile(spec: &PutSpec, cache: &Path) -> Result<PathBuf, String> {
+    crate::compile::compile(&spec.source, &spec.folder, cache, Bounds::DEFAULT)
+        .map_err(|e| e.to_string())
 }
-
-/// `gcc -static -O2 -Wall` of `source`, cached under `<cache>/bring/`.
-fn compile(source: &Path, cache: &Path) -> Result<PathBuf, String> {
-    let code = fs::read(source).map_err(|e| format!("{}: {e}", source.display()))?;
-    // gcc's identity is part of the key; asked once per process, not once
-    // per source.
-    static GCC: OnceLock<Result<Vec<u8>, String>> = OnceLock::new();
-    let gcc = GCC
-        .get_or_init(|| {
-            Command::new("gcc")
-                .arg("--version")
-                .output()
-                .map(|o| o.stdout)
-                .map_err(|e| format!("cannot run gcc: {e} (install gcc)"))
-        })
-        .as_ref()
-        .map_err(|e| format!("{}: {e}", source.display()))?;
-    let mut h = Sha256::new();
-    h.update(&code);
-    h.update(gcc);
-    h.update(FLAGS.join(" ").as_bytes());
-    let key: String = h
-        .finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let stem = source
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "program".into());
-    let dir = cache.join("bring").join(&key);
-    let out = dir.join(&stem);
-    if out.is_file() {
-        return Ok(out);
-    }
-    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // Trials compile in parallel threads of one process: the temporary name
-    // names both.
-    let tmp = dir.join(format!(
-        ".{stem}.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let result = Command::new("gcc")
-        .args(FLAGS)
-        .arg("-o")
-        .arg(&tmp)
-        .arg(source)
-        .output()
-        .map_err(|e| format!("cannot run gcc: {e}"))?;
-    if !result.status.success() {
-        let _ = fs::remove_file(&tmp);
-        return Err(format!(
-            "`{}` does not compile (gcc {}):\n{}",
-            source.display(),
-            FLAGS.join(" "),
-            String::from_utf8_lossy(&result.stderr).trim_end()
-        ));
-    }
-    fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(out)
-}
-
-/// Static, so the guest needs nothing but the program; warnings shown.
-const FLAGS: [&str; 3] = ["-static", "-O2", "-Wall"];
 
 /// A dynamically linked program's libraries (and loader), as `ldd` on the
 /// host resolves them, each to go to the same path in the guest.
@@ -167,30 +98,6 @@ fn libraries(program: &Path) -> Result<Vec<GuestFile>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_c_source_compiles_once_and_a_broken_one_says_why() {
-        if !have_compiler() {
-            return; // no gcc on this machine: nothing to compile with
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("hello.c");
-        fs::write(
-            &src,
-            "#include <stdio.h>\nint main(void) { puts(\"hi\"); return 0; }\n",
-        )
-        .unwrap();
-        let cache = dir.path().join("cache");
-        let out = compile(&src, &cache).unwrap();
-        assert!(out.is_file());
-        // Static: nothing to bring along.
-        assert!(libraries(&out).unwrap().is_empty());
-        assert_eq!(compile(&src, &cache).unwrap(), out, "cached");
-        let bad = dir.path().join("bad.c");
-        fs::write(&bad, "int main(void) { return nope; }\n").unwrap();
-        let e = compile(&bad, &cache).unwrap_err();
-        assert!(e.contains("does not compile") && e.contains("nope"), "{e}");
-    }
 
     #[test]
     fn a_dynamic_program_brings_its_libraries() {

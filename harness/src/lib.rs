@@ -13,6 +13,7 @@ pub mod boot;
 pub mod bring;
 pub mod bundle;
 pub mod checks;
+pub mod compile;
 pub mod cxl;
 pub mod dax;
 pub mod failure;

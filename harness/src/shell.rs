@@ -17,6 +17,7 @@ use pmem_lab_env::put::PutArg;
 use pmem_lab_proto::RunRequest;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 /// Restores the terminal's mode when dropped (also on error paths).
@@ -81,11 +82,17 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
         eprintln!("  {name}: {} in {}{dev}", ns.dev, ns.region);
     }
     for extra in extras {
+        let source = extra
+            .host
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", extra.host.display()))?;
+        let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
         let spec = PutSpec {
+            folder,
             compile: extra.host.extension().is_some_and(|e| e == "c"),
             executable: std::fs::metadata(&extra.host)
                 .is_ok_and(|m| m.permissions().mode() & 0o111 != 0),
-            source: extra.host.clone(),
+            source,
             to: extra.guest.clone(),
         };
         bring::put(&mut guest, &spec, &env.cache, Duration::from_secs(60))?;

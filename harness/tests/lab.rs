@@ -36,7 +36,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let invalid = loaded.iter().filter(|l| l.case.is_err()).count();
+    let ids: Vec<&str> = loaded.iter().map(|l| l.id.as_str()).collect();
+    let (known_path, known) = known_failures(manifest, &root, &ids);
+    let invalid = loaded.iter().filter(|l| l.case.is_err()).count() + usize::from(known.is_err());
     let default_artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmem-lab-artifacts");
     let lab = LabEnv::from_env(&default_artifacts);
     let skip_reason: Option<String> = match (&lab, invalid) {
@@ -48,7 +50,8 @@ fn main() {
         ),
         (Ok(Some(_)), _) => None,
     };
-    let known = known_failures(manifest);
+    let known_problems = known.as_ref().err().cloned();
+    let known = Arc::new(known.unwrap_or_default());
     let lab = lab.ok().flatten().map(|mut env| {
         // Reports only when VMs run: a validation pass has nothing to say.
         let dir = pmem_lab_env::vars::REPORT
@@ -85,8 +88,15 @@ fn main() {
             std::process::exit(2);
         })
     }));
-    let mut trials = Vec::new();
-    let compiler = bring::have_compiler();
+    let mut trials = vec![Trial::test(
+        format!(
+            "validate/{}",
+            known_path.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        move || known_problems.map_or(Ok(()), |p| Err(Failed::from(p))),
+    )
+    .with_kind("validate")];
+    let compiler = pmem_lab_harness::compile::available();
     for l in &loaded {
         let errors = l.case.as_ref().err().cloned();
         let case = l.case.as_ref().ok().cloned();
@@ -272,18 +282,28 @@ fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
         .collect()
 }
 
-fn known_failures(manifest: &Path) -> Arc<Vec<KnownFailure>> {
-    let path = pmem_lab_env::vars::KNOWN_FAILURES
-        .get()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../known-failures.yaml"));
-    match known::load(&path) {
-        Ok(list) => Arc::new(list),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    }
+/// The known-failure list, checked against the tree's case ids; its
+/// problems, rendered, for its own `validate/` trial.
+/// The repository's list goes with the repository's cases: another tree
+/// (PMEM_LAB_CASES) has none unless PMEM_LAB_KNOWN_FAILURES names one.
+fn known_failures(
+    manifest: &Path,
+    root: &Path,
+    ids: &[&str],
+) -> (PathBuf, Result<Vec<KnownFailure>, String>) {
+    let own = manifest.join("../cases").canonicalize().ok().as_deref() == Some(root);
+    let path = match pmem_lab_env::vars::KNOWN_FAILURES.get() {
+        Some(p) => PathBuf::from(p),
+        None if own => manifest.join("../known-failures.yaml"),
+        None => return (PathBuf::from("known-failures.yaml"), Ok(Vec::new())),
+    };
+    let list = known::load(&path, ids).map_err(|errs| {
+        errs.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    });
+    (path, list)
 }
 
 fn vm_trial(

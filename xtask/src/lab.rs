@@ -329,7 +329,10 @@ fn harness_command(opts: &Options, env: &[(&str, String)]) -> Result<Command> {
 /// (its package's directory) with the lab's environment.
 fn in_harness(program: &Path, opts: &Options, env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(program);
+    // The cache first, so that every run (the validation pass too, which
+    // compiles the cases' C sources) uses `--cache`; `env` may repeat it.
     cmd.current_dir(opts.workspace.join("harness"))
+        .env(vars::CACHE.name, &opts.cache)
         .envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }

@@ -49,7 +49,11 @@ impl Inputs {
         // Inputs that may be absent (a host without dpkg or gcc): their
         // absence is part of the key.
         let mut maybe = vec![known, PathBuf::from("/var/lib/dpkg/status")];
-        maybe.extend(pmem_lab_env::program("gcc"));
+        maybe.extend(
+            ["gcc", "bwrap"]
+                .into_iter()
+                .filter_map(pmem_lab_env::program),
+        );
         let mut key = Key::new("validated-1");
         key.str("cases", &cases.display().to_string());
         for f in &files {

@@ -9,118 +9,329 @@
 //!   reason: recovery write fails under nfit_test (see the case)
 //!   kernel: ">=6.12, <6.14"         # optional: every kernel
 //! ```
+//!
+//! It is read like a case file (a regular file of at most 256 KiB, the same
+//! parser limits) and checked like one: every problem with file:line:col,
+//! ranges parsed into [`KernelRange`], a range no kernel is in refused, and
+//! an entry that names no case of the tree refused.
 
+use crate::case::load::{parse_error, read_bounded, snippet, yaml_options};
+use crate::case::CaseError;
 use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+use std::cmp::Ordering;
+use std::fmt;
 use std::path::Path;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// One entry of the list, checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KnownFailure {
     pub case: String,
     pub reason: String,
-    #[serde(default)]
-    pub kernel: Option<String>,
+    /// Every kernel when absent.
+    pub kernel: Option<KernelRange>,
 }
 
 impl KnownFailure {
     /// Does this entry cover case `id` on kernel `release`?
     pub fn covers(&self, id: &str, release: &str) -> bool {
-        let case = match self.case.strip_suffix('*') {
-            Some(prefix) => id.starts_with(prefix),
-            None => id == self.case,
-        };
-        case && self
-            .kernel
-            .as_deref()
-            .is_none_or(|range| in_range(release, range))
+        pattern_covers(&self.case, id)
+            && self
+                .kernel
+                .as_ref()
+                .is_none_or(|range| range.contains(&Version::of_release(release)))
     }
 }
 
-/// Load the list; a missing file is an empty list.
-pub fn load(path: &Path) -> Result<Vec<KnownFailure>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+fn pattern_covers(pattern: &str, id: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => id.starts_with(prefix),
+        None => id == pattern,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    case: Spanned<String>,
+    reason: Spanned<String>,
+    #[serde(default)]
+    kernel: Option<Spanned<String>>,
+}
+
+/// A kernel version: `6.12.117` as [6, 12, 117]; compared on the
+/// precision of the longer one, the shorter padded with zeros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(Vec<u64>);
+
+impl Version {
+    /// A kernel release (`6.12.117-rc1+`): its leading dotted numbers.
+    pub fn of_release(release: &str) -> Version {
+        Version(
+            release
+                .split(|c: char| !c.is_ascii_digit() && c != '.')
+                .next()
+                .unwrap_or("")
+                .split('.')
+                .map_while(|p| p.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// A bound's version: one to four dotted numbers, nothing else.
+    fn parse(text: &str) -> Result<Version, String> {
+        let parts: Vec<&str> = text.split('.').collect();
+        if parts.len() > 4
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 9)
+        {
+            return Err(format!(
+                "`{text}` is not a kernel version: write dotted numbers, e.g. 6.12 or 6.12.117"
+            ));
+        }
+        Ok(Version(
+            parts.iter().map(|p| p.parse().unwrap_or(0)).collect(),
+        ))
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let n = self.0.len().max(other.0.len());
+        let at = |v: &Version, i: usize| v.0.get(i).copied().unwrap_or(0);
+        (0..n)
+            .map(|i| at(self, i).cmp(&at(other, i)))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(u64::to_string).collect();
+        write!(f, "{}", parts.join("."))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+}
+
+/// `>=6.12, <6.14`: every bound holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelRange(Vec<(Op, Version)>);
+
+impl KernelRange {
+    pub fn parse(text: &str) -> Result<KernelRange, String> {
+        if text.trim().is_empty() {
+            return Err("an empty kernel range: leave `kernel` out to mean every kernel".into());
+        }
+        let bounds = text
+            .split(',')
+            .map(str::trim)
+            .map(|part| {
+                let (op, rest) = [("<=", Op::Le), (">=", Op::Ge), ("<", Op::Lt), (">", Op::Gt), ("=", Op::Eq)]
+                    .iter()
+                    .find_map(|(s, op)| part.strip_prefix(s).map(|r| (*op, r)))
+                    .ok_or_else(|| {
+                        format!("kernel range part `{part}`: start with <, <=, >, >= or =, e.g. `>=6.12` or `<6.14`")
+                    })?;
+                let v = Version::parse(rest.trim())
+                    .map_err(|e| format!("kernel range part `{part}`: {e}"))?;
+                Ok((op, v))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let range = KernelRange(bounds);
+        range.satisfiable()?;
+        Ok(range)
+    }
+
+    pub fn contains(&self, v: &Version) -> bool {
+        self.0.iter().all(|(op, want)| {
+            let o = v.cmp(want);
+            match op {
+                Op::Lt => o.is_lt(),
+                Op::Le => o.is_le(),
+                Op::Gt => o.is_gt(),
+                Op::Ge => o.is_ge(),
+                Op::Eq => o.is_eq(),
+            }
+        })
+    }
+
+    /// Some version is in the range (versions are dense: 6.12.0.1 lies
+    /// between 6.12 and 6.12.1), or why none is.
+    fn satisfiable(&self) -> Result<(), String> {
+        // The highest lower bound and the lowest upper bound, each with
+        // whether it is inclusive.
+        let mut low: Option<(&Version, bool)> = None;
+        let mut high: Option<(&Version, bool)> = None;
+        for (op, v) in &self.0 {
+            let (lo, hi) = match op {
+                Op::Gt => (Some(false), None),
+                Op::Ge => (Some(true), None),
+                Op::Lt => (None, Some(false)),
+                Op::Le => (None, Some(true)),
+                Op::Eq => (Some(true), Some(true)),
+            };
+            if let Some(inc) = lo {
+                if low.is_none_or(|(l, li)| v > l || (v == l && li && !inc)) {
+                    low = Some((v, inc));
+                }
+            }
+            if let Some(inc) = hi {
+                if high.is_none_or(|(h, hi)| v < h || (v == h && hi && !inc)) {
+                    high = Some((v, inc));
+                }
+            }
+        }
+        match (low, high) {
+            (Some((l, li)), Some((h, hi))) if l > h || (l == h && !(li && hi)) => Err(format!(
+                "no kernel is in this range (from {l}{} to {h}{}): check the bounds",
+                if li { " on" } else { " up" },
+                if hi { " inclusive" } else { " exclusive" }
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Load and check the list against the case ids of the tree (`ids`: every
+/// case and matrix cell). A missing file is an empty list.
+pub fn load(path: &Path, ids: &[&str]) -> Result<Vec<KnownFailure>, Vec<CaseError>> {
+    let at = |line, column, message: String, snippet: String| CaseError {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message,
+        snippet,
     };
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(Vec::new());
+    }
+    let text = read_bounded(path).map_err(|e| vec![at(0, 0, e, String::new())])?;
     if text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
     {
         return Ok(Vec::new());
     }
-    let list: Vec<KnownFailure> =
-        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    for k in &list {
-        if let Some(r) = &k.kernel {
-            parse_range(r).map_err(|e| format!("{}: case {}: {e}", path.display(), k.case))?;
+    let entries: Vec<Entry> = serde_saphyr::from_str_with_options(&text, yaml_options())
+        .map_err(|e| vec![parse_error(path, &e)])?;
+    let mut errors = Vec::new();
+    let mut error = |loc: &Location, message: String| {
+        let (line, column) = (loc.line() as u32, loc.column() as u32);
+        errors.push(at(line, column, message, snippet(&text, line, column)));
+    };
+    let mut list = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for e in entries {
+        let case = &e.case.value;
+        if case.trim().is_empty() || case == "*" {
+            error(
+                &e.case.referenced,
+                "`case` names a case id (`clear/fsdax-s7`) or a prefix ending in `*` (`poison/fsdax-file*`), not every case".into(),
+            );
+        } else if !ids.iter().any(|id| pattern_covers(case, id)) {
+            let near: Vec<&&str> = ids
+                .iter()
+                .filter(|id| id.starts_with(case.split('/').next().unwrap_or("")))
+                .take(3)
+                .collect();
+            error(
+                &e.case.referenced,
+                format!(
+                    "`{case}` names no case of the tree{}; `cargo xtask lab -- --list` lists them",
+                    if near.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (in that folder: {})",
+                            near.iter()
+                                .map(|s| s.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
+            );
         }
+        if let Some(first) = seen.insert(case.clone(), e.case.referenced.line()) {
+            error(
+                &e.case.referenced,
+                format!("`{case}` is listed twice (first at line {first}): one entry per case"),
+            );
+        }
+        if e.reason.value.trim().is_empty() {
+            error(
+                &e.reason.referenced,
+                "`reason` says why the case fails, with the kernel code that decides it".into(),
+            );
+        }
+        let kernel = match &e.kernel {
+            None => None,
+            Some(k) => match KernelRange::parse(&k.value) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    error(&k.referenced, why);
+                    None
+                }
+            },
+        };
+        list.push(KnownFailure {
+            case: case.clone(),
+            reason: e.reason.value,
+            kernel,
+        });
     }
-    Ok(list)
-}
-
-/// "6.12.117-rc1+" -> [6, 12, 117].
-fn version(text: &str) -> Vec<u64> {
-    text.split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-type Bound = (String, Vec<u64>);
-
-fn parse_range(range: &str) -> Result<Vec<Bound>, String> {
-    range
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let op_len = p.find(|c: char| c.is_ascii_digit()).unwrap_or(p.len());
-            let (op, v) = p.split_at(op_len);
-            let op = op.trim();
-            if !["<", "<=", ">", ">=", "="].contains(&op) || version(v).is_empty() {
-                return Err(format!(
-                    "kernel range part `{p}`: write e.g. `>=6.12` or `<6.14`"
-                ));
-            }
-            Ok((op.to_string(), version(v)))
-        })
-        .collect()
-}
-
-/// Compare on the precision the bound gives: `<6.14` means below 6.14.0.
-fn in_range(release: &str, range: &str) -> bool {
-    let have = version(release);
-    parse_range(range)
-        .unwrap_or_default()
-        .iter()
-        .all(|(op, want)| {
-            let mut h = have.clone();
-            h.resize(want.len().max(h.len()), 0);
-            let mut w = want.clone();
-            w.resize(h.len(), 0);
-            let ord = h.cmp(&w);
-            match op.as_str() {
-                "<" => ord.is_lt(),
-                "<=" => ord.is_le(),
-                ">" => ord.is_gt(),
-                ">=" => ord.is_ge(),
-                _ => ord.is_eq(),
-            }
-        })
+    if errors.is_empty() {
+        Ok(list)
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const IDS: [&str; 4] = [
+        "clear/fsdax-s7",
+        "devdax/s3-consume[1G]",
+        "devdax/s3-consume[2M]",
+        "a",
+    ];
+
     fn k(case: &str, kernel: Option<&str>) -> KnownFailure {
         KnownFailure {
             case: case.into(),
             reason: "r".into(),
-            kernel: kernel.map(str::to_string),
+            kernel: kernel.map(|r| KernelRange::parse(r).unwrap()),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.yaml");
+        std::fs::write(&p, text).unwrap();
+        match load(&p, &IDS) {
+            Ok(_) => Vec::new(),
+            Err(es) => es
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                .collect(),
         }
     }
 
@@ -134,16 +345,103 @@ mod tests {
         assert!(ranged.covers("a", "6.13.0-rc2"));
         assert!(!ranged.covers("a", "6.14"));
         assert!(!ranged.covers("a", "6.11.9"));
+        assert!(k("a", Some("=6.12")).covers("a", "6.12.0"));
+        assert!(!k("a", Some("=6.12")).covers("a", "6.12.1"));
     }
 
     #[test]
-    fn bad_ranges_are_refused_when_loaded() {
+    fn each_bad_entry_is_refused_at_its_place() {
+        for (text, want) in [
+            (
+                "- {case: a, reason: b, kernel: 'about 6.12'}\n",
+                "1:32: kernel range part `about 6.12`: start with",
+            ),
+            (
+                "- {case: a, reason: b, kernel: '>=6.x'}\n",
+                "1:32: kernel range part `>=6.x`: `6.x` is not a kernel version",
+            ),
+            (
+                "- {case: a, reason: b, kernel: '<6.14 garbage'}\n",
+                "is not a kernel version",
+            ),
+            (
+                "- {case: a, reason: b, kernel: ''}\n",
+                "1:32: an empty kernel range",
+            ),
+            (
+                "- {case: a, reason: b, kernel: '>=6.14, <6.12'}\n",
+                "no kernel is in this range",
+            ),
+            (
+                "- {case: a, reason: b, kernel: '>6.12, <=6.12'}\n",
+                "no kernel is in this range",
+            ),
+            (
+                "- {case: a, reason: b, kernel: '=6.1, =6.2'}\n",
+                "no kernel is in this range",
+            ),
+            ("- {case: a, reason: b, kernel: '>=6.1,'}\n", "start with"),
+            (
+                "- {case: a, reason: b, kernel: '>=99999999999.1'}\n",
+                "is not a kernel version",
+            ),
+            (
+                "- {case: nope/x, reason: b}\n",
+                "1:10: `nope/x` names no case of the tree",
+            ),
+            (
+                "- {case: devdax/none*, reason: b}\n",
+                "names no case of the tree (in that folder: devdax/s3-consume[1G]",
+            ),
+            ("- {case: '*', reason: b}\n", "not every case"),
+            ("- {case: a, reason: ' '}\n", "1:21: `reason` says why"),
+            (
+                "- {case: a, reason: b}\n- {case: a, reason: c}\n",
+                "2:10: `a` is listed twice (first at line 1)",
+            ),
+            ("- {case: a, reason: b, kernels: x}\n", "unknown field"),
+            ("- case: a\n  reason: b\n  kernel: [6.1]\n", "3:"),
+        ] {
+            let got = errors(text);
+            assert!(got.iter().any(|e| e.contains(want)), "{text:?}: {got:?}");
+        }
+        assert!(errors("- {case: a, reason: b, kernel: '>=6.1, <=6.1'}\n").is_empty());
+        assert!(errors("- {case: 'devdax/s3-consume*', reason: b, kernel: '<6.12'}\n").is_empty());
+    }
+
+    #[test]
+    fn the_file_is_read_like_a_case_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.yaml");
-        std::fs::write(&p, "- {case: a, reason: b, kernel: 'about 6.12'}\n").unwrap();
-        assert!(load(&p).unwrap_err().contains("kernel range part"));
-        std::fs::write(&p, "- {case: a, reason: b, kernel: '>=6.1'}\n").unwrap();
-        assert_eq!(load(&p).unwrap().len(), 1);
-        assert!(load(&dir.path().join("none.yaml")).unwrap().is_empty());
+        assert!(load(&dir.path().join("none.yaml"), &IDS)
+            .unwrap()
+            .is_empty());
+        let zero = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = load(&zero, &IDS).unwrap_err();
+        assert!(e[0].message.contains("not a regular file"), "{e:?}");
+        let fifo = dir.path().join("fifo.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(
+            made.is_ok_and(|s| s.success()),
+            "mkfifo (coreutils) is needed"
+        );
+        let e = load(&fifo, &IDS).unwrap_err();
+        assert!(e[0].message.contains("not a regular file"), "{e:?}");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, "#".repeat(300 << 10)).unwrap();
+        let e = load(&big, &IDS).unwrap_err();
+        assert!(e[0].message.contains("larger than 256 KiB"), "{e:?}");
+        let bomb = dir.path().join("bomb.yaml");
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                [prev.as_str(); 10].join(", ")
+            ));
+        }
+        std::fs::write(&bomb, text).unwrap();
+        let e = load(&bomb, &IDS).unwrap_err();
+        assert!(e[0].line > 0 && !e[0].message.is_empty(), "{e:?}");
     }
 }

@@ -22,6 +22,68 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// its device by this name under /sys/class/virtio-ports.
 pub const PORT_NAME: &str = "org.pmem-lab.agent.0";
 
+/// The largest file `PutFile` carries: it crosses the JSON channel in one
+/// line (a case's `put`, `lab shell --put`, a program compiled for a case).
+pub const MAX_PUT_BYTES: u64 = 4 << 20;
+
+/// Guest files the lab itself runs: a `PutFile` must not replace them.
+pub const RESERVED_GUEST_PATHS: [&str; 2] = ["/init", "/sbin/pmem-lab-agent"];
+
+/// Why `path` cannot be a `PutFile` target, or `None`: an absolute path in
+/// its plain form (no `.`, `..`, empty part or trailing `/`, which would
+/// name something other than what is written), no NUL, within the kernel's
+/// name limits (255 bytes a part, 4095 in all), no `${` (put paths are not
+/// templates), not under /proc, /sys or /dev (not regular files) and not a
+/// file of the lab's own. One rule for the case loader, `lab shell --put`
+/// and the agent.
+pub fn guest_path_problem(path: &str) -> Option<String> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Some(format!(
+            "`{path}` is not absolute: write the guest path from /, e.g. /tmp/repro"
+        ));
+    };
+    if path.contains('\0') {
+        return Some("the guest path holds a NUL byte".into());
+    }
+    if path.len() > 4095 {
+        return Some(format!(
+            "the guest path has {} bytes; at most 4095",
+            path.len()
+        ));
+    }
+    if path.contains("${") {
+        return Some(format!(
+            "`{path}`: a put path is not a template; `${{...}}` is not expanded here"
+        ));
+    }
+    for part in rest.split('/') {
+        match part {
+            "" | "." | ".." => {
+                return Some(format!(
+                    "`{path}` is not a plain file path (an empty part, `.`, `..` or a trailing `/`): write it as e.g. /tmp/repro"
+                ))
+            }
+            p if p.len() > 255 => {
+                return Some(format!("a part of `{path}` has {} bytes; at most 255", p.len()))
+            }
+            _ => {}
+        }
+    }
+    let first = rest.split('/').next().unwrap_or("");
+    if ["proc", "sys", "dev"].contains(&first) {
+        return Some(format!(
+            "`{path}`: put makes a regular file, not one under /proc, /sys or /dev"
+        ));
+    }
+    if RESERVED_GUEST_PATHS.contains(&path) {
+        return Some(format!(
+            "`{path}` is the lab's own ({}): choose another path",
+            RESERVED_GUEST_PATHS.join(", ")
+        ));
+    }
+    None
+}
+
 /// Host -> guest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -381,5 +443,31 @@ mod tests {
     fn unknown_fields_are_refused() {
         let line = r#"{"id":1,"op":{"kind":"run","argv":[],"timeout_ms":1,"shell":true}}"#;
         assert!(serde_json::from_str::<Request>(line).is_err());
+    }
+
+    #[test]
+    fn guest_paths_are_plain_absolute_files_of_the_cases_own() {
+        assert_eq!(guest_path_problem("/tmp/repro"), None);
+        assert_eq!(guest_path_problem("/root/a b/..c"), None);
+        for (bad, why) in [
+            ("tmp/x", "not absolute"),
+            ("/tmp/.", "not a plain"),
+            ("/tmp/x/", "not a plain"),
+            ("/tmp//x", "not a plain"),
+            ("/tmp/../etc/x", "not a plain"),
+            ("/tmp/a\0b", "NUL"),
+            ("/tmp/${ns.dev}", "not a template"),
+            ("/proc/sys/kernel/x", "/proc, /sys or /dev"),
+            ("/dev/pmem0", "/proc, /sys or /dev"),
+            ("/sbin/pmem-lab-agent", "the lab's own"),
+            ("/init", "the lab's own"),
+        ] {
+            let e = guest_path_problem(bad).unwrap_or_default();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let long = format!("/tmp/{}", "a".repeat(256));
+        assert!(guest_path_problem(&long).unwrap().contains("at most 255"));
+        let deep = "/a".repeat(2100);
+        assert!(guest_path_problem(&deep).unwrap().contains("at most 4095"));
     }
 }

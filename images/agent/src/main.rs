@@ -127,6 +127,18 @@ fn serve_op(op: Op) -> Result<Reply, String> {
             contents,
             executable,
         } => {
+            // The loader and the shell check the same rule; a host that
+            // skipped them still cannot replace the agent or write sysfs.
+            if let Some(why) = pmem_lab_proto::guest_path_problem(&path) {
+                return Err(format!("put: {why}"));
+            }
+            if contents.len() as u64 > pmem_lab_proto::MAX_PUT_BYTES {
+                return Err(format!(
+                    "put {path}: {} bytes; at most {}",
+                    contents.len(),
+                    pmem_lab_proto::MAX_PUT_BYTES
+                ));
+            }
             put_file(&path, &contents, executable).map_err(|e| format!("put {path}: {e}"))?;
             Reply::Done
         }

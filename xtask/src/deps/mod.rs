@@ -133,6 +133,11 @@ pub fn needs(sources: &[DebianKernel]) -> Vec<Need> {
             present: |_| tool("gcc"),
         },
         Need {
+            what: "bwrap (the sandbox a case's C sources compile in)",
+            package: "bubblewrap",
+            present: |_| tool("bwrap"),
+        },
+        Need {
             what: "flex",
             package: "flex",
             present: |_| tool("flex"),

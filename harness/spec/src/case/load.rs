@@ -196,6 +196,19 @@ fn collect_yaml(
     Ok(())
 }
 
+/// A file the lab reads from a case tree or the repository (a case, the
+/// known-failure list): a regular file (a FIFO would block the open, a link
+/// to /dev/zero never end), at most [`MAX_FILE_BYTES`], UTF-8.
+pub(crate) fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "not a regular file (a FIFO, socket or device?): the lab reads regular files".into(),
+        );
+    }
+    read_case(path)
+}
+
 /// A case file's text, at most [`MAX_FILE_BYTES`].
 fn read_case(path: &Path) -> Result<String, String> {
     use std::io::Read;
@@ -206,7 +219,7 @@ fn read_case(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!(
-            "larger than {} KiB: a case file stays small",
+            "larger than {} KiB: a case file (and the known-failure list) stays small",
             MAX_FILE_BYTES / 1024
         ));
     }
@@ -227,7 +240,7 @@ pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
             snippet,
         }]),
     };
-    let text = match read_case(path) {
+    let text = match read_bounded(path) {
         Ok(t) => t,
         Err(e) => return vec![failed(0, 0, e, String::new())],
     };
@@ -262,7 +275,7 @@ pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
 }
 
 /// The source line with a caret under `column`.
-fn snippet(text: &str, line: u32, column: u32) -> String {
+pub(crate) fn snippet(text: &str, line: u32, column: u32) -> String {
     text.lines()
         .nth(line.saturating_sub(1) as usize)
         .map(|src| {
@@ -303,7 +316,7 @@ pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError
 
 /// serde-saphyr's message is "error: line L column C: MESSAGE" followed by a
 /// rendered snippet naming `<input>`; keep the message, name the real file.
-fn parse_error(path: &Path, e: &serde_saphyr::Error) -> CaseError {
+pub(crate) fn parse_error(path: &Path, e: &serde_saphyr::Error) -> CaseError {
     let rendered = e.to_string();
     let mut lines = rendered.lines();
     let first = lines.next().unwrap_or_default();

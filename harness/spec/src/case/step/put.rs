@@ -6,8 +6,9 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 use std::path::{Component, Path, PathBuf};
 
-/// The largest file a case may bring: it crosses the agent's JSON channel.
-pub const MAX_PUT_BYTES: u64 = 4 << 20;
+/// The largest file a case may bring (the agent's rule: it crosses the JSON
+/// channel); a program compiled from a case's source is bounded the same.
+pub use pmem_lab_proto::MAX_PUT_BYTES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,8 +28,11 @@ pub struct PutEntry {
 /// A host file to copy into the guest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PutSpec {
-    /// Resolved when the case was loaded; inside the case's folder.
+    /// Resolved when the case was loaded; inside `folder`.
     pub source: PathBuf,
+    /// The case file's folder, resolved: all a compile of `source` may read
+    /// besides the system's headers and libraries.
+    pub folder: PathBuf,
     pub to: String,
     pub executable: bool,
     /// `source` is C, to be compiled statically on the host first.
@@ -51,19 +55,30 @@ impl Kind for Put {
 | field | default | meaning |
 |---|---|---|
 | `from` | required | a file beside the case, relative to the case file's folder; it must stay inside that folder (no `..`, no absolute path, no symlink out) and be a regular file of at most 4 MiB |
-| `to` | required | the guest path, absolute; folders are created |
+| `to` | required | the guest path, absolute and plain (no `.`, `..`, `//`, trailing `/`, NUL or `${...}`: it is not a template), at most 255 bytes a part and 4095 in all, not under /proc, /sys or /dev and not the lab's own /init or /sbin/pmem-lab-agent; folders are created |
 | `executable` | false | mode 0755 instead of 0644 (a compiled program is executable) |
-| `compile` | true for `*.c` | compile `from` on the host with `gcc -static -O2 -Wall` and put the program |
+| `compile` | true for `*.c` | compile `from` on the host with `gcc -static -O2 -Wall` in a sandbox that sees only the case file's folder and the system's compiler, headers and libraries, and put the program (at most 4 MiB) |
 
 Copies the user's own reproducer, script or program into the guest (written
 to a temporary name and renamed, so nothing runs a half-written copy). A C
 source is compiled statically on the host, in the validation pass before any
 VM boots (a compile error fails the case's `validate/` trial with gcc's own
-messages); the result is cached by the source's content and gcc's version.
-A dynamically linked program brings its shared-library closure (`ldd` on the
-host), each library at its host path. The file is checked when the case is
-loaded and read when the step runs. Files that are not `*.yaml` are not
-cases, so a case's files can live in a folder beside it (`cases/guest/files/`).
+messages). A case file is code someone may hand to a CI job, so the compile
+runs in a bubblewrap sandbox (`bwrap`, Debian's bubblewrap): the case file's
+folder read-only at /case, the system's /usr/bin, /usr/lib, /usr/lib64,
+/usr/libexec and /usr/include read-only (not /usr/local, /etc, /home, /root
+or /tmp), a private /tmp and /dev, no network, no /proc; an `#include`, an
+assembler `.incbin` or `.include` of any other host file finds nothing. It is
+bounded: 60 s, 2 GiB of address space, 64 MiB per file written, gcc's
+messages cut at 16 KiB, the program at 4 MiB; the message names the bound it
+hit. The program is cached in the lab's cache (`--cache`) under a key of
+everything the compile can read: every file in the case file's folder (names
+and contents), gcc's version and identity, the flags, and the identity of
+dpkg's status (the system's headers). A dynamically linked program brings its
+shared-library closure (`ldd` on the host), each library at its host path.
+The file is checked when the case is loaded and read when the step runs.
+Files that are not `*.yaml` are not cases, so a case's files can live in a
+folder beside it (`cases/guest/files/`).
 "#;
 }
 
@@ -78,26 +93,15 @@ impl Check for Put {
         if let Err(why) = &source {
             ck.error(&e.from.referenced, why.clone());
         }
-        let to = Path::new(&e.to.value);
-        if !to.is_absolute()
-            || to.components().any(|c| matches!(c, Component::ParentDir))
-            || e.to.value.ends_with('/')
-        {
-            ck.error(
-                &e.to.referenced,
-                "`to` is an absolute guest file path without `..`, e.g. /tmp/repro",
-            );
-        } else if ["/proc", "/sys", "/dev"].iter().any(|d| to.starts_with(d)) {
-            ck.error(
-                &e.to.referenced,
-                "`to` is a regular file: not under /proc, /sys or /dev",
-            );
+        if let Some(why) = pmem_lab_proto::guest_path_problem(&e.to.value) {
+            ck.error(&e.to.referenced, why);
         }
         let compile = e.compile.unwrap_or_else(|| e.from.value.ends_with(".c"));
         Some((
             format!("put {}", e.to.value),
             PutSpec {
-                source: source.ok()?,
+                folder: source.as_ref().ok()?.1.clone(),
+                source: source.ok()?.0,
                 to: e.to.value.clone(),
                 executable: e.executable || compile,
                 compile,
@@ -106,8 +110,9 @@ impl Check for Put {
     }
 }
 
-/// `from` resolved in `dir` (the case file's folder), or why not.
-fn source(dir: &Path, from: &str) -> Result<PathBuf, String> {
+/// `from` resolved in `dir` (the case file's folder), and the folder
+/// resolved, or why not.
+fn source(dir: &Path, from: &str) -> Result<(PathBuf, PathBuf), String> {
     let rel = Path::new(from);
     if from.is_empty()
         || rel.is_absolute()
@@ -143,5 +148,5 @@ fn source(dir: &Path, from: &str) -> Result<PathBuf, String> {
             MAX_PUT_BYTES >> 20
         ));
     }
-    Ok(real)
+    Ok((real, real_dir))
 }
