@@ -36,12 +36,53 @@ impl Default for RunExpect {
     }
 }
 
-/// Compile a case's regex the way every expectation uses it.
+/// The most regexes one case file (one matrix cell) may hold.
+pub const MAX_PATTERNS: usize = 64;
+/// The longest pattern, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 2048;
+/// The most one compiled regex may take (the regex crate's `size_limit`,
+/// and its lazy DFA's cache). Real patterns take a few KiB; counted
+/// repetitions multiply (`(a{100}){100}` is 10,000 states). Bounded so that
+/// a file's worst, MAX_PATTERNS times 64 cells, stays near 100 MiB.
+pub const REGEX_BYTES: usize = 32 << 10;
+
+/// Compile a case's regex the way every expectation uses it, within the
+/// bounds above.
 pub fn compile(pattern: &str) -> Result<Regex, String> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "the regex has {} bytes; at most {MAX_PATTERN_BYTES}",
+            pattern.len()
+        ));
+    }
     regex::RegexBuilder::new(pattern)
         .multi_line(true)
+        .size_limit(REGEX_BYTES)
+        .dfa_size_limit(REGEX_BYTES)
+        .nest_limit(64)
         .build()
-        .map_err(|e| format!("bad regex: {e}"))
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(_) => format!(
+                "the regex compiles to more than {} KiB: simplify it (counted repetitions \
+                 such as `(a{{100}}){{100}}` multiply, and `\\w`, `\\d` are Unicode classes: \
+                 `[0-9a-z_]` is smaller)",
+                REGEX_BYTES >> 10
+            ),
+            e => format!("bad regex: {e}"),
+        })
+}
+
+/// Whether `re` matches any text at all (it matches the empty string and
+/// texts that share nothing with it: `""`, `.*`, `x*`, `a|`): as an
+/// expectation it checks nothing, as an allowance it allows everything.
+pub fn matches_anything(re: &Regex) -> bool {
+    [
+        "",
+        "\u{7f}",
+        "no line of a kernel log or oracle message looks like this \u{1}",
+    ]
+    .iter()
+    .all(|t| re.is_match(t))
 }
 
 impl RunExpect {

@@ -85,8 +85,8 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("put out of the folder", "steps:\n  - put: {from: ../x, to: /tmp/x}\n", "2:17 `../x`: `from` is a path relative to the case file's folder, without `..`"),
     ("put absolute source", "steps:\n  - put: {from: /etc/passwd, to: /tmp/x}\n", "2:17 `/etc/passwd`: `from` is a path relative to the case file's folder, without `..`"),
     ("put missing source", "steps:\n  - put: {from: nope.sh, to: /tmp/x}\n", "2:17 `nope.sh`: No such file or directory (os error 2)"),
-    ("put relative target", "steps:\n  - put: {from: case.yaml, to: tmp/x}\n", "2:32 `to` is an absolute guest file path without `..`, e.g. /tmp/repro"),
-    ("put into sysfs", "steps:\n  - put: {from: case.yaml, to: /sys/x}\n", "2:32 `to` is a regular file: not under /proc, /sys or /dev"),
+    ("put relative target", "steps:\n  - put: {from: case.yaml, to: tmp/x}\n", "2:32 `tmp/x` is not absolute: write the guest path from /, e.g. /tmp/repro"),
+    ("put into sysfs", "steps:\n  - put: {from: case.yaml, to: /sys/x}\n", "2:32 `/sys/x`: put makes a regular file, not one under /proc, /sys or /dev"),
     ("put a folder", "steps:\n  - put: {from: ., to: /tmp/x}\n", "2:17 `.` is not a regular file"),
     ("scrub bus word", "steps:\n  - scrub: ACPI\n", "2:12 unknown variant `ACPI`, expected one of ACPI.NFIT, nfit_test.0, nfit_test.1"),
     ("match word", "machine:\n  nvdimms:\n    - size: 1G\nsteps:\n  - expect_badblocks: {region: 0, match: some}\n", "5:42 unknown variant `some`, expected one of exact, contains"),
@@ -124,6 +124,156 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("cxl poison source word", "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - expect_cxl_poison: {records: [{dpa: 0, source: Bad}]}\n", "5:52 unknown variant `Bad`, expected one of Unknown, External, Internal, Injected, Vendor"),
 ];
 
+/// Round three (the surfaces added after the first hardening): regexes and
+/// their budgets, matrix expansion, expectations that can never be checked,
+/// put targets.
+const CORPUS_3: &[(&str, &str, &str)] = &[
+    (
+        "bad regex in a list, at its item",
+        "steps:\n  - run: [true]\n    expect: {stdout: [a, b, \"(\"]}\n",
+        "3:29 bad regex",
+    ),
+    (
+        "empty allow_oracle pattern",
+        "allow_oracle: [\"\"]\nsteps:\n  - run: [true]\n",
+        "1:16 `` matches any text",
+    ),
+    (
+        "empty allow_oracle scalar",
+        "allow_oracle: \"\"\nsteps:\n  - run: [true]\n",
+        "1:15 `` matches any text",
+    ),
+    (
+        "allow_dmesg that matches everything",
+        "allow_dmesg: [ok, \".*\"]\nsteps:\n  - run: [true]\n",
+        "1:19 `.*` matches any text",
+    ),
+    (
+        "allow_dmesg alternation with nothing",
+        "allow_dmesg: [\"WARNING|\"]\nsteps:\n  - run: [true]\n",
+        "1:15 `WARNING|` matches any text",
+    ),
+    (
+        "stdout that checks nothing",
+        "steps:\n  - run: [true]\n    expect: {stdout: \"x*\"}\n",
+        "3:22 `x*` matches any text",
+    ),
+    (
+        "dmesg_not that fails always",
+        "steps:\n  - run: [true]\n    expect: {dmesg_not: [\"(?:)\"]}\n",
+        "3:26 `(?:)` matches any text",
+    ),
+    (
+        "a regex too large compiled",
+        "steps:\n  - run: [true]\n    expect: {stdout: \"(a{100}){100}\"}\n",
+        "3:22 the regex compiles to more than 32 KiB",
+    ),
+    (
+        "a Unicode class repeated",
+        "steps:\n  - run: [true]\n    expect: {stdout: \"\\\\w{500}\"}\n",
+        "3:22 the regex compiles to more than 32 KiB",
+    ),
+    (
+        "a regex too long",
+        "steps:\n  - run: [true]\n    expect: {stdout: \"LONG\"}\n",
+        "3:22 the regex has 3000 bytes; at most 2048",
+    ),
+    (
+        "too many regexes",
+        "allow_dmesg: [MANY]\nsteps:\n  - run: [true]\n",
+        "1:325 more than 64 regexes in one case",
+    ),
+    (
+        "panic beside exit",
+        "steps:\n  - run: [true]\n    expect: {exit: 0, panic: x}\n",
+        "3:30 `expect.panic` ends the guest: `exit` beside it can never be checked",
+    ),
+    (
+        "panic beside stdout and json",
+        "steps:\n  - run: [true]\n    expect: {stdout: a, json: {}, panic: x}\n",
+        "3:42 `expect.panic` ends the guest: `stdout`, `json` beside it",
+    ),
+    (
+        "matrix expansion past the bound",
+        "matrix:\n  - {name: big, v: BIG}\nsteps:\nPLACES",
+        "the file past 256 KiB",
+    ),
+    (
+        "put to a trailing dot",
+        "steps:\n  - put: {from: case.yaml, to: /tmp/.}\n",
+        "2:32 `/tmp/.` is not a plain file path",
+    ),
+    (
+        "put to a trailing slash",
+        "steps:\n  - put: {from: case.yaml, to: /tmp/x/}\n",
+        "2:32 `/tmp/x/` is not a plain file path",
+    ),
+    (
+        "put over the agent",
+        "steps:\n  - put: {from: case.yaml, to: /sbin/pmem-lab-agent}\n",
+        "2:32 `/sbin/pmem-lab-agent` is the lab's own",
+    ),
+    (
+        "put over init",
+        "steps:\n  - put: {from: case.yaml, to: /init}\n",
+        "2:32 `/init` is the lab's own",
+    ),
+    (
+        "put to a NUL byte",
+        "steps:\n  - put: {from: case.yaml, to: \"/tmp/a\\0b\"}\n",
+        "2:32 the guest path holds a NUL byte",
+    ),
+    (
+        "put to a long path",
+        "steps:\n  - put: {from: case.yaml, to: LONGTO}\n",
+        "2:32 the guest path has 5206 bytes; at most 4095",
+    ),
+    (
+        "put to a long name",
+        "steps:\n  - put: {from: case.yaml, to: /tmp/LONGNAME}\n",
+        "2:32 a part of `/tmp/",
+    ),
+    (
+        "put to a placeholder",
+        "steps:\n  - put: {from: case.yaml, to: \"/tmp/${ns.a.dev}\"}\n",
+        "2:32 `/tmp/${ns.a.dev}`: a put path is not a template",
+    ),
+];
+
+fn corpus_3_text(text: &str) -> String {
+    let many: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
+    let places = "  - run: [echo, \"${matrix.v}\"]\n".repeat(300);
+    text.replace("LONGTO", &LONG_TO.replace("@", "a/"))
+        .replace("LONGNAME", &"n".repeat(256))
+        .replace("LONG", &"a".repeat(3000))
+        .replace("MANY", &many.join(", "))
+        .replace("BIG", &"v".repeat(1000))
+        .replace("PLACES", &places)
+}
+
+const LONG_TO: &str = "/tmp/LONGPARTSx";
+
+#[test]
+fn round_three_inputs_are_refused_at_their_place() {
+    let mut report = Vec::new();
+    for (what, text, want) in CORPUS_3 {
+        let text = corpus_3_text(
+            &text.replace("LONGTO", &LONG_TO.replace("LONGPARTS", &"a/".repeat(2600))),
+        );
+        let got = first_error(&text);
+        if !got.contains(want) || (want.as_bytes()[0].is_ascii_digit() && !got.starts_with(want)) {
+            report.push(format!("{what}: want {want:?}\n    got  {got:?}"));
+        }
+    }
+    assert!(
+        report.is_empty(),
+        "{} of {}:\n{}",
+        report.len(),
+        CORPUS_3.len(),
+        report.join("\n")
+    );
+}
+
 #[test]
 fn every_malformed_case_is_refused_at_its_place() {
     let mut report = Vec::new();
@@ -145,9 +295,35 @@ fn every_malformed_case_is_refused_at_its_place() {
 /// Each file alone: checked in well under a second.
 #[test]
 fn every_malformed_case_is_checked_quickly() {
-    for (what, text, _) in CORPUS {
+    // A thousand heavy patterns (1.5 GB and a minute before the budget) and
+    // a matrix whose cells expand past the file bound, beside the corpora.
+    let heavy = format!(
+        "allow_oracle: [{}]\nsteps:\n  - run: [true]\n",
+        vec!["\"(a{100}){100}\""; 1000].join(", ")
+    );
+    let wide = format!(
+        "matrix:\n  v: [{}]\nsteps:\n{}",
+        (0..64)
+            .map(|i| format!("v{i}{}", "x".repeat(3000)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "  - run: [echo, \"${matrix.v}\"]\n".repeat(2000)
+    );
+    let texts = CORPUS
+        .iter()
+        .map(|(what, text, _)| (*what, text.to_string()))
+        .chain(CORPUS_3.iter().map(|(what, text, _)| {
+            (
+                *what,
+                corpus_3_text(
+                    &text.replace("LONGTO", &LONG_TO.replace("LONGPARTS", &"a/".repeat(2600))),
+                ),
+            )
+        }))
+        .chain([("a thousand heavy regexes", heavy), ("a wide matrix", wide)]);
+    for (what, text) in texts {
         let start = std::time::Instant::now();
-        let _ = first_error(text);
+        let _ = first_error(&text);
         let took = start.elapsed();
         assert!(took < std::time::Duration::from_secs(1), "{what}: {took:?}");
     }
@@ -267,7 +443,10 @@ fn a_huge_file_is_refused_unread() {
     let big = format!("steps:\n  - run: [true]\n#{}\n", "x".repeat(300 * 1024));
     let root = root_with(&[("a/big.yaml", &big)]);
     let p = problems(root.path());
-    assert_eq!(p[0].1, "larger than 256 KiB: a case file stays small");
+    assert_eq!(
+        p[0].1,
+        "larger than 256 KiB: a case file (and the known-failure list) stays small"
+    );
 }
 
 #[test]

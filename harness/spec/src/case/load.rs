@@ -305,6 +305,7 @@ pub fn load_str(id: &str, path: &Path, text: &str) -> Result<Case, Vec<CaseError
         errors: Vec::new(),
         maps: Default::default(),
         file_maps: Default::default(),
+        patterns: 0,
     };
     let case = v.case(id, file);
     if v.errors.is_empty() {
@@ -406,6 +407,8 @@ pub(crate) struct Checker<'a> {
     pub(crate) maps: std::collections::BTreeMap<String, u64>,
     /// Which of them map a file, not a namespace.
     pub(crate) file_maps: std::collections::BTreeSet<String>,
+    /// Regexes compiled so far (bounded: [`expect::MAX_PATTERNS`]).
+    patterns: usize,
 }
 
 impl Checker<'_> {
@@ -1092,6 +1095,32 @@ impl Checker<'_> {
                 "`expect.panic` applies to `run` and `sh` steps",
             );
         }
+        if let Some(p) = &s.expect.panic {
+            // The guest is gone when the step ends: nothing it would report
+            // can be read (the host's count of machine checks still can).
+            let e = &s.expect;
+            let other: Vec<&str> = [
+                ("exit", e.exit.is_some()),
+                ("stdout", e.stdout.is_some()),
+                ("stderr", e.stderr.is_some()),
+                ("stdout_not", e.stdout_not.is_some()),
+                ("json", e.json.is_some()),
+                ("dmesg", e.dmesg.is_some()),
+                ("dmesg_not", e.dmesg_not.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect();
+            if !other.is_empty() {
+                self.error(
+                    &p.referenced,
+                    format!(
+                        "`expect.panic` ends the guest: `{}` beside it can never be checked (the console line is the evidence)",
+                        other.join("`, `")
+                    ),
+                );
+            }
+        }
         if let Some(p) = s.expect.panic.as_ref().filter(|_| s.repeat.is_some()) {
             self.error(&p.referenced, "a step that expects a panic cannot repeat");
         }
@@ -1118,13 +1147,7 @@ impl Checker<'_> {
                 .expect
                 .panic
                 .as_ref()
-                .and_then(|p| match expect::compile(&p.value) {
-                    Ok(re) => Some(re),
-                    Err(e) => {
-                        self.error(&p.referenced, e);
-                        None
-                    }
-                }),
+                .and_then(|p| self.regex(&p.value, &p.referenced)),
             signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
             repeat,
         })
@@ -1330,16 +1353,42 @@ impl Checker<'_> {
     fn regexes(&mut self, p: &Option<Spanned<Patterns>>) -> Vec<regex::Regex> {
         let Some(p) = p else { return Vec::new() };
         p.value
-            .as_slice()
-            .iter()
-            .filter_map(|pat| match expect::compile(pat) {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    self.error(&p.referenced, e);
-                    None
-                }
-            })
+            .items(p.referenced)
+            .into_iter()
+            .filter_map(|(pat, at)| self.regex(pat, &at))
             .collect()
+    }
+
+    /// One regex of the file, counted against its budget; one that matches
+    /// any text is refused (it would check, or allow, nothing).
+    pub(crate) fn regex(&mut self, pattern: &str, at: &Location) -> Option<regex::Regex> {
+        self.patterns += 1;
+        if self.patterns == expect::MAX_PATTERNS + 1 {
+            self.error(
+                at,
+                format!(
+                    "more than {} regexes in one case: the rest are not compiled",
+                    expect::MAX_PATTERNS
+                ),
+            );
+        }
+        if self.patterns > expect::MAX_PATTERNS {
+            return None;
+        }
+        match expect::compile(pattern) {
+            Ok(re) if expect::matches_anything(&re) => {
+                self.error(
+                    at,
+                    format!("`{pattern}` matches any text (the empty string too): it would check, or allow, nothing; write what the line says"),
+                );
+                None
+            }
+            Ok(re) => Some(re),
+            Err(e) => {
+                self.error(at, e);
+                None
+            }
+        }
     }
 }
 

@@ -192,12 +192,16 @@ pub fn substitute(text: &str, cell: &Cell) -> Result<String, Problem> {
     while let Some(found) = text[rest..].find(OPEN) {
         let start = rest + found;
         let body = start + OPEN.len();
-        let (line, col) = line_col(text, start);
-        let close = text[body..]
-            .find('}')
-            .ok_or_else(|| (line, col, "`${matrix.` is not closed with `}`".to_string()))?;
+        // Located only on error: a file of many placeholders would
+        // otherwise count lines from the top for each (quadratic).
+        let at = || line_col(text, start);
+        let close = text[body..].find('}').ok_or_else(|| {
+            let (line, col) = at();
+            (line, col, "`${matrix.` is not closed with `}`".to_string())
+        })?;
         let key = &text[body..body + close];
         let value = cell.values.get(key).ok_or_else(|| {
+            let (line, col) = at();
             let known: Vec<&str> = cell.values.keys().map(String::as_str).collect();
             (
                 line,
@@ -232,6 +236,19 @@ pub fn substitute(text: &str, cell: &Cell) -> Result<String, Problem> {
                 out.push_str(value);
                 rest = end;
             }
+        }
+        if out.len() as u64 > super::load::MAX_FILE_BYTES {
+            let (line, col) = at();
+            return Err((
+                line,
+                col,
+                format!(
+                    "cell `{}` expands the file past {} KiB (a case file's bound) by here: \
+                     use shorter matrix values or fewer placeholders",
+                    cell.label,
+                    super::load::MAX_FILE_BYTES / 1024
+                ),
+            ));
         }
     }
     out.push_str(&text[rest..]);

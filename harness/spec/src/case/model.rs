@@ -302,18 +302,47 @@ impl<'de> Deserialize<'de> for ExitEntry {
     }
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+/// One regex or a list; each item of a list keeps its place, so that a bad
+/// one is reported where it is written (an untagged enum would buffer the
+/// list and lose the places).
+#[derive(Debug, Clone)]
 pub enum Patterns {
     One(String),
-    Many(Vec<String>),
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for Patterns {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Patterns;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a regex or a list of regexes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Patterns::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(p) = seq.next_element::<Spanned<String>>()? {
+                    items.push(p);
+                }
+                Ok(Patterns::Many(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Patterns {
-    pub fn as_slice(&self) -> &[String] {
+    /// Each pattern with its place (`at`: the field's, for a single one).
+    pub fn items(&self, at: serde_saphyr::Location) -> Vec<(&str, serde_saphyr::Location)> {
         match self {
-            Patterns::One(p) => std::slice::from_ref(p),
-            Patterns::Many(v) => v,
+            Patterns::One(p) => vec![(p.as_str(), at)],
+            Patterns::Many(v) => v.iter().map(|p| (p.value.as_str(), p.referenced)).collect(),
         }
     }
 }
