@@ -53,6 +53,10 @@ impl CxlSpec {
     /// granule.
     pub const GRANULE: u64 = 256 << 20;
     pub const DEFAULT_LSA_SIZE: ByteSize = ByteSize(128 << 10);
+    /// The lab's bound on the label storage area: QEMU backs it with a file
+    /// of that size and the kernel reads all of it when the memdev probes;
+    /// a label area holds 256-byte labels, so this is thousands of them.
+    pub const MAX_LSA_SIZE: u64 = 16 << 20;
     /// The most devices the lab's host bridge takes (one root port each).
     pub const MAX: usize = 4;
 }

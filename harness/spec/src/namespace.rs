@@ -68,3 +68,48 @@ impl Bus {
         }
     }
 }
+
+/// Why an fsdax or devdax namespace at guest-physical `start` (when known)
+/// of `size` bytes cannot take `align`, or `None`. The kernel's rule
+/// (drivers/nvdimm/pfn_devs.c, nd_pfn_init(), 6.12): the data starts at
+/// `ALIGN(start + 8K [+ the memmap], max(align, 2M)) - start`, and a data
+/// offset at or past the aligned end (`size - end_trunc`) is refused ("unable
+/// to satisfy requested alignment", -ENXIO). Checked here without the
+/// memmap (its smallest offset), so only what the kernel refuses in every
+/// map mode is refused; an unknown start is taken as aligned.
+pub fn pfn_align_problem(start: Option<u64>, size: u64, align: u64) -> Option<String> {
+    // memremap_compat_align() is SUBSECTION_SIZE (2M) on x86 (mm/memremap.c).
+    let align = align.max(2 << 20);
+    let start = start.unwrap_or(0);
+    let round_up = |v: u64| v.div_ceil(align).checked_mul(align);
+    let end = start.checked_add(size)?;
+    let end_trunc = end - end / align * align;
+    let offset = round_up(start.checked_add(8 << 10)?)? - start;
+    (offset >= size.saturating_sub(end_trunc)).then(|| {
+        format!(
+            "a {}-aligned namespace of {} leaves no data: its data would start {} in, at the first {} boundary after the 8K info block, and the kernel refuses that (pfn_devs.c nd_pfn_init(): \"unable to satisfy requested alignment\")",
+            crate::size::ByteSize(align),
+            crate::size::ByteSize(size),
+            crate::size::ByteSize(offset),
+            crate::size::ByteSize(align)
+        )
+    })
+}
+
+#[cfg(test)]
+mod pfn_tests {
+    use super::pfn_align_problem;
+    const M: u64 = 1 << 20;
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn an_align_the_range_cannot_hold_is_refused() {
+        assert!(pfn_align_problem(Some(G), G, G).is_some());
+        assert!(pfn_align_problem(Some(G), 2 * G, G).is_none());
+        assert!(pfn_align_problem(Some(G), 16 * M, 2 * M).is_none());
+        assert!(pfn_align_problem(None, 2 * M, 2 * M).is_some());
+        // A start off the align truncates the end: 1G at 1.5G holds no 1G.
+        assert!(pfn_align_problem(Some(G + G / 2), G, G).is_some());
+        assert!(pfn_align_problem(Some(G + G / 2), 2 * G, G).is_none());
+    }
+}

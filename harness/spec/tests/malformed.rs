@@ -128,6 +128,14 @@ const CORPUS: &[(&str, &str, &str)] = &[
 /// their budgets, matrix expansion, expectations that can never be checked,
 /// put targets.
 const CORPUS_3: &[(&str, &str, &str)] = &[
+    ("e820 region that does not exist", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, region: 1, mode: fsdax}\nsteps:\n  - run: [true]\n", "6:36 bus `e820` region 1: machine.e820_pmem has 1 range(s)"),
+    ("two namespaces on one e820 region", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax}\n    - {name: q, bus: e820, mode: raw}\nsteps:\n  - run: [true]\n", "7:14 e820 region 0 already holds namespace `p`"),
+    ("an e820 namespace with a size", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax, size: 256M}\nsteps:\n  - run: [true]\n", "6:47 an e820 namespace is its whole range (512M): leave `size` out"),
+    ("an e820 align the range cannot hold", "machine:\n  memory: 3G\n  e820_pmem:\n    - {at: 1G, size: 1G}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, mode: devdax, align: 1G}\nsteps:\n  - run: [true]\n", "7:49 a 1G-aligned namespace of 1G leaves no data"),
+    ("a devdax align its size cannot hold", "machine:\n  nvdimms:\n    - size: 4G\nsetup:\n  namespaces:\n    - {name: d, mode: devdax, size: 1G, align: 1G}\nsteps:\n  - run: [true]\n", "6:37 a 1G-aligned namespace of 1G leaves no data"),
+    ("reconfigure to an align the namespace cannot take", "machine:\n  nvdimms:\n    - size: 1G\nsetup:\n  namespaces:\n    - {name: r, mode: raw, size: 16M}\nsteps:\n  - reconfigure: {namespace: r, mode: fsdax, align: 1G}\n", "8:53 namespace `r`: a 1G-aligned namespace of 16M leaves no data"),
+    ("CXL namespaces larger than their region", "machine:\n  cxl:\n    - size: 256M\nsetup:\n  cxl_regions:\n    - devices: [0]\n  namespaces:\n    - {name: a, bus: cxl, mode: devdax, size: 128M}\n    - {name: b, bus: cxl, mode: devdax, size: 256M}\nsteps:\n  - run: [true]\n", "9:47 CXL region 0 (256M of 1 device(s)) is too small: its namespaces need 384M"),
+    ("an unbounded lsa_size", "machine:\n  cxl:\n    - {size: 256M, lsa_size: 64G}\nsteps:\n  - run: [true]\n", "3:30 lsa_size is at most 16M"),
     (
         "bad regex in a list, at its item",
         "steps:\n  - run: [true]\n    expect: {stdout: [a, b, \"(\"]}\n",

@@ -440,7 +440,7 @@ impl Checker<'_> {
         };
         let machine = self.machine(&file.machine);
         let cxl_regions = self.cxl_regions(&file.setup, &machine);
-        let namespaces = self.namespaces(&file.setup, &machine, cxl_regions.len());
+        let namespaces = self.namespaces(&file.setup, &machine, &cxl_regions);
         if file.steps.value.is_empty() {
             self.error(&file.steps.referenced, "a case needs at least one step");
         }
@@ -596,6 +596,16 @@ impl Checker<'_> {
             let lsa_size = match &entry.value.lsa_size {
                 Some(l) if l.value.bytes() == 0 || !l.value.bytes().is_multiple_of(4 * KIB) => {
                     self.error(&l.referenced, "lsa_size is a non-zero multiple of 4K");
+                    l.value
+                }
+                Some(l) if l.value.bytes() > CxlSpec::MAX_LSA_SIZE => {
+                    self.error(
+                        &l.referenced,
+                        format!(
+                            "lsa_size is at most {} (the label area is read whole when the device probes; real devices have KiBs)",
+                            ByteSize(CxlSpec::MAX_LSA_SIZE)
+                        ),
+                    );
                     l.value
                 }
                 Some(l) => l.value,
@@ -830,9 +840,11 @@ impl Checker<'_> {
         &mut self,
         setup: &model::SetupSection,
         machine: &MachineSpec,
-        cxl_regions: usize,
+        cxl_regions: &[super::CxlRegionSpec],
     ) -> Vec<NamespaceSpec> {
         let mut out: Vec<NamespaceSpec> = Vec::new();
+        // Bytes asked of each CXL region so far.
+        let mut cxl_used = vec![0u64; cxl_regions.len()];
         let mut used = vec![0u64; machine.nvdimms.len()];
         for entry in &setup.namespaces {
             let ns = &entry.value;
@@ -853,7 +865,7 @@ impl Checker<'_> {
                     format!("namespace `{name}` is defined twice"),
                 );
             }
-            let bus = self.namespace_bus(ns, machine, cxl_regions);
+            let bus = self.namespace_bus(ns, machine, cxl_regions.len());
             let nvdimm = match (&bus, &ns.region) {
                 (Some(_), Some(r)) => r.value,
                 _ => ns.nvdimm.as_ref().map(|n| n.value).unwrap_or(0),
@@ -937,6 +949,45 @@ impl Checker<'_> {
                     );
                 }
             }
+            if let (None, false, Some(a)) = (&bus, whole_region, align) {
+                if matches!(ns.mode, NamespaceMode::Fsdax | NamespaceMode::Devdax) {
+                    if let Some(why) =
+                        crate::namespace::pfn_align_problem(None, size.bytes(), a.bytes())
+                    {
+                        self.error(&size_at, why);
+                    }
+                }
+            }
+            match bus.as_deref() {
+                Some(b) if b == model::Bus::E820.name() => {
+                    self.e820_namespace(ns, nvdimm, &out, machine, align);
+                }
+                Some(b) if b == model::Bus::Cxl.name() && !whole_region => {
+                    if let (Some(region), Some(used)) =
+                        (cxl_regions.get(nvdimm), cxl_used.get_mut(nvdimm))
+                    {
+                        let capacity: u64 = region
+                            .devices
+                            .iter()
+                            .filter_map(|&d| machine.cxl.get(d))
+                            .map(|c| c.size.bytes())
+                            .sum();
+                        *used = used.saturating_add(size.bytes());
+                        if *used > capacity {
+                            self.error(
+                                &size_at,
+                                format!(
+                                    "CXL region {nvdimm} ({} of {} device(s)) is too small: its namespaces need {}",
+                                    ByteSize(capacity),
+                                    region.devices.len(),
+                                    ByteSize(*used)
+                                ),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
             out.push(NamespaceSpec {
                 name,
                 nvdimm,
@@ -948,6 +999,86 @@ impl Checker<'_> {
             });
         }
         out
+    }
+
+    /// A namespace on an e820 range: the range is a label-less region, so it
+    /// holds one namespace, the whole range (the kernel makes it; setup only
+    /// reconfigures it), and an fsdax or devdax align must leave data.
+    fn e820_namespace(
+        &mut self,
+        ns: &model::NamespaceEntry,
+        index: usize,
+        before: &[NamespaceSpec],
+        machine: &MachineSpec,
+        align: Option<ByteSize>,
+    ) {
+        let at = ns
+            .region
+            .as_ref()
+            .map(|r| r.referenced)
+            .unwrap_or(ns.name.referenced);
+        // The bus lists its regions in address order.
+        let mut ranges = machine.e820_pmem.clone();
+        ranges.sort_by_key(|r| r.at);
+        let Some(range) = ranges.get(index) else {
+            if !ranges.is_empty() {
+                self.error(
+                    &at,
+                    format!(
+                        "bus `e820` region {index}: machine.e820_pmem has {} range(s) (regions 0..{}, in address order)",
+                        ranges.len(),
+                        ranges.len() - 1
+                    ),
+                );
+            }
+            return;
+        };
+        if let Some(first) = before
+            .iter()
+            .find(|o| o.bus.as_deref() == Some(model::Bus::E820.name()) && o.nvdimm == index)
+        {
+            self.error(
+                &at,
+                format!(
+                    "e820 region {index} already holds namespace `{}`: an e820 range has no label area, so its one namespace is the whole range",
+                    first.name
+                ),
+            );
+        }
+        if let Some(s) = &ns.size {
+            self.error(
+                &s.referenced,
+                format!(
+                    "an e820 namespace is its whole range ({}): leave `size` out (a label-less region cannot be divided)",
+                    ByteSize(range.size)
+                ),
+            );
+        }
+        if let Some(a) =
+            align.filter(|_| matches!(ns.mode, NamespaceMode::Fsdax | NamespaceMode::Devdax))
+        {
+            if let Some(why) =
+                crate::namespace::pfn_align_problem(Some(range.at), range.size, a.bytes())
+            {
+                let at = ns.align.as_ref().map(|a| a.referenced).unwrap_or(at);
+                self.error(&at, why);
+            }
+        }
+    }
+
+    /// Where a namespace starts and how large it is, where the loader can
+    /// know: e820 ranges exactly, QEMU NVDIMM namespaces by size (their
+    /// start depends on the labels); nfit_test regions not at all.
+    pub(crate) fn extent(ns: &NamespaceSpec, machine: &MachineSpec) -> Option<(Option<u64>, u64)> {
+        match ns.bus.as_deref() {
+            None if !ns.whole_region => Some((None, ns.size.bytes())),
+            Some(b) if b == model::Bus::E820.name() => {
+                let mut ranges = machine.e820_pmem.clone();
+                ranges.sort_by_key(|r| r.at);
+                ranges.get(ns.nvdimm).map(|r| (Some(r.at), r.size))
+            }
+            _ => None,
+        }
     }
 
     /// The nfit_test bus a namespace asks for, checked.

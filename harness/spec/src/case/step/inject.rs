@@ -53,7 +53,7 @@ impl Kind for Inject {
 | `namespace` | name | | a namespace of `setup` ... |
 | `region` | NVDIMM index | | ... or the region of that NVDIMM (exactly one of the two) |
 | `offset` | size | required | byte offset, a multiple of 64 (a machine check names a cache line) |
-| `from` | `data`, `start` | `data` | namespace only: offset 0 is the first byte of data (the dax device's or block device's offset 0) or the namespace's first byte (metadata included) |
+| `from` | `data`, `start` | `data` | namespace only. `start`: offset 0 is the namespace's first byte (metadata included). `data`: offset 0 is the first byte of the namespace's data: a devdax namespace's dax device offset 0 (after the info block and memmap), an fsdax namespace's block device offset 0 (likewise), a raw namespace's first byte; a sector (BTT) namespace has no fixed data start (its map places each LBA anywhere in the arena), so there `data` is its first byte too, the same as `start` |
 | `cpu` | vCPU index | 0 | the CPU that takes the machine check |
 
 The lab translates the location with the layout it read from the guest

@@ -88,6 +88,16 @@ impl Check for Reconfigure {
         }
         let name = ns.name.clone();
         let align = ck.mode_align(e.mode.value, e.align.as_ref());
+        if let (Some(a), Some((start, size))) = (align, Checker::extent(ns, scope.machine)) {
+            if let Some(why) = crate::namespace::pfn_align_problem(start, size, a.bytes()) {
+                let at = e
+                    .align
+                    .as_ref()
+                    .map(|a| a.referenced)
+                    .unwrap_or(e.mode.referenced);
+                ck.error(&at, format!("namespace `{name}`: {why}"));
+            }
+        }
         Some((
             format!("reconfigure {name} to {}", e.mode.value.ndctl_name()),
             ReconfigureSpec {
