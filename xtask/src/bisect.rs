@@ -147,18 +147,57 @@ pub struct Bisected {
 }
 
 /// Bisect (see the module's text).
+/// GOOD and BAD resolved to commits of `tree`, different, GOOD an ancestor
+/// of BAD; each refusal names the option and says what to do.
+fn revisions(sh: &Shell, tree: &Path, good: &str, bad: &str) -> Result<(String, String)> {
+    let rev = |opt: &str, r: &str| -> Result<String> {
+        let spec = format!("{r}^{{commit}}");
+        cmd!(sh, "git -C {tree} rev-parse --verify --quiet {spec}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "{opt} {r}: not a commit of {} (`git -C {} log --oneline` lists them)",
+                    tree.display(),
+                    tree.display()
+                ))
+            })
+    };
+    let (g, b) = (rev("--good", good)?, rev("--bad", bad)?);
+    if g == b {
+        return Err(Error::new(format!(
+            "--good {good} and --bad {bad} are the same commit ({}): nothing lies between them",
+            short(&g)
+        )));
+    }
+    let ancestor = |a: &str, d: &str| {
+        cmd!(sh, "git -C {tree} merge-base --is-ancestor {a} {d}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+    };
+    if !ancestor(&g, &b) {
+        return Err(Error::new(if ancestor(&b, &g) {
+            format!("--good {good} comes after --bad {bad}: swap them (GOOD is the older commit, where the case passes)")
+        } else {
+            format!("--good {good} is not in --bad {bad}'s history: bisect needs GOOD to be an ancestor of BAD (`git merge-base {good} {bad}` is one)")
+        }));
+    }
+    Ok((g, b))
+}
+
 pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
     let sh = Shell::new()?;
     let tree = std::fs::canonicalize(&b.tree)?;
-    let rev = |r: &str| -> Result<String> {
-        let spec = format!("{r}^{{commit}}");
-        Ok(cmd!(sh, "git -C {tree} rev-parse --verify {spec}")
-            .quiet()
-            .read()?
-            .trim()
-            .to_string())
-    };
-    let (good, bad) = (rev(&b.good)?, rev(&b.bad)?);
+    // Everything the arguments name is checked before a clone or a build.
+    let (good, bad) = revisions(&sh, &tree, &b.good, &b.bad)?;
+    crate::lab::checked_args(opts, Some(&b.case), &["--exact".to_string()])
+        .map_err(|e| Error::new(format!("bisect: the case `{}`: {e}", b.case)))?;
     // One clone (and so one build folder, incremental from bisection to
     // bisection) per tree; a folder of runs and a report per bisection.
     let home = opts.cache.join("bisect").join(

@@ -56,6 +56,28 @@ pub struct Global {
     pub cold: bool,
 }
 
+impl Global {
+    /// The kernels to run, in order: `--kernel`s then `--kernel-tree`, the
+    /// default when none is named; one named twice is refused (it would
+    /// run the whole selection twice under one name).
+    pub fn kernels(&self) -> Result<Vec<KernelSpec>, String> {
+        let mut k = self.kernel.clone();
+        k.extend(self.kernel_tree.clone().map(KernelSpec::Tree));
+        for (i, a) in k.iter().enumerate() {
+            if k[..i].contains(a) {
+                return Err(format!(
+                    "--kernel {} is named twice: name each kernel once",
+                    a.label()
+                ));
+            }
+        }
+        if k.is_empty() {
+            k.push(KernelSpec::Debian(crate::deps::DebianKernel::V6_12));
+        }
+        Ok(k)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build what is missing, then run the cases whose name contains a
@@ -202,7 +224,10 @@ fn qemu_binary(s: &str) -> Result<PathBuf, String> {
             "{s} is not a file: name a qemu-system-x86_64 binary"
         ));
     }
-    Ok(std::path::absolute(&p).unwrap_or(p))
+    let p = std::path::absolute(&p).unwrap_or(p);
+    // Run once here, so `--qemu /bin/true` fails before any work.
+    pmem_lab_env::qemu::Qemu::at(p.clone()).check()?;
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -281,6 +306,24 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_named_twice_is_refused() {
+        let twice = parse(&["lab", "--kernel", "debian-6.12", "--kernel", "debian-6.12"]).unwrap();
+        let e = twice.global.kernels().unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        let one = parse(&["lab"]).unwrap();
+        assert_eq!(
+            one.global.kernels().unwrap(),
+            [KernelSpec::Debian(crate::deps::DebianKernel::V6_12)]
+        );
+    }
+
+    #[test]
+    fn a_qemu_that_is_not_one_is_refused_at_parse_time() {
+        let e = parse(&["lab", "--qemu", "/bin/true"]).unwrap_err();
+        assert!(e.to_string().contains("is not a QEMU"), "{e}");
+    }
+
+    #[test]
     fn lab_takes_filters_runner_args_or_shell() {
         let cli = parse(&["lab", "devdax", "--vms", "2", "--", "--list"]).unwrap();
         let Command::Lab {
@@ -309,10 +352,10 @@ mod tests {
             cli.command,
             Command::Lab { shell: Some(LabCommand::Shell { ref case, .. }), .. } if case == "namespaces/devdax-2m"
         ));
-        let cli = parse(&["lab", "shell", "x", "--put", "/proc/version:/tmp/v"]).unwrap();
+        let cli = parse(&["lab", "shell", "x", "--put", "/etc/hostname:/tmp/v"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Lab { shell: Some(LabCommand::Shell { ref put, .. }), .. } if put.iter().map(PutArg::to_string).eq(["/proc/version:/tmp/v"])
+            Command::Lab { shell: Some(LabCommand::Shell { ref put, .. }), .. } if put.iter().map(PutArg::to_string).eq(["/etc/hostname:/tmp/v"])
         ));
         assert!(parse(&["lab", "shell", "x", "--put", "/nonexistent:/tmp/v"]).is_err());
         assert!(parse(&["lab", "shell", "x", "--put", "/proc/version:relative"]).is_err());

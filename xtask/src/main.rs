@@ -93,6 +93,7 @@ fn run(cli: Cli) -> util::Result<()> {
         .expect("xtask lives in the workspace")
         .to_path_buf();
     let g = cli.global;
+    let kernels = g.kernels().map_err(util::Error::new)?;
     let opts = Options {
         artifacts: vars::ARTIFACTS
             .get()
@@ -100,14 +101,7 @@ fn run(cli: Cli) -> util::Result<()> {
             .unwrap_or_else(|| workspace.join("target/pmem-lab/artifacts")),
         workspace,
         cache: g.cache.unwrap_or_else(pmem_lab_env::default_cache),
-        kernels: {
-            let mut k = g.kernel;
-            k.extend(g.kernel_tree.map(kernel::KernelSpec::Tree));
-            if k.is_empty() {
-                k.push(kernel::KernelSpec::Debian(deps::DebianKernel::V6_12));
-            }
-            k
-        },
+        kernels,
         jobs: g.jobs.map_or_else(util::nproc, usize::from),
         cold: g.cold || vars::COLD.is_on(),
         vms: g.vms.map(usize::from),

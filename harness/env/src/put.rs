@@ -15,15 +15,36 @@ pub struct PutArg {
 }
 
 impl PutArg {
-    /// `HOST:GUEST`: the host path names a file, the guest path is absolute.
+    /// `HOST:GUEST`: the host path names a regular file of at most
+    /// [`pmem_lab_proto::MAX_PUT_BYTES`], the guest path follows the rule
+    /// of a case's `put.to` ([`pmem_lab_proto::guest_path_problem`]).
     pub fn parse(arg: &str) -> Result<PutArg, String> {
         let (host, guest) = arg
             .rsplit_once(':')
             .filter(|(h, g)| !h.is_empty() && g.starts_with('/'))
             .ok_or_else(|| format!("`{arg}`: write HOST_PATH:/GUEST/PATH"))?;
+        if let Some(why) = pmem_lab_proto::guest_path_problem(guest) {
+            return Err(why);
+        }
         let host = Path::new(host);
-        if !host.is_file() {
-            return Err(format!("`{}` is not a file", host.display()));
+        let meta = std::fs::metadata(host)
+            .ok()
+            .filter(|m| m.is_file())
+            .ok_or_else(|| format!("`{}` is not a file", host.display()))?;
+        // /proc and /sys files say size 0 and are not files to copy.
+        if host.starts_with("/proc") || host.starts_with("/sys") {
+            return Err(format!(
+                "`{}` is a kernel interface, not a file to copy",
+                host.display()
+            ));
+        }
+        if meta.len() > pmem_lab_proto::MAX_PUT_BYTES {
+            return Err(format!(
+                "`{}` has {} bytes; a put file has at most {} MiB (it crosses the agent's channel)",
+                host.display(),
+                meta.len(),
+                pmem_lab_proto::MAX_PUT_BYTES >> 20
+            ));
         }
         Ok(PutArg {
             host: std::path::absolute(host).unwrap_or_else(|_| host.to_path_buf()),
@@ -43,9 +64,15 @@ impl fmt::Display for PutArg {
 mod tests {
     use super::*;
 
+    fn small() -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pmem-lab-put-small-{}", std::process::id()));
+        std::fs::write(&p, "x").unwrap();
+        p
+    }
+
     #[test]
     fn parse_reads_what_display_writes() {
-        let file = std::env::current_exe().unwrap();
+        let file = small();
         let arg = PutArg::parse(&format!("{}:/root/x", file.display())).unwrap();
         assert_eq!(arg.guest, "/root/x");
         assert!(arg.host.is_absolute());
@@ -54,11 +81,26 @@ mod tests {
 
     #[test]
     fn parse_refuses_a_relative_guest_path_and_a_missing_file() {
-        let file = std::env::current_exe().unwrap();
+        let file = small();
         let e = PutArg::parse(&format!("{}:root/x", file.display())).unwrap_err();
         assert!(e.contains("HOST_PATH:/GUEST/PATH"), "{e}");
         let e = PutArg::parse("/no/such/file:/root/x").unwrap_err();
         assert!(e.contains("is not a file"), "{e}");
         assert!(PutArg::parse(":/root/x").is_err());
+        let e = PutArg::parse(&format!("{}:/proc/x", file.display())).unwrap_err();
+        assert!(e.contains("not one under /proc"), "{e}");
+        let e = PutArg::parse(&format!("{}:/tmp/../x", file.display())).unwrap_err();
+        assert!(e.contains("not a plain file path"), "{e}");
+        let e = PutArg::parse("/proc/version:/tmp/v").unwrap_err();
+        assert!(e.contains("kernel interface"), "{e}");
+        let dir = std::env::temp_dir().join(format!("pmem-lab-put-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        // Sparse: the bound is read from the size, nothing is read.
+        f.set_len(10 << 30).unwrap();
+        let e = PutArg::parse(&format!("{}:/tmp/big", big.display())).unwrap_err();
+        assert!(e.contains("at most 4 MiB"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -191,6 +191,64 @@ impl Qemu {
     }
 }
 
+impl Qemu {
+    /// That this binary is a QEMU that can run the lab: `--version` says
+    /// `QEMU emulator version X.Y...` and `-machine help` lists the `pc`
+    /// machine, each within a few seconds. Its version line, or why not.
+    /// `--qemu` is checked so before any package, kernel or VM work.
+    pub fn check(&self) -> Result<String, String> {
+        let who = self.binary.display();
+        let run = |arg: &[&str]| -> Result<String, String> {
+            let mut cmd = self.command();
+            cmd.args(arg)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("{who} does not start: {e}"))?;
+            let start = std::time::Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if start.elapsed() > std::time::Duration::from_secs(10) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("{who} {} did not answer in 10 s", arg.join(" ")));
+                    }
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    Err(e) => return Err(format!("{who}: {e}")),
+                }
+            }
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                use std::io::Read;
+                let _ = o.by_ref().take(1 << 20).read_to_string(&mut out);
+            }
+            Ok(out)
+        };
+        let version = run(&["--version"])?;
+        let line = version.lines().next().unwrap_or_default().to_string();
+        if !line.starts_with("QEMU emulator version ") || parse_version(&line).is_none() {
+            return Err(format!(
+                "{who} is not a QEMU: `--version` printed {:?}, not `QEMU emulator version X.Y`",
+                line
+            ));
+        }
+        let machines = run(&["-machine", "help"])?;
+        if !machines
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("pc"))
+        {
+            return Err(format!(
+                "{who} ({}) lists no `pc` machine in `-machine help`: the lab needs qemu-system-x86_64",
+                short_version(&line)
+            ));
+        }
+        Ok(line)
+    }
+}
+
 /// The version word of a version line: `10.0.2` from `QEMU emulator
 /// version 10.0.2 (Debian ...)`; the whole line if it has another form.
 pub fn short_version(line: &str) -> String {
@@ -276,5 +334,24 @@ mod tests {
             short_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
             "7.2.22"
         );
+    }
+
+    #[test]
+    fn check_refuses_what_is_not_a_qemu_for_the_lab() {
+        let dir = std::env::temp_dir().join(format!("pmem-lab-qemu-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = Qemu::at(PathBuf::from("/bin/true")).check().unwrap_err();
+        assert!(e.contains("is not a QEMU"), "{e}");
+        let fake = dir.join("qemu-system-x86_64");
+        std::fs::write(&fake, "#!/bin/sh\necho 'QEMU emulator version 99.1.0'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = Qemu::at(fake.clone()).check().unwrap_err();
+        assert!(e.contains("lists no `pc` machine"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        if let Some(real) = crate::program(PROGRAM) {
+            let line = Qemu::at(real).check().unwrap();
+            assert!(line.starts_with("QEMU emulator version"), "{line}");
+        }
     }
 }
