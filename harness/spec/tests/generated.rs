@@ -64,6 +64,55 @@ const WORDS: &[&str] = &[
     "region: 0",
     "kind: scrub",
     "from: start",
+    // Round three: the surfaces added after the first hardening.
+    "put: {from: case.yaml, to: /tmp/x}",
+    "to: /tmp/.",
+    "to: /sbin/pmem-lab-agent",
+    "compile: true",
+    "allow_oracle: ['']",
+    "allow_dmesg: [x, '.*']",
+    "stdout: '(a{100}){100}'",
+    "dmesg_not: ['\\w{500}']",
+    "panic: x",
+    "e820_pmem: [{at: 1G, size: 1G}]",
+    "bus: e820",
+    "bus: cxl",
+    "cxl: [{size: 256M, lsa_size: 64G}]",
+    "cxl_regions: [{devices: [0]}]",
+    "reconfigure: {namespace: a, mode: fsdax, align: 1G}",
+    "cxl_inject_poison: {dpa: 256M}",
+    "expect_cxl_poison: {records: []}",
+    "align: 1G",
+    "size: 16M",
+    "matrix: {v: [a, b]}",
+    "cold_boot: true",
+];
+
+/// Generated known-failure lists: an entry list built from its vocabulary.
+const KNOWN_WORDS: &[&str] = &[
+    "- ",
+    "case: ",
+    "reason: ",
+    "kernel: ",
+    "a",
+    "t/case",
+    "t/*",
+    "*",
+    "'>=6.12, <6.14'",
+    "'>=6.x'",
+    "'<6.1, >6.2'",
+    "''",
+    "'=6'",
+    "'>= 6.1 ,'",
+    "\n",
+    "  ",
+    "{",
+    "}",
+    ",",
+    "'",
+    "&a",
+    "*a",
+    "99999999999999999999",
 ];
 
 fn check(text: &str) {
@@ -81,6 +130,19 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
         check(&text);
+    }
+
+    #[test]
+    fn known_failure_lists_never_panic(words in proptest::collection::vec(0..KNOWN_WORDS.len(), 0..60)) {
+        let text: String = words.iter().map(|&i| KNOWN_WORDS[i]).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known-failures.yaml");
+        std::fs::write(&path, &text).unwrap();
+        let start = Instant::now();
+        if let Err(errors) = pmem_lab_spec::known::load(&path, &["t/case", "a"]) {
+            prop_assert!(!errors.is_empty());
+        }
+        prop_assert!(start.elapsed() < Duration::from_secs(1), "{text:?}");
     }
 
     #[test]

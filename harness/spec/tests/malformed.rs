@@ -128,6 +128,7 @@ const CORPUS: &[(&str, &str, &str)] = &[
 /// their budgets, matrix expansion, expectations that can never be checked,
 /// put targets.
 const CORPUS_3: &[(&str, &str, &str)] = &[
+    ("a colon inside a plain value", "steps:\n  - name: late: a step\n    run: [true]\n", "2:15 a `: ` inside a plain value reads as a new key: quote the value"),
     ("e820 region that does not exist", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, region: 1, mode: fsdax}\nsteps:\n  - run: [true]\n", "6:36 bus `e820` region 1: machine.e820_pmem has 1 range(s)"),
     ("two namespaces on one e820 region", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax}\n    - {name: q, bus: e820, mode: raw}\nsteps:\n  - run: [true]\n", "7:14 e820 region 0 already holds namespace `p`"),
     ("an e820 namespace with a size", "machine:\n  e820_pmem:\n    - {at: 1G, size: 512M}\nsetup:\n  namespaces:\n    - {name: p, bus: e820, mode: fsdax, size: 256M}\nsteps:\n  - run: [true]\n", "6:47 an e820 namespace is its whole range (512M): leave `size` out"),

@@ -391,6 +391,11 @@ fn plain_words(message: &str) -> String {
                 a case file stays small"
             .to_string();
     }
+    if message.starts_with("mapping values are not allowed") {
+        return "a `: ` inside a plain value reads as a new key: quote the value \
+                (`name: \"late: a step\"`)"
+            .to_string();
+    }
     if message.starts_with("tabs disallowed") {
         return "a tab in the indentation: YAML indents with spaces".to_string();
     }
