@@ -145,7 +145,9 @@ pub enum Command {
         /// Runs per figure.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
         runs: u16,
-        /// Runs of the whole suite (0: skip it).
+        /// Runs of the whole suite restored from VM snapshots, at the
+        /// default VMs and at one per core (0: skip the suite; it also runs
+        /// once cold and once saving snapshots).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=20))]
         suite_runs: u16,
         /// Runs of the suite (snapshots restored) with the poison model on
