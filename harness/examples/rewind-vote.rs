@@ -1,4 +1,4 @@
-//! How often the poison model's vote (harness/src/poison/rewind.rs) finds
+//! How often the poison model's vote (harness/src/vm/poison/rewind.rs) finds
 //! the true start of a load when no symbol anchors the decode: over a
 //! kernel's whole text, every instruction that reads memory, decoded
 //! exactly from its function's start, is taken as a stop (RIP after it)
@@ -9,8 +9,8 @@
 //!
 //! docs/poison.md quotes its figures.
 use iced_x86::{Decoder, DecoderOptions, InstructionInfoFactory, OpAccess};
-use pmem_lab_harness::poison::rewind;
-use pmem_lab_harness::poison::watcher::{symbol, TextSymbols};
+use pmem_lab_harness::vm::poison::rewind;
+use pmem_lab_harness::vm::poison::watcher::{symbol, TextSymbols};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -8,29 +8,10 @@ pub use pmem_lab_spec::{
     address, badblocks, case, expect, json_subset, known, mce, namespace, size, template,
 };
 
-pub mod acpi;
-pub mod boot;
-pub mod bring;
-pub mod bundle;
-pub mod checks;
-pub mod compile;
-pub mod cxl;
-pub mod dax;
-pub mod failure;
-pub mod gdb;
-pub mod guest;
-pub mod inject;
-pub mod lab_env;
-pub mod launch;
-pub mod machine;
-pub mod ndctl;
-pub mod oracle;
-pub mod poison;
-pub mod preflight;
-pub mod qmp;
-pub mod report;
-pub mod runner;
-pub mod setup;
-pub mod shell;
-pub mod vm;
-pub mod vm_snapshot;
+// Layers, each a folder that imports only the folders below it (checked by
+// tests/layers.rs; docs/architecture.md has the rule):
+pub mod boot; // ACPI tables and VM snapshots: a case's machine up to ready
+pub mod guest; // the agent and what runs through it: setup, ndctl, dax, inject
+pub mod observe; // the oracle and the checks of expectations
+pub mod run; // a case's phases, its verdict and report; the shell
+pub mod vm; // QEMU: machine arguments, the process, QMP, gdb, the poison model

@@ -7,14 +7,14 @@
 //! with the reason. If any case file is invalid, no VM starts at all.
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use pmem_lab_harness::bring;
+use pmem_lab_harness::boot::vm_snapshot;
 use pmem_lab_harness::case::{self, Case};
+use pmem_lab_harness::guest::bring;
 use pmem_lab_harness::known::{self, KnownFailure};
-use pmem_lab_harness::lab_env::LabEnv;
-use pmem_lab_harness::oracle;
-use pmem_lab_harness::report::{self, CaseRecord, Outcome, Reporter, RunInfo};
-use pmem_lab_harness::runner;
-use pmem_lab_harness::vm_snapshot;
+use pmem_lab_harness::observe::oracle;
+use pmem_lab_harness::run;
+use pmem_lab_harness::run::report::{self, CaseRecord, Outcome, Reporter, RunInfo};
+use pmem_lab_harness::vm::lab_env::LabEnv;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +52,7 @@ fn main() {
     };
     let known_problems = known.as_ref().err().cloned();
     let known = Arc::new(known.unwrap_or_default());
+    let mut reporter = None;
     let lab = lab.ok().flatten().map(|mut env| {
         // Reports only when VMs run: a validation pass has nothing to say.
         let dir = pmem_lab_env::vars::REPORT
@@ -69,7 +70,7 @@ fn main() {
                 accel: env.accel.name().to_string(),
             };
             match Reporter::create(&dir, run) {
-                Ok(r) => env.reporter = Some(Arc::new(r)),
+                Ok(r) => reporter = Some(Arc::new(r)),
                 Err(e) => eprintln!("pmem-lab: no report: {e}"),
             }
         }
@@ -96,7 +97,7 @@ fn main() {
         move || known_problems.map_or(Ok(()), |p| Err(Failed::from(p))),
     )
     .with_kind("validate")];
-    let compiler = pmem_lab_harness::compile::available();
+    let compiler = pmem_lab_harness::guest::compile::available();
     for l in &loaded {
         let errors = l.case.as_ref().err().cloned();
         let case = l.case.as_ref().ok().cloned();
@@ -145,6 +146,7 @@ fn main() {
             (None, Some(lab)) => vm_trial(
                 case.clone(),
                 Arc::clone(lab),
+                reporter.clone(),
                 known.clone(),
                 Arc::clone(&cold_views),
             ),
@@ -161,7 +163,7 @@ fn main() {
     }
     if let Some(lab) = &lab {
         if skip_reason.is_none() {
-            trials.extend(self_tests(lab));
+            trials.extend(self_tests(lab, &reporter));
         }
     }
     // Say once why VM cases do not run, if any of them was selected.
@@ -172,7 +174,7 @@ fn main() {
         eprintln!("pmem-lab: VM cases are ignored: {reason}");
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(r) = lab.as_ref().and_then(|l| l.reporter.as_ref()) {
+    if let Some(r) = &reporter {
         match r.finish() {
             Ok(path) => eprintln!(
                 "pmem-lab: JUnit report {}, events {}",
@@ -240,17 +242,19 @@ const SELF_TESTS: &[SelfTest] = &[
     },
 ];
 
-fn self_tests(lab: &Arc<LabEnv>) -> Vec<Trial> {
+fn self_tests(lab: &Arc<LabEnv>, reporter: &Option<Arc<Reporter>>) -> Vec<Trial> {
     SELF_TESTS
         .iter()
         .map(|t| {
             let lab = Arc::clone(lab);
+            let reporter = reporter.clone();
             Trial::test(t.id, move || {
                 let path = PathBuf::from(format!("<self-test {}>", t.id));
                 let case = case::load_str(t.id, &path, t.yaml)
                     .map_err(|e| format!("self-test case does not load: {e:?}"))?;
                 let start = Instant::now();
-                let outcome = runner::run_case(&case, &lab).map_err(|f| f.to_string());
+                let outcome =
+                    run::run_case(&case, &lab, reporter.as_deref()).map_err(|f| f.to_string());
                 let took = start.elapsed();
                 let message = match outcome {
                     Ok(_) => return Err("the case passed but must fail".into()),
@@ -309,6 +313,7 @@ fn known_failures(
 fn vm_trial(
     case: Case,
     lab: Arc<LabEnv>,
+    reporter: Option<Arc<Reporter>>,
     known: Arc<Vec<KnownFailure>>,
     cold_views: Arc<Option<HashMap<String, serde_json::Value>>>,
 ) -> Trial {
@@ -317,9 +322,9 @@ fn vm_trial(
         // A case for a newer QEMU than this run's, or for kernel options this
         // kernel lacks, is skipped with the reason (the runner's preflight
         // would fail it the same way).
-        if let Some(why) = pmem_lab_harness::preflight::unsupported(&case, &lab) {
+        if let Some(why) = pmem_lab_harness::run::preflight::unsupported(&case, &lab) {
             let why = format!("skipped: {why}");
-            if let Some(r) = &lab.reporter {
+            if let Some(r) = &reporter {
                 r.case(CaseRecord {
                     id: case.id.clone(),
                     outcome: Outcome::Ignored(why.clone()),
@@ -334,7 +339,7 @@ fn vm_trial(
             }
             return Ok(Completion::ignored_with(why));
         }
-        let result = runner::run_case(&case, &lab);
+        let result = run::run_case(&case, &lab, reporter.as_deref());
         let class = result.as_ref().err().map(|f| f.failure.class());
         let result = result.map_err(|f| f.to_string());
         let release = pmem_lab_env::vars::KERNEL_RELEASE
@@ -343,7 +348,7 @@ fn vm_trial(
         let listed = known.iter().find(|k| k.covers(&case.id, &release));
         let boot = result.as_ref().ok().map(|p| p.boot);
         let acpi_tables = result.as_ref().ok().and_then(|p| p.acpi_tables);
-        let start_mode = result.as_ref().ok().map(|p| p.start.to_string());
+        let start_mode = result.as_ref().ok().map(|p| p.start);
         let setup_view = result.as_ref().ok().map(|p| p.setup_view.clone());
         // Equivalence: a passed case's first observation against the cold
         // run's (cargo xtask lab --equivalence).
@@ -395,7 +400,7 @@ fn vm_trial(
             }
             (Err(m), None) => (Outcome::Failed(m.clone()), Err(Failed::from(m))),
         };
-        if let Some(r) = &lab.reporter {
+        if let Some(r) = &reporter {
             r.case(CaseRecord {
                 id: case.id.clone(),
                 outcome,

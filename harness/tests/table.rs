@@ -10,11 +10,11 @@
 //! QEMU's) that defines `\_SB.NVDR` and a `QDSM` answering one marker byte.
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use pmem_lab_harness::acpi::root_dsm::{self, SpaError};
-use pmem_lab_harness::acpi::table::Spa;
-use pmem_lab_harness::acpi::{ERROR_UNIT, MAX_ERROR_UNITS};
-use pmem_lab_harness::machine::DsmFault;
-use pmem_lab_harness::preflight;
+use pmem_lab_harness::boot::acpi::root_dsm::{self, SpaError};
+use pmem_lab_harness::boot::acpi::table::Spa;
+use pmem_lab_harness::boot::acpi::{ERROR_UNIT, MAX_ERROR_UNITS};
+use pmem_lab_harness::run::preflight;
+use pmem_lab_harness::vm::machine::DsmFault;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -29,7 +29,7 @@
  * that the lab's poison model knows which lines are bad without asking the
  * guest.
  *
- * Rendered per case by the lab (harness/src/acpi/root_dsm.rs), which fills
+ * Rendered per case by the lab (harness/src/boot/acpi/root_dsm.rs), which fills
  * in the at-sign markers below.
  */
 DefinitionBlock ("", "SSDT", 1, "PMLAB ", "ROOTDSM", 1)

@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 const SILENCE: Duration = Duration::from_secs(3);
 /// And how long it may take in all, printing or not.
 const PROBE_LIMIT: Duration = Duration::from_secs(20);
-/// The CPU model the probe and the cases use (harness/src/machine.rs).
+/// The CPU model the probe and the cases use (harness/src/vm/machine.rs).
 const CPU: &str = "max,vendor=GenuineIntel";
 
 /// A bare boot of a kernel (and optionally an initramfs) with the lab's
 /// CPU model and the serial console on stdout: the KVM probe and the
 /// benchmark's boot-to-/init timing. The cases' machines are built by the
-/// harness (harness/src/machine.rs); this one stays here to keep xtask free
+/// harness (harness/src/vm/machine.rs); this one stays here to keep xtask free
 /// of the harness's dependencies.
 pub fn bare_boot(
     qemu: &Qemu,

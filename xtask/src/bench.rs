@@ -15,6 +15,7 @@ use crate::lab;
 use crate::progress::fmt_duration;
 use crate::util::{self, Error, Result};
 use crate::{image, Options};
+use pmem_lab_env::events::{CaseEvent, Start, Status};
 use pmem_lab_env::qemu::Qemu;
 use pmem_lab_env::vars;
 use std::io::{BufRead, BufReader};
@@ -123,7 +124,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     ));
     case_timings(&snap_opts, TYPICAL_CASE, 1)?;
     let restored = case_timings(&snap_opts, TYPICAL_CASE, b.runs)?;
-    if let Some(other) = restored.starts.iter().find(|s| *s != "restored") {
+    if let Some(other) = restored.starts.iter().find(|s| **s != Start::Restored) {
         return Err(Error::new(format!(
             "{TYPICAL_CASE} started `{other}` where a VM snapshot should have been restored"
         )));
@@ -494,8 +495,8 @@ struct CaseTimings {
     cases: Vec<Duration>,
     /// Empty when the case's machine does not use the lab's ACPI tables.
     tables: Vec<Duration>,
-    /// How each run's VM started (`cold`, `cold+saved`, `restored`).
-    starts: Vec<String>,
+    /// How each run's VM started.
+    starts: Vec<Start>,
 }
 
 /// Run `case` `n` times through the harness; its `case` event gives boot to
@@ -512,16 +513,16 @@ fn case_timings(opts: &Options, case: &str, n: usize) -> Result<CaseTimings> {
         let event = run
             .cases
             .iter()
-            .find(|e| e["case"] == case && e["status"] == "passed")
+            .find(|e| e.case == case && e.status == Status::Passed)
             .ok_or_else(|| Error::new(format!("{case} did not pass:\n{}", run.output)))?;
-        let ms = |key: &str| event[key].as_u64().map(Duration::from_millis);
-        let need =
-            |key: &str| ms(key).ok_or_else(|| Error::new(format!("no {key} in the event {event}")));
-        t.boots.push(need("boot_ms")?);
-        t.cases.push(need("duration_ms")?);
-        t.tables.extend(ms("acpi_tables_ms"));
-        t.starts
-            .push(event["start"].as_str().unwrap_or_default().to_string());
+        let boot = event
+            .boot_ms
+            .ok_or_else(|| Error::new(format!("no boot_ms in the event {event:?}")))?;
+        t.boots.push(Duration::from_millis(boot));
+        t.cases.push(Duration::from_millis(event.duration_ms));
+        t.tables
+            .extend(event.acpi_tables_ms.map(Duration::from_millis));
+        t.starts.extend(event.start);
     }
     Ok(t)
 }
@@ -532,13 +533,13 @@ fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
 }
 
 /// How a suite's cases started, with the median start of each kind.
-fn starts(events: &[serde_json::Value]) -> String {
+fn starts(events: &[CaseEvent]) -> String {
     let mut out = Vec::new();
-    for kind in ["cold", "cold+saved", "restored"] {
+    for kind in Start::ALL {
         let boots: Vec<Duration> = events
             .iter()
-            .filter(|e| e["start"] == kind)
-            .filter_map(|e| e["boot_ms"].as_u64().map(Duration::from_millis))
+            .filter(|e| e.start == Some(kind))
+            .filter_map(|e| e.boot_ms.map(Duration::from_millis))
             .collect();
         if !boots.is_empty() {
             out.push(format!("{} {kind}, start {}", boots.len(), stats(&boots)));
@@ -610,20 +611,17 @@ fn poison_suite(opts: &Options, runs: usize) -> Result<Vec<(String, String)>> {
 }
 
 /// Run the whole suite; its case events.
-fn suite(opts: &Options) -> Result<Vec<serde_json::Value>> {
+fn suite(opts: &Options) -> Result<Vec<CaseEvent>> {
     suite_with(opts, Vec::new())
 }
 
-fn suite_with(
-    opts: &Options,
-    extra: Vec<(&'static str, String)>,
-) -> Result<Vec<serde_json::Value>> {
+fn suite_with(opts: &Options, extra: Vec<(&'static str, String)>) -> Result<Vec<CaseEvent>> {
     let run = lab::harness_run_with(opts, &[], extra)?;
     let failed: Vec<&str> = run
         .cases
         .iter()
-        .filter(|e| e["status"] == "failed")
-        .filter_map(|e| e["case"].as_str())
+        .filter(|e| e.status == Status::Failed)
+        .map(|e| e.case.as_str())
         .collect();
     if run.success && failed.is_empty() && !run.cases.is_empty() {
         Ok(run.cases)

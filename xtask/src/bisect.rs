@@ -17,6 +17,7 @@ use crate::kernel::KernelSpec;
 use crate::lab;
 use crate::util::{Error, Key, Result};
 use crate::Options;
+use pmem_lab_env::events::Status;
 use pmem_lab_env::vars;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -394,12 +395,13 @@ fn test(
         env.retain(|(k, _)| *k != vars::COLD.name);
         env.push((vars::COLD.name, "1".to_string()));
         let r = lab::harness_run_env(&o, env, &["--exact".to_string(), b.case.clone()])?;
-        let run = match r.cases.iter().find(|c| c["case"] == b.case.as_str()) {
-            Some(c) if c["status"] == "passed" => Run::Passed,
-            Some(c) if c["status"] == "failed" => Run::Failed {
-                class: c["class"].as_str().unwrap_or("?").to_string(),
-                first: c["message"]
-                    .as_str()
+        let run = match r.cases.iter().find(|c| c.case == b.case) {
+            Some(c) if c.status == Status::Passed => Run::Passed,
+            Some(c) if c.status == Status::Failed => Run::Failed {
+                class: c.class.clone().unwrap_or_else(|| "?".to_string()),
+                first: c
+                    .message
+                    .as_deref()
                     .unwrap_or_default()
                     .lines()
                     .next()
@@ -408,8 +410,8 @@ fn test(
             },
             Some(c) => Run::Other(format!(
                 "{}: {}",
-                c["status"],
-                c["message"].as_str().unwrap_or_default()
+                c.status,
+                c.message.as_deref().unwrap_or_default()
             )),
             None => Run::Other(format!("the case did not run:\n{}", r.output)),
         };
@@ -441,7 +443,7 @@ fn test(
 /// (the next commit's build replaces them there), and point the run at the
 /// copies, so each commit's reproduce.sh keeps working.
 /// The kernel's symbol table, beside its bzImage (see
-/// harness/src/runner.rs `start_poison`).
+/// harness/src/run/mod.rs `start_poison`).
 const SYSTEM_MAP: &str = "System.map";
 
 fn keep_parts(env: Vec<(&'static str, String)>, to: &Path) -> Result<Vec<(&'static str, String)>> {

@@ -7,8 +7,8 @@
 use crate::lab::{case_events, checked_args, harness, vm_env};
 use crate::util::{Error, Result};
 use crate::Options;
+use pmem_lab_env::events::{CaseEvent, Start};
 use pmem_lab_env::vars;
-use serde_json::Value;
 
 pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Result<()> {
     opts.kernel()?;
@@ -53,50 +53,46 @@ pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Resu
 }
 
 /// How the snapshot pass's cases started and how many were compared.
-fn summary(events: &[Value]) -> String {
-    let count = |f: &dyn Fn(&Value) -> bool| events.iter().filter(|e| f(e)).count();
+fn summary(events: &[CaseEvent]) -> String {
+    let compared = |start: Option<Start>| {
+        events
+            .iter()
+            .filter(|e| e.compared_with_cold && start.is_none_or(|s| e.start == Some(s)))
+            .count()
+    };
     format!(
         "{} cases compared with the cold run ({} restored, {} cold and saved a snapshot, {} cold), {} not comparable (failed or skipped in either pass)",
-        count(&|e| e["compared_with_cold"] == true),
-        count(&|e| e["compared_with_cold"] == true && e["start"] == "restored"),
-        count(&|e| e["compared_with_cold"] == true && e["start"] == "cold+saved"),
-        count(&|e| e["compared_with_cold"] == true && e["start"] == "cold"),
-        count(&|e| e["compared_with_cold"] != true),
+        compared(None),
+        compared(Some(Start::Restored)),
+        compared(Some(Start::ColdAndSaved)),
+        compared(Some(Start::Cold)),
+        events.iter().filter(|e| !e.compared_with_cold).count(),
     )
 }
 
 /// One row per case: status and start time in each pass.
-fn markdown(cold: &[Value], snap: &[Value]) -> String {
+fn markdown(cold: &[CaseEvent], snap: &[CaseEvent]) -> String {
     let mut out = String::from(
         "# Cold against VM snapshots\n\nEach case ran cold, then with VM snapshots; the second run compared its first oracle observation (every error-state view after setup, without the kernel log and namespace UUIDs) with the first's.\n\n",
     );
     out.push_str(&format!("{}\n\n", summary(snap)));
     out.push_str("| case | cold | agent ready (s) | with snapshots | start | agent ready (s) | compared |\n|---|---|---|---|---|---|---|\n");
-    let secs = |e: &Value| {
-        e["boot_ms"]
-            .as_u64()
+    let secs = |e: Option<&CaseEvent>| {
+        e.and_then(|e| e.boot_ms)
             .map(|ms| format!("{:.2}", ms as f64 / 1000.0))
             .unwrap_or_default()
     };
     for s in snap {
-        let id = s["case"].as_str().unwrap_or_default();
-        let c = cold
-            .iter()
-            .find(|c| c["case"] == id)
-            .cloned()
-            .unwrap_or(Value::Null);
+        let c = cold.iter().find(|c| c.case == s.case);
         out.push_str(&format!(
-            "| {id} | {} | {} | {} | {} | {} | {} |\n",
-            c["status"].as_str().unwrap_or("-"),
-            secs(&c),
-            s["status"].as_str().unwrap_or("-"),
-            s["start"].as_str().unwrap_or("-"),
-            secs(s),
-            if s["compared_with_cold"] == true {
-                "equal"
-            } else {
-                "-"
-            },
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            s.case,
+            c.map_or("-", |c| c.status.name()),
+            secs(c),
+            s.status,
+            s.start.map_or("-", Start::name),
+            secs(Some(s)),
+            if s.compared_with_cold { "equal" } else { "-" },
         ));
     }
     out
@@ -105,21 +101,32 @@ fn markdown(cold: &[Value], snap: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use pmem_lab_env::events::Status;
+
+    fn ev(case: &str, status: Status, start: Option<Start>, compared: bool) -> CaseEvent {
+        CaseEvent {
+            start,
+            compared_with_cold: compared,
+            ..CaseEvent::new(case, status, None)
+        }
+    }
 
     #[test]
     fn the_summary_counts_compared_cases_by_start() {
         let events = vec![
-            json!({"case": "a", "status": "passed", "start": "restored", "compared_with_cold": true}),
-            json!({"case": "b", "status": "passed", "start": "cold+saved", "compared_with_cold": true}),
-            json!({"case": "c", "status": "failed", "compared_with_cold": false}),
+            ev("a", Status::Passed, Some(Start::Restored), true),
+            ev("b", Status::Passed, Some(Start::ColdAndSaved), true),
+            ev("c", Status::Failed, None, false),
         ];
         assert_eq!(
             summary(&events),
             "2 cases compared with the cold run (1 restored, 1 cold and saved a snapshot, 0 cold), 1 not comparable (failed or skipped in either pass)"
         );
         let md = markdown(
-            &[json!({"case": "a", "status": "passed", "boot_ms": 2100})],
+            &[CaseEvent {
+                boot_ms: Some(2100),
+                ..ev("a", Status::Passed, None, false)
+            }],
             &events,
         );
         assert!(

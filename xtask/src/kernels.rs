@@ -1,8 +1,9 @@
 //! One report for a run over several kernels: a row per case, a column per
 //! kernel, each cell the case's outcome on that kernel (from the `case`
-//! events of each kernel's events.jsonl, see harness/src/report.rs), and the
+//! events of each kernel's events.jsonl, see harness/src/run/report.rs), and the
 //! rows where the kernels differ listed first, since those are the findings.
 
+use pmem_lab_env::events::{CaseEvent, Status};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -12,33 +13,36 @@ pub struct Column {
     pub label: String,
     /// `6.1.192`
     pub release: String,
-    /// `case` events: `case`, `status` (passed, failed, ignored,
-    /// known-failure), `message`.
-    pub cases: Vec<serde_json::Value>,
+    /// Its `case` events.
+    pub cases: Vec<CaseEvent>,
 }
 
 /// A case's cells, in column order (`None`: the case did not run there).
-type Row<'c> = Vec<Option<(&'c str, Option<&'c str>)>>;
+type Row<'c> = Vec<Option<(Status, Option<&'c str>)>>;
 
 fn rows(columns: &[Column]) -> BTreeMap<&str, Row<'_>> {
     let mut rows: BTreeMap<&str, Row<'_>> = BTreeMap::new();
     for (i, col) in columns.iter().enumerate() {
         for c in &col.cases {
-            let (Some(id), Some(status)) = (c["case"].as_str(), c["status"].as_str()) else {
-                continue;
-            };
-            let row = rows.entry(id).or_insert_with(|| vec![None; columns.len()]);
-            row[i] = Some((status, c["message"].as_str()));
+            let row = rows
+                .entry(c.case.as_str())
+                .or_insert_with(|| vec![None; columns.len()]);
+            row[i] = Some((c.status, c.message.as_deref()));
         }
     }
     rows
 }
 
 /// The case statuses the harness reports, in report order.
-const STATUSES: [&str; 4] = ["passed", "failed", "known-failure", "ignored"];
+const STATUSES: [Status; 4] = [
+    Status::Passed,
+    Status::Failed,
+    Status::KnownFailure,
+    Status::Ignored,
+];
 
 /// How many rows have `status` in column `i`.
-fn count(rows: &BTreeMap<&str, Row<'_>>, i: usize, status: &str) -> usize {
+fn count(rows: &BTreeMap<&str, Row<'_>>, i: usize, status: Status) -> usize {
     rows.values()
         .filter(|r| r[i].is_some_and(|c| c.0 == status))
         .count()
@@ -94,7 +98,7 @@ pub fn markdown(columns: &[Column]) -> String {
     );
     let _ = writeln!(out, "|---|{}", "---|".repeat(columns.len()));
     for (id, row) in &rows {
-        let cells: Vec<&str> = row.iter().map(|c| c.map_or("-", |c| c.0)).collect();
+        let cells: Vec<&str> = row.iter().map(|c| c.map_or("-", |c| c.0.name())).collect();
         let _ = writeln!(out, "| `{id}` | {} |", cells.join(" | "));
     }
     out
@@ -120,9 +124,12 @@ pub fn summary(columns: &[Column]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn col(label: &str, cases: Vec<serde_json::Value>) -> Column {
+    fn ev(case: &str, status: Status, message: Option<&str>) -> CaseEvent {
+        CaseEvent::new(case, status, message)
+    }
+
+    fn col(label: &str, cases: Vec<CaseEvent>) -> Column {
         Column {
             label: label.into(),
             release: format!("{}.0", label.trim_start_matches("debian-")),
@@ -136,15 +143,19 @@ mod tests {
             col(
                 "debian-6.12",
                 vec![
-                    json!({"case": "a", "status": "passed"}),
-                    json!({"case": "cxl/x", "status": "passed"}),
+                    ev("a", Status::Passed, None),
+                    ev("cxl/x", Status::Passed, None),
                 ],
             ),
             col(
                 "debian-6.1",
                 vec![
-                    json!({"case": "a", "status": "passed"}),
-                    json!({"case": "cxl/x", "status": "ignored", "message": "skipped: needs CONFIG_X\nmore"}),
+                    ev("a", Status::Passed, None),
+                    ev(
+                        "cxl/x",
+                        Status::Ignored,
+                        Some("skipped: needs CONFIG_X\nmore"),
+                    ),
                 ],
             ),
         ];
@@ -173,10 +184,7 @@ mod tests {
     #[test]
     fn a_case_missing_on_one_kernel_differs() {
         let cols = [
-            col(
-                "debian-6.12",
-                vec![json!({"case": "a", "status": "passed"})],
-            ),
+            col("debian-6.12", vec![ev("a", Status::Passed, None)]),
             col("debian-6.1", vec![]),
         ];
         assert!(markdown(&cols).contains("  - debian-6.1: not run"));

@@ -3,6 +3,7 @@
 
 use crate::util::{Error, Result};
 use crate::{accel, deps, image, kernel, parity, Options};
+use pmem_lab_env::events::CaseEvent;
 use pmem_lab_env::put::PutArg;
 use pmem_lab_env::qemu::Qemu;
 use pmem_lab_env::vars;
@@ -250,10 +251,10 @@ fn qemu_version(opts: &Options, qemu: &Qemu) -> Result<String> {
 }
 
 /// What a harness run reported: its exit status, the `case` events of its
-/// events.jsonl (see harness/src/report.rs) and its output for messages.
+/// events.jsonl (see harness/src/run/report.rs) and its output for messages.
 pub struct HarnessRun {
     pub success: bool,
-    pub cases: Vec<serde_json::Value>,
+    pub cases: Vec<CaseEvent>,
     pub output: String,
 }
 
@@ -304,14 +305,9 @@ pub fn harness_run_env(
 }
 
 /// The `case` events of a report folder's events.jsonl (see
-/// harness/src/report.rs); none when the harness wrote no report.
-pub fn case_events(report: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(report.join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["type"] == "case")
-        .collect()
+/// harness/src/run/report.rs); none when the harness wrote no report.
+pub fn case_events(report: &Path) -> Vec<CaseEvent> {
+    pmem_lab_env::events::cases(&report.join("events.jsonl"))
 }
 
 /// The harness's `lab` test runner (built once: [`crate::binaries`]),

@@ -2,12 +2,14 @@
 //! environment variables that carry a run's configuration from the CLI to the
 //! test runner ([`vars`]), which QEMU the lab runs and how ([`qemu`]), a
 //! program's shared-library closure ([`ldd`]), how many VMs run at a time
-//! ([`parallel`]) and the `HOST:GUEST` argument
-//! of `lab shell --put` ([`put`]).
+//! ([`parallel`]), the `HOST:GUEST` argument
+//! of `lab shell --put` ([`put`]) and the events.jsonl schema ([`events`]).
 //!
-//! Both sides link this crate, so a variable's name is written once and the
-//! compiler checks every use. It has no dependencies: xtask stays lean.
+//! Both sides link this crate, so a variable's name or an event's field is
+//! written once and the compiler checks every use. Its dependencies are
+//! serde's and the agent protocol's: xtask stays lean.
 
+pub mod events;
 pub mod ldd;
 pub mod parallel;
 pub mod put;
@@ -38,7 +40,7 @@ pub fn default_cache() -> PathBuf {
 }
 
 /// The VM snapshots' folder in the cache (the harness's store,
-/// harness/src/vm_snapshot.rs; the benchmark reports its size):
+/// harness/src/boot/vm_snapshot.rs; the benchmark reports its size):
 /// `<cache>/vm-snapshots/<lab binary>/<key>/`.
 pub const SNAPSHOTS_DIR: &str = "vm-snapshots";
 

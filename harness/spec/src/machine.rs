@@ -1,7 +1,7 @@
 //! The machine a case asks for: CPUs, memory, NVDIMMs and their geometry,
 //! CXL type-3 devices, who answers the NVDIMM root _DSM, latent errors. Pure data and the
 //! arithmetic the loader needs; the harness turns it into QEMU's command line
-//! (harness/src/machine.rs).
+//! (harness/src/vm/machine.rs).
 
 use crate::size::{ByteSize, GIB};
 use serde::Deserialize;

@@ -1,5 +1,5 @@
 //! `pmem-lab-shell [--check] CASE [--put HOST:GUEST]...`: see
-//! [`pmem_lab_harness::shell`].
+//! [`pmem_lab_harness::run::shell`].
 //! Started by `cargo xtask lab shell CASE`: first with `--check`, which only
 //! finds and validates the case (so a typo is reported before any build),
 //! then, once the kernel and image are ready, with PMEM_LAB_KERNEL,
@@ -7,8 +7,8 @@
 
 use pmem_lab_env::put::PutArg;
 use pmem_lab_harness::case;
-use pmem_lab_harness::lab_env::LabEnv;
-use pmem_lab_harness::shell;
+use pmem_lab_harness::run::shell;
+use pmem_lab_harness::vm::lab_env::LabEnv;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

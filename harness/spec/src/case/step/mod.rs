@@ -229,7 +229,7 @@ step_kinds! {
     clear => ndctl::Clear,
     /// Copy a file the case brings into the guest.
     put => put::Put,
-    /// Change a namespace's mode in place (raw <-> fsdax).
+    /// Change a namespace's mode in place (among raw, fsdax and sector).
     reconfigure => reconfigure::Reconfigure,
     /// Poison on a CXL device from the host (QMP cxl-inject-poison).
     cxl_inject_poison => cxl::CxlInjectPoison,

@@ -1,0 +1,210 @@
+//! Why a case failed, as data: the runner builds these, and their `Display`
+//! is the one place that renders them (the message a user, CI and the
+//! report see). Nothing parses a message back.
+
+use crate::observe::oracle::Violation;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Where in a case a step is: `step 3 `clear` (round 2 of 5)
+/// (cases/clear/x.yaml:17)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepAt {
+    pub number: usize,
+    pub name: String,
+    /// `(round, of)` when the step repeats.
+    pub round: Option<(u32, u32)>,
+    pub file: PathBuf,
+    pub line: u32,
+}
+
+impl fmt::Display for StepAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {} `{}`", self.number, self.name)?;
+        if let Some((round, of)) = self.round {
+            write!(f, " (round {round} of {of})")?;
+        }
+        write!(f, " ({}:{})", self.file.display(), self.line)
+    }
+}
+
+/// Why a case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The case cannot run here (nfit_test missing, an unsafe id).
+    #[error("{0}")]
+    Preflight(String),
+    #[error("cannot create {path}: {source}")]
+    Artifacts {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// QEMU, the firmware tables or the agent did not come up.
+    #[error("boot: {0}")]
+    Boot(String),
+    #[error("setup: {0}")]
+    Setup(String),
+    /// A VM snapshot could not be used, or the restored guest is not the
+    /// one the snapshot saved.
+    #[error("restoring the VM snapshot {}: {message}\n(run the case with `cargo xtask lab --cold` to take snapshots out of it)", snapshot.display())]
+    Restored { snapshot: PathBuf, message: String },
+    /// The error state after setup already broke an invariant.
+    #[error("after boot and setup, the oracle found:\n  - {}", list(.0))]
+    Baseline(Vec<Violation>),
+    /// A step could not be carried out (the VM, the agent, a translation).
+    #[error("{at}: {message}")]
+    StepBroke { at: StepAt, message: String },
+    /// A step ran and what came back is not what the case expects.
+    #[error("{at} failed:\n  - {}\n{details}", problems.join("\n  - "))]
+    StepFailed {
+        at: StepAt,
+        problems: Vec<String>,
+        /// Commands, their output, the kernel log: for the reader.
+        details: String,
+    },
+    /// The error state could not be read after a step.
+    #[error("{label}: reading the error state: {message}")]
+    Observe { label: String, message: String },
+}
+
+impl Failure {
+    /// A step that could not be carried out, for `map_err`.
+    pub fn broke(at: &StepAt) -> impl Fn(String) -> Failure + '_ {
+        move |message| Failure::StepBroke {
+            at: at.clone(),
+            message,
+        }
+    }
+}
+
+impl Failure {
+    /// The failure without what changes from run to run (numbers,
+    /// addresses, times): two failures of one class are the same failure.
+    /// `cargo xtask bisect` compares classes, so an unrelated failure on
+    /// the way is not blamed on a commit.
+    pub fn class(&self) -> String {
+        let first = |s: &str| mask(s.lines().next().unwrap_or_default());
+        match self {
+            Failure::Preflight(_) => "preflight".into(),
+            Failure::Artifacts { .. } => "artifacts".into(),
+            Failure::Boot(_) => "boot".into(),
+            Failure::Setup(_) => "setup".into(),
+            Failure::Restored { .. } => "restore".into(),
+            Failure::Baseline(v) => format!(
+                "after setup: {}",
+                v.first().map(|v| first(&v.to_string())).unwrap_or_default()
+            ),
+            Failure::StepBroke { at, message } => {
+                format!("step {} broke: {}", at.number, first(message))
+            }
+            Failure::StepFailed { at, problems, .. } => format!(
+                "step {} failed: {}",
+                at.number,
+                problems.first().map(|p| first(p)).unwrap_or_default()
+            ),
+            Failure::Observe { label, .. } => format!("reading the error state after {label}"),
+        }
+    }
+}
+
+/// Every run of digits (and the hex digits after `0x`) as `#`.
+fn mask(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            if c == '0' && chars.peek() == Some(&'x') {
+                chars.next();
+            }
+            while chars.peek().is_some_and(|d| d.is_ascii_hexdigit()) {
+                chars.next();
+            }
+            out.push('#');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn list(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n  - ")
+}
+
+/// A failed case: why, and where its evidence is.
+#[derive(Debug, thiserror::Error)]
+#[error("{failure}\nartifacts: {}", artifacts.display())]
+pub struct CaseFailed {
+    pub failure: Box<Failure>,
+    pub artifacts: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(round: Option<(u32, u32)>) -> StepAt {
+        StepAt {
+            number: 2,
+            name: "prints".into(),
+            round,
+            file: "cases/t.yaml".into(),
+            line: 4,
+        }
+    }
+
+    #[test]
+    fn classes_keep_the_step_and_the_kind_not_the_numbers() {
+        let f = |problem: &str| Failure::StepFailed {
+            at: at(None),
+            problems: vec![problem.into(), "second".into()],
+            details: String::new(),
+        };
+        assert_eq!(
+            f("expected exit 0, got exit 3").class(),
+            "step 2 failed: expected exit #, got exit #"
+        );
+        assert_eq!(
+            f("badblocks of region0 at 0x1f000: [8200]").class(),
+            f("badblocks of region0 at 0x2000: [8]").class()
+        );
+        assert_ne!(
+            f("expected exit 0, got exit 3").class(),
+            f("stdout does not match /^ok$/").class()
+        );
+        assert_eq!(Failure::Boot("agent never came".into()).class(), "boot");
+    }
+
+    #[test]
+    fn failures_render_in_one_place() {
+        let f = CaseFailed {
+            failure: Box::new(Failure::StepFailed {
+                at: at(None),
+                problems: vec![
+                    "expected exit 0, got exit 3".into(),
+                    "stdout does not match /^bye$/".into(),
+                ],
+                details: "  stdout:\n    hello\n".into(),
+            }),
+            artifacts: "/a/t".into(),
+        };
+        assert_eq!(
+            f.to_string(),
+            "step 2 `prints` (cases/t.yaml:4) failed:\n  - expected exit 0, got exit 3\n  - stdout does not match /^bye$/\n  \
+             stdout:\n    hello\n\nartifacts: /a/t"
+        );
+        let broke = Failure::broke(&at(Some((3, 5))))("QEMU exited".into());
+        assert_eq!(
+            broke.to_string(),
+            "step 2 `prints` (round 3 of 5) (cases/t.yaml:4): QEMU exited"
+        );
+        assert_eq!(
+            Failure::Baseline(vec![Violation::KernelLog("[    1.0] WARNING: x".into())])
+                .to_string(),
+            "after boot and setup, the oracle found:\n  - kernel log: [    1.0] WARNING: x"
+        );
+    }
+}

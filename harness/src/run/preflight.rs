@@ -1,0 +1,225 @@
+//! Checks a case's needs before anything boots.
+
+use crate::vm::lab_env::LabEnv;
+use std::fs;
+use std::path::Path;
+
+pub use pmem_lab_env::program;
+
+/// Options tools/testing/nvdimm/config_check.c insists on.
+const NFIT_TEST_CONFIG: [&str; 6] = [
+    "CONFIG_LIBNVDIMM=m",
+    "CONFIG_BLK_DEV_PMEM=m",
+    "CONFIG_ND_BTT=m",
+    "CONFIG_ND_PFN=m",
+    "CONFIG_DEV_DAX=m",
+    "CONFIG_DEV_DAX_PMEM=m",
+];
+
+/// A case that needs nfit_test on a kernel without it fails here, before
+/// boot, with the reason.
+pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
+    let dir = env
+        .kernel
+        .parent()
+        .map(|p| p.join("nfit_test"))
+        .unwrap_or_default();
+    let module = dir.join("nfit_test.ko");
+    if !module.is_file() {
+        return Err(format!(
+            "this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
+             `cargo xtask kernel` builds them from tools/testing/nvdimm",
+            module.display()
+        ));
+    }
+    if let Some(config) = &env.kernel_config {
+        let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let missing: Vec<&str> = NFIT_TEST_CONFIG
+            .iter()
+            .copied()
+            .filter(|o| !text.lines().any(|l| l == *o))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this case needs nfit_test, which needs {} in the kernel config ({})",
+                missing.join(", "),
+                config.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A case with e820 pmem on a kernel without the legacy pmem driver fails
+/// here, before boot, with the reason (the guest would boot with RAM
+/// missing and no e820 bus).
+pub fn e820(env: &LabEnv) -> Result<(), String> {
+    let Some(config) = &env.kernel_config else {
+        return Ok(());
+    };
+    if unbuilt(config, &["CONFIG_X86_PMEM_LEGACY"])?.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this case has machine.e820_pmem, which needs CONFIG_X86_PMEM_LEGACY (=m or =y) in the kernel config ({})",
+            config.display()
+        ))
+    }
+}
+
+/// A case that needs a newer QEMU than the run's fails here with the
+/// release it needs and how to get one. (The lab's runner lists such cases
+/// as ignored with the same reason; this is for a case run anyway.)
+pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), String> {
+    match case.needs_qemu().and_then(|n| n.unmet(&env.qemu_version)) {
+        Some(why) => Err(format!("this case {why}")),
+        None => Ok(()),
+    }
+}
+
+/// Why this run's QEMU or kernel cannot take `case` at all: the lab then
+/// lists the case as skipped with this reason (a newer QEMU, a kernel with
+/// the options, can run it); `None` when nothing stands in the way.
+pub fn unsupported(case: &crate::case::Case, env: &LabEnv) -> Option<String> {
+    if let Err(why) = qemu(case, env) {
+        return Some(why);
+    }
+    if !case.machine.cxl.is_empty() {
+        return cxl(env).err();
+    }
+    None
+}
+
+/// Options a CXL machine's cases need: the drivers that find the devices,
+/// the windows and the regions, and event tracing for the poison list.
+const CXL_CONFIG: [&str; 7] = [
+    "CONFIG_CXL_ACPI",
+    "CONFIG_CXL_PCI",
+    "CONFIG_CXL_MEM",
+    "CONFIG_CXL_PMEM",
+    "CONFIG_CXL_REGION",
+    "CONFIG_CXL_REGION_INVALIDATION_TEST",
+    "CONFIG_EVENT_TRACING",
+];
+
+/// A CXL case on a kernel without the CXL stack fails here, naming what is
+/// missing (images/kernel/pmem-lab.config says why each is there).
+pub fn cxl(env: &LabEnv) -> Result<(), String> {
+    let Some(config) = &env.kernel_config else {
+        return Ok(());
+    };
+    let missing = unbuilt(config, &CXL_CONFIG)?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "this case has machine.cxl, which needs {} (=y or =m) in the kernel config ({})",
+            missing.join(", "),
+            config.display()
+        ))
+    }
+}
+
+/// The `options` a kernel config does not build (neither `=y` nor `=m`).
+pub(crate) fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, String> {
+    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+    Ok(options
+        .iter()
+        .copied()
+        .filter(|o| {
+            !text
+                .lines()
+                .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn env_in(dir: &Path) -> LabEnv {
+        crate::vm::lab_env::test_env(dir)
+    }
+
+    #[test]
+    fn nfit_test_preflight_names_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        let e = nfit_test(&env).unwrap_err();
+        assert!(
+            e.contains("no nfit_test modules") && e.contains("nfit_test.ko"),
+            "{e}"
+        );
+        fs::create_dir(dir.path().join("nfit_test")).unwrap();
+        fs::write(dir.path().join("nfit_test/nfit_test.ko"), b"").unwrap();
+        fs::write(
+            dir.path().join("config"),
+            "CONFIG_LIBNVDIMM=y\nCONFIG_BLK_DEV_PMEM=m\n",
+        )
+        .unwrap();
+        let e = nfit_test(&env).unwrap_err();
+        assert!(
+            e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
+            "{e}"
+        );
+        assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
+        fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
+        assert!(nfit_test(&env).is_ok());
+    }
+
+    #[test]
+    fn cxl_preflight_names_every_missing_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        fs::write(
+            dir.path().join("config"),
+            "CONFIG_CXL_ACPI=m\nCONFIG_CXL_PCI=m\n",
+        )
+        .unwrap();
+        let e = cxl(&env).unwrap_err();
+        assert!(
+            e.contains("CONFIG_CXL_MEM, CONFIG_CXL_PMEM, CONFIG_CXL_REGION,"),
+            "{e}"
+        );
+        assert!(!e.contains("CONFIG_CXL_ACPI"), "{e}");
+        let all: Vec<String> = CXL_CONFIG.iter().map(|o| format!("{o}=y")).collect();
+        fs::write(dir.path().join("config"), all.join("\n")).unwrap();
+        assert!(cxl(&env).is_ok());
+    }
+
+    #[test]
+    fn a_case_needing_a_newer_qemu_fails_with_the_release_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_in(dir.path());
+        let case = crate::case::load_str(
+            "cxl",
+            Path::new("cxl.yaml"),
+            "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - run: [true]\n",
+        )
+        .unwrap();
+        let e = qemu(&case, &env).unwrap_err();
+        assert!(e.starts_with("this case needs QEMU >= 8.1"), "{e}");
+        assert!(unsupported(&case, &env)
+            .unwrap()
+            .starts_with("this case needs QEMU >= 8.1"));
+        env.qemu_version = "10.0.2".into();
+        assert!(qemu(&case, &env).is_ok());
+        // A kernel without the CXL options (6.1 has no
+        // CXL_REGION_INVALIDATION_TEST): skipped, naming it.
+        fs::write(dir.path().join("config"), "CONFIG_CXL_ACPI=m\n").unwrap();
+        let why = unsupported(&case, &env).unwrap();
+        assert!(why.contains("CONFIG_CXL_REGION_INVALIDATION_TEST"), "{why}");
+    }
+
+    #[test]
+    fn e820_preflight_needs_the_legacy_pmem_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env_in(dir.path());
+        fs::write(dir.path().join("config"), "CONFIG_LIBNVDIMM=m\n").unwrap();
+        assert!(e820(&env).unwrap_err().contains("CONFIG_X86_PMEM_LEGACY"));
+        fs::write(dir.path().join("config"), "CONFIG_X86_PMEM_LEGACY=m\n").unwrap();
+        assert!(e820(&env).is_ok());
+    }
+}

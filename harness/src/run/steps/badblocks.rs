@@ -1,0 +1,42 @@
+//! `expect_badblocks` (spec: step/badblocks.rs): checked on the error state
+//! the oracle takes after the step, like a clear's "nothing left".
+
+use super::OnState;
+use crate::case::step::BadblocksCheck;
+use crate::case::Step;
+use crate::observe::{checks, oracle::ErrorState};
+use crate::run::CaseRun;
+
+impl CaseRun<'_> {
+    /// The problems the `wanted` checks find in `state`.
+    pub(in crate::run) fn on_state(
+        &mut self,
+        step: &Step,
+        state: &ErrorState,
+        wanted: &[OnState],
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for c in wanted {
+            match c {
+                OnState::Badblocks(BadblocksCheck {
+                    target,
+                    ranges,
+                    exact,
+                }) => {
+                    let checked =
+                        checks::check_badblocks(state, &self.layout, target, ranges, *exact);
+                    let said = match &checked {
+                        Ok(()) => "as expected",
+                        Err(e) => e.as_str(),
+                    };
+                    self.note(step, said);
+                    problems.extend(checked.err());
+                }
+                OnState::Cleared(ns) => {
+                    problems.extend(checks::still_bad_after_clear(state, &self.layout, ns));
+                }
+            }
+        }
+        problems
+    }
+}

@@ -1,0 +1,29 @@
+//! `inject` (spec: step/inject.rs): a machine check at a case location,
+//! and the poison model told of the line.
+
+use super::{Acted, Broke};
+use crate::case::step::InjectAt;
+use crate::case::Step;
+use crate::guest::inject;
+use crate::run::failure::Failure;
+use crate::run::CaseRun;
+use crate::vm::poison::LINE;
+
+impl CaseRun<'_> {
+    pub(super) fn inject<'s>(
+        &mut self,
+        step: &'s Step,
+        spec: &InjectAt,
+        broke: &Broke,
+    ) -> Result<Acted<'s>, Failure> {
+        let cpus = self.case.machine.cpus;
+        let done = inject::inject(self.guest, &self.layout, spec, cpus, step.timeout)
+            .map_err(|e| broke(e.to_string()))?;
+        self.note(step, done.describe());
+        if let Some(w) = &self.poison {
+            w.poison(vec![(done.resolved.gpa, LINE)])
+                .map_err(|e| broke(format!("the poison model: {e}")))?;
+        }
+        Ok(Acted::default())
+    }
+}

@@ -1,0 +1,96 @@
+//! `inject_error`, `scrub` and `clear` (spec: step/ndctl.rs): ndctl's own
+//! error commands.
+
+use super::{Acted, Broke, OnState};
+use crate::badblocks;
+use crate::case::{NdctlOp, Step};
+use crate::observe::checks;
+use crate::run::failure::Failure;
+use crate::run::CaseRun;
+use pmem_lab_proto::RunRequest;
+
+impl CaseRun<'_> {
+    pub(super) fn ndctl<'s>(
+        &mut self,
+        step: &'s Step,
+        op: &NdctlOp,
+        broke: &Broke,
+    ) -> Result<Acted<'s>, Failure> {
+        let mut acted = Acted::default();
+        if let NdctlOp::Scrub { bus } = op {
+            let start = RunRequest {
+                argv: vec!["ndctl".into(), "start-scrub".into(), bus.clone()],
+                timeout_ms: step.timeout.as_millis() as u64,
+                ..Default::default()
+            };
+            let started = self.command(step, broke, start, &mut acted.details)?;
+            if started.exit_code != Some(0) {
+                acted.problems.push(format!(
+                    "`ndctl start-scrub {bus}` failed ({})",
+                    started.status_text()
+                ));
+            }
+        }
+        let op = &self.resolve_file_block(op).map_err(broke)?;
+        let layout = &self.layout;
+        let argv = op.argv(|ns| {
+            layout
+                .namespaces
+                .get(ns)
+                .map(|n| n.dev.clone())
+                .unwrap_or_default()
+        });
+        let req = RunRequest {
+            argv,
+            timeout_ms: step.timeout.as_millis() as u64,
+            ..Default::default()
+        };
+        let result = self.command(step, broke, req, &mut acted.details)?;
+        acted.problems.extend(step.expect.check(&result));
+        match (op, result.exit_code) {
+            (NdctlOp::Scrub { bus }, Some(0)) => {
+                acted
+                    .problems
+                    .extend(checks::scrub_not_idle(bus, &result.stdout));
+            }
+            (NdctlOp::Clear { namespace, .. }, Some(0)) => {
+                acted.on_state.push(OnState::Cleared(namespace.clone()));
+            }
+            _ => {}
+        }
+        Ok(acted)
+    }
+
+    /// An inject_error aimed at a file byte: find the block with FIEMAP. The
+    /// extent's physical offset counts from the block device's first byte,
+    /// which is the namespace's data start, the frame of ndctl's --block.
+    fn resolve_file_block(&mut self, op: &NdctlOp) -> Result<NdctlOp, String> {
+        let NdctlOp::InjectError {
+            file: Some((path, offset)),
+            ..
+        } = op
+        else {
+            return Ok(op.clone());
+        };
+        let extents = self
+            .guest
+            .fiemap(path)
+            .map_err(|e| format!("FIEMAP {path}: {e}"))?;
+        let e = extents
+            .iter()
+            .find(|e| e.logical <= *offset && *offset < e.logical + e.length)
+            .ok_or_else(|| {
+                format!("byte {offset:#x} of {path} is not allocated (extents {extents:?})")
+            })?;
+        let block = (e.physical + (offset - e.logical)) / badblocks::SECTOR;
+        self.log.line(format!(
+            "--- {path} byte {offset:#x} is namespace data block {block} (extents {extents:?})"
+        ));
+        let mut resolved = op.clone();
+        if let NdctlOp::InjectError { block: b, file, .. } = &mut resolved {
+            *b = block;
+            *file = None;
+        }
+        Ok(resolved)
+    }
+}

@@ -1,0 +1,44 @@
+//! `signals` and `mce_kill` (spec: step/signals.rs): the SIGBUS signals
+//! the agent itself received, and its PR_MCE_KILL policy.
+
+use super::{Acted, Broke};
+use crate::case::step::MceKillPolicy;
+use crate::case::Step;
+use crate::run::failure::Failure;
+use crate::run::CaseRun;
+use std::time::Duration;
+
+impl CaseRun<'_> {
+    pub(super) fn signals<'s>(
+        &mut self,
+        step: &'s Step,
+        wait: Duration,
+        broke: &Broke,
+    ) -> Result<Acted<'s>, Failure> {
+        let got = self.guest.signals(wait).map_err(|e| broke(e.to_string()))?;
+        self.note(step, format!("{got:?}"));
+        let base = got
+            .first()
+            .and_then(|s| self.maps.containing(s.addr))
+            .map(|m| m.base);
+        Ok(Acted {
+            problems: step
+                .signal
+                .as_ref()
+                .map(|e| e.check(&got, base))
+                .unwrap_or_default(),
+            ..Acted::default()
+        })
+    }
+
+    pub(super) fn mce_kill<'s>(
+        &mut self,
+        policy: &MceKillPolicy,
+        broke: &Broke,
+    ) -> Result<Acted<'s>, Failure> {
+        self.guest
+            .mce_kill(policy.name())
+            .map_err(|e| broke(e.to_string()))?;
+        Ok(Acted::default())
+    }
+}
