@@ -65,9 +65,61 @@ pub enum Failure {
     /// The error state could not be read after a step.
     #[error("{label}: reading the error state: {message}")]
     Observe { label: String, message: String },
+    /// The guest kernel panicked (or oopsed) where nothing expected it: a
+    /// class of its own whatever the lab was doing, so that a bisection
+    /// tells a kernel that dies from an ndctl error.
+    #[error("{during}: guest kernel panicked or oopsed:\n{console}")]
+    GuestPanic { during: Phase, console: String },
+}
+
+/// What the lab was doing when the guest panicked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Boot,
+    Setup,
+    Step(StepAt),
+    /// Reading the error state after setup or a step (its label).
+    Observe(String),
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phase::Boot => f.write_str("boot"),
+            Phase::Setup => f.write_str("setup"),
+            Phase::Step(at) => write!(f, "{at}"),
+            Phase::Observe(label) => write!(f, "{label}: reading the error state"),
+        }
+    }
 }
 
 impl Failure {
+    /// This failure, or a guest panic when the guest kernel panicked on
+    /// the way (`panic`: its console text, from [`crate::vm::Vm::panicked`]).
+    /// A failure that judged the guest (an expectation, the oracle's rules)
+    /// or never reached it stays what it is.
+    pub fn or_panic(self, panic: Option<&str>) -> Failure {
+        let Some(console) = panic else {
+            return self;
+        };
+        let during = match &self {
+            Failure::Boot(_) => Phase::Boot,
+            Failure::Setup(_) => Phase::Setup,
+            Failure::StepBroke { at, .. } => Phase::Step(at.clone()),
+            Failure::Observe { label, .. } => Phase::Observe(label.clone()),
+            Failure::Preflight(_)
+            | Failure::Artifacts { .. }
+            | Failure::Restored { .. }
+            | Failure::Baseline(_)
+            | Failure::StepFailed { .. }
+            | Failure::GuestPanic { .. } => return self,
+        };
+        Failure::GuestPanic {
+            during,
+            console: console.to_string(),
+        }
+    }
+
     /// A step that could not be carried out, for `map_err`.
     pub fn broke(at: &StepAt) -> impl Fn(String) -> Failure + '_ {
         move |message| Failure::StepBroke {
@@ -103,6 +155,14 @@ impl Failure {
                 problems.first().map(|p| first(p)).unwrap_or_default()
             ),
             Failure::Observe { label, .. } => format!("reading the error state after {label}"),
+            Failure::GuestPanic { during, .. } => match during {
+                Phase::Boot => "guest panic during boot".into(),
+                Phase::Setup => "guest panic during setup".into(),
+                Phase::Step(at) => format!("guest panic in step {}", at.number),
+                Phase::Observe(label) => {
+                    format!("guest panic reading the error state after {label}")
+                }
+            },
         }
     }
 }
@@ -176,6 +236,45 @@ mod tests {
             f("stdout does not match /^ok$/").class()
         );
         assert_eq!(Failure::Boot("agent never came".into()).class(), "boot");
+    }
+
+    #[test]
+    fn a_guest_panic_is_a_class_of_its_own() {
+        let panic = Some("Kernel panic - not syncing: Fatal exception");
+        let setup = |m: &str| Failure::Setup(m.into());
+        // Without a panic a setup failure stays one; with it, whatever the
+        // message, it is a guest panic during setup.
+        assert_eq!(
+            setup("ndctl create-namespace failed")
+                .or_panic(None)
+                .class(),
+            "setup"
+        );
+        let died = setup("guest agent closed").or_panic(panic);
+        assert_eq!(died.class(), "guest panic during setup");
+        assert_eq!(
+            died.to_string(),
+            "setup: guest kernel panicked or oopsed:\nKernel panic - not syncing: Fatal exception"
+        );
+        assert_eq!(
+            Failure::Boot("x".into()).or_panic(panic).class(),
+            "guest panic during boot"
+        );
+        let step = Failure::broke(&at(None))("agent closed".into()).or_panic(panic);
+        assert_eq!(step.class(), "guest panic in step 2");
+        assert!(step
+            .to_string()
+            .starts_with("step 2 `prints` (cases/t.yaml:4): guest kernel panicked"));
+        // A verdict on the guest stays a verdict.
+        let failed = Failure::StepFailed {
+            at: at(None),
+            problems: vec!["expected exit 0, got exit 3".into()],
+            details: String::new(),
+        };
+        assert_eq!(
+            failed.or_panic(panic).class(),
+            "step 2 failed: expected exit #, got exit #"
+        );
     }
 
     #[test]

@@ -149,6 +149,8 @@ fn run_in(
         publish_or_compare(maker.take(), saved.as_ref(), &setup_view, dir, run.log)?;
         run.steps()
     });
+    // A panic on the way is the failure, whatever the lab was doing.
+    let outcome = outcome.map_err(|f| f.or_panic(guest.vm().panicked()));
     save_dmesg(&mut guest, dir);
     let _ = fs::copy(&files.platform_log, dir.join("platform.log"));
     guest.kill();
@@ -216,7 +218,8 @@ fn boot(case: &Case, env: &LabEnv, dir: &Path, log: &mut StepLog) -> Result<Boot
             }
         }
         None => Failure::Boot(e),
-    })?;
+    });
+    let ready = ready.map_err(|f| f.or_panic(started.guest.vm().panicked()))?;
     log.line(format!(
         "agent ready after {:.2}s (guest uptime {:.2}s, kernel {}{})",
         ready.boot_time.as_secs_f64(),

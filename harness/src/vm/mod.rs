@@ -150,6 +150,8 @@ pub struct Vm {
     next_id: u64,
     transcript: File,
     tx: Sender<Event>,
+    /// The console text of a panic this VM has seen.
+    panicked: Option<String>,
 }
 
 impl Vm {
@@ -260,6 +262,7 @@ impl Vm {
             next_id: 1,
             transcript,
             tx,
+            panicked: None,
         })
     }
 
@@ -346,6 +349,12 @@ impl Vm {
         mark("state loaded", &mut since);
         self.resume(left())?;
         Ok(phases)
+    }
+
+    /// The console text of the guest kernel's panic, if a wait has seen one
+    /// (a failure on the way is then that panic: [`VmError::Panic`]).
+    pub fn panicked(&self) -> Option<&str> {
+        self.panicked.as_deref()
     }
 
     /// When QEMU was started (a start's timeouts count from here).
@@ -677,14 +686,15 @@ impl Vm {
                 // The panic line comes first; the stack and "end Kernel panic"
                 // follow within milliseconds. Give them a moment to arrive.
                 thread::sleep(Duration::from_millis(300));
-                VmError::Panic {
-                    console: self.panic_text(),
-                }
+                let console = self.panic_text();
+                self.panicked = Some(console.clone());
+                VmError::Panic { console }
             }
             Event::QemuExited(status) => {
                 // Let the console and stderr readers drain the pipes.
                 thread::sleep(Duration::from_millis(100));
                 if let Some(text) = self.console_has_panic() {
+                    self.panicked = Some(text.clone());
                     return VmError::Panic { console: text };
                 }
                 VmError::QemuExited {
