@@ -44,15 +44,9 @@ impl Guest {
         let since = Instant::now();
         let left = (self.vm.started() + timeout).saturating_duration_since(since);
         let paths = ["/proc/sys/kernel/osrelease", "/proc/uptime"].map(String::from);
-        let op = Op::ReadFiles {
-            paths: paths.to_vec(),
-        };
-        let files = self.call(op, left, |r| match r {
-            Reply::Files { files } => Ok(files),
-            other => Err(other),
-        })?;
-        let text = |i: usize| match &files.get(i) {
-            Some(FileRead::Text { text }) => text.trim().to_string(),
+        let files = self.read_files_within(&paths, left)?;
+        let text = |i: usize| match files.get(i) {
+            Some(Ok(text)) => text.trim().to_string(),
             _ => String::new(),
         };
         let uptime = text(1)
@@ -232,10 +226,19 @@ impl Guest {
     /// Read files (sysfs attributes) in one round trip; per file, its text
     /// or why it could not be read.
     pub fn read_files(&mut self, paths: &[String]) -> Result<Vec<Result<String, String>>, VmError> {
+        self.read_files_within(paths, HOUSEKEEPING_TIMEOUT)
+    }
+
+    /// [`Guest::read_files`] within `timeout`.
+    fn read_files_within(
+        &mut self,
+        paths: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Result<String, String>>, VmError> {
         let op = Op::ReadFiles {
             paths: paths.to_vec(),
         };
-        self.call(op, HOUSEKEEPING_TIMEOUT, |r| match r {
+        self.call(op, timeout, |r| match r {
             Reply::Files { files } => Ok(files
                 .into_iter()
                 .map(|f| match f {

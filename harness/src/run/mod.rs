@@ -478,10 +478,8 @@ impl CaseRun<'_> {
                 .map_err(|e| broke(format!("the poison model: {e}")))?;
             let seen = w.take();
             let problem = self.machine_checks(step, &seen.consumptions);
-            self.log.line(format!(
-                "--- step {} `{}`: poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen (synced in {} ms)",
-                step.number,
-                step.name,
+            self.note(step, format!(
+                "poison: {} machine checks, {} watched loads passed (other lines), {} deferred (the instruction faulted first), {armed} addresses watched, {} user mappings of NVDIMM memory seen (synced in {} ms)",
                 seen.consumptions.len(),
                 seen.passed,
                 seen.deferred,
@@ -527,16 +525,17 @@ impl CaseRun<'_> {
         })
     }
 
+    /// A line of steps.log about `step` (its executors' too).
+    fn note(&mut self, step: &Step, text: impl std::fmt::Display) {
+        self.log
+            .line(format!("--- step {} `{}`: {text}", step.number, step.name));
+    }
+
     /// Log the step's machine checks; a problem if the step expected
     /// another count.
     fn machine_checks(&mut self, step: &Step, consumed: &[Consumption]) -> Option<String> {
         for c in consumed {
-            self.log.line(format!(
-                "--- step {} `{}`: machine check: {}",
-                step.number,
-                step.name,
-                c.describe()
-            ));
+            self.note(step, format!("machine check: {}", c.describe()));
         }
         let want = step
             .machine_checks

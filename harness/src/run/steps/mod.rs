@@ -100,10 +100,4 @@ impl CaseRun<'_> {
         );
         Ok(result)
     }
-
-    /// A line of steps.log about `step`.
-    fn note(&mut self, step: &Step, text: impl std::fmt::Display) {
-        self.log
-            .line(format!("--- step {} `{}`: {text}", step.number, step.name));
-    }
 }
