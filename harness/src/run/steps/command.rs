@@ -10,19 +10,30 @@ use crate::template;
 use crate::vm::VmError;
 use pmem_lab_proto::RunRequest;
 
+pub(super) fn run<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    c: &Command,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let req = r.request(step, c).map_err(broke)?;
+    let mut acted = Acted::default();
+    let result = r.command(step, broke, req, &mut acted.details)?;
+    acted.problems.extend(step.expect.check(&result));
+    Ok(acted)
+}
+
+/// `sh` is `run` of `sh -c SCRIPT` (the loader built the argv).
+pub(super) fn sh<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    c: &Command,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    run(r, step, c, broke)
+}
+
 impl CaseRun<'_> {
-    pub(super) fn run_command<'s>(
-        &mut self,
-        step: &'s Step,
-        c: &Command,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let req = self.request(step, c).map_err(broke)?;
-        let mut acted = Acted::default();
-        let result = self.command(step, broke, req, &mut acted.details)?;
-        acted.problems.extend(step.expect.check(&result));
-        Ok(acted)
-    }
 
     /// The agent's request for `c`, `${...}` expanded from the layout.
     fn request(&self, step: &Step, c: &Command) -> Result<RunRequest, String> {

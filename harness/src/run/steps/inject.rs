@@ -9,21 +9,19 @@ use crate::run::failure::Failure;
 use crate::run::CaseRun;
 use crate::vm::poison::LINE;
 
-impl CaseRun<'_> {
-    pub(super) fn inject<'s>(
-        &mut self,
-        step: &'s Step,
-        spec: &InjectAt,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let cpus = self.case.machine.cpus;
-        let done = inject::inject(self.guest, &self.layout, spec, cpus, step.timeout)
-            .map_err(|e| broke(e.to_string()))?;
-        self.note(step, done.describe());
-        if let Some(w) = &self.poison {
-            w.poison(vec![(done.resolved.gpa, LINE)])
-                .map_err(|e| broke(format!("the poison model: {e}")))?;
-        }
-        Ok(Acted::default())
+pub(super) fn inject<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    spec: &InjectAt,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let cpus = r.case.machine.cpus;
+    let done = inject::inject(r.guest, &r.layout, spec, cpus, step.timeout)
+        .map_err(|e| broke(e.to_string()))?;
+    r.note(step, done.describe());
+    if let Some(w) = &r.poison {
+        w.poison(vec![(done.resolved.gpa, LINE)])
+            .map_err(|e| broke(format!("the poison model: {e}")))?;
     }
+    Ok(Acted::default())
 }

@@ -1,21 +1,11 @@
 //! The step kinds' executors: one module per kind module of the spec crate
-//! (harness/spec/src/case/step/), and [`CaseRun::act`], the one match over
-//! [`Action`] that picks them. A new kind does not compile until it has its
-//! arm here; what every step does after its action (the poison model's
-//! count, the oracle, the kernel log, the verdict) is [`CaseRun::after`]'s,
-//! in the runner.
-
-mod badblocks;
-mod command;
-mod consume;
-mod cxl;
-mod inject;
-mod map;
-mod ndctl;
-mod put;
-mod reconfigure;
-mod signals;
-mod touch;
+//! (harness/spec/src/case/step/), one function per kind named by its key
+//! (`command::sh` for `sh`), and [`CaseRun::act`], the one match over
+//! [`Action`] that picks them. All three are written by [`executors!`] from
+//! the spec crate's list of kinds (`pmem_lab_spec::with_step_kinds!`), so a
+//! new kind does not compile until its module here has its function; what
+//! every step does after its action (the poison model's count, the oracle,
+//! the kernel log, the verdict) is [`CaseRun::after`]'s, in the runner.
 
 use super::failure::{Failure, StepAt};
 use super::{show, CaseRun};
@@ -48,34 +38,32 @@ pub(super) enum OnState<'s> {
     Cleared(String),
 }
 
-impl CaseRun<'_> {
-    /// Run `step`'s action (not a `panic` step: [`CaseRun::expect_panic`]).
-    pub(super) fn act<'s>(&mut self, step: &'s Step, at: &StepAt) -> Result<Acted<'s>, Failure> {
-        let broke = Failure::broke(at);
-        match &step.action {
-            Action::Run(c) | Action::Sh(c) => self.run_command(step, c, &broke),
-            Action::InjectError(op) | Action::Scrub(op) | Action::Clear(op) => {
-                self.ndctl(step, op, &broke)
-            }
-            Action::Inject(spec) => self.inject(step, spec, &broke),
-            Action::CxlInjectPoison(at) => self.cxl_inject_poison(step, at, &broke),
-            Action::ExpectCxlPoison(check) => self.expect_cxl_poison(check, &broke),
-            Action::ExpectBadblocks(check) => Ok(Acted {
-                on_state: vec![OnState::Badblocks(check)],
-                ..Acted::default()
-            }),
-            Action::Map(spec) => self.map(spec, &broke),
-            Action::Unmap(name) => self.unmap(name, &broke),
-            Action::Touch(spec) => self.touch(step, spec, &broke),
-            Action::Consume(line) => self.consume(step, line, &broke),
-            Action::Poison(line) => self.poison_page(step, line, &broke),
-            Action::Signals(wait) => self.signals(step, *wait, &broke),
-            Action::MceKill(policy) => self.mce_kill(policy, &broke),
-            Action::Put(spec) => self.put(step, spec, &broke),
-            Action::Reconfigure(spec) => self.reconfigure(step, spec, &broke),
-        }
-    }
+/// From the spec crate's list of kinds: `mod` for each kind module, and
+/// `act`, whose match has an arm per kind calling `<module>::<key>`.
+macro_rules! executors {
+    ($($module:ident { $($(#[$doc:meta])* $key:ident => $Kind:ident,)* })*) => {
+        $(mod $module;)*
 
+        impl CaseRun<'_> {
+            /// Run `step`'s action (not a `panic` step:
+            /// [`CaseRun::expect_panic`]).
+            pub(super) fn act<'s>(
+                &mut self,
+                step: &'s Step,
+                at: &StepAt,
+            ) -> Result<Acted<'s>, Failure> {
+                let broke = Failure::broke(at);
+                match &step.action {
+                    $($(Action::$Kind(checked) => $module::$key(self, step, checked, &broke),)*)*
+                }
+            }
+        }
+    };
+}
+
+pmem_lab_spec::with_step_kinds!(executors);
+
+impl CaseRun<'_> {
     /// Run a command in the guest, log it, and add it to the failure
     /// details.
     fn command(

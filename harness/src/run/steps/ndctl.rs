@@ -9,8 +9,38 @@ use crate::run::failure::Failure;
 use crate::run::CaseRun;
 use pmem_lab_proto::RunRequest;
 
+pub(super) fn inject_error<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    op: &NdctlOp,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    r.ndctl(step, op, broke)
+}
+
+pub(super) fn scrub<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    op: &NdctlOp,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    r.ndctl(step, op, broke)
+}
+
+pub(super) fn clear<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    op: &NdctlOp,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    r.ndctl(step, op, broke)
+}
+
 impl CaseRun<'_> {
-    pub(super) fn ndctl<'s>(
+    /// The three share one shape: an argv from the op (a scrub started
+    /// first), the result checked, a clear's "nothing left" asked of the
+    /// state after it.
+    fn ndctl<'s>(
         &mut self,
         step: &'s Step,
         op: &NdctlOp,

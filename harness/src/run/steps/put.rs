@@ -7,20 +7,18 @@ use crate::guest::bring;
 use crate::run::failure::Failure;
 use crate::run::CaseRun;
 
-impl CaseRun<'_> {
-    pub(super) fn put<'s>(
-        &mut self,
-        step: &'s Step,
-        spec: &PutSpec,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let sent = bring::put(self.guest, spec, self.cache, step.timeout).map_err(broke)?;
-        for (f, bytes) in &sent {
-            self.note(
-                step,
-                format!("{} ({bytes} bytes) -> {}", f.host.display(), f.guest),
-            );
-        }
-        Ok(Acted::default())
+pub(super) fn put<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    spec: &PutSpec,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let sent = bring::put(r.guest, spec, r.cache, step.timeout).map_err(broke)?;
+    for (f, bytes) in &sent {
+        r.note(
+            step,
+            format!("{} ({bytes} bytes) -> {}", f.host.display(), f.guest),
+        );
     }
+    Ok(Acted::default())
 }

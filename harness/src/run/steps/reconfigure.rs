@@ -8,24 +8,22 @@ use crate::guest::setup;
 use crate::run::failure::Failure;
 use crate::run::CaseRun;
 
-impl CaseRun<'_> {
-    pub(super) fn reconfigure<'s>(
-        &mut self,
-        step: &'s Step,
-        spec: &ReconfigureSpec,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let info = setup::reconfigure(
-            self.guest,
-            self.case,
-            &mut self.layout,
-            &spec.namespace,
-            spec.mode,
-            spec.align,
-        )
-        .map_err(broke)?;
-        let geometry = format!("{:?}", self.layout.geometry);
-        self.note(step, format!("{info:?}; layout now {geometry}"));
-        Ok(Acted::default())
-    }
+pub(super) fn reconfigure<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    spec: &ReconfigureSpec,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let info = setup::reconfigure(
+        r.guest,
+        r.case,
+        &mut r.layout,
+        &spec.namespace,
+        spec.mode,
+        spec.align,
+    )
+    .map_err(broke)?;
+    let geometry = format!("{:?}", r.layout.geometry);
+    r.note(step, format!("{info:?}; layout now {geometry}"));
+    Ok(Acted::default())
 }

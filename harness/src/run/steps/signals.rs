@@ -8,37 +8,36 @@ use crate::run::failure::Failure;
 use crate::run::CaseRun;
 use std::time::Duration;
 
-impl CaseRun<'_> {
-    pub(super) fn signals<'s>(
-        &mut self,
-        step: &'s Step,
-        wait: Duration,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let got = self.guest.signals(wait).map_err(|e| broke(e.to_string()))?;
-        self.note(step, format!("{got:?}"));
-        let base = got
-            .first()
-            .and_then(|s| self.maps.containing(s.addr))
-            .map(|m| m.base);
-        Ok(Acted {
-            problems: step
-                .signal
-                .as_ref()
-                .map(|e| e.check(&got, base))
-                .unwrap_or_default(),
-            ..Acted::default()
-        })
-    }
+pub(super) fn signals<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    wait: &Duration,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let got = r.guest.signals(*wait).map_err(|e| broke(e.to_string()))?;
+    r.note(step, format!("{got:?}"));
+    let base = got
+        .first()
+        .and_then(|s| r.maps.containing(s.addr))
+        .map(|m| m.base);
+    Ok(Acted {
+        problems: step
+            .signal
+            .as_ref()
+            .map(|e| e.check(&got, base))
+            .unwrap_or_default(),
+        ..Acted::default()
+    })
+}
 
-    pub(super) fn mce_kill<'s>(
-        &mut self,
-        policy: &MceKillPolicy,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        self.guest
-            .mce_kill(policy.name())
-            .map_err(|e| broke(e.to_string()))?;
-        Ok(Acted::default())
-    }
+pub(super) fn mce_kill<'s>(
+    r: &mut CaseRun<'_>,
+    _step: &'s Step,
+    policy: &MceKillPolicy,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    r.guest
+        .mce_kill(policy.name())
+        .map_err(|e| broke(e.to_string()))?;
+    Ok(Acted::default())
 }

@@ -7,30 +7,28 @@ use crate::case::Step;
 use crate::run::failure::Failure;
 use crate::run::CaseRun;
 
-impl CaseRun<'_> {
-    pub(super) fn touch<'s>(
-        &mut self,
-        step: &'s Step,
-        spec: &TouchSpec,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let TouchSpec {
-            map,
-            offset,
-            length,
-            cpu,
-        } = spec;
-        let (pages, faults) = self
-            .guest
-            .touch(map, *offset, *length, *cpu)
-            .map_err(|e| broke(e.to_string()))?;
-        self.note(step, format!("{pages} pages, {faults} minor faults"));
-        let mut acted = Acted::default();
-        if let Some(want) = step.faults.filter(|w| *w != faults) {
-            acted.problems.push(format!(
-                "expected {want} minor faults, got {faults} (touching {pages} pages)"
-            ));
-        }
-        Ok(acted)
+pub(super) fn touch<'s>(
+    r: &mut CaseRun<'_>,
+    step: &'s Step,
+    spec: &TouchSpec,
+    broke: &Broke,
+) -> Result<Acted<'s>, Failure> {
+    let TouchSpec {
+        map,
+        offset,
+        length,
+        cpu,
+    } = spec;
+    let (pages, faults) = r
+        .guest
+        .touch(map, *offset, *length, *cpu)
+        .map_err(|e| broke(e.to_string()))?;
+    r.note(step, format!("{pages} pages, {faults} minor faults"));
+    let mut acted = Acted::default();
+    if let Some(want) = step.faults.filter(|w| *w != faults) {
+        acted.problems.push(format!(
+            "expected {want} minor faults, got {faults} (touching {pages} pages)"
+        ));
     }
+    Ok(acted)
 }

@@ -83,8 +83,13 @@ pub(crate) trait Check: Kind {
     ) -> Option<(String, Self::Checked)>;
 }
 
+/// The list's shape: each kind module (harness/spec/src/case/step/<module>.rs)
+/// with its kinds, `key => Kind`, in the order of docs/steps.md.
 macro_rules! step_kinds {
-    ($($(#[$doc:meta])* $key:ident => $module:ident :: $Kind:ident,)*) => {
+    ($($module:ident { $($(#[$doc:meta])* $key:ident => $Kind:ident,)* })*) => {
+        step_kinds! { @flat $($($(#[$doc])* $key => $module :: $Kind,)*)* }
+    };
+    (@flat $($(#[$doc:meta])* $key:ident => $module:ident :: $Kind:ident,)*) => {
         /// One step as written: exactly one action key (a step kind), and
         /// the fields that qualify it.
         #[derive(Debug, Deserialize)]
@@ -197,45 +202,82 @@ Each step has exactly one of these keys. The fields every step may have
 are in [cases.md](cases.md#steps).
 ";
 
-step_kinds! {
-    /// Program and arguments, run by the guest agent without a shell.
-    run => command::Run,
-    /// A guest shell script, run as `sh -c SCRIPT`.
-    sh => command::Sh,
-    /// Inject a machine check (see [`crate::mce`]).
-    inject => inject::Inject,
-    /// Check the badblocks of a region or namespace.
-    expect_badblocks => badblocks::ExpectBadblocks,
-    /// mmap a range of a devdax namespace in the agent, under a name.
-    map => map::Map,
-    /// munmap a named mapping.
-    unmap => map::Unmap,
-    /// Read every 4 KiB of a window of a mapping, counting minor faults.
-    touch => touch::Touch,
-    /// Read a line of a mapping in a tight loop while the lab injects a
-    /// data-load machine check (SRAR) there.
-    consume => consume::Consume,
-    /// madvise(MADV_HWPOISON) a page of a mapping (software injection).
-    poison => consume::Poison,
-    /// Collect the SIGBUS signals the agent itself received (early kill).
-    signals => signals::Signals,
-    /// prctl(PR_MCE_KILL) for the agent.
-    mce_kill => signals::MceKill,
-    /// `ndctl inject-error` on a namespace.
-    inject_error => ndctl::InjectError,
-    /// `ndctl start-scrub` then `ndctl wait-scrub` on a bus.
-    scrub => ndctl::Scrub,
-    /// `ndctl clear-errors` on a namespace.
-    clear => ndctl::Clear,
-    /// Copy a file the case brings into the guest.
-    put => put::Put,
-    /// Change a namespace's mode in place (among raw, fsdax and sector).
-    reconfigure => reconfigure::Reconfigure,
-    /// Poison on a CXL device from the host (QMP cxl-inject-poison).
-    cxl_inject_poison => cxl::CxlInjectPoison,
-    /// Check a CXL device's poison list and its addresses.
-    expect_cxl_poison => cxl::ExpectCxlPoison,
+/// Every step kind, once, grouped by its module: the spec crate expands it
+/// with `step_kinds!` (above), and the harness with its executors' macro
+/// (harness/src/run/steps/mod.rs: one `mod` per module here, one executor
+/// function per key, one exhaustive match), so a kind is added in its
+/// module here, this list and its executor's module, and neither crate
+/// compiles until all three agree. `with_step_kinds!(m)` calls `m!` with the
+/// list.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_step_kinds {
+    ($callback:ident) => {
+        $callback! {
+            command {
+                /// Program and arguments, run by the guest agent without a shell.
+                run => Run,
+                /// A guest shell script, run as `sh -c SCRIPT`.
+                sh => Sh,
+            }
+            inject {
+                /// Inject a machine check (see [`crate::mce`]).
+                inject => Inject,
+            }
+            badblocks {
+                /// Check the badblocks of a region or namespace.
+                expect_badblocks => ExpectBadblocks,
+            }
+            map {
+                /// mmap a range of a devdax namespace in the agent, under a name.
+                map => Map,
+                /// munmap a named mapping.
+                unmap => Unmap,
+            }
+            touch {
+                /// Read every 4 KiB of a window of a mapping, counting minor faults.
+                touch => Touch,
+            }
+            consume {
+                /// Read a line of a mapping in a tight loop while the lab injects a
+                /// data-load machine check (SRAR) there.
+                consume => Consume,
+                /// madvise(MADV_HWPOISON) a page of a mapping (software injection).
+                poison => Poison,
+            }
+            signals {
+                /// Collect the SIGBUS signals the agent itself received (early kill).
+                signals => Signals,
+                /// prctl(PR_MCE_KILL) for the agent.
+                mce_kill => MceKill,
+            }
+            ndctl {
+                /// `ndctl inject-error` on a namespace.
+                inject_error => InjectError,
+                /// `ndctl start-scrub` then `ndctl wait-scrub` on a bus.
+                scrub => Scrub,
+                /// `ndctl clear-errors` on a namespace.
+                clear => Clear,
+            }
+            put {
+                /// Copy a file the case brings into the guest.
+                put => Put,
+            }
+            reconfigure {
+                /// Change a namespace's mode in place (among raw, fsdax and sector).
+                reconfigure => Reconfigure,
+            }
+            cxl {
+                /// Poison on a CXL device from the host (QMP cxl-inject-poison).
+                cxl_inject_poison => CxlInjectPoison,
+                /// Check a CXL device's poison list and its addresses.
+                expect_cxl_poison => ExpectCxlPoison,
+            }
+        }
+    };
 }
+
+with_step_kinds!(step_kinds);
 
 #[cfg(test)]
 mod tests {
