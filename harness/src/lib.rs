@@ -6,6 +6,7 @@
 // keeps it from reaching the VM layer; re-exported under the old paths.
 pub use pmem_lab_spec::{
     address, badblocks, case, expect, json_subset, known, mce, namespace, size, template,
+    unreadable,
 };
 
 // Layers, each a folder that imports only the folders below it (checked by

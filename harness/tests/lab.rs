@@ -43,7 +43,7 @@ fn main() {
     let lab = LabEnv::from_env(&default_artifacts);
     let skip_reason: Option<String> = match (&lab, invalid) {
         (_, n) if n > 0 => Some(format!("not started: {n} case file(s) are invalid (see validate/ trials)")),
-        (Err(e), _) => Some(e.clone()),
+        (Err(e), _) => Some(e.to_string()),
         (Ok(None), _) => Some(
             "needs the lab's kernel and initramfs: run `cargo xtask lab` (sets PMEM_LAB_KERNEL and PMEM_LAB_INITRD)"
                 .to_string(),

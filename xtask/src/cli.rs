@@ -228,7 +228,9 @@ fn qemu_binary(s: &str) -> Result<PathBuf, String> {
     }
     let p = std::path::absolute(&p).unwrap_or(p);
     // Run once here, so `--qemu /bin/true` fails before any work.
-    pmem_lab_env::qemu::Qemu::at(p.clone()).check()?;
+    pmem_lab_env::qemu::Qemu::at(p.clone())
+        .check()
+        .map_err(|e| e.to_string())?;
     Ok(p)
 }
 

@@ -334,7 +334,7 @@ fn add_program(
     add_file(tree, guest, host, 0o755);
     // A static program has an empty closure.
     let closure = memo.get("ldd", host, ldd, || {
-        let libs = pmem_lab_env::ldd::closure(host).map_err(Error::new)?;
+        let libs = pmem_lab_env::ldd::closure(host).map_err(|e| Error::new(e.to_string()))?;
         Ok(libs
             .iter()
             .map(|l| l.display().to_string())

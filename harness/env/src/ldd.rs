@@ -2,25 +2,58 @@
 //! guest image copies for the distribution's tools (xtask) and what a case's
 //! `put` brings along with a user's program (harness). One parser for both.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Why a program's closure is not known.
+#[derive(Debug)]
+pub enum LddError {
+    /// ldd could not be run.
+    Run(std::io::Error),
+    /// ldd found no library for a line (`libx.so => not found`).
+    NotFound(String),
+    /// A line of ldd's output the lab does not know.
+    Unexpected(String),
+    /// The program whose closure it was.
+    Of {
+        program: PathBuf,
+        source: Box<LddError>,
+    },
+}
+
+impl fmt::Display for LddError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LddError::Run(e) => write!(f, "cannot run ldd: {e}"),
+            LddError::NotFound(line) => write!(f, "missing library: {line}"),
+            LddError::Unexpected(line) => write!(f, "unexpected line: {line}"),
+            LddError::Of { program, source } => write!(f, "ldd {}: {source}", program.display()),
+        }
+    }
+}
+
+impl std::error::Error for LddError {}
+
 /// The libraries (and loader) `program` needs, at the absolute paths `ldd`
 /// gives; empty for a static program or a file that is not ELF.
-pub fn closure(program: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn closure(program: &Path) -> Result<Vec<PathBuf>, LddError> {
     if !is_elf(program) {
         return Ok(Vec::new());
     }
     let out = Command::new("ldd")
         .arg(program)
         .output()
-        .map_err(|e| format!("cannot run ldd: {e}"))?;
+        .map_err(LddError::Run)?;
     let text = String::from_utf8_lossy(&out.stdout);
     // ldd says so, and exits 1, for a static program.
     if !out.status.success() || text.contains("not a dynamic executable") {
         return Ok(Vec::new());
     }
-    parse(&text).map_err(|e| format!("ldd {}: {e}", program.display()))
+    parse(&text).map_err(|e| LddError::Of {
+        program: program.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 /// Whether `path` starts with the ELF magic (unreadable: no).
@@ -33,7 +66,7 @@ pub fn is_elf(path: &Path) -> bool {
 }
 
 /// The absolute library paths in `ldd` output.
-pub fn parse(out: &str) -> Result<Vec<PathBuf>, String> {
+pub fn parse(out: &str) -> Result<Vec<PathBuf>, LddError> {
     let mut libs = Vec::new();
     for line in out.lines().map(str::trim) {
         if line.is_empty()
@@ -43,7 +76,7 @@ pub fn parse(out: &str) -> Result<Vec<PathBuf>, String> {
             continue;
         }
         if line.contains("=> not found") {
-            return Err(format!("missing library: {line}"));
+            return Err(LddError::NotFound(line.to_string()));
         }
         let path = match line.split_once("=>") {
             Some((_, rest)) => rest.split_whitespace().next(),
@@ -51,7 +84,7 @@ pub fn parse(out: &str) -> Result<Vec<PathBuf>, String> {
         };
         match path {
             Some(p) if p.starts_with('/') => libs.push(PathBuf::from(p)),
-            _ => return Err(format!("unexpected line: {line}")),
+            _ => return Err(LddError::Unexpected(line.to_string())),
         }
     }
     Ok(libs)
@@ -71,9 +104,10 @@ mod tests {
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2")
             ]
         );
-        assert!(parse("libx.so => not found\n")
-            .unwrap_err()
-            .contains("missing library"));
+        assert!(matches!(
+            parse("libx.so => not found\n").unwrap_err(),
+            LddError::NotFound(_)
+        ));
     }
 
     #[test]

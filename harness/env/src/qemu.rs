@@ -32,6 +32,21 @@ pub struct Qemu {
     pub firmware: Vec<PathBuf>,
 }
 
+/// A QEMU binary that cannot run the lab, and why (`--qemu`'s check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub binary: PathBuf,
+    pub why: String,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.binary.display(), self.why)
+    }
+}
+
+impl std::error::Error for Unusable {}
+
 /// Why no QEMU could be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QemuError {
@@ -196,9 +211,12 @@ impl Qemu {
     /// `QEMU emulator version X.Y...` and `-machine help` lists the `pc`
     /// machine, each within a few seconds. Its version line, or why not.
     /// `--qemu` is checked so before any package, kernel or VM work.
-    pub fn check(&self) -> Result<String, String> {
-        let who = self.binary.display();
-        let run = |arg: &[&str]| -> Result<String, String> {
+    pub fn check(&self) -> Result<String, Unusable> {
+        let unusable = |why: String| Unusable {
+            binary: self.binary.clone(),
+            why,
+        };
+        let run = |arg: &[&str]| -> Result<String, Unusable> {
             let mut cmd = self.command();
             cmd.args(arg)
                 .stdin(std::process::Stdio::null())
@@ -206,7 +224,7 @@ impl Qemu {
                 .stderr(std::process::Stdio::null());
             let mut child = cmd
                 .spawn()
-                .map_err(|e| format!("{who} does not start: {e}"))?;
+                .map_err(|e| unusable(format!("does not start: {e}")))?;
             let start = std::time::Instant::now();
             loop {
                 match child.try_wait() {
@@ -214,10 +232,13 @@ impl Qemu {
                     Ok(None) if start.elapsed() > std::time::Duration::from_secs(10) => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(format!("{who} {} did not answer in 10 s", arg.join(" ")));
+                        return Err(unusable(format!(
+                            "{} did not answer in 10 s",
+                            arg.join(" ")
+                        )));
                     }
                     Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
-                    Err(e) => return Err(format!("{who}: {e}")),
+                    Err(e) => return Err(unusable(e.to_string())),
                 }
             }
             let mut out = String::new();
@@ -230,20 +251,19 @@ impl Qemu {
         let version = run(&["--version"])?;
         let line = version.lines().next().unwrap_or_default().to_string();
         if !line.starts_with("QEMU emulator version ") || parse_version(&line).is_none() {
-            return Err(format!(
-                "{who} is not a QEMU: `--version` printed {:?}, not `QEMU emulator version X.Y`",
-                line
-            ));
+            return Err(unusable(format!(
+                "is not a QEMU: `--version` printed {line:?}, not `QEMU emulator version X.Y`"
+            )));
         }
         let machines = run(&["-machine", "help"])?;
         if !machines
             .lines()
             .any(|l| l.split_whitespace().next() == Some("pc"))
         {
-            return Err(format!(
-                "{who} ({}) lists no `pc` machine in `-machine help`: the lab needs qemu-system-x86_64",
+            return Err(unusable(format!(
+                "({}) lists no `pc` machine in `-machine help`: the lab needs qemu-system-x86_64",
                 short_version(&line)
-            ));
+            )));
         }
         Ok(line)
     }
@@ -340,13 +360,16 @@ mod tests {
     fn check_refuses_what_is_not_a_qemu_for_the_lab() {
         let dir = std::env::temp_dir().join(format!("pmem-lab-qemu-check-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = Qemu::at(PathBuf::from("/bin/true")).check().unwrap_err();
+        let e = Qemu::at(PathBuf::from("/bin/true"))
+            .check()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is not a QEMU"), "{e}");
         let fake = dir.join("qemu-system-x86_64");
         std::fs::write(&fake, "#!/bin/sh\necho 'QEMU emulator version 99.1.0'\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = Qemu::at(fake.clone()).check().unwrap_err();
+        let e = Qemu::at(fake.clone()).check().unwrap_err().to_string();
         assert!(e.contains("lists no `pc` machine"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         if let Some(real) = crate::program(PROGRAM) {

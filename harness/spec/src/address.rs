@@ -96,24 +96,44 @@ pub struct Resolved {
     pub namespace_sectors: Vec<(String, u64)>,
 }
 
+/// Why a case location has no place in the VM's geometry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unplaced {
+    #[error("no namespace `{0}` in this VM")]
+    NoNamespace(String),
+    #[error("no region for NVDIMM {index} ({regions} regions)")]
+    NoRegion { index: usize, regions: usize },
+    #[error("offset {offset:#x} is outside namespace `{name}` (its {what} is {limit:#x} bytes)")]
+    PastNamespace {
+        name: String,
+        offset: u64,
+        what: &'static str,
+        limit: u64,
+    },
+    #[error("offset {offset:#x} is outside the region of NVDIMM {index} ({size:#x} bytes)")]
+    PastRegion {
+        index: usize,
+        offset: u64,
+        size: u64,
+    },
+}
+
 impl Geometry {
-    pub fn namespace(&self, name: &str) -> Result<&NamespaceGeometry, String> {
+    pub fn namespace(&self, name: &str) -> Result<&NamespaceGeometry, Unplaced> {
         self.namespaces
             .iter()
             .find(|n| n.name == name)
-            .ok_or_else(|| format!("no namespace `{name}` in this VM"))
+            .ok_or_else(|| Unplaced::NoNamespace(name.to_string()))
     }
 
-    pub fn region(&self, index: usize) -> Result<&RegionGeometry, String> {
-        self.regions.get(index).ok_or_else(|| {
-            format!(
-                "no region for NVDIMM {index} ({} regions)",
-                self.regions.len()
-            )
+    pub fn region(&self, index: usize) -> Result<&RegionGeometry, Unplaced> {
+        self.regions.get(index).ok_or(Unplaced::NoRegion {
+            index,
+            regions: self.regions.len(),
         })
     }
 
-    pub fn resolve(&self, loc: &Location) -> Result<Resolved, String> {
+    pub fn resolve(&self, loc: &Location) -> Result<Resolved, Unplaced> {
         let (gpa, region) = match &loc.target {
             Target::Namespace(name) => {
                 let ns = self.namespace(name)?;
@@ -122,20 +142,23 @@ impl Geometry {
                     Base::Start => (ns.start, ns.size, "size"),
                 };
                 if loc.offset >= limit {
-                    return Err(format!(
-                        "offset {:#x} is outside namespace `{name}` (its {what} is {:#x} bytes)",
-                        loc.offset, limit
-                    ));
+                    return Err(Unplaced::PastNamespace {
+                        name: name.clone(),
+                        offset: loc.offset,
+                        what,
+                        limit,
+                    });
                 }
                 (base + loc.offset, ns.region)
             }
             Target::Region(i) => {
                 let r = self.region(*i)?;
                 if loc.offset >= r.size {
-                    return Err(format!(
-                        "offset {:#x} is outside the region of NVDIMM {i} ({:#x} bytes)",
-                        loc.offset, r.size
-                    ));
+                    return Err(Unplaced::PastRegion {
+                        index: *i,
+                        offset: loc.offset,
+                        size: r.size,
+                    });
                 }
                 (r.start + loc.offset, *i)
             }
@@ -275,7 +298,7 @@ mod tests {
             .resolve(&at(Target::Namespace("dax".into()), 502 * MIB, Base::Data))
             .unwrap_err();
         assert!(
-            e.contains("outside namespace `dax`") && e.contains("0x1f600000"),
+            matches!(&e, Unplaced::PastNamespace { name, limit: 0x1f600000, .. } if name == "dax"),
             "{e}"
         );
         assert!(g.resolve(&at(Target::Region(1), GIB, Base::Data)).is_err());

@@ -2,6 +2,7 @@
 //! sysfs files print them (`SECTOR COUNT` per line) and as ndctl lists them
 //! (`{"offset": SECTOR, "length": COUNT}`).
 
+use crate::unreadable::Unreadable;
 use serde_json::Value;
 use std::fmt;
 
@@ -43,16 +44,21 @@ pub fn show(ranges: &[Range]) -> String {
 }
 
 /// Parse a sysfs `badblocks` file.
-pub fn parse_sysfs(text: &str) -> Result<Vec<Range>, String> {
+pub fn parse_sysfs(text: &str) -> Result<Vec<Range>, Unreadable> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let mut w = line.split_whitespace();
         let (Some(s), Some(c), None) = (w.next(), w.next(), w.next()) else {
-            return Err(format!("badblocks line {line:?} is not `SECTOR COUNT`"));
+            return Err(Unreadable::new(
+                "a badblocks line",
+                "not `SECTOR COUNT`",
+                line,
+            ));
         };
         let parse = |x: &str| {
-            x.parse::<u64>()
-                .map_err(|_| format!("badblocks line {line:?}: {x} is not a number"))
+            x.parse::<u64>().map_err(|_| {
+                Unreadable::new("a badblocks line", format!("{x} is not a number"), line)
+            })
         };
         out.push(Range {
             sector: parse(s)?,
@@ -63,19 +69,23 @@ pub fn parse_sysfs(text: &str) -> Result<Vec<Range>, String> {
 }
 
 /// The `badblocks` array of an ndctl JSON object (absent: none).
-pub fn parse_ndctl(obj: &Value) -> Result<Vec<Range>, String> {
+pub fn parse_ndctl(obj: &Value) -> Result<Vec<Range>, Unreadable> {
     let Some(list) = obj.get("badblocks") else {
         return Ok(Vec::new());
     };
     let list = list
         .as_array()
-        .ok_or_else(|| format!("badblocks is not an array: {list}"))?;
+        .ok_or_else(|| Unreadable::new("ndctl's badblocks", "not an array", list.to_string()))?;
     let mut out = Vec::new();
     for e in list {
         let num = |k: &str| {
-            e.get(k)
-                .and_then(Value::as_u64)
-                .ok_or_else(|| format!("badblocks entry without {k}: {e}"))
+            e.get(k).and_then(Value::as_u64).ok_or_else(|| {
+                Unreadable::new(
+                    "ndctl's badblocks",
+                    format!("an entry without {k}"),
+                    e.to_string(),
+                )
+            })
         };
         out.push(Range {
             sector: num("offset")?,

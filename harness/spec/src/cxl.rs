@@ -3,6 +3,7 @@
 //! (drivers/cxl/core/trace.h), and the DPA -> HPA translation of a region,
 //! which the lab does itself to check the kernel's.
 
+use crate::unreadable::Unreadable;
 use std::fmt;
 
 /// Poison records are in units of 64 bytes (CXL 3.0 8.2.9.8.4.1,
@@ -73,30 +74,31 @@ impl fmt::Display for PoisonEvent {
 
 /// The `cxl_poison` events in a trace buffer's text
 /// (`/sys/kernel/tracing/trace`); other lines are skipped.
-pub fn parse_trace(text: &str) -> Result<Vec<PoisonEvent>, String> {
+pub fn parse_trace(text: &str) -> Result<Vec<PoisonEvent>, Unreadable> {
     text.lines()
         .filter_map(|l| l.split_once("cxl_poison: ").map(|(_, rest)| rest))
         .map(parse_event)
         .collect()
 }
 
-fn parse_event(fields: &str) -> Result<PoisonEvent, String> {
-    let get = |key: &str| -> Result<&str, String> {
+fn parse_event(fields: &str) -> Result<PoisonEvent, Unreadable> {
+    let bad = |why: String| Unreadable::new("a cxl_poison event", why, fields);
+    let get = |key: &str| -> Result<&str, Unreadable> {
         fields
             .split_whitespace()
             .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-            .ok_or_else(|| format!("cxl_poison event without {key}=: {fields}"))
+            .ok_or_else(|| bad(format!("no {key}=")))
     };
-    let hex = |key: &str| -> Result<u64, String> {
+    let hex = |key: &str| -> Result<u64, Unreadable> {
         let v = get(key)?;
         u64::from_str_radix(v.trim_start_matches("0x"), 16)
-            .map_err(|_| format!("cxl_poison {key}={v} is not a hex number"))
+            .map_err(|_| bad(format!("{key}={v} is not a hex number")))
     };
     let trace_type = match get("trace_type")? {
         "List" => TraceType::List,
         "Inject" => TraceType::Inject,
         "Clear" => TraceType::Clear,
-        other => return Err(format!("cxl_poison trace_type={other} is unknown")),
+        other => return Err(bad(format!("trace_type={other} is unknown"))),
     };
     let source = get("source")?;
     let hpa = hex("hpa")?;
@@ -113,7 +115,7 @@ fn parse_event(fields: &str) -> Result<PoisonEvent, String> {
         dpa: hex("dpa")?,
         length: hex("dpa_length")?,
         source: PoisonSource::parse(source)
-            .ok_or_else(|| format!("cxl_poison source={source} is unknown"))?,
+            .ok_or_else(|| bad(format!("source={source} is unknown")))?,
     })
 }
 
@@ -195,9 +197,9 @@ mod tests {
     #[test]
     fn a_broken_event_is_an_error_not_a_skip() {
         let e = parse_trace("x: cxl_poison: memdev=mem0 trace_type=List").unwrap_err();
-        assert!(e.contains("without source="), "{e}");
+        assert_eq!(e.why, "no source=", "{e}");
         let e = parse_trace(&TRACE.replace("source=Internal", "source=Weird")).unwrap_err();
-        assert!(e.contains("source=Weird"), "{e}");
+        assert!(e.why.contains("source=Weird"), "{e}");
     }
 
     #[test]

@@ -14,12 +14,38 @@
 
 use serde_json::Value;
 
-/// `Ok(())` or the path to the first mismatch with what was expected there.
-pub fn check(expected: &Value, actual: &Value) -> Result<(), String> {
+/// The first place where the actual JSON does not contain the expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("{path}: missing (object has keys: {})", keys.join(", "))]
+    Missing { path: String, keys: Vec<String> },
+    #[error("{path}: expected {want}, got {got}")]
+    Differs {
+        path: String,
+        want: Value,
+        got: Value,
+    },
+    #[error("{path}: no element matches expected[{index}] = {want}: {}", match (elements, nearest) {
+        (0, _) => "the array is empty".to_string(),
+        (1, Some(e)) => e.to_string(),
+        (n, _) => format!("none of the {n} elements matches"),
+    })]
+    NoElement {
+        path: String,
+        index: usize,
+        want: Value,
+        elements: usize,
+        /// With one element, why it does not match.
+        nearest: Option<Box<Mismatch>>,
+    },
+}
+
+/// `Ok(())` or the first mismatch with what was expected there.
+pub fn check(expected: &Value, actual: &Value) -> Result<(), Mismatch> {
     matches(expected, actual, "$")
 }
 
-fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
+fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), Mismatch> {
     match (expected, actual) {
         (Value::Object(want), Value::Object(got)) => {
             for (key, want_v) in want {
@@ -27,10 +53,10 @@ fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
                 match got.get(key) {
                     Some(got_v) => matches(want_v, got_v, &child)?,
                     None => {
-                        return Err(format!(
-                            "{child}: missing (object has keys: {})",
-                            got.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ))
+                        return Err(Mismatch::Missing {
+                            path: child,
+                            keys: got.keys().cloned().collect(),
+                        })
                     }
                 }
             }
@@ -42,14 +68,18 @@ fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
         }
         (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => Ok(()),
         (a, b) if a == b => Ok(()),
-        (a, b) => Err(format!("{path}: expected {a}, got {b}")),
+        (a, b) => Err(Mismatch::Differs {
+            path: path.to_string(),
+            want: a.clone(),
+            got: b.clone(),
+        }),
     }
 }
 
 /// Greedy assignment: each expected element takes the first unused actual
 /// element that matches it. Enough for listings, where elements differ by
 /// their `dev` name.
-fn match_elements(want: &[Value], got: &[Value], path: &str) -> Result<(), String> {
+fn match_elements(want: &[Value], got: &[Value], path: &str) -> Result<(), Mismatch> {
     let mut used = vec![false; got.len()];
     for (i, w) in want.iter().enumerate() {
         let mut last_err = None;
@@ -68,14 +98,13 @@ fn match_elements(want: &[Value], got: &[Value], path: &str) -> Result<(), Strin
         match found {
             Some((j, _)) => used[j] = true,
             None => {
-                let why = match (got.len(), last_err) {
-                    (0, _) => "the array is empty".to_string(),
-                    (1, Some(e)) => e,
-                    (n, _) => format!("none of the {n} elements matches"),
-                };
-                return Err(format!(
-                    "{path}: no element matches expected[{i}] = {w}: {why}"
-                ));
+                return Err(Mismatch::NoElement {
+                    path: path.to_string(),
+                    index: i,
+                    want: w.clone(),
+                    elements: got.len(),
+                    nearest: last_err.filter(|_| got.len() == 1).map(Box::new),
+                });
             }
         }
     }
@@ -92,8 +121,16 @@ mod tests {
         let got = json!({"dev": "region0", "size": 1056964608, "type": "pmem"});
         assert!(check(&json!({"dev": "region0", "size": 1056964608}), &got).is_ok());
         let err = check(&json!({"size": 1}), &got).unwrap_err();
-        assert_eq!(err, "$.size: expected 1, got 1056964608");
-        let err = check(&json!({"align": 1}), &got).unwrap_err();
+        assert_eq!(
+            err,
+            Mismatch::Differs {
+                path: "$.size".into(),
+                want: json!(1),
+                got: json!(1056964608)
+            }
+        );
+        assert_eq!(err.to_string(), "$.size: expected 1, got 1056964608");
+        let err = check(&json!({"align": 1}), &got).unwrap_err().to_string();
         assert!(err.starts_with("$.align: missing"), "{err}");
     }
 
@@ -109,7 +146,8 @@ mod tests {
             &json!([{"provider": "nfit_test.0"}, {"provider": "nfit_test.0"}]),
             &got,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("no element matches expected[1]"), "{err}");
     }
 
@@ -117,7 +155,9 @@ mod tests {
     fn a_bare_object_counts_as_a_one_element_array() {
         let got = json!({"dev": "namespace0.0", "mode": "devdax"});
         assert!(check(&json!([{"mode": "devdax"}]), &got).is_ok());
-        let err = check(&json!([{"mode": "fsdax"}]), &got).unwrap_err();
+        let err = check(&json!([{"mode": "fsdax"}]), &got)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected \"fsdax\", got \"devdax\""), "{err}");
     }
 
@@ -128,6 +168,7 @@ mod tests {
         assert!(check(&json!([]), &json!([1])).is_ok());
         assert!(check(&json!([1]), &json!([]))
             .unwrap_err()
+            .to_string()
             .contains("empty"));
     }
 
@@ -138,7 +179,8 @@ mod tests {
             &json!({"daxregion": {"devices": [{"align": 2097152}]}}),
             &got,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("$.daxregion.devices[0].align: expected 2097152, got 4096"),
             "{err}"

@@ -79,16 +79,14 @@ impl Version {
     }
 
     /// A bound's version: one to four dotted numbers, nothing else.
-    fn parse(text: &str) -> Result<Version, String> {
+    fn parse(text: &str) -> Result<Version, RangeError> {
         let parts: Vec<&str> = text.split('.').collect();
         if parts.len() > 4
             || parts
                 .iter()
                 .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 9)
         {
-            return Err(format!(
-                "`{text}` is not a kernel version: write dotted numbers, e.g. 6.12 or 6.12.117"
-            ));
+            return Err(RangeError::Version(text.to_string()));
         }
         Ok(Version(
             parts.iter().map(|p| p.parse().unwrap_or(0)).collect(),
@@ -129,30 +127,63 @@ pub enum Op {
     Eq,
 }
 
+/// Why a text is not a kernel range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RangeError {
+    #[error("an empty kernel range: leave `kernel` out to mean every kernel")]
+    Empty,
+    #[error("`{0}` is not a kernel version: write dotted numbers, e.g. 6.12 or 6.12.117")]
+    Version(String),
+    #[error("kernel range part `{part}`: start with <, <=, >, >= or =, e.g. `>=6.12` or `<6.14`")]
+    NoOperator { part: String },
+    #[error("kernel range part `{part}`: {source}")]
+    Part {
+        part: String,
+        source: Box<RangeError>,
+    },
+    #[error("no kernel is in this range (from {low}{} to {high}{}): check the bounds",
+        if *low_inclusive { " on" } else { " up" },
+        if *high_inclusive { " inclusive" } else { " exclusive" })]
+    Unsatisfiable {
+        low: Version,
+        low_inclusive: bool,
+        high: Version,
+        high_inclusive: bool,
+    },
+}
+
 /// `>=6.12, <6.14`: every bound holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelRange(Vec<(Op, Version)>);
 
 impl KernelRange {
-    pub fn parse(text: &str) -> Result<KernelRange, String> {
+    pub fn parse(text: &str) -> Result<KernelRange, RangeError> {
         if text.trim().is_empty() {
-            return Err("an empty kernel range: leave `kernel` out to mean every kernel".into());
+            return Err(RangeError::Empty);
         }
         let bounds = text
             .split(',')
             .map(str::trim)
             .map(|part| {
-                let (op, rest) = [("<=", Op::Le), (">=", Op::Ge), ("<", Op::Lt), (">", Op::Gt), ("=", Op::Eq)]
-                    .iter()
-                    .find_map(|(s, op)| part.strip_prefix(s).map(|r| (*op, r)))
-                    .ok_or_else(|| {
-                        format!("kernel range part `{part}`: start with <, <=, >, >= or =, e.g. `>=6.12` or `<6.14`")
-                    })?;
-                let v = Version::parse(rest.trim())
-                    .map_err(|e| format!("kernel range part `{part}`: {e}"))?;
+                let (op, rest) = [
+                    ("<=", Op::Le),
+                    (">=", Op::Ge),
+                    ("<", Op::Lt),
+                    (">", Op::Gt),
+                    ("=", Op::Eq),
+                ]
+                .iter()
+                .find_map(|(s, op)| part.strip_prefix(s).map(|r| (*op, r)))
+                .ok_or_else(|| RangeError::NoOperator {
+                    part: part.to_string(),
+                })?;
+                let v = Version::parse(rest.trim()).map_err(|e| RangeError::Part {
+                    part: part.to_string(),
+                    source: Box::new(e),
+                })?;
                 Ok((op, v))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, RangeError>>()?;
         let range = KernelRange(bounds);
         range.satisfiable()?;
         Ok(range)
@@ -173,7 +204,7 @@ impl KernelRange {
 
     /// Some version is in the range (versions are dense: 6.12.0.1 lies
     /// between 6.12 and 6.12.1), or why none is.
-    fn satisfiable(&self) -> Result<(), String> {
+    fn satisfiable(&self) -> Result<(), RangeError> {
         // The highest lower bound and the lowest upper bound, each with
         // whether it is inclusive.
         let mut low: Option<(&Version, bool)> = None;
@@ -198,11 +229,14 @@ impl KernelRange {
             }
         }
         match (low, high) {
-            (Some((l, li)), Some((h, hi))) if l > h || (l == h && !(li && hi)) => Err(format!(
-                "no kernel is in this range (from {l}{} to {h}{}): check the bounds",
-                if li { " on" } else { " up" },
-                if hi { " inclusive" } else { " exclusive" }
-            )),
+            (Some((l, li)), Some((h, hi))) if l > h || (l == h && !(li && hi)) => {
+                Err(RangeError::Unsatisfiable {
+                    low: l.clone(),
+                    low_inclusive: li,
+                    high: h.clone(),
+                    high_inclusive: hi,
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -221,7 +255,7 @@ pub fn load(path: &Path, ids: &[&str]) -> Result<Vec<KnownFailure>, Vec<CaseErro
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(Vec::new());
     }
-    let text = read_bounded(path).map_err(|e| vec![at(0, 0, e, String::new())])?;
+    let text = read_bounded(path).map_err(|e| vec![at(0, 0, e.to_string(), String::new())])?;
     if text
         .lines()
         .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
@@ -285,7 +319,7 @@ pub fn load(path: &Path, ids: &[&str]) -> Result<Vec<KnownFailure>, Vec<CaseErro
             Some(k) => match KernelRange::parse(&k.value) {
                 Ok(r) => Some(r),
                 Err(why) => {
-                    error(&k.referenced, why);
+                    error(&k.referenced, why.to_string());
                     None
                 }
             },

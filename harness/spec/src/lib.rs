@@ -21,3 +21,4 @@ pub mod mce;
 pub mod namespace;
 pub mod size;
 pub mod template;
+pub mod unreadable;

@@ -10,18 +10,42 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);
 
+/// Why a text is not a size.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}` is not a size (write e.g. 4K, 2M, 1G or a byte count)")]
+    NotASize(String),
+    #[error("`{text}`: unknown size unit `{unit}` (use K, M, G or T, binary)")]
+    Unit { text: String, unit: String },
+    #[error("`{0}` overflows 64 bits")]
+    Overflow(String),
+}
+
+/// Why a text is not a step's timeout.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration (write e.g. 30s, 500ms, 2m)")]
+    NotADuration(String),
+    #[error("`{0}`: unknown duration unit (use ms, s or m)")]
+    Unit(String),
+    #[error("`{0}` waits for nothing: write at least 1ms")]
+    Zero(String),
+    #[error("`{0}` is longer than the limit of 60m")]
+    TooLong(String),
+}
+
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 
 impl ByteSize {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SizeError> {
         let t = text.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(digits_end);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("`{text}` is not a size (write e.g. 4K, 2M, 1G or a byte count)")
-        })?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| SizeError::NotASize(text.to_string()))?;
         let mult = match unit.trim() {
             "" | "B" => 1,
             "K" | "KiB" | "k" => KIB,
@@ -29,14 +53,15 @@ impl ByteSize {
             "G" | "GiB" => GIB,
             "T" | "TiB" => GIB * 1024,
             other => {
-                return Err(format!(
-                    "`{text}`: unknown size unit `{other}` (use K, M, G or T, binary)"
-                ))
+                return Err(SizeError::Unit {
+                    text: text.to_string(),
+                    unit: other.to_string(),
+                })
             }
         };
         n.checked_mul(mult)
             .map(ByteSize)
-            .ok_or_else(|| format!("`{text}` overflows 64 bits"))
+            .ok_or_else(|| SizeError::Overflow(text.to_string()))
     }
 
     pub fn bytes(self) -> u64 {
@@ -95,24 +120,25 @@ pub struct Timeout(pub Duration);
 impl Timeout {
     pub const MAX: Duration = Duration::from_secs(3600);
 
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(digits_end);
+        let text = text.to_string();
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("`{text}` is not a duration (write e.g. 30s, 500ms, 2m)"))?;
+            .map_err(|_| DurationError::NotADuration(text.clone()))?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
-            _ => return Err(format!("`{text}`: unknown duration unit (use ms, s or m)")),
+            _ => return Err(DurationError::Unit(text)),
         };
         if d.is_zero() {
-            return Err(format!("`{text}` waits for nothing: write at least 1ms"));
+            return Err(DurationError::Zero(text));
         }
         if d > Self::MAX {
-            return Err(format!("`{text}` is longer than the limit of 60m"));
+            return Err(DurationError::TooLong(text));
         }
         Ok(Timeout(d))
     }
@@ -141,7 +167,14 @@ mod tests {
     #[test]
     fn rejects_nonsense_with_a_hint() {
         let e = ByteSize::parse("2X").unwrap_err();
-        assert!(e.contains("unknown size unit `X`"), "{e}");
+        assert_eq!(
+            e,
+            SizeError::Unit {
+                text: "2X".into(),
+                unit: "X".into()
+            }
+        );
+        assert!(e.to_string().contains("unknown size unit `X`"), "{e}");
         assert!(ByteSize::parse("M").is_err());
         assert!(ByteSize::parse("99999999999999999999G").is_err());
     }

@@ -93,9 +93,26 @@ pub struct Placeholder {
 
 const OPEN: &str = "${";
 
-/// Every `${ns.…}` and `${cxl.…}` in `text`, or a message for the first
-/// malformed one. Other `${…}` (shell variables) are left alone.
-pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, String> {
+/// Why a placeholder is malformed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Malformed {
+    #[error("`{0}` is not closed with `}}`")]
+    Unclosed(String),
+    #[error("`${{{0}}}` needs a field: write ${{ns.NAME.FIELD}}")]
+    NoField(String),
+    #[error("`${{{0}}}`: write ${{cxl.N.FIELD}}, N a machine.cxl index")]
+    CxlDevice(String),
+    #[error("`${{{body}}}`: unknown field `{field}` (known: {})", known.join(", "))]
+    UnknownField {
+        body: String,
+        field: String,
+        known: Vec<&'static str>,
+    },
+}
+
+/// Every `${ns.…}` and `${cxl.…}` in `text`, or the first malformed one.
+/// Other `${…}` (shell variables) are left alone.
+pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, Malformed> {
     let mut out = Vec::new();
     let mut rest = 0;
     while let Some(found) = text[rest..].find(OPEN) {
@@ -108,12 +125,12 @@ pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, String> {
         }
         let close = after
             .find('}')
-            .ok_or_else(|| format!("`{}` is not closed with `}}`", &text[offset..]))?;
+            .ok_or_else(|| Malformed::Unclosed(text[offset..].to_string()))?;
         let body = &after[..close];
         let target = if let Some(ns) = body.strip_prefix("ns.") {
             let (name, field) = ns
                 .rsplit_once('.')
-                .ok_or_else(|| format!("`${{{body}}}` needs a field: write ${{ns.NAME.FIELD}}"))?;
+                .ok_or_else(|| Malformed::NoField(body.to_string()))?;
             let field = NsField::parse(field)
                 .ok_or_else(|| unknown(body, field, NsField::ALL.iter().map(|(n, _)| *n)))?;
             Ref::Ns {
@@ -125,9 +142,7 @@ pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, String> {
             let (device, field) = cxl
                 .split_once('.')
                 .and_then(|(d, f)| Some((d.parse::<usize>().ok()?, f)))
-                .ok_or_else(|| {
-                    format!("`${{{body}}}`: write ${{cxl.N.FIELD}}, N a machine.cxl index")
-                })?;
+                .ok_or_else(|| Malformed::CxlDevice(body.to_string()))?;
             let field = CxlField::parse(field)
                 .ok_or_else(|| unknown(body, field, CxlField::ALL.iter().map(|(n, _)| *n)))?;
             Ref::Cxl { device, field }
@@ -143,18 +158,21 @@ pub fn placeholders(text: &str) -> Result<Vec<Placeholder>, String> {
     Ok(out)
 }
 
-fn unknown<'a>(body: &str, field: &str, known: impl Iterator<Item = &'a str>) -> String {
-    format!(
-        "`${{{body}}}`: unknown field `{field}` (known: {})",
-        known.collect::<Vec<_>>().join(", ")
-    )
+fn unknown(body: &str, field: &str, known: impl Iterator<Item = &'static str>) -> Malformed {
+    Malformed::UnknownField {
+        body: body.to_string(),
+        field: field.to_string(),
+        known: known.collect(),
+    }
 }
 
-/// Replace every placeholder with what `lookup` says.
-pub fn expand(
+/// Replace every placeholder with what `lookup` says; its error type also
+/// carries a malformed placeholder (the loader refused those, so at run
+/// time it is the layout's answer that fails).
+pub fn expand<E: From<Malformed>>(
     text: &str,
-    lookup: impl Fn(&Ref) -> Result<String, String>,
-) -> Result<String, String> {
+    lookup: impl Fn(&Ref) -> Result<String, E>,
+) -> Result<String, E> {
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for p in placeholders(text)? {
@@ -196,7 +214,7 @@ mod tests {
         );
     }
 
-    fn show(r: &Ref) -> Result<String, String> {
+    fn show(r: &Ref) -> Result<String, Malformed> {
         Ok(match r {
             Ref::Ns { name, field } => format!("<{name}:{}>", field.name()),
             Ref::Cxl { device, field } => format!("<cxl{device}:{}>", field.name()),
@@ -213,8 +231,9 @@ mod tests {
         );
         assert!(placeholders("${cxl.x.memdev}")
             .unwrap_err()
+            .to_string()
             .contains("N a machine.cxl index"));
-        let e = placeholders("${cxl.0.serial}").unwrap_err();
+        let e = placeholders("${cxl.0.serial}").unwrap_err().to_string();
         assert!(
             e.contains("unknown field `serial`") && e.contains("memdev, region"),
             "{e}"
@@ -223,13 +242,15 @@ mod tests {
 
     #[test]
     fn malformed_placeholders_are_explained() {
-        assert!(placeholders("${ns.data")
-            .unwrap_err()
-            .contains("not closed"));
+        assert_eq!(
+            placeholders("${ns.data").unwrap_err(),
+            Malformed::Unclosed("${ns.data".into())
+        );
         assert!(placeholders("${ns.data}")
             .unwrap_err()
+            .to_string()
             .contains("needs a field"));
-        let e = placeholders("${ns.data.uuid}").unwrap_err();
+        let e = placeholders("${ns.data.uuid}").unwrap_err().to_string();
         assert!(
             e.contains("unknown field `uuid`") && e.contains("chardev"),
             "{e}"
@@ -238,7 +259,21 @@ mod tests {
 
     #[test]
     fn lookup_errors_propagate() {
-        let e = expand("${ns.x.chardev}", |_| Err("x is fsdax".into())).unwrap_err();
-        assert_eq!(e, "x is fsdax");
+        #[derive(Debug, PartialEq)]
+        enum Lookup {
+            Fsdax,
+            Malformed,
+        }
+        impl From<Malformed> for Lookup {
+            fn from(_: Malformed) -> Self {
+                Lookup::Malformed
+            }
+        }
+        let e = expand("${ns.x.chardev}", |_| Err(Lookup::Fsdax)).unwrap_err();
+        assert_eq!(e, Lookup::Fsdax);
+        assert_eq!(
+            expand("${ns.x", |_| Err(Lookup::Fsdax)).unwrap_err(),
+            Lookup::Malformed
+        );
     }
 }

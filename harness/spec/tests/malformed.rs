@@ -374,7 +374,7 @@ fn problems(root: &Path) -> Vec<(String, String)> {
 #[test]
 fn an_empty_root_is_an_error() {
     let root = tempfile::tempdir().unwrap();
-    let e = load_dir(root.path()).err().unwrap();
+    let e = load_dir(root.path()).err().unwrap().to_string();
     assert!(e.starts_with("no case files (*.yaml) under"), "{e}");
     std::fs::write(root.path().join("notes.txt"), "x").unwrap();
     assert!(load_dir(root.path()).is_err());

@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> Result<(), String> {
+/// The binary's errors are rendered once, by `main`.
+fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: pmem-lab-shell [--check] CASE [--put HOST:GUEST]... (a case id, e.g. devdax/s3-consume[2M])";
     let mut args = std::env::args().skip(1);
     let mut check_only = false;
@@ -69,5 +70,5 @@ fn real_main() -> Result<(), String> {
     let env = LabEnv::from_env(&artifacts)?.ok_or(
         "PMEM_LAB_KERNEL and PMEM_LAB_INITRD are not set: use `cargo xtask lab shell CASE`",
     )?;
-    shell::run(case, &env, &extras)
+    Ok(shell::run(case, &env, &extras)?)
 }

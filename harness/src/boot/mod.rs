@@ -3,7 +3,10 @@
 //! case VM (runner, shell) needs before setup.
 
 pub mod acpi;
+pub mod error;
 pub mod vm_snapshot;
+
+pub use error::BootError;
 
 use crate::boot::vm_snapshot::Saved;
 use crate::case::Case;
@@ -43,17 +46,13 @@ impl Started {
     /// Wait for the agent, then check that the kernel took the lab's ACPI
     /// tables (when there are any): what every user of a case VM needs
     /// before setup.
-    pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, String> {
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<vm::Ready, BootError> {
         if self.restored {
-            return self.guest.wait_restored(timeout).map_err(|e| e.to_string());
+            return Ok(self.guest.wait_restored(timeout)?);
         }
         // No "boot:" here: the caller's failure class says it (it was
         // printed twice).
-        let ready = self
-            .guest
-            .vm()
-            .wait_ready(timeout)
-            .map_err(|e| e.to_string())?;
+        let ready = self.guest.vm().wait_ready(timeout)?;
         if let Some(t) = &self.acpi {
             acpi::check_upgraded(&mut self.guest, &t.built_on)?;
         }
@@ -67,7 +66,7 @@ pub fn start_vm(
     env: &LabEnv,
     dir: &Path,
     interactive: bool,
-) -> Result<Started, String> {
+) -> Result<Started, BootError> {
     start_machine(&case.machine, env, dir, interactive, None)
 }
 
@@ -84,14 +83,14 @@ pub fn start_machine(
     dir: &Path,
     interactive: bool,
     snapshot: Option<&Saved>,
-) -> Result<Started, String> {
+) -> Result<Started, BootError> {
     let private = launch::private_dir()?;
     let mut acpi = None;
     let initrd = if machine.lab_root_dsm() && snapshot.is_none() {
         let path = private.path().join("initrd");
         let start = Instant::now();
         let built_on = acpi::write_initrd(machine, env, dir, &path)
-            .map_err(|e| format!("the lab's ACPI tables: {e}"))?;
+            .map_err(|e| e.context("the lab's ACPI tables"))?;
         acpi = Some(AcpiTables {
             built_on,
             took: start.elapsed(),

@@ -22,11 +22,13 @@
 //! machine (NVDIMMs, latent errors, root _DSM and its faults, CXL devices),
 //! iasl (it compiles the lab's ACPI table), and setup (namespaces, regions).
 
+use crate::boot::error::BootError;
 use crate::case::Case;
 use crate::guest::setup::Layout;
 use crate::vm::lab_env::LabEnv;
 use crate::vm::launch;
 use crate::vm::machine::{self, VmFiles};
+use crate::vm::VmError;
 use pmem_lab_env::events;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -231,7 +233,7 @@ fn budget() -> u64 {
 /// takes the key's lock and boots cold to save one; a case that finds the
 /// lock taken waits for it (the snapshot is seconds away, and a second cold
 /// boot would only compete for the same cores), then restores.
-pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), String> {
+pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), VmError> {
     let key = key(case, env);
     if let Some(why) = never_restored(case, env) {
         return Ok((Start::Cold(why), key));
@@ -242,14 +244,10 @@ pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), String> {
         return Ok((Start::Restore(saved), key));
     }
     let lock_path = dir.with_extension("lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    let lock = File::create(&lock_path).map_err(VmError::file(&lock_path))?;
     // SAFETY: flock on a descriptor we own; blocks until the maker is done.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "{}: {}",
-            lock_path.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(VmError::file(&lock_path)(std::io::Error::last_os_error()));
     }
     if let Some(saved) = Saved::find(&dir) {
         return Ok((Start::Restore(saved), key));
@@ -258,9 +256,8 @@ pub fn plan(case: &Case, env: &LabEnv) -> Result<(Start, Key), String> {
     let tmp = tempfile::Builder::new()
         .prefix(MAKING)
         .tempdir_in(parent)
-        .map_err(|e| format!("{}: {e}", parent.display()))?;
-    fs::write(tmp.path().join(KEY_TEXT), &key.text)
-        .map_err(|e| format!("{}: {e}", tmp.path().display()))?;
+        .map_err(VmError::file(parent))?;
+    fs::write(tmp.path().join(KEY_TEXT), &key.text).map_err(VmError::file(tmp.path()))?;
     Ok((
         Start::ColdAndSave(Maker {
             _lock: lock,
@@ -303,7 +300,7 @@ impl Maker {
     }
 
     /// Keep the backing files as they are now (the VM must be stopped).
-    pub fn save_backing(&self, files: &VmFiles) -> Result<u64, String> {
+    pub fn save_backing(&self, files: &VmFiles) -> Result<u64, VmError> {
         let mut bytes = 0;
         for (from, name) in backing_files(files) {
             if from.exists() {
@@ -313,12 +310,16 @@ impl Maker {
         Ok(bytes)
     }
 
-    pub fn save_layout(&self, layout: &Layout) -> Result<(), String> {
+    pub fn save_layout(&self, layout: &Layout) -> Result<(), BootError> {
         write_json(&self.tmp.path().join(LAYOUT), layout)
     }
 
     /// The oracle's first observation, with the boot's console, and publish.
-    pub fn publish(self, setup_state: &serde_json::Value, console: &Path) -> Result<Saved, String> {
+    pub fn publish(
+        self,
+        setup_state: &serde_json::Value,
+        console: &Path,
+    ) -> Result<Saved, BootError> {
         write_json(&self.tmp.path().join(SETUP_STATE), setup_state)?;
         let _ = fs::copy(console, self.tmp.path().join("console.log"));
         let tmp = self.tmp.keep();
@@ -326,10 +327,12 @@ impl Maker {
         let _ = fs::remove_dir_all(&self.dir);
         fs::rename(&tmp, &self.dir).map_err(|e| {
             let _ = fs::remove_dir_all(&tmp);
-            format!("publishing the snapshot {}: {e}", self.dir.display())
+            BootError::host(&self.dir)(e).context("publishing the snapshot")
         })?;
-        let saved = Saved::find(&self.dir)
-            .ok_or_else(|| format!("{} is incomplete", self.dir.display()))?;
+        let saved = Saved::find(&self.dir).ok_or_else(|| BootError::Snapshot {
+            path: self.dir.clone(),
+            why: "incomplete".into(),
+        })?;
         let cache = self.dir.ancestors().nth(3).unwrap_or(&self.dir);
         enforce_budget(cache, budget());
         Ok(saved)
@@ -362,11 +365,11 @@ impl Saved {
         let _ = fs::write(self.dir.join(USED), "");
     }
 
-    pub fn layout(&self) -> Result<Layout, String> {
+    pub fn layout(&self) -> Result<Layout, BootError> {
         read_json(&self.dir.join(LAYOUT))
     }
 
-    pub fn setup_state(&self) -> Result<serde_json::Value, String> {
+    pub fn setup_state(&self) -> Result<serde_json::Value, BootError> {
         read_json(&self.dir.join(SETUP_STATE))
     }
 
@@ -379,7 +382,7 @@ impl Saved {
 impl launch::Restore for Saved {
     /// Fresh copies of the backing files, where `files` says QEMU finds
     /// them.
-    fn restore_backing(&self, files: &VmFiles) -> Result<(), String> {
+    fn restore_backing(&self, files: &VmFiles) -> Result<(), VmError> {
         for (to, name) in backing_files(files) {
             let from = self.dir.join(name);
             if from.exists() {
@@ -408,21 +411,24 @@ fn backing_files(files: &VmFiles) -> Vec<(&Path, String)> {
         .collect()
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
-    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<(), BootError> {
+    let text = serde_json::to_string_pretty(v).expect("the lab's own records serialize");
+    fs::write(path, text).map_err(BootError::host(path))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, BootError> {
+    let text = fs::read_to_string(path).map_err(BootError::host(path))?;
+    serde_json::from_str(&text).map_err(|e| BootError::Snapshot {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })
 }
 
 /// Copy `from` to `to` keeping holes: only the data extents are read and
 /// written (SEEK_DATA/SEEK_HOLE), so a 4 GiB NVDIMM with labels and a few
 /// info blocks costs kilobytes. Returns the data bytes copied.
-pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64, String> {
-    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64, VmError> {
+    let err = |p: &Path, e: std::io::Error| VmError::file(p)(e);
     let mut src = File::open(from).map_err(|e| err(from, e))?;
     let len = src.metadata().map_err(|e| err(from, e))?.len();
     let dst = File::create(to).map_err(|e| err(to, e))?;

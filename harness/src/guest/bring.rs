@@ -5,6 +5,7 @@
 use crate::case::step::PutSpec;
 use crate::case::{Action, Case};
 use crate::guest::compile::Bounds;
+use crate::guest::error::GuestError;
 use crate::guest::Guest;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ pub struct GuestFile {
 }
 
 /// What a `put` step sends: the file, then what it needs to run.
-pub fn prepare(spec: &PutSpec, cache: &Path) -> Result<Vec<GuestFile>, String> {
+pub fn prepare(spec: &PutSpec, cache: &Path) -> Result<Vec<GuestFile>, GuestError> {
     let host = if spec.compile {
         compile(spec, cache)?
     } else {
@@ -42,10 +43,13 @@ pub fn put(
     spec: &PutSpec,
     cache: &Path,
     timeout: Duration,
-) -> Result<Vec<(GuestFile, usize)>, String> {
+) -> Result<Vec<(GuestFile, usize)>, GuestError> {
     let mut sent = Vec::new();
     for f in prepare(spec, cache)? {
-        let contents = fs::read(&f.host).map_err(|e| format!("{}: {e}", f.host.display()))?;
+        let contents = fs::read(&f.host).map_err(|source| GuestError::Host {
+            path: f.host.clone(),
+            source,
+        })?;
         let bytes = contents.len();
         guest.put_file(&f.guest, contents, f.executable, timeout)?;
         sent.push((f, bytes));
@@ -74,18 +78,25 @@ pub fn compile_case(case: &Case, cache: &Path) -> Result<(), Vec<String>> {
     }
 }
 
-fn compile(spec: &PutSpec, cache: &Path) -> Result<PathBuf, String> {
-    crate::guest::compile::compile(&spec.source, &spec.folder, cache, Bounds::DEFAULT)
-        .map_err(|e| e.to_string())
+fn compile(spec: &PutSpec, cache: &Path) -> Result<PathBuf, GuestError> {
+    Ok(crate::guest::compile::compile(
+        &spec.source,
+        &spec.folder,
+        cache,
+        Bounds::DEFAULT,
+    )?)
 }
 
 /// A dynamically linked program's libraries (and loader), as `ldd` on the
 /// host resolves them, each to go to the same path in the guest.
-fn libraries(program: &Path) -> Result<Vec<GuestFile>, String> {
+fn libraries(program: &Path) -> Result<Vec<GuestFile>, GuestError> {
     pmem_lab_env::ldd::closure(program)?
         .into_iter()
         .map(|lib| {
-            let host = fs::canonicalize(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+            let host = fs::canonicalize(&lib).map_err(|source| GuestError::Host {
+                path: lib.clone(),
+                source,
+            })?;
             Ok(GuestFile {
                 guest: lib.to_string_lossy().into_owned(),
                 host,

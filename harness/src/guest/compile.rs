@@ -92,6 +92,8 @@ pub enum CompileError {
     Cache(String),
 }
 
+impl std::error::Error for CompileError {}
+
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

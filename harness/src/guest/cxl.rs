@@ -6,9 +6,11 @@
 
 use crate::case::step::{CxlPoisonCheck, ExpectedRecord};
 use crate::case::CxlRegionSpec;
+use crate::guest::error::GuestError;
 use crate::guest::ndctl::{json_list, sysfs_number};
 use crate::guest::Guest;
 use crate::template::CxlField;
+use crate::unreadable::Unreadable;
 use pmem_lab_spec::cxl::{parse_trace, PoisonEvent, RegionMap, TraceType, LINE};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +50,7 @@ impl CxlLayout {
     }
 
     /// The value of `${cxl.N.FIELD}`.
-    pub fn lookup(&self, device: usize, field: CxlField) -> Result<String, String> {
+    pub fn lookup(&self, device: usize, field: CxlField) -> Result<String, GuestError> {
         let found = match field {
             CxlField::Memdev => self.memdevs.get(device).cloned(),
             CxlField::Region => self
@@ -57,7 +59,12 @@ impl CxlLayout {
                 .find(|r| r.maps.iter().any(|(d, _)| *d == device))
                 .map(|r| r.name.clone()),
         };
-        found.ok_or_else(|| format!("CXL device {device} has no {} in the guest", field.name()))
+        found.ok_or_else(|| {
+            GuestError::Missing(format!(
+                "CXL device {device} has no {} in the guest",
+                field.name()
+            ))
+        })
     }
 
     fn device_of(&self, memdev: &str) -> Option<usize> {
@@ -71,7 +78,7 @@ pub fn setup(
     guest: &mut Guest,
     devices: usize,
     regions: &[CxlRegionSpec],
-) -> Result<CxlLayout, String> {
+) -> Result<CxlLayout, GuestError> {
     let listed = json_list(&guest.ok(&["cxl", "list", "--memdevs"])?.stdout)?;
     let memdevs = memdevs_by_serial(&listed, devices)?;
     let mut layout = CxlLayout {
@@ -91,7 +98,9 @@ pub fn setup(
         .find(|d| d["pmem_capable"] == Value::Bool(true))
         .and_then(|d| d["decoder"].as_str())
         .ok_or_else(|| {
-            format!("no root decoder takes pmem: `cxl list -D -d root` gave {decoders:?}")
+            GuestError::Missing(format!(
+                "no root decoder takes pmem: `cxl list -D -d root` gave {decoders:?}"
+            ))
         })?
         .to_string();
     for spec in regions {
@@ -108,11 +117,18 @@ pub fn setup(
         argv.push(format!("--ways={}", spec.devices.len()));
         argv.extend(spec.devices.iter().map(|d| layout.memdevs[*d].clone()));
         let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let created: Value = serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("cxl create-region printed no JSON ({e}): {}", out.stdout))?;
+        let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+            Unreadable::new(
+                "cxl create-region's output",
+                format!("not JSON ({e})"),
+                &out.stdout,
+            )
+        })?;
         let name = created["region"]
             .as_str()
-            .ok_or_else(|| format!("cxl create-region printed no region: {created}"))?
+            .ok_or_else(|| {
+                GuestError::Missing(format!("cxl create-region printed no region: {created}"))
+            })?
             .to_string();
         let maps = region_maps(guest, &name, &layout)?;
         let start = maps.first().map(|(_, m)| m.start).unwrap_or_default();
@@ -127,7 +143,7 @@ pub fn setup(
 }
 
 /// `cxl list --memdevs` entries in device order.
-fn memdevs_by_serial(listed: &[Value], devices: usize) -> Result<Vec<String>, String> {
+fn memdevs_by_serial(listed: &[Value], devices: usize) -> Result<Vec<String>, GuestError> {
     (0..devices)
         .map(|i| {
             listed
@@ -136,10 +152,10 @@ fn memdevs_by_serial(listed: &[Value], devices: usize) -> Result<Vec<String>, St
                 .and_then(|m| m["memdev"].as_str())
                 .map(str::to_string)
                 .ok_or_else(|| {
-                    format!(
+                    GuestError::Missing(format!(
                         "CXL device {i} (serial {}) is not among the guest's memdevs: {listed:?}",
                         i + 1
-                    )
+                    ))
                 })
         })
         .collect()
@@ -150,7 +166,7 @@ fn region_maps(
     guest: &mut Guest,
     region: &str,
     layout: &CxlLayout,
-) -> Result<Vec<(usize, RegionMap)>, String> {
+) -> Result<Vec<(usize, RegionMap)>, GuestError> {
     let dir = format!("/sys/bus/cxl/devices/{region}");
     let v = numbers(
         guest,
@@ -189,7 +205,9 @@ fn region_maps(
             .unwrap_or_default()
             .to_string();
         let device = layout.device_of(&memdev).ok_or_else(|| {
-            format!("{region} target{position} {decoder} is on {memdev}, not a lab device")
+            GuestError::Missing(format!(
+                "{region} target{position} {decoder} is on {memdev}, not a lab device"
+            ))
         })?;
         maps.push((
             device,
@@ -208,7 +226,7 @@ fn region_maps(
 }
 
 /// The libnvdimm region cxl_pmem made for a CXL region (same start).
-fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, String> {
+fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, GuestError> {
     let listed = json_list(
         &guest
             .ok(&["ndctl", "list", "--regions", "--bus=CXL"])?
@@ -223,33 +241,29 @@ fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, String> {
             return Ok(name.clone());
         }
     }
-    Err(format!(
+    Err(GuestError::Missing(format!(
         "no libnvdimm region on the CXL bus starts at {start:#x} (found: {})",
         names.join(", ")
-    ))
+    )))
 }
 
 /// Sysfs numbers, in one round trip.
-fn numbers(guest: &mut Guest, paths: &[String]) -> Result<Vec<u64>, String> {
+fn numbers(guest: &mut Guest, paths: &[String]) -> Result<Vec<u64>, GuestError> {
     let texts = guest.read_all(paths)?;
-    paths
+    Ok(paths
         .iter()
         .zip(&texts)
         .map(|(p, t)| sysfs_number(t, p))
-        .collect()
+        .collect::<Result<_, _>>()?)
 }
 
 /// The device's poison list as the kernel reads it now: trigger the list
 /// and collect its `cxl_poison` events. The lab cannot empty the buffer
 /// (that takes an open with O_TRUNC, which the agent's writes do not do), so
 /// it writes a marker first and reads what follows it.
-pub fn poison_list(guest: &mut Guest, memdev: &str) -> Result<Vec<PoisonEvent>, String> {
+pub fn poison_list(guest: &mut Guest, memdev: &str) -> Result<Vec<PoisonEvent>, GuestError> {
     let enable = format!("{INSTANCE}/events/cxl/cxl_poison/enable");
-    if guest
-        .read_files(std::slice::from_ref(&enable))
-        .map_err(|e| e.to_string())?[0]
-        .is_err()
-    {
+    if guest.read_files(std::slice::from_ref(&enable))?[0].is_err() {
         guest.ok(&["mkdir", "-p", INSTANCE])?;
         guest.write_file(&enable, "1")?;
     }
@@ -264,7 +278,9 @@ pub fn poison_list(guest: &mut Guest, memdev: &str) -> Result<Vec<PoisonEvent>, 
     )?;
     let text = guest.read_all(&[format!("{INSTANCE}/trace")])?.remove(0);
     let after = after_marker(&text, &marker).ok_or_else(|| {
-        format!("the trace of {INSTANCE} lost the lab's marker `{marker}` (buffer overrun?)")
+        GuestError::Missing(format!(
+            "the trace of {INSTANCE} lost the lab's marker `{marker}` (buffer overrun?)"
+        ))
     })?;
     Ok(parse_trace(after)?
         .into_iter()
@@ -442,7 +458,7 @@ mod tests {
             json!({"memdev": "mem1", "serial": 1}),
         ];
         assert_eq!(memdevs_by_serial(&listed, 2).unwrap(), ["mem1", "mem0"]);
-        let e = memdevs_by_serial(&listed, 3).unwrap_err();
+        let e = memdevs_by_serial(&listed, 3).unwrap_err().to_string();
         assert!(e.contains("CXL device 2 (serial 3)"), "{e}");
     }
 

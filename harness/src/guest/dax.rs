@@ -3,9 +3,11 @@
 
 use crate::address::{Base, Location, Target};
 use crate::case::step::{LineSpec, MapSpec, Mapped};
+use crate::guest::error::GuestError;
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
 use crate::vm::poison::watcher::Watcher;
+use crate::vm::VmError;
 use pmem_lab_proto::{Op, Reply, SignalInfo};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,10 +29,10 @@ pub struct MapState {
 pub struct Maps(BTreeMap<String, MapState>);
 
 impl Maps {
-    pub fn get(&self, name: &str) -> Result<&MapState, String> {
+    pub fn get(&self, name: &str) -> Result<&MapState, GuestError> {
         self.0
             .get(name)
-            .ok_or_else(|| format!("no mapping `{name}`"))
+            .ok_or_else(|| GuestError::Missing(format!("no mapping `{name}`")))
     }
 
     /// The mapping holding a virtual address (to express si_addr as an offset).
@@ -46,21 +48,21 @@ pub fn map(
     layout: &Layout,
     maps: &mut Maps,
     spec: &MapSpec,
-) -> Result<(), String> {
+) -> Result<(), GuestError> {
     let (path, namespace) = match &spec.what {
         Mapped::Namespace(ns) => {
             let dev = layout
                 .namespaces
                 .get(ns)
                 .and_then(|n| n.chardev.clone())
-                .ok_or_else(|| format!("namespace `{ns}` has no dax device"))?;
+                .ok_or_else(|| {
+                    GuestError::Missing(format!("namespace `{ns}` has no dax device"))
+                })?;
             (format!("/dev/{dev}"), Some(ns.clone()))
         }
         Mapped::File(path) => (path.clone(), None),
     };
-    let base = guest
-        .map_dax(&spec.name, &path, spec.offset, spec.length)
-        .map_err(|e| e.to_string())?;
+    let base = guest.map_dax(&spec.name, &path, spec.offset, spec.length)?;
     maps.0.insert(
         spec.name.clone(),
         MapState {
@@ -73,8 +75,8 @@ pub fn map(
     Ok(())
 }
 
-pub fn unmap(guest: &mut Guest, maps: &mut Maps, name: &str) -> Result<(), String> {
-    guest.unmap(name).map_err(|e| e.to_string())?;
+pub fn unmap(guest: &mut Guest, maps: &mut Maps, name: &str) -> Result<(), GuestError> {
+    guest.unmap(name)?;
     maps.0.remove(name);
     Ok(())
 }
@@ -98,7 +100,7 @@ pub fn consume(
     line: &LineSpec,
     watcher: &Watcher,
     timeout: Duration,
-) -> Result<Consumed, String> {
+) -> Result<Consumed, GuestError> {
     let LineSpec {
         map: name,
         offset,
@@ -107,7 +109,9 @@ pub fn consume(
     let (offset, cpu) = (*offset, *cpu);
     let m = maps.get(name)?;
     let namespace = m.namespace.clone().ok_or_else(|| {
-        format!("mapping `{name}` maps a file: consume needs a device-dax mapping")
+        GuestError::Missing(format!(
+            "mapping `{name}` maps a file: consume needs a device-dax mapping"
+        ))
     })?;
     let at = Location {
         target: Target::Namespace(namespace),
@@ -116,18 +120,15 @@ pub fn consume(
     };
     let resolved = layout.geometry.resolve(&at)?;
     watcher.poison_mapped(resolved.gpa, m.base + offset)?;
-    let reply = guest
-        .vm()
-        .request(
-            Op::Consume {
-                name: name.into(),
-                offset,
-                cpu: Some(cpu),
-                timeout_ms: timeout.as_millis() as u64,
-            },
-            timeout + Duration::from_secs(10),
-        )
-        .map_err(|e| e.to_string())?;
+    let reply = guest.vm().request(
+        Op::Consume {
+            name: name.into(),
+            offset,
+            cpu: Some(cpu),
+            timeout_ms: timeout.as_millis() as u64,
+        },
+        timeout + Duration::from_secs(10),
+    )?;
     match reply {
         Reply::Consumed {
             signal,
@@ -139,7 +140,7 @@ pub fn consume(
             ),
             signal,
         }),
-        Reply::Error { message } => Err(message),
-        other => Err(format!("unexpected reply {other:?}")),
+        Reply::Error { message } => Err(VmError::Protocol(message).into()),
+        other => Err(VmError::Protocol(format!("unexpected reply {other:?}")).into()),
     }
 }

@@ -4,9 +4,11 @@
 use crate::address::Resolved;
 use crate::badblocks::{self, Range};
 use crate::case::step::InjectAt;
+use crate::guest::error::{Context as _, GuestError};
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
 use crate::mce::Injection;
+use crate::vm::VmError;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,28 +57,27 @@ pub fn inject(
     step: &InjectAt,
     cpus: u32,
     timeout: Duration,
-) -> Result<Injected, String> {
+) -> Result<Injected, GuestError> {
     let InjectAt { kind, at, cpu } = step;
     let (kind, cpu) = (*kind, *cpu);
     let start = Instant::now();
     let resolved = layout
         .geometry
         .resolve(at)
-        .map_err(|e| format!("cannot inject: {e}"))?;
+        .context(|| "cannot inject".to_string())?;
     let injection = Injection::new(kind, resolved.gpa, cpu, cpus);
     let command = injection.hmp_command();
     let seen = guest.vm().qmp_event_count(MEMORY_FAILURE);
-    let answer = guest
-        .vm()
-        .hmp(&command, Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
+    let answer = guest.vm().hmp(&command, Duration::from_secs(10))?;
     if !answer.trim().is_empty() {
-        return Err(format!("QEMU did not take `{command}`: {}", answer.trim()));
+        return Err(
+            VmError::Qmp(format!("QEMU did not take `{command}`: {}", answer.trim())).into(),
+        );
     }
     guest
         .vm()
         .wait_qmp_event(MEMORY_FAILURE, seen, timeout)
-        .map_err(|e| format!("`{command}`: {e}"))?;
+        .context(|| format!("`{command}`"))?;
     let region = layout.geometry.region(resolved.region)?.dev.clone();
     let want = [Range {
         sector: resolved.region_sector,
@@ -91,14 +92,14 @@ pub fn inject(
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(GuestError::Missing(format!(
                 "`{command}` was delivered (QEMU reported {MEMORY_FAILURE}) but after {} s {region} lists \
                  badblocks {}, not sector {}: did the kernel's nfit MCE handler see it? (CONFIG_X86_MCE, \
                  ACPI_NFIT; see dmesg.txt)",
                 timeout.as_secs(),
                 badblocks::show(&have),
                 resolved.region_sector
-            ));
+            )));
         }
         thread::sleep(Duration::from_millis(100));
     }

@@ -4,9 +4,12 @@ pub mod bring;
 pub mod compile;
 pub mod cxl;
 pub mod dax;
+pub mod error;
 pub mod inject;
 pub mod ndctl;
 pub mod setup;
+
+pub use error::{Context, GuestError};
 
 use crate::vm::{Ready, Vm, VmError};
 use pmem_lab_proto::{Extent, FileRead, KmsgRecord, Op, Reply, RunRequest, RunResult, SignalInfo};
@@ -201,25 +204,21 @@ impl Guest {
     }
 
     /// Run a lab housekeeping command that must succeed.
-    pub fn ok(&mut self, argv: &[&str]) -> Result<RunResult, String> {
+    pub fn ok(&mut self, argv: &[&str]) -> Result<RunResult, GuestError> {
         let req = RunRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             timeout_ms: HOUSEKEEPING_TIMEOUT.as_millis() as u64,
             ..Default::default()
         };
-        let r = self
-            .run(req)
-            .map_err(|e| format!("`{}`: {e}", argv.join(" ")))?;
+        let r = self.run(req).context(|| format!("`{}`", argv.join(" ")))?;
         if r.exit_code == Some(0) {
             Ok(r)
         } else {
-            Err(format!(
-                "`{}` failed ({}):\n{}{}",
-                argv.join(" "),
-                r.status_text(),
-                r.stdout,
-                r.stderr
-            ))
+            Err(GuestError::Command {
+                argv: argv.join(" "),
+                status: r.status_text(),
+                output: format!("{}{}", r.stdout, r.stderr),
+            })
         }
     }
 
@@ -251,23 +250,28 @@ impl Guest {
     }
 
     /// Read files that must exist; the error names the first that does not.
-    pub fn read_all(&mut self, paths: &[String]) -> Result<Vec<String>, String> {
-        let got = self.read_files(paths).map_err(|e| e.to_string())?;
+    pub fn read_all(&mut self, paths: &[String]) -> Result<Vec<String>, GuestError> {
+        let got = self.read_files(paths)?;
         paths
             .iter()
             .zip(got)
-            .map(|(p, r)| r.map_err(|e| format!("cannot read {p} in the guest: {e}")))
+            .map(|(p, r)| {
+                r.map_err(|message| GuestError::File {
+                    action: "read",
+                    path: p.clone(),
+                    message,
+                })
+            })
             .collect()
     }
 
     /// Write a sysfs attribute (or any existing file).
-    pub fn write_file(&mut self, path: &str, contents: &str) -> Result<(), String> {
+    pub fn write_file(&mut self, path: &str, contents: &str) -> Result<(), VmError> {
         let op = Op::WriteFile {
             path: path.to_string(),
             contents: contents.to_string(),
         };
         self.done(op, HOUSEKEEPING_TIMEOUT)
-            .map_err(|e| e.to_string())
     }
 
     /// Create or replace a regular file (see [`Op::PutFile`]).
@@ -277,13 +281,13 @@ impl Guest {
         contents: Vec<u8>,
         executable: bool,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), VmError> {
         let op = Op::PutFile {
             path: path.to_string(),
             contents,
             executable,
         };
-        self.done(op, timeout).map_err(|e| e.to_string())
+        self.done(op, timeout)
     }
 
     /// Kernel log records after sequence number `after`.

@@ -3,11 +3,13 @@
 
 use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
+use crate::guest::error::GuestError;
 use crate::guest::ndctl::{json_list, sysfs_number as number};
 use crate::guest::Guest;
 use crate::namespace::Bus;
 use crate::size::ByteSize;
 use crate::template::{NsField, Ref};
+use crate::unreadable::Unreadable;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -35,40 +37,47 @@ pub struct Layout {
 
 impl Layout {
     /// The value of a placeholder (`${ns.NAME.FIELD}`, `${cxl.N.FIELD}`).
-    pub fn lookup(&self, target: &Ref) -> Result<String, String> {
+    pub fn lookup(&self, target: &Ref) -> Result<String, GuestError> {
         match target {
             Ref::Ns { name, field } => self.namespace_field(name, *field),
             Ref::Cxl { device, field } => self.cxl.lookup(*device, *field),
         }
     }
 
-    fn namespace_field(&self, name: &str, field: NsField) -> Result<String, String> {
+    fn namespace_field(&self, name: &str, field: NsField) -> Result<String, GuestError> {
         let ns = self
             .namespaces
             .get(name)
-            .ok_or_else(|| format!("namespace `{name}` was not created"))?;
+            .ok_or_else(|| GuestError::Missing(format!("namespace `{name}` was not created")))?;
         let v = match field {
             NsField::Dev => Some(&ns.dev),
             NsField::Region => Some(&ns.region),
             NsField::Chardev => ns.chardev.as_ref(),
             NsField::Blockdev => ns.blockdev.as_ref(),
         };
-        v.cloned()
-            .ok_or_else(|| format!("namespace `{name}` ({}) has no {}", ns.dev, field.name()))
+        v.cloned().ok_or_else(|| {
+            GuestError::Missing(format!(
+                "namespace `{name}` ({}) has no {}",
+                ns.dev,
+                field.name()
+            ))
+        })
     }
 }
 
 /// Order regions by their physical start: QEMU places NVDIMMs in the order
 /// their devices appear on the command line, so the n-th region by address
 /// belongs to the n-th NVDIMM. Input: (region name, `resource` file text).
-pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, String> {
+pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, GuestError> {
     let mut parsed = found
         .iter()
         .map(|(name, res)| {
             let t = res.trim().trim_start_matches("0x");
             u64::from_str_radix(t, 16)
                 .map(|addr| (addr, name.clone()))
-                .map_err(|_| format!("{name}/resource is not an address: {res:?}"))
+                .map_err(|_| {
+                    GuestError::Missing(format!("{name}/resource is not an address: {res:?}"))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     parsed.sort();
@@ -76,11 +85,10 @@ pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, Str
 }
 
 /// What `ndctl create-namespace` printed, reduced to the names steps use.
-pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, String> {
-    let dev = created
-        .get("dev")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("create-namespace output has no dev: {created}"))?;
+pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, GuestError> {
+    let dev = created.get("dev").and_then(Value::as_str).ok_or_else(|| {
+        GuestError::Missing(format!("create-namespace output has no dev: {created}"))
+    })?;
     let chardev = created
         .pointer("/daxregion/devices/0/chardev")
         .and_then(Value::as_str)
@@ -95,9 +103,9 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, St
         Some("devdax") => NamespaceMode::Devdax,
         Some("sector") => NamespaceMode::Sector,
         other => {
-            return Err(format!(
+            return Err(GuestError::Missing(format!(
                 "create-namespace output has mode {other:?}: {created}"
-            ))
+            )))
         }
     };
     Ok(NamespaceInfo {
@@ -110,7 +118,7 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, St
 }
 
 /// Create the case's namespaces on the QEMU (ACPI.NFIT) NVDIMMs.
-pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, String> {
+pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, GuestError> {
     let mut layout = Layout::default();
     if !case.machine.nvdimms.is_empty() {
         layout.regions = qemu_regions(guest, case)?;
@@ -170,13 +178,13 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
                 }
                 let regions = &bus_regions[bus];
                 let region = regions.get(ns.nvdimm).cloned().ok_or_else(|| {
-                    format!(
+                    GuestError::Missing(format!(
                         "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
                         regions.len(),
                         regions.join(", "),
                         ns.name,
                         ns.nvdimm
-                    )
+                    ))
                 })?;
                 if !layout.regions.contains(&region) {
                     layout.regions.push(region.clone());
@@ -196,7 +204,10 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
                 .into_iter()
                 .next()
                 .ok_or_else(|| {
-                    format!("{region} has no namespace to reconfigure for `{}`", ns.name)
+                    GuestError::Missing(format!(
+                        "{region} has no namespace to reconfigure for `{}`",
+                        ns.name
+                    ))
                 })?;
             // Already what the case wants (nfit_test.1's read-only raw
             // namespace cannot be reconfigured at all): take it as it is.
@@ -212,8 +223,13 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
             create_namespace_argv(ns, &region)
         };
         let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let created: Value = serde_json::from_str(&out.stdout)
-            .map_err(|e| format!("create-namespace printed no JSON ({e}): {}", out.stdout))?;
+        let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+            Unreadable::new(
+                "create-namespace's output",
+                format!("not JSON ({e})"),
+                &out.stdout,
+            )
+        })?;
         layout
             .namespaces
             .insert(ns.name.clone(), namespace_info(&created, &region)?);
@@ -223,15 +239,15 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Strin
 }
 
 /// QEMU's regions in NVDIMM order, with their alignment fixed up.
-fn qemu_regions(guest: &mut Guest, case: &Case) -> Result<Vec<String>, String> {
+fn qemu_regions(guest: &mut Guest, case: &Case) -> Result<Vec<String>, GuestError> {
     let names = pmem_regions(guest, "ACPI.NFIT")?;
     if names.len() != case.machine.nvdimms.len() {
-        return Err(format!(
+        return Err(GuestError::Missing(format!(
             "the machine has {} NVDIMM(s) but the ACPI.NFIT bus shows {} pmem region(s): {}",
             case.machine.nvdimms.len(),
             names.len(),
             names.join(", ")
-        ));
+        )));
     }
     for name in &names {
         let resource = guest
@@ -248,7 +264,7 @@ fn qemu_regions(guest: &mut Guest, case: &Case) -> Result<Vec<String>, String> {
 }
 
 /// A bus's pmem regions in address order.
-fn pmem_regions(guest: &mut Guest, bus: &str) -> Result<Vec<String>, String> {
+fn pmem_regions(guest: &mut Guest, bus: &str) -> Result<Vec<String>, GuestError> {
     let listed = guest.ok(&[
         "ndctl",
         "list",
@@ -283,7 +299,7 @@ pub fn region_align_for(start: u64) -> Option<u64> {
 }
 
 /// Read where every region and namespace really is (see [`crate::address`]).
-fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geometry, String> {
+fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geometry, GuestError> {
     let nd = |dev: &str, attr: &str| format!("/sys/bus/nd/devices/{dev}/{attr}");
     let mut geometry = Geometry::default();
     for region in &layout.regions {
@@ -324,10 +340,10 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
             // it is the BTT map's business.
             (NamespaceMode::Raw | NamespaceMode::Sector, _, Some(_)) => (start, size),
             _ => {
-                return Err(format!(
+                return Err(GuestError::Missing(format!(
                     "namespace `{}` ({}) lacks its device",
                     spec.name, info.dev
-                ))
+                )))
             }
         };
         let region = layout
@@ -381,16 +397,21 @@ pub fn reconfigure(
     name: &str,
     mode: NamespaceMode,
     align: Option<ByteSize>,
-) -> Result<NamespaceInfo, String> {
+) -> Result<NamespaceInfo, GuestError> {
     let old = layout
         .namespaces
         .get(name)
         .cloned()
-        .ok_or_else(|| format!("no namespace `{name}` in this VM"))?;
+        .ok_or_else(|| GuestError::Missing(format!("no namespace `{name}` in this VM")))?;
     let argv = reconfig_argv(&old.dev, mode, align);
     let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let created: Value = serde_json::from_str(&out.stdout)
-        .map_err(|e| format!("create-namespace printed no JSON ({e}): {}", out.stdout))?;
+    let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
+        Unreadable::new(
+            "create-namespace's output",
+            format!("not JSON ({e})"),
+            &out.stdout,
+        )
+    })?;
     let info = namespace_info(&created, &old.region)?;
     layout.namespaces.insert(name.to_string(), info.clone());
     layout.geometry = read_geometry(guest, case, layout)?;
@@ -480,6 +501,7 @@ mod tests {
         assert!(layout
             .lookup(&ns(NsField::Chardev))
             .unwrap_err()
+            .to_string()
             .contains("has no chardev"));
         let cxl = Ref::Cxl {
             device: 0,
@@ -488,6 +510,7 @@ mod tests {
         assert!(layout
             .lookup(&cxl)
             .unwrap_err()
+            .to_string()
             .contains("CXL device 0 has no memdev"));
         layout.cxl.memdevs = vec!["mem1".into()];
         assert_eq!(layout.lookup(&cxl).unwrap(), "mem1");

@@ -25,6 +25,7 @@ use crate::badblocks::{self, Range, SECTOR};
 use crate::guest::ndctl::json_list;
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
+use crate::guest::GuestError;
 use pmem_lab_proto::KmsgRecord;
 use pmem_lab_spec::cxl::PoisonEvent;
 use regex::Regex;
@@ -220,9 +221,9 @@ pub fn take(
     guest: &mut Guest,
     layout: &Layout,
     after_seq: Option<u64>,
-) -> Result<ErrorState, String> {
+) -> Result<ErrorState, GuestError> {
     let mut snap = ErrorState {
-        kmsg: guest.kmsg(after_seq).map_err(|e| e.to_string())?,
+        kmsg: guest.kmsg(after_seq)?,
         ..Default::default()
     };
     for (device, memdev) in layout.cxl.memdevs.iter().enumerate() {
@@ -306,7 +307,11 @@ pub fn take(
 const MEMINFO: &str = "/proc/meminfo";
 
 /// The HWPOISON flag of the pages under badblocks.
-fn poison_flags(guest: &mut Guest, layout: &Layout, snap: &mut ErrorState) -> Result<(), String> {
+fn poison_flags(
+    guest: &mut Guest,
+    layout: &Layout,
+    snap: &mut ErrorState,
+) -> Result<(), GuestError> {
     let mut pfns = Vec::new();
     for (i, r) in snap.regions.iter().enumerate() {
         if let Ok(g) = layout.geometry.region(i) {
@@ -317,7 +322,7 @@ fn poison_flags(guest: &mut Guest, layout: &Layout, snap: &mut ErrorState) -> Re
     if pfns.is_empty() {
         return Ok(());
     }
-    let flags = guest.page_flags(&pfns).map_err(|e| e.to_string())?;
+    let flags = guest.page_flags(&pfns)?;
     snap.unlisted_pfns = flags.iter().filter(|f| f.is_none()).count();
     snap.hwpoison_pfns = pfns
         .into_iter()

@@ -2,6 +2,9 @@
 //! is the one place that renders them (the message a user, CI and the
 //! report see). Nothing parses a message back.
 
+use super::preflight::Unmet;
+use crate::boot::BootError;
+use crate::guest::GuestError;
 use crate::observe::oracle::Violation;
 use std::fmt;
 use std::path::PathBuf;
@@ -33,7 +36,7 @@ impl fmt::Display for StepAt {
 pub enum Failure {
     /// The case cannot run here (nfit_test missing, an unsafe id).
     #[error("{0}")]
-    Preflight(String),
+    Preflight(Unmet),
     #[error("cannot create {path}: {source}")]
     Artifacts {
         path: PathBuf,
@@ -41,19 +44,27 @@ pub enum Failure {
     },
     /// QEMU, the firmware tables or the agent did not come up.
     #[error("boot: {0}")]
-    Boot(String),
+    Boot(Box<BootError>),
+    /// Namespaces, the VM snapshot saved after them, the poison model.
     #[error("setup: {0}")]
-    Setup(String),
+    Setup(Box<BootError>),
     /// A VM snapshot could not be used, or the restored guest is not the
     /// one the snapshot saved.
-    #[error("restoring the VM snapshot {}: {message}\n(run the case with `cargo xtask lab --cold` to take snapshots out of it)", snapshot.display())]
-    Restored { snapshot: PathBuf, message: String },
+    #[error("restoring the VM snapshot {}: {source}{}\n(run the case with `cargo xtask lab --cold` to take snapshots out of it)",
+        snapshot.display(),
+        if *removed { "\n(the snapshot was removed: the next case of this machine and setup boots and saves a new one)" } else { "" })]
+    Restored {
+        snapshot: PathBuf,
+        source: Box<BootError>,
+        /// The snapshot did not load, and was removed.
+        removed: bool,
+    },
     /// The error state after setup already broke an invariant.
     #[error("after boot and setup, the oracle found:\n  - {}", list(.0))]
     Baseline(Vec<Violation>),
     /// A step could not be carried out (the VM, the agent, a translation).
-    #[error("{at}: {message}")]
-    StepBroke { at: StepAt, message: String },
+    #[error("{at}: {source}")]
+    StepBroke { at: StepAt, source: Box<GuestError> },
     /// A step ran and what came back is not what the case expects.
     #[error("{at} failed:\n  - {}\n{details}", problems.join("\n  - "))]
     StepFailed {
@@ -63,8 +74,11 @@ pub enum Failure {
         details: String,
     },
     /// The error state could not be read after a step.
-    #[error("{label}: reading the error state: {message}")]
-    Observe { label: String, message: String },
+    #[error("{label}: reading the error state: {source}")]
+    Observe {
+        label: String,
+        source: Box<GuestError>,
+    },
     /// The guest kernel panicked (or oopsed) where nothing expected it: a
     /// class of its own whatever the lab was doing, so that a bisection
     /// tells a kernel that dies from an ndctl error.
@@ -99,7 +113,9 @@ impl Failure {
     /// A failure that judged the guest (an expectation, the oracle's rules)
     /// or never reached it stays what it is.
     pub fn or_panic(self, panic: Option<&str>) -> Failure {
-        let Some(console) = panic else {
+        // The VM's record first; else the panic an error carries up from
+        // the VM layer (a reply that never came because the guest died).
+        let Some(console) = panic.map(str::to_string).or_else(|| self.carried_panic()) else {
             return self;
         };
         let during = match &self {
@@ -114,17 +130,34 @@ impl Failure {
             | Failure::StepFailed { .. }
             | Failure::GuestPanic { .. } => return self,
         };
-        Failure::GuestPanic {
-            during,
-            console: console.to_string(),
+        Failure::GuestPanic { during, console }
+    }
+
+    /// The guest panic under a boot, setup, step or observation error.
+    fn carried_panic(&self) -> Option<String> {
+        match self {
+            Failure::Boot(e) | Failure::Setup(e) => e.panic(),
+            Failure::StepBroke { source, .. } | Failure::Observe { source, .. } => source.panic(),
+            _ => None,
         }
+        .map(str::to_string)
+    }
+
+    /// A boot failure.
+    pub fn boot(e: impl Into<BootError>) -> Failure {
+        Failure::Boot(Box::new(e.into()))
+    }
+
+    /// A setup failure.
+    pub fn setup(e: impl Into<BootError>) -> Failure {
+        Failure::Setup(Box::new(e.into()))
     }
 
     /// A step that could not be carried out, for `map_err`.
-    pub fn broke(at: &StepAt) -> impl Fn(String) -> Failure + '_ {
-        move |message| Failure::StepBroke {
+    pub fn broke(at: &StepAt) -> impl Fn(GuestError) -> Failure + '_ {
+        move |source| Failure::StepBroke {
             at: at.clone(),
-            message,
+            source: Box::new(source),
         }
     }
 }
@@ -139,15 +172,15 @@ impl Failure {
         match self {
             Failure::Preflight(_) => "preflight".into(),
             Failure::Artifacts { .. } => "artifacts".into(),
-            Failure::Boot(_) => "boot".into(),
-            Failure::Setup(_) => "setup".into(),
+            Failure::Boot(e) => format!("boot: {}", mask(&e.class())),
+            Failure::Setup(e) => format!("setup: {}", mask(&e.class())),
             Failure::Restored { .. } => "restore".into(),
             Failure::Baseline(v) => format!(
                 "after setup: {}",
                 v.first().map(|v| first(&v.to_string())).unwrap_or_default()
             ),
-            Failure::StepBroke { at, message } => {
-                format!("step {} broke: {}", at.number, first(message))
+            Failure::StepBroke { at, source } => {
+                format!("step {} broke: {}", at.number, first(&source.class()))
             }
             Failure::StepFailed { at, problems, .. } => format!(
                 "step {} failed: {}",
@@ -205,6 +238,7 @@ pub struct CaseFailed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::VmError;
 
     fn at(round: Option<(u32, u32)>) -> StepAt {
         StepAt {
@@ -235,32 +269,60 @@ mod tests {
             f("expected exit 0, got exit 3").class(),
             f("stdout does not match /^ok$/").class()
         );
-        assert_eq!(Failure::Boot("agent never came".into()).class(), "boot");
+        let never = VmError::Timeout {
+            what: "the agent".into(),
+            after: std::time::Duration::from_secs(60),
+            console: "[    1.0] x".into(),
+        };
+        assert_eq!(
+            Failure::boot(never).class(),
+            "boot: timeout waiting for the agent"
+        );
     }
 
     #[test]
     fn a_guest_panic_is_a_class_of_its_own() {
         let panic = Some("Kernel panic - not syncing: Fatal exception");
-        let setup = |m: &str| Failure::Setup(m.into());
-        // Without a panic a setup failure stays one; with it, whatever the
-        // message, it is a guest panic during setup.
+        let setup = |e: GuestError| Failure::setup(e);
+        let ndctl = || GuestError::Command {
+            argv: "ndctl create-namespace --region=region0".into(),
+            status: "exit 1".into(),
+            output: "failed to create namespace: No space left on device".into(),
+        };
+        let closed = || {
+            GuestError::from(VmError::AgentClosed {
+                console: String::new(),
+            })
+        };
+        // Without a panic a setup failure stays one, classed by what
+        // failed; with it, whatever failed, it is a guest panic during
+        // setup.
         assert_eq!(
-            setup("ndctl create-namespace failed")
+            setup(ndctl().context("namespace `data`"))
                 .or_panic(None)
                 .class(),
-            "setup"
+            "setup: `ndctl create-namespace` failed"
         );
-        let died = setup("guest agent closed").or_panic(panic);
+        assert_ne!(setup(ndctl()).class(), setup(closed()).class());
+        let died = setup(closed()).or_panic(panic);
         assert_eq!(died.class(), "guest panic during setup");
         assert_eq!(
             died.to_string(),
             "setup: guest kernel panicked or oopsed:\nKernel panic - not syncing: Fatal exception"
         );
         assert_eq!(
-            Failure::Boot("x".into()).or_panic(panic).class(),
+            Failure::boot(closed()).or_panic(panic).class(),
             "guest panic during boot"
         );
-        let step = Failure::broke(&at(None))("agent closed".into()).or_panic(panic);
+        // The panic a wait saw, carried up in the error, counts the same.
+        let carried = GuestError::from(VmError::Panic {
+            console: "Kernel panic - not syncing: Fatal machine check".into(),
+        });
+        assert_eq!(
+            setup(carried.context("ndctl list")).or_panic(None).class(),
+            "guest panic during setup"
+        );
+        let step = Failure::broke(&at(None))(closed()).or_panic(panic);
         assert_eq!(step.class(), "guest panic in step 2");
         assert!(step
             .to_string()
@@ -295,7 +357,7 @@ mod tests {
             "step 2 `prints` (cases/t.yaml:4) failed:\n  - expected exit 0, got exit 3\n  - stdout does not match /^bye$/\n  \
              stdout:\n    hello\n\nartifacts: /a/t"
         );
-        let broke = Failure::broke(&at(Some((3, 5))))("QEMU exited".into());
+        let broke = Failure::broke(&at(Some((3, 5))))(GuestError::Missing("QEMU exited".into()));
         assert_eq!(
             broke.to_string(),
             "step 2 `prints` (round 3 of 5) (cases/t.yaml:4): QEMU exited"

@@ -14,11 +14,11 @@ pub mod shell;
 mod steps;
 
 use crate::boot::vm_snapshot::{self, Start};
-use crate::boot::{start_machine, Started};
+use crate::boot::{start_machine, BootError, Started};
 use crate::case::{Case, Step};
 use crate::guest::setup::{self, Layout};
-use crate::guest::Guest;
 use crate::guest::{cxl, dax};
+use crate::guest::{Guest, GuestError};
 use crate::observe::oracle;
 use crate::run::failure::{CaseFailed, Failure, StepAt};
 use crate::vm::lab_env::LabEnv;
@@ -63,10 +63,7 @@ pub fn run_case(
         .all(|c| matches!(c, std::path::Component::Normal(_)))
     {
         return Err(CaseFailed {
-            failure: Box::new(Failure::Preflight(format!(
-                "case id `{}` does not name a folder inside the artifacts root",
-                case.id
-            ))),
+            failure: Box::new(Failure::Preflight(preflight::Unmet::Id(case.id.clone()))),
             artifacts: env.artifacts.clone(),
         });
     }
@@ -114,16 +111,17 @@ fn run_in(
     } = started;
     let mut setup_view = serde_json::Value::Null;
     let outcome = match &saved {
-        Some(s) => s.layout().map_err(|e| Failure::Restored {
+        Some(s) => s.layout().map_err(|source| Failure::Restored {
             snapshot: s.dir.clone(),
-            message: e,
+            source: Box::new(source),
+            removed: false,
         }),
-        None => setup::create_namespaces(&mut guest, case).map_err(Failure::Setup),
+        None => setup::create_namespaces(&mut guest, case).map_err(Failure::setup),
     }
     .and_then(|layout| {
         if let Some(m) = &maker {
             save_snapshot(&mut guest, m, &layout, &files, private.path(), &mut log)
-                .map_err(|e| Failure::Setup(format!("saving the VM snapshot: {e}")))?;
+                .map_err(|e| Failure::setup(e.context("saving the VM snapshot")))?;
         }
         Ok(layout)
     })
@@ -193,7 +191,7 @@ struct Booted {
 /// Start the case's VM as the snapshot plan says (boot, boot and save, or
 /// restore) and wait for the agent.
 fn boot(case: &Case, env: &LabEnv, dir: &Path, log: &mut StepLog) -> Result<Booted, Failure> {
-    let (plan, key) = vm_snapshot::plan(case, env).map_err(Failure::Boot)?;
+    let (plan, key) = vm_snapshot::plan(case, env).map_err(Failure::boot)?;
     log.line(format!(
         "VM start: {} (snapshot key {})",
         plan.describe(),
@@ -206,19 +204,22 @@ fn boot(case: &Case, env: &LabEnv, dir: &Path, log: &mut StepLog) -> Result<Boot
         Start::Restore(s) => (Some(s), None),
     };
     let mut started =
-        start_machine(&case.machine, env, dir, false, saved.as_ref()).map_err(Failure::Boot)?;
-    let ready = started.wait_ready(case.boot_timeout).map_err(|e| match &saved {
-        // A snapshot that does not load would fail every case of its key:
-        // drop it, so the next one boots and saves a good one.
-        Some(s) => {
-            s.discard();
-            Failure::Restored {
-                snapshot: s.dir.clone(),
-                message: format!("{e}\n(the snapshot was removed: the next case of this machine and setup boots and saves a new one)"),
+        start_machine(&case.machine, env, dir, false, saved.as_ref()).map_err(Failure::boot)?;
+    let ready = started
+        .wait_ready(case.boot_timeout)
+        .map_err(|e| match &saved {
+            // A snapshot that does not load would fail every case of its key:
+            // drop it, so the next one boots and saves a good one.
+            Some(s) => {
+                s.discard();
+                Failure::Restored {
+                    snapshot: s.dir.clone(),
+                    source: Box::new(e),
+                    removed: true,
+                }
             }
-        }
-        None => Failure::Boot(e),
-    });
+            None => Failure::boot(e),
+        });
     let ready = ready.map_err(|f| f.or_panic(started.guest.vm().panicked()))?;
     log.line(format!(
         "agent ready after {:.2}s (guest uptime {:.2}s, kernel {}{})",
@@ -253,11 +254,9 @@ fn arm_poison(
         return Ok(None);
     }
     let began = Instant::now();
-    let w = start_poison(guest, case, env, layout, files)
-        .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
-    let armed = w
-        .sync()
-        .map_err(|e| Failure::Setup(format!("the poison model: {e}")))?;
+    let setup = |e: GuestError| Failure::setup(e);
+    let w = start_poison(guest, case, env, layout, files).map_err(setup)?;
+    let armed = w.sync().map_err(|e| setup(e.into()))?;
     log.line(format!(
         "poison model armed: {armed} lines, in {} ms",
         began.elapsed().as_millis()
@@ -287,16 +286,21 @@ fn publish_or_compare(
             });
         }
         (None, Some(s)) => {
-            let want = s.setup_state().map_err(|e| Failure::Restored {
+            let want = s.setup_state().map_err(|source| Failure::Restored {
                 snapshot: s.dir.clone(),
-                message: e,
+                source: Box::new(source),
+                removed: false,
             })?;
             if let Some(diff) = oracle::view_difference(&want, setup_view) {
                 return Err(Failure::Restored {
                     snapshot: s.dir.clone(),
-                    message: format!(
-                        "the oracle's first observation differs from the cold boot that saved the snapshot:\n{diff}"
-                    ),
+                    source: Box::new(BootError::Snapshot {
+                        path: s.dir.clone(),
+                        why: format!(
+                            "the oracle's first observation differs from the cold boot that saved the snapshot:\n{diff}"
+                        ),
+                    }),
+                    removed: false,
                 });
             }
             log.line(
@@ -317,16 +321,14 @@ fn save_snapshot(
     files: &machine::VmFiles,
     private: &Path,
     log: &mut StepLog,
-) -> Result<(), String> {
+) -> Result<(), BootError> {
     let began = Instant::now();
     maker.save_layout(layout)?;
     let vm = guest.vm();
-    let state = vm
-        .save_state(&maker.state_path(), &private.join("migrate"), SAVE_TIMEOUT)
-        .map_err(|e| e.to_string())?;
+    let state = vm.save_state(&maker.state_path(), &private.join("migrate"), SAVE_TIMEOUT)?;
     let stream = began.elapsed();
     let backing = maker.save_backing(files)?;
-    vm.resume(SAVE_TIMEOUT).map_err(|e| e.to_string())?;
+    vm.resume(SAVE_TIMEOUT)?;
     log.line(format!(
         "VM snapshot saved in {:.2}s (state {:.1} MB in {:.2}s, backing files {} KB of data)",
         began.elapsed().as_secs_f64(),
@@ -369,7 +371,7 @@ fn start_poison(
     env: &LabEnv,
     layout: &Layout,
     files: &VmFiles,
-) -> Result<Watcher, String> {
+) -> Result<Watcher, GuestError> {
     // A kernel built without CONFIG_RANDOMIZE_BASE runs where System.map
     // says (the lab's own config); otherwise the guest says where `_text`
     // is (and so does an unreadable config).
@@ -391,13 +393,13 @@ fn start_poison(
             lines.add_range(region.start + e.offset, e.length, Source::Latent);
         }
     }
-    Watcher::start(
+    Ok(Watcher::start(
         &files.gdb_socket,
         symbols,
         &files.platform_log,
         lines,
         case.machine.cpus,
-    )
+    )?)
 }
 
 impl CaseRun<'_> {
@@ -473,9 +475,7 @@ impl CaseRun<'_> {
         } = acted;
         if let Some(w) = &self.poison {
             let began = Instant::now();
-            let armed = w
-                .sync()
-                .map_err(|e| broke(format!("the poison model: {e}")))?;
+            let armed = w.sync().map_err(|e| broke(e.into()))?;
             let seen = w.take();
             let problem = self.machine_checks(step, &seen.consumptions);
             self.note(step, format!(
@@ -553,12 +553,11 @@ impl CaseRun<'_> {
     /// Snapshot the error state, append it to state.jsonl, advance the
     /// kernel-log cursor.
     fn observe(&mut self, label: &str) -> Result<oracle::ErrorState, Failure> {
-        let snap = oracle::take(self.guest, &self.layout, self.last_seq).map_err(|e| {
-            Failure::Observe {
-                label: label.to_string(),
-                message: e.to_string(),
-            }
-        })?;
+        let observe = |source| Failure::Observe {
+            label: label.to_string(),
+            source: Box::new(source),
+        };
+        let snap = oracle::take(self.guest, &self.layout, self.last_seq).map_err(observe)?;
         if let Some(last) = snap.kmsg.last() {
             self.last_seq = Some(last.seq);
         }
@@ -567,10 +566,7 @@ impl CaseRun<'_> {
         // lab could watch, so the model follows the lists.
         if let (Some(w), false) = (&self.poison, snap.cxl.is_empty()) {
             let lines = cxl::lines_of(&snap.cxl, &self.layout.cxl);
-            w.cxl_lines(lines).map_err(|e| Failure::Observe {
-                label: label.to_string(),
-                message: format!("the poison model: {e}"),
-            })?;
+            w.cxl_lines(lines).map_err(|e| observe(e.into()))?;
         }
         let mut line = snap.to_json(label).to_string();
         line.push('\n');

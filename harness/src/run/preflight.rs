@@ -2,7 +2,35 @@
 
 use crate::vm::lab_env::LabEnv;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// What the case needs and this run lacks.
+#[derive(Debug, thiserror::Error)]
+pub enum Unmet {
+    #[error("this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
+             `cargo xtask kernel` builds them from tools/testing/nvdimm", module.display())]
+    NfitTestModules { module: PathBuf },
+    /// Kernel options the case's machine needs (`needs`: what it has that
+    /// needs them).
+    #[error("this case {needs}, which needs {} ({forms}) in the kernel config ({})", options.join(", "), config.display())]
+    Config {
+        needs: &'static str,
+        options: Vec<&'static str>,
+        forms: &'static str,
+        config: PathBuf,
+    },
+    #[error("{}: {source}", config.display())]
+    Unreadable {
+        config: PathBuf,
+        source: std::io::Error,
+    },
+    /// The run's QEMU is too old (the machine's words for what it needs).
+    #[error("this case {0}")]
+    Qemu(String),
+    /// The id does not name a folder inside the artifacts root.
+    #[error("case id `{0}` does not name a folder inside the artifacts root")]
+    Id(String),
+}
 
 pub use pmem_lab_env::program;
 
@@ -18,7 +46,7 @@ const NFIT_TEST_CONFIG: [&str; 6] = [
 
 /// A case that needs nfit_test on a kernel without it fails here, before
 /// boot, with the reason.
-pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
+pub fn nfit_test(env: &LabEnv) -> Result<(), Unmet> {
     let dir = env
         .kernel
         .parent()
@@ -26,25 +54,22 @@ pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
         .unwrap_or_default();
     let module = dir.join("nfit_test.ko");
     if !module.is_file() {
-        return Err(format!(
-            "this case needs nfit_test, but the kernel has no nfit_test modules ({} is missing): \
-             `cargo xtask kernel` builds them from tools/testing/nvdimm",
-            module.display()
-        ));
+        return Err(Unmet::NfitTestModules { module });
     }
     if let Some(config) = &env.kernel_config {
-        let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+        let text = fs::read_to_string(config).map_err(unreadable(config))?;
         let missing: Vec<&str> = NFIT_TEST_CONFIG
             .iter()
             .copied()
             .filter(|o| !text.lines().any(|l| l == *o))
             .collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "this case needs nfit_test, which needs {} in the kernel config ({})",
-                missing.join(", "),
-                config.display()
-            ));
+            return Err(Unmet::Config {
+                needs: "needs nfit_test",
+                options: missing,
+                forms: "=m",
+                config: config.clone(),
+            });
         }
     }
     Ok(())
@@ -53,26 +78,29 @@ pub fn nfit_test(env: &LabEnv) -> Result<(), String> {
 /// A case with e820 pmem on a kernel without the legacy pmem driver fails
 /// here, before boot, with the reason (the guest would boot with RAM
 /// missing and no e820 bus).
-pub fn e820(env: &LabEnv) -> Result<(), String> {
+pub fn e820(env: &LabEnv) -> Result<(), Unmet> {
     let Some(config) = &env.kernel_config else {
         return Ok(());
     };
-    if unbuilt(config, &["CONFIG_X86_PMEM_LEGACY"])?.is_empty() {
+    let missing = unbuilt(config, &["CONFIG_X86_PMEM_LEGACY"])?;
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "this case has machine.e820_pmem, which needs CONFIG_X86_PMEM_LEGACY (=m or =y) in the kernel config ({})",
-            config.display()
-        ))
+        Err(Unmet::Config {
+            needs: "has machine.e820_pmem",
+            options: missing,
+            forms: "=m or =y",
+            config: config.clone(),
+        })
     }
 }
 
 /// A case that needs a newer QEMU than the run's fails here with the
 /// release it needs and how to get one. (The lab's runner lists such cases
 /// as ignored with the same reason; this is for a case run anyway.)
-pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), String> {
+pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), Unmet> {
     match case.needs_qemu().and_then(|n| n.unmet(&env.qemu_version)) {
-        Some(why) => Err(format!("this case {why}")),
+        Some(why) => Err(Unmet::Qemu(why)),
         None => Ok(()),
     }
 }
@@ -80,7 +108,7 @@ pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), String> {
 /// Why this run's QEMU or kernel cannot take `case` at all: the lab then
 /// lists the case as skipped with this reason (a newer QEMU, a kernel with
 /// the options, can run it); `None` when nothing stands in the way.
-pub fn unsupported(case: &crate::case::Case, env: &LabEnv) -> Option<String> {
+pub fn unsupported(case: &crate::case::Case, env: &LabEnv) -> Option<Unmet> {
     if let Err(why) = qemu(case, env) {
         return Some(why);
     }
@@ -104,7 +132,7 @@ const CXL_CONFIG: [&str; 7] = [
 
 /// A CXL case on a kernel without the CXL stack fails here, naming what is
 /// missing (images/kernel/pmem-lab.config says why each is there).
-pub fn cxl(env: &LabEnv) -> Result<(), String> {
+pub fn cxl(env: &LabEnv) -> Result<(), Unmet> {
     let Some(config) = &env.kernel_config else {
         return Ok(());
     };
@@ -112,17 +140,18 @@ pub fn cxl(env: &LabEnv) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "this case has machine.cxl, which needs {} (=y or =m) in the kernel config ({})",
-            missing.join(", "),
-            config.display()
-        ))
+        Err(Unmet::Config {
+            needs: "has machine.cxl",
+            options: missing,
+            forms: "=y or =m",
+            config: config.clone(),
+        })
     }
 }
 
 /// The `options` a kernel config does not build (neither `=y` nor `=m`).
-pub(crate) fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o str>, String> {
-    let text = fs::read_to_string(config).map_err(|e| format!("{}: {e}", config.display()))?;
+pub(crate) fn unbuilt(config: &Path, options: &[&'static str]) -> Result<Vec<&'static str>, Unmet> {
+    let text = fs::read_to_string(config).map_err(unreadable(config))?;
     Ok(options
         .iter()
         .copied()
@@ -132,6 +161,13 @@ pub(crate) fn unbuilt<'o>(config: &Path, options: &[&'o str]) -> Result<Vec<&'o 
                 .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
         })
         .collect())
+}
+
+fn unreadable(config: &Path) -> impl FnOnce(std::io::Error) -> Unmet + '_ {
+    move |source| Unmet::Unreadable {
+        config: config.to_path_buf(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -147,7 +183,7 @@ mod tests {
     fn nfit_test_preflight_names_what_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let env = env_in(dir.path());
-        let e = nfit_test(&env).unwrap_err();
+        let e = nfit_test(&env).unwrap_err().to_string();
         assert!(
             e.contains("no nfit_test modules") && e.contains("nfit_test.ko"),
             "{e}"
@@ -159,7 +195,7 @@ mod tests {
             "CONFIG_LIBNVDIMM=y\nCONFIG_BLK_DEV_PMEM=m\n",
         )
         .unwrap();
-        let e = nfit_test(&env).unwrap_err();
+        let e = nfit_test(&env).unwrap_err().to_string();
         assert!(
             e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
             "{e}"
@@ -178,7 +214,7 @@ mod tests {
             "CONFIG_CXL_ACPI=m\nCONFIG_CXL_PCI=m\n",
         )
         .unwrap();
-        let e = cxl(&env).unwrap_err();
+        let e = cxl(&env).unwrap_err().to_string();
         assert!(
             e.contains("CONFIG_CXL_MEM, CONFIG_CXL_PMEM, CONFIG_CXL_REGION,"),
             "{e}"
@@ -199,17 +235,18 @@ mod tests {
             "machine:\n  cxl:\n    - size: 256M\nsteps:\n  - run: [true]\n",
         )
         .unwrap();
-        let e = qemu(&case, &env).unwrap_err();
+        let e = qemu(&case, &env).unwrap_err().to_string();
         assert!(e.starts_with("this case needs QEMU >= 8.1"), "{e}");
         assert!(unsupported(&case, &env)
             .unwrap()
+            .to_string()
             .starts_with("this case needs QEMU >= 8.1"));
         env.qemu_version = "10.0.2".into();
         assert!(qemu(&case, &env).is_ok());
         // A kernel without the CXL options (6.1 has no
         // CXL_REGION_INVALIDATION_TEST): skipped, naming it.
         fs::write(dir.path().join("config"), "CONFIG_CXL_ACPI=m\n").unwrap();
-        let why = unsupported(&case, &env).unwrap();
+        let why = unsupported(&case, &env).unwrap().to_string();
         assert!(why.contains("CONFIG_CXL_REGION_INVALIDATION_TEST"), "{why}");
     }
 
@@ -218,7 +255,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = env_in(dir.path());
         fs::write(dir.path().join("config"), "CONFIG_LIBNVDIMM=m\n").unwrap();
-        assert!(e820(&env).unwrap_err().contains("CONFIG_X86_PMEM_LEGACY"));
+        assert!(e820(&env)
+            .unwrap_err()
+            .to_string()
+            .contains("CONFIG_X86_PMEM_LEGACY"));
         fs::write(dir.path().join("config"), "CONFIG_X86_PMEM_LEGACY=m\n").unwrap();
         assert!(e820(&env).is_ok());
     }

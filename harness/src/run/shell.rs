@@ -50,22 +50,42 @@ impl Drop for RawMode {
     }
 }
 
-pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
+/// Why the shell ended before the guest's shell did.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("{}: {source}", path.display())]
+    Host {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("boot: {0}")]
+    Boot(#[from] crate::boot::BootError),
+    #[error("setup: {0}")]
+    Setup(#[from] crate::guest::GuestError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
+    #[error("the VM has no console input")]
+    NoConsole,
+}
+
+pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellError> {
     let dir = env.artifacts.join(&case.id).join("shell");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let host = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ShellError::Host { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(host(&dir))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
     let mut started = boot::start_vm(case, env, &dir, true)?;
     let hmp = started.files.hmp_socket.clone();
-    started
-        .wait_ready(case.boot_timeout)
-        .map_err(|e| format!("boot: {e}"))?;
+    started.wait_ready(case.boot_timeout)?;
     let boot::Started {
         mut guest,
         private: _private,
         ..
     } = started;
-    let layout = setup::create_namespaces(&mut guest, case).map_err(|e| format!("setup: {e}"))?;
+    let layout = setup::create_namespaces(&mut guest, case)?;
     eprintln!("pmem-lab shell: setup done:");
     for (name, ns) in &layout.namespaces {
         let dev = ns
@@ -77,10 +97,7 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
         eprintln!("  {name}: {} in {}{dev}", ns.dev, ns.region);
     }
     for extra in extras {
-        let source = extra
-            .host
-            .canonicalize()
-            .map_err(|e| format!("{}: {e}", extra.host.display()))?;
+        let source = extra.host.canonicalize().map_err(host(&extra.host))?;
         let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
         let spec = PutSpec {
             folder,
@@ -102,20 +119,14 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
         dir.display()
     );
 
-    let mut console = guest
-        .vm()
-        .console_input()
-        .ok_or("the VM has no console input")?;
-    let shell = guest
-        .vm()
-        .send(pmem_lab_proto::Op::Run(RunRequest {
-            argv: vec!["bash".into(), "-l".into()],
-            env: [("PS1".to_string(), "pmem-lab# ".to_string())].into(),
-            timeout_ms: u64::MAX / 4,
-            tty: Some("/dev/ttyS0".into()),
-            ..Default::default()
-        }))
-        .map_err(|e| e.to_string())?;
+    let mut console = guest.vm().console_input().ok_or(ShellError::NoConsole)?;
+    let shell = guest.vm().send(pmem_lab_proto::Op::Run(RunRequest {
+        argv: vec!["bash".into(), "-l".into()],
+        env: [("PS1".to_string(), "pmem-lab# ".to_string())].into(),
+        timeout_ms: u64::MAX / 4,
+        tty: Some("/dev/ttyS0".into()),
+        ..Default::default()
+    }))?;
     let raw = RawMode::enter();
     let interactive = raw.0.is_some();
     std::thread::spawn(move || {
@@ -148,5 +159,5 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), String> {
     drop(raw);
     guest.kill();
     eprintln!("\npmem-lab shell: the guest shell ended; VM stopped");
-    ended.map(|_| ()).map_err(|e| e.to_string())
+    Ok(ended.map(|_| ())?)
 }

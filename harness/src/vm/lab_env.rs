@@ -34,21 +34,37 @@ pub struct LabEnv {
     pub qemu_version: String,
 }
 
+/// Why the environment xtask hands over cannot run cases.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{var}={} does not exist: run `cargo xtask lab` to build it", path.display())]
+    Missing { var: &'static str, path: PathBuf },
+    #[error("{var}={value}: use {allowed}")]
+    Value {
+        var: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+    #[error("{0}")]
+    Qemu(pmem_lab_env::qemu::QemuError),
+    #[error("QEMU does not start: {0}")]
+    QemuStart(std::io::Error),
+}
+
 impl LabEnv {
     /// `Ok(None)` when no kernel/initrd is configured: VM cases are then
     /// listed as ignored with the reason.
-    pub fn from_env(default_artifacts: &Path) -> Result<Option<LabEnv>, String> {
+    pub fn from_env(default_artifacts: &Path) -> Result<Option<LabEnv>, EnvError> {
         let (Some(kernel), Some(initrd)) = (vars::KERNEL.get(), vars::INITRD.get()) else {
             return Ok(None);
         };
         let (kernel, initrd) = (PathBuf::from(kernel), PathBuf::from(initrd));
         for (var, p) in [(vars::KERNEL, &kernel), (vars::INITRD, &initrd)] {
             if !p.is_file() {
-                return Err(format!(
-                    "{}={} does not exist: run `cargo xtask lab` to build it",
-                    var.name,
-                    p.display()
-                ));
+                return Err(EnvError::Missing {
+                    var: var.name,
+                    path: p.clone(),
+                });
             }
         }
         let artifacts = vars::ARTIFACTS
@@ -58,13 +74,19 @@ impl LabEnv {
         let accel = match vars::ACCEL.get_str().as_deref() {
             Some("kvm") => Accel::Kvm,
             Some("tcg") | None => Accel::Tcg,
-            Some(other) => return Err(format!("PMEM_LAB_ACCEL={other}: use kvm or tcg")),
+            Some(other) => {
+                return Err(EnvError::Value {
+                    var: vars::ACCEL.name,
+                    value: other.to_string(),
+                    allowed: "kvm or tcg",
+                })
+            }
         };
-        let qemu = Qemu::from_env().map_err(|e| e.to_string())?;
+        let qemu = Qemu::from_env().map_err(EnvError::Qemu)?;
         let qemu_version = qemu
             .version_line()
             .map(|l| pmem_lab_env::qemu::short_version(&l))
-            .map_err(|e| format!("QEMU does not start: {e}"))?;
+            .map_err(EnvError::QemuStart)?;
         Ok(Some(LabEnv {
             kernel,
             initrd,
@@ -76,7 +98,11 @@ impl LabEnv {
                 Some("off") => false,
                 Some("on") | None => true,
                 Some(other) => {
-                    return Err(format!("PMEM_LAB_POISON_DEFAULT={other}: use on or off"))
+                    return Err(EnvError::Value {
+                        var: vars::POISON_DEFAULT.name,
+                        value: other.to_string(),
+                        allowed: "on or off",
+                    })
                 }
             },
             kernel_config: vars::KERNEL_CONFIG.get().map(PathBuf::from),

@@ -6,7 +6,7 @@
 
 use crate::vm::lab_env::LabEnv;
 use crate::vm::machine::{self, MachineSpec, VmFiles};
-use crate::vm::{self, Vm};
+use crate::vm::{self, Vm, VmError};
 use pmem_lab_env::vars;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ const OWNER_FILE: &str = "owner.pid";
 /// killed outright (SIGKILL, a CI timeout) drops nothing, and each such
 /// directory holds a copy of the initrd (about 40 MB): the first VM of the
 /// next run removes the directories whose owner is gone.
-pub fn private_dir() -> Result<tempfile::TempDir, String> {
+pub fn private_dir() -> Result<tempfile::TempDir, VmError> {
     let root = vars::TMPDIR
         .get()
         .map(PathBuf::from)
@@ -29,9 +29,9 @@ pub fn private_dir() -> Result<tempfile::TempDir, String> {
     let dir = tempfile::Builder::new()
         .prefix(PRIVATE_PREFIX)
         .tempdir_in(&root)
-        .map_err(|e| format!("cannot create a private temp dir: {e}"))?;
+        .map_err(VmError::file(&root))?;
     fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
-        .map_err(|e| format!("{}: {e}", dir.path().display()))?;
+        .map_err(VmError::file(dir.path()))?;
     Ok(dir)
 }
 
@@ -74,7 +74,7 @@ fn alive(pid: i32) -> bool {
 /// devices' contents and the migration stream.
 pub trait Restore {
     /// Fill the VM's backing files (`files`) as the snapshot left them.
-    fn restore_backing(&self, files: &VmFiles) -> Result<(), String>;
+    fn restore_backing(&self, files: &VmFiles) -> Result<(), VmError>;
     /// The migration stream QEMU loads with `-incoming`.
     fn state_path(&self) -> PathBuf;
 }
@@ -89,7 +89,7 @@ pub fn start(
     initrd: &Path,
     interactive: bool,
     snapshot: Option<&dyn Restore>,
-) -> Result<(Vm, VmFiles), String> {
+) -> Result<(Vm, VmFiles), VmError> {
     let mut files = VmFiles::in_dir(private, &env.kernel, initrd, machine);
     if let Some(saved) = snapshot {
         // The snapshot's copies: the devices as setup left them.
@@ -100,7 +100,7 @@ pub fn start(
         let sparse = |path: &Path, size: u64| {
             fs::File::create(path)
                 .and_then(|f| f.set_len(size))
-                .map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(VmError::file(path))
         };
         for (nv, path) in machine.nvdimms.iter().zip(&files.nvdimm_backing) {
             sparse(path, nv.size.bytes())?;

@@ -77,7 +77,46 @@ pub enum VmError {
     Protocol(String),
     /// QEMU refused a monitor command.
     Qmp(String),
+    /// QMP's handshake failed.
+    Handshake(qmp::QmpError),
+    /// QEMU's binary did not start.
+    Spawn {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
+    /// A host file of a VM: its private dir, a backing file, a log, a
+    /// snapshot's copy.
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
+
+impl VmError {
+    /// What kind of failure this is, without the details that change from
+    /// run to run: `cargo xtask bisect` compares these.
+    pub fn class(&self) -> String {
+        match self {
+            VmError::Panic { .. } => "guest panic".into(),
+            VmError::QemuExited { .. } => "QEMU exited".into(),
+            VmError::AgentClosed { .. } => "the agent closed its channel".into(),
+            VmError::Timeout { what, .. } => format!("timeout waiting for {what}"),
+            VmError::Protocol(_) => "agent protocol".into(),
+            VmError::Qmp(_) => "QEMU monitor refused".into(),
+            VmError::Handshake(_) => "QMP handshake".into(),
+            VmError::Spawn { .. } => "QEMU did not start".into(),
+            VmError::File { .. } => "a VM's host file".into(),
+        }
+    }
+
+    /// A host file's error, for `map_err`.
+    pub fn file(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> VmError {
+        let path = path.into();
+        move |source| VmError::File { path, source }
+    }
+}
+
+impl std::error::Error for VmError {}
 
 impl std::fmt::Display for VmError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +152,13 @@ impl std::fmt::Display for VmError {
             ),
             VmError::Protocol(m) => write!(f, "agent protocol error: {m}"),
             VmError::Qmp(m) => write!(f, "QEMU monitor: {m}"),
+            VmError::Handshake(e) => write!(f, "{e}"),
+            VmError::Spawn { binary, source } => write!(
+                f,
+                "cannot start {}: {source} (run `cargo xtask deps`)",
+                binary.display()
+            ),
+            VmError::File { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }
 }
@@ -164,7 +210,7 @@ impl Vm {
         files: &VmFiles,
         run_dir: &Path,
         interactive: bool,
-    ) -> Result<Vm, String> {
+    ) -> Result<Vm, VmError> {
         let mut cmd = qemu.command();
         cmd.args(args)
             .stdin(if interactive {
@@ -180,7 +226,7 @@ impl Vm {
         let incoming = files
             .incoming
             .as_ref()
-            .map(|p| File::open(p).map_err(|e| format!("{}: {e}", p.display())))
+            .map(|p| File::open(p).map_err(VmError::file(p)))
             .transpose()?;
         let incoming_fd = incoming.as_ref().map(|f| f.as_raw_fd());
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -208,11 +254,9 @@ impl Vm {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            format!(
-                "cannot start {}: {e} (run `cargo xtask deps`)",
-                qemu.binary.display()
-            )
+        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+            binary: qemu.binary.clone(),
+            source,
         })?;
         let started = Instant::now();
         let pid = child.id() as i32;
@@ -221,8 +265,8 @@ impl Vm {
         let stderr = Arc::new(Mutex::new(String::new()));
         let exited = Arc::new(AtomicBool::new(false));
 
-        let log =
-            File::create(run_dir.join("console.log")).map_err(|e| format!("console.log: {e}"))?;
+        let log = File::create(run_dir.join("console.log"))
+            .map_err(VmError::file(run_dir.join("console.log")))?;
         let stdout = child.stdout.take().expect("piped");
         spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone(), interactive);
         let console_in = child.stdin.take();
@@ -242,8 +286,8 @@ impl Vm {
                 let _ = exit_tx.send(Event::QemuExited(status));
             }
         });
-        let transcript =
-            File::create(run_dir.join("agent.jsonl")).map_err(|e| format!("agent.jsonl: {e}"))?;
+        let transcript = File::create(run_dir.join("agent.jsonl"))
+            .map_err(VmError::file(run_dir.join("agent.jsonl")))?;
         Ok(Vm {
             pid,
             exited,
@@ -257,7 +301,8 @@ impl Vm {
             qmp_events: Vec::new(),
             console_in,
             unclaimed: Vec::new(),
-            qmp_log: File::create(run_dir.join("qmp.log")).map_err(|e| format!("qmp.log: {e}"))?,
+            qmp_log: File::create(run_dir.join("qmp.log"))
+                .map_err(VmError::file(run_dir.join("qmp.log")))?,
             started,
             next_id: 1,
             transcript,
@@ -302,7 +347,7 @@ impl Vm {
     fn connect_qmp(&mut self, deadline: Instant) -> Result<(), VmError> {
         let mut qmp_stream = self.connect(&self.qmp_socket.clone(), "the QMP socket", deadline)?;
         let reader =
-            qmp::handshake(&mut qmp_stream, Duration::from_secs(10)).map_err(VmError::Qmp)?;
+            qmp::handshake(&mut qmp_stream, Duration::from_secs(10)).map_err(VmError::Handshake)?;
         spawn_qmp_reader(reader, self.tx.clone());
         self.qmp = Some(qmp_stream);
         Ok(())
@@ -898,7 +943,10 @@ fn spawn_qmp_reader(reader: BufReader<UnixStream>, tx: Sender<Event>) {
         for line in reader.lines() {
             let Ok(line) = line else { break };
             let parsed = serde_json::from_str::<Value>(&line)
-                .map_err(|e| e.to_string())
+                .map_err(|_| qmp::QmpError::Malformed {
+                    what: "event",
+                    line: line.clone(),
+                })
                 .and_then(qmp::Message::parse);
             match parsed {
                 Ok(msg) => {

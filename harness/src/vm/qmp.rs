@@ -32,8 +32,23 @@ pub enum Message {
     Greeting,
 }
 
+/// Why QMP's handshake (or a message) is not what QEMU speaks.
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("QMP {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// A line that is not JSON, or JSON that is no QMP message.
+    #[error("QMP {what}: not a QMP message: {line}")]
+    Malformed { what: &'static str, line: String },
+    #[error("QMP: expected {what}, got {got}")]
+    Unexpected { what: &'static str, got: String },
+}
+
 impl Message {
-    pub fn parse(v: Value) -> Result<Message, String> {
+    pub fn parse(v: Value) -> Result<Message, QmpError> {
         let id = v.get("id").and_then(Value::as_u64);
         if let Some(ret) = v.get("return") {
             return Ok(Message::Return {
@@ -60,7 +75,10 @@ impl Message {
         if v.get("QMP").is_some() {
             return Ok(Message::Greeting);
         }
-        Err(format!("unrecognised QMP message: {v}"))
+        Err(QmpError::Malformed {
+            what: "message",
+            line: v.to_string(),
+        })
     }
 }
 
@@ -116,36 +134,47 @@ pub fn register_field(info_registers: &str, name: &str) -> Option<u64> {
 pub fn handshake(
     stream: &mut UnixStream,
     timeout: Duration,
-) -> Result<BufReader<UnixStream>, String> {
+) -> Result<BufReader<UnixStream>, QmpError> {
+    let io = |what| move |source| QmpError::Io { what, source };
     stream
         .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut read = |what: &str| -> Result<Message, String> {
+        .map_err(io("socket"))?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(io("socket"))?);
+    let mut read = |what: &'static str| -> Result<Message, QmpError> {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("QMP {what}: {e}"))?;
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| format!("QMP {what}: {e}: {line:?}"))?;
+        reader.read_line(&mut line).map_err(io(what))?;
+        let v: Value = serde_json::from_str(&line).map_err(|_| QmpError::Malformed {
+            what,
+            line: line.clone(),
+        })?;
         Message::parse(v)
     };
     match read("greeting")? {
         Message::Greeting => {}
-        other => return Err(format!("QMP: expected the greeting, got {other:?}")),
+        other => {
+            return Err(QmpError::Unexpected {
+                what: "the greeting",
+                got: format!("{other:?}"),
+            })
+        }
     }
     stream
         .write_all(command("qmp_capabilities", None, 0).as_bytes())
-        .map_err(|e| format!("QMP: {e}"))?;
+        .map_err(io("qmp_capabilities"))?;
     match read("capabilities")? {
         Message::Return { .. } => {}
-        other => return Err(format!("QMP: qmp_capabilities answered {other:?}")),
+        other => {
+            return Err(QmpError::Unexpected {
+                what: "qmp_capabilities' return",
+                got: format!("{other:?}"),
+            })
+        }
     }
-    stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(None).map_err(io("socket"))?;
     reader
         .get_ref()
         .set_read_timeout(None)
-        .map_err(|e| e.to_string())?;
+        .map_err(io("socket"))?;
     Ok(reader)
 }
 

@@ -46,25 +46,22 @@ pub const MAX_FILES: usize = 2000;
 /// root, and directory symlinks are never followed (no loops, no escapes).
 /// Problems with a path (a FIFO, a huge file, an unsafe name, two files for
 /// one id) are reported as that file's errors; an empty root is an error.
-pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
-    let real_root = root
-        .canonicalize()
-        .map_err(|e| format!("cannot read cases under {}: {e}", root.display()))?;
+pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, RootError> {
+    let unreadable = |source| RootError::Unreadable {
+        root: root.to_path_buf(),
+        source,
+    };
+    let real_root = root.canonicalize().map_err(unreadable)?;
     let mut found = Vec::new();
-    collect_yaml(&real_root, root, 0, &mut found)
-        .map_err(|e| format!("cannot read cases under {}: {e}", root.display()))?;
+    collect_yaml(&real_root, root, 0, &mut found).map_err(unreadable)?;
     if found.is_empty() {
-        return Err(format!(
-            "no case files (*.yaml) under {}: add one (see docs/cases.md) or point PMEM_LAB_CASES at your cases",
-            root.display()
-        ));
+        return Err(RootError::Empty(root.to_path_buf()));
     }
     if found.len() > MAX_FILES {
-        return Err(format!(
-            "{} case files under {}: the limit is {MAX_FILES}",
-            found.len(),
-            root.display()
-        ));
+        return Err(RootError::TooMany {
+            root: root.to_path_buf(),
+            files: found.len(),
+        });
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
     let ids: Vec<String> = found.iter().map(|(p, _)| case_id(root, p)).collect();
@@ -94,7 +91,7 @@ pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
                 ));
             }
             if let Err(e) = check_id(id) {
-                return fail(e);
+                return fail(e.to_string());
             }
             // A bug in a check must not hide the other files' errors.
             match std::panic::catch_unwind(|| load_file(root, &path)) {
@@ -114,6 +111,35 @@ pub fn load_dir(root: &Path) -> Result<Vec<Loaded>, String> {
         .collect())
 }
 
+/// Why a cases root gives no cases at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("cannot read cases under {}: {source}", root.display())]
+    Unreadable {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no case files (*.yaml) under {}: add one (see docs/cases.md) or point PMEM_LAB_CASES at your cases", .0.display())]
+    Empty(PathBuf),
+    #[error("{files} case files under {}: the limit is {MAX_FILES}", root.display())]
+    TooMany { root: PathBuf, files: usize },
+}
+
+/// Why one file of a cases tree (or the known-failure list) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    #[error("cannot read: {0}")]
+    Unreadable(std::io::Error),
+    #[error("not a regular file (a FIFO, socket or device?): the lab reads regular files")]
+    NotRegular,
+    #[error("larger than {} KiB: a case file (and the known-failure list) stays small", MAX_FILE_BYTES / 1024)]
+    TooLarge,
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    #[error("`{part}` in the case id `{id}`: file and folder names of cases use letters, digits, `.`, `_` and `-`, and do not start with `.`")]
+    Id { part: String, id: String },
+}
+
 /// `namespaces/devdax-2m` for `<root>/namespaces/devdax-2m.yaml`.
 fn case_id(root: &Path, path: &Path) -> String {
     path.strip_prefix(root)
@@ -125,7 +151,7 @@ fn case_id(root: &Path, path: &Path) -> String {
 
 /// Case ids name artifacts folders: every part uses a closed set of
 /// characters and none starts with a dot.
-fn check_id(id: &str) -> Result<(), String> {
+fn check_id(id: &str) -> Result<(), FileProblem> {
     for part in id.split('/') {
         let ok = !part.is_empty()
             && !part.starts_with('.')
@@ -133,9 +159,10 @@ fn check_id(id: &str) -> Result<(), String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !ok {
-            return Err(format!(
-                "`{part}` in the case id `{id}`: file and folder names of cases use letters, digits, `.`, `_` and `-`, and do not start with `.`"
-            ));
+            return Err(FileProblem::Id {
+                part: part.to_string(),
+                id: id.to_string(),
+            });
         }
     }
     Ok(())
@@ -199,31 +226,26 @@ fn collect_yaml(
 /// A file the lab reads from a case tree or the repository (a case, the
 /// known-failure list): a regular file (a FIFO would block the open, a link
 /// to /dev/zero never end), at most [`MAX_FILE_BYTES`], UTF-8.
-pub(crate) fn read_bounded(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+pub(crate) fn read_bounded(path: &Path) -> Result<String, FileProblem> {
+    let meta = std::fs::metadata(path).map_err(FileProblem::Unreadable)?;
     if !meta.is_file() {
-        return Err(
-            "not a regular file (a FIFO, socket or device?): the lab reads regular files".into(),
-        );
+        return Err(FileProblem::NotRegular);
     }
     read_case(path)
 }
 
 /// A case file's text, at most [`MAX_FILE_BYTES`].
-fn read_case(path: &Path) -> Result<String, String> {
+fn read_case(path: &Path) -> Result<String, FileProblem> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::File::open(path).map_err(FileProblem::Unreadable)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(FileProblem::Unreadable)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "larger than {} KiB: a case file (and the known-failure list) stays small",
-            MAX_FILE_BYTES / 1024
-        ));
+        return Err(FileProblem::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
+    String::from_utf8(bytes).map_err(|_| FileProblem::NotUtf8)
 }
 
 /// One file: one case, or one per matrix cell (`id[cell]`).
@@ -242,7 +264,7 @@ pub fn load_file(root: &Path, path: &Path) -> Vec<Loaded> {
     };
     let text = match read_bounded(path) {
         Ok(t) => t,
-        Err(e) => return vec![failed(0, 0, e, String::new())],
+        Err(e) => return vec![failed(0, 0, e.to_string(), String::new())],
     };
     let cells = match matrix::cells(&text) {
         Ok(Some(cells)) => cells,
@@ -422,14 +444,16 @@ impl Checker<'_> {
         self.path.parent().unwrap_or(Path::new("."))
     }
 
-    pub(crate) fn error(&mut self, at: &Location, message: impl Into<String>) {
+    /// A problem at `at`: the one place the loader's errors (a typed one
+    /// from a parser, or the check's own words) become a message.
+    pub(crate) fn error(&mut self, at: &Location, message: impl std::fmt::Display) {
         let (line, column) = (at.line() as u32, at.column() as u32);
         let snippet = snippet(self.text, line, column);
         self.errors.push(CaseError {
             path: self.path.to_path_buf(),
             line,
             column,
-            message: message.into(),
+            message: message.to_string(),
             snippet,
         });
     }
@@ -1534,7 +1558,7 @@ pub(crate) fn bytes(size: &Option<Spanned<ByteSize>>) -> Option<u64> {
 }
 
 /// Whether a namespace of this mode has the field a placeholder asks for.
-pub fn field_applies(ns: &NamespaceSpec, field: NsField) -> Result<(), String> {
+pub fn field_applies(ns: &NamespaceSpec, field: NsField) -> Result<(), NoSuchField> {
     let ok = match field {
         NsField::Dev | NsField::Region => true,
         NsField::Chardev => ns.mode == NamespaceMode::Devdax,
@@ -1543,13 +1567,21 @@ pub fn field_applies(ns: &NamespaceSpec, field: NsField) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "namespace `{}` is {} and has no {}",
-            ns.name,
-            ns.mode.ndctl_name(),
-            field.name()
-        ))
+        Err(NoSuchField {
+            namespace: ns.name.clone(),
+            mode: ns.mode.ndctl_name(),
+            field: field.name(),
+        })
     }
+}
+
+/// A placeholder's field that a namespace's mode does not have.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("namespace `{namespace}` is {mode} and has no {field}")]
+pub struct NoSuchField {
+    pub namespace: String,
+    pub mode: &'static str,
+    pub field: &'static str,
 }
 
 #[cfg(test)]

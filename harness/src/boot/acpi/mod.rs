@@ -24,6 +24,7 @@ pub mod qemu_tables;
 pub mod root_dsm;
 pub mod table;
 
+use crate::boot::error::BootError;
 use crate::guest::Guest;
 use crate::vm::lab_env::LabEnv;
 use crate::vm::machine::MachineSpec;
@@ -48,24 +49,28 @@ pub fn write_initrd(
     env: &LabEnv,
     dir: &Path,
     out: &Path,
-) -> Result<QemuTables, String> {
+) -> Result<QemuTables, BootError> {
     let qemu = qemu_tables::get(&machine.qemu_shape(), env, &dir.join("acpi-probe"))?;
     let mut bytes = initrd_prefix(machine, &qemu, dir)?;
-    let image = std::fs::read(&env.initrd).map_err(|e| format!("{}: {e}", env.initrd.display()))?;
+    let image = std::fs::read(&env.initrd).map_err(BootError::host(&env.initrd))?;
     bytes.extend_from_slice(&image);
-    std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out, bytes).map_err(BootError::host(out))?;
     Ok(qemu)
 }
 
 /// The cpio archive to put in front of the initramfs for `machine`; the
 /// tables also go to `dir`.
-fn initrd_prefix(machine: &MachineSpec, qemu: &QemuTables, dir: &Path) -> Result<Vec<u8>, String> {
+fn initrd_prefix(
+    machine: &MachineSpec,
+    qemu: &QemuTables,
+    dir: &Path,
+) -> Result<Vec<u8>, BootError> {
     if qemu.spa.len() != machine.nvdimms.len() {
-        return Err(format!(
+        return Err(BootError::Tables(format!(
             "QEMU's NFIT has {} persistent-memory ranges for {} NVDIMMs",
             qemu.spa.len(),
             machine.nvdimms.len()
-        ));
+        )));
     }
     let errors: Vec<SpaError> = machine
         .nvdimms
@@ -82,12 +87,12 @@ fn initrd_prefix(machine: &MachineSpec, qemu: &QemuTables, dir: &Path) -> Result
         &root_dsm::render(&qemu.spa, &errors, &machine.dsm_faults)?,
         dir,
     )?;
-    let patched = table::patch_qemu_ssdt(&qemu.ssdt)?;
+    let patched = table::patch_qemu_ssdt(&qemu.ssdt).map_err(BootError::Tables)?;
     let _ = std::fs::write(dir.join("qemu-nvdimm-ssdt.aml"), &patched);
     // Short names: the kernel truncates table file names past 18 characters
     // (MAX_CPIO_FILE_NAME in lib/earlycpio.c), and says so in the log.
     let archive = cpio(&[("nvdimm.aml", &patched), ("pmemlab.aml", &lab)])
-        .map_err(|e| format!("cannot write the ACPI cpio: {e}"))?;
+        .map_err(BootError::host(dir.join(CPIO_ARTIFACT)))?;
     // Kept for booting the machine by hand (docs/reproducing.md).
     let _ = std::fs::write(dir.join(CPIO_ARTIFACT), &archive);
     Ok(archive)
@@ -128,22 +133,24 @@ fn cpio(tables: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
 /// After boot: the kernel took both tables, and the firmware's NFIT is the
 /// one they were built from (a guard against a cache entry that no longer
 /// matches the machine); else the case cannot mean what it says.
-pub fn check_upgraded(guest: &mut Guest, built_on: &QemuTables) -> Result<(), String> {
-    let log = guest.kmsg(None).map_err(|e| format!("kernel log: {e}"))?;
+pub fn check_upgraded(guest: &mut Guest, built_on: &QemuTables) -> Result<(), BootError> {
+    let log = guest
+        .kmsg(None)
+        .map_err(|e| BootError::from(e).context("kernel log"))?;
     for line in [OVERRIDE_LINE, INSTALL_LINE] {
         if !log.iter().any(|r| r.text.contains(line)) {
-            return Err(format!(
+            return Err(BootError::NotTaken(format!(
                 "the kernel did not log \"{line}\": the lab's ACPI tables were not used \
                  (is CONFIG_ACPI_TABLE_UPGRADE set? the tables are in the case's artifacts)"
-            ));
+            )));
         }
     }
     if qemu_tables::dump(guest, "NFIT")? != built_on.nfit {
-        return Err(format!(
+        return Err(BootError::NotTaken(format!(
             "the guest's NFIT differs from the one the lab's tables were built from: \
              remove the stale cache entry {} and run again",
             built_on.cached_in.display()
-        ));
+        )));
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! stale copy.
 
 use super::table::{self, Spa};
+use crate::boot::error::BootError;
 use crate::guest::Guest;
 use crate::vm::machine::{self, MachineSpec, VmFiles};
 use pmem_lab_env::qemu::Qemu;
@@ -43,7 +44,7 @@ const TABLES: &str = "/sys/firmware/acpi/tables";
 
 /// The tables for `shape`, from the cache or from a probe boot whose
 /// artifacts go to `probe_dir`.
-pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
+pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, BootError> {
     let key = key(shape, env);
     let dir = env.cache.join("acpi").join(&key);
     // One probe per key at a time in this process; other processes may race
@@ -54,7 +55,7 @@ pub fn get(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTa
         return Ok(t);
     }
     let mut t = probe(shape, env, probe_dir)
-        .map_err(|e| format!("reading QEMU's ACPI tables for this machine: {e}"))?;
+        .map_err(|e| e.context("reading QEMU's ACPI tables for this machine"))?;
     publish(&dir, shape, env, &t)?;
     t.cached_in = dir;
     Ok(t)
@@ -119,24 +120,24 @@ pub(crate) fn qemu_identity(qemu: &Qemu) -> String {
     .clone()
 }
 
-fn load(dir: &Path) -> Result<QemuTables, String> {
-    let read = |f: &str| fs::read(dir.join(f)).map_err(|e| e.to_string());
+fn load(dir: &Path) -> Result<QemuTables, BootError> {
+    let read = |f: &str| fs::read(dir.join(f)).map_err(BootError::host(dir.join(f)));
     let nfit = read(NFIT_FILE)?;
     Ok(QemuTables {
         ssdt: read(SSDT_FILE)?,
-        spa: table::nfit_pm_ranges(&nfit)?,
+        spa: table::nfit_pm_ranges(&nfit).map_err(BootError::Tables)?,
         nfit,
         cached_in: dir.to_path_buf(),
     })
 }
 
-fn publish(dir: &Path, shape: &MachineSpec, env: &LabEnv, t: &QemuTables) -> Result<(), String> {
+fn publish(dir: &Path, shape: &MachineSpec, env: &LabEnv, t: &QemuTables) -> Result<(), BootError> {
     let parent = dir.parent().expect("cache/acpi/key");
-    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let tmp = tempfile::tempdir_in(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    fs::create_dir_all(parent).map_err(BootError::host(parent))?;
+    let tmp = tempfile::tempdir_in(parent).map_err(BootError::host(parent))?;
     let write = |f: &str, b: &[u8]| {
         let p = tmp.path().join(f);
-        fs::write(&p, b).map_err(|e| format!("{}: {e}", p.display()))
+        fs::write(&p, b).map_err(BootError::host(&p))
     };
     write(SSDT_FILE, &t.ssdt)?;
     write(NFIT_FILE, &t.nfit)?;
@@ -162,8 +163,8 @@ fn publish(dir: &Path, shape: &MachineSpec, env: &LabEnv, t: &QemuTables) -> Res
 }
 
 /// Boot `shape` with QEMU's tables untouched and read them from sysfs.
-fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, String> {
-    fs::create_dir_all(probe_dir).map_err(|e| format!("{}: {e}", probe_dir.display()))?;
+fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTables, BootError> {
+    fs::create_dir_all(probe_dir).map_err(BootError::host(probe_dir))?;
     let private = launch::private_dir()?;
     let (vm, _) = launch::start(
         shape,
@@ -178,13 +179,15 @@ fn probe(shape: &MachineSpec, env: &LabEnv, probe_dir: &Path) -> Result<QemuTabl
     let result = guest
         .vm()
         .wait_ready(Duration::from_secs(120))
-        .map_err(|e| format!("probe (artifacts in {}): {e}", probe_dir.display()))
+        .map_err(|e| {
+            BootError::from(e).context(format!("probe (artifacts in {})", probe_dir.display()))
+        })
         .and_then(|_| read_tables(&mut guest));
     guest.kill();
     result
 }
 
-fn read_tables(guest: &mut Guest) -> Result<QemuTables, String> {
+fn read_tables(guest: &mut Guest) -> Result<QemuTables, BootError> {
     let listing = guest.ok(&["ls", TABLES])?.stdout;
     let mut ssdt = None;
     for name in listing.split_whitespace().filter(|n| n.starts_with("SSDT")) {
@@ -194,27 +197,28 @@ fn read_tables(guest: &mut Guest) -> Result<QemuTables, String> {
         }
     }
     let ssdt = ssdt.ok_or_else(|| {
-        format!(
+        BootError::Tables(format!(
             "no SSDT with OEM table id NVDIMM in {TABLES} ({})",
             listing.trim()
-        )
+        ))
     })?;
     let nfit = dump(guest, "NFIT")?;
     Ok(QemuTables {
         ssdt,
-        spa: table::nfit_pm_ranges(&nfit)?,
+        spa: table::nfit_pm_ranges(&nfit).map_err(BootError::Tables)?,
         nfit,
         cached_in: PathBuf::new(),
     })
 }
 
 /// A table from the guest's sysfs, checked (checksum, header length).
-pub(super) fn dump(guest: &mut Guest, name: &str) -> Result<Vec<u8>, String> {
+pub(super) fn dump(guest: &mut Guest, name: &str) -> Result<Vec<u8>, BootError> {
     let path = format!("{TABLES}/{name}");
-    let bytes = table::parse_od(&guest.ok(&["od", "-An", "-v", "-tx1", &path])?.stdout)?;
+    let od = guest.ok(&["od", "-An", "-v", "-tx1", &path])?.stdout;
+    let bytes = table::parse_od(&od).map_err(|e| BootError::Tables(format!("{path}: {e}")))?;
     if !table::checksum_ok(&bytes) {
-        return Err(format!("{path}: bad checksum"));
+        return Err(BootError::Tables(format!("{path}: bad checksum")));
     }
-    table::header(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    table::header(&bytes).map_err(|e| BootError::Tables(format!("{path}: {e}")))?;
     Ok(bytes)
 }

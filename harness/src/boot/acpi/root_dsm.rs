@@ -3,6 +3,7 @@
 
 use super::table::Spa;
 use super::{ERROR_UNIT, MAX_ERROR_UNITS};
+use crate::boot::error::BootError;
 use crate::vm::machine::DsmFault;
 use std::path::Path;
 use std::process::Command;
@@ -22,18 +23,18 @@ pub struct SpaError {
     pub length: u64,
 }
 
-fn unit(address: u64) -> Result<u64, String> {
+fn unit(address: u64) -> Result<u64, BootError> {
     let u = address / ERROR_UNIT;
     if u >= UNIT_LIMIT {
-        return Err(format!(
+        return Err(BootError::Tables(format!(
             "SPA {address:#x} is above 1 TiB, beyond what the lab's table can address"
-        ));
+        )));
     }
     Ok(u)
 }
 
 /// The ASL source for these NVDIMM ranges, latent errors and faults.
-pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<String, String> {
+pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<String, BootError> {
     let mut units: Vec<u64> = Vec::new();
     for e in errors {
         let (first, end) = (
@@ -47,10 +48,10 @@ pub fn render(spa: &[Spa], errors: &[SpaError], faults: &[DsmFault]) -> Result<S
         }
     }
     if units.len() as u64 > MAX_ERROR_UNITS {
-        return Err(format!(
+        return Err(BootError::Tables(format!(
             "{} error units; the lab's table holds {MAX_ERROR_UNITS}",
             units.len()
-        ));
+        )));
     }
     let mut ranges = Vec::new();
     for s in spa {
@@ -88,31 +89,37 @@ pub const STEM: &str = "pmem-lab-root-dsm";
 
 /// Compile the lab's table with iasl in `dir` (which keeps the .asl and the
 /// .aml for a failure's artifacts); the AML bytes.
-pub fn compile(asl: &str, dir: &Path) -> Result<Vec<u8>, String> {
+pub fn compile(asl: &str, dir: &Path) -> Result<Vec<u8>, BootError> {
     iasl(asl, dir, STEM)
 }
 
 /// Compile `asl` with iasl to `dir/STEM.aml` (source kept as `STEM.asl`).
-pub fn iasl(asl: &str, dir: &Path, stem: &str) -> Result<Vec<u8>, String> {
+pub fn iasl(asl: &str, dir: &Path, stem: &str) -> Result<Vec<u8>, BootError> {
     let prefix = dir.join(stem);
     let src = prefix.with_extension("asl");
-    std::fs::write(&src, asl).map_err(|e| format!("{}: {e}", src.display()))?;
+    std::fs::write(&src, asl).map_err(BootError::host(&src))?;
     let out = Command::new("iasl")
         .arg("-p")
         .arg(&prefix)
         .arg(&src)
         .output()
-        .map_err(|e| format!("cannot run iasl: {e} (install acpica-tools)"))?;
+        .map_err(|e| BootError::Tool {
+            tool: "iasl".into(),
+            output: format!("cannot run it: {e} (install acpica-tools)"),
+        })?;
     let aml = prefix.with_extension("aml");
     if !out.status.success() || !aml.is_file() {
-        return Err(format!(
-            "iasl could not compile {}:\n{}{}",
-            src.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(BootError::Tool {
+            tool: "iasl".into(),
+            output: format!(
+                "could not compile {}:\n{}{}",
+                src.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
     }
-    std::fs::read(&aml).map_err(|e| format!("{}: {e}", aml.display()))
+    std::fs::read(&aml).map_err(BootError::host(&aml))
 }
 
 #[cfg(test)]
@@ -167,13 +174,17 @@ mod tests {
             base: 1 << 40,
             length: 1 << 30,
         }];
-        assert!(render(&far, &[], &[]).unwrap_err().contains("above 1 TiB"));
+        assert!(render(&far, &[], &[])
+            .unwrap_err()
+            .to_string()
+            .contains("above 1 TiB"));
         let many = SpaError {
             address: 0x1_0000_0000,
             length: (MAX_ERROR_UNITS + 1) * ERROR_UNIT,
         };
         assert!(render(&ONE_DIMM, &[many], &[])
             .unwrap_err()
+            .to_string()
             .contains("holds 256"));
     }
 }

@@ -39,12 +39,8 @@ impl CaseRun<'_> {
                 }) => {
                     let checked =
                         checks::check_badblocks(state, &self.layout, target, ranges, *exact);
-                    let said = match &checked {
-                        Ok(()) => "as expected",
-                        Err(e) => e.as_str(),
-                    };
-                    self.note(step, said);
-                    problems.extend(checked.err());
+                    self.note(step, checked.as_deref().unwrap_or("as expected"));
+                    problems.extend(checked);
                 }
                 OnState::Cleared(ns) => {
                     problems.extend(checks::still_bad_after_clear(state, &self.layout, ns));

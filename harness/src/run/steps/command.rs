@@ -7,6 +7,7 @@ use crate::case::Step;
 use crate::run::failure::{Failure, StepAt};
 use crate::run::{show, CaseRun};
 use crate::template;
+use crate::guest::GuestError;
 use crate::vm::VmError;
 use pmem_lab_proto::RunRequest;
 
@@ -36,25 +37,16 @@ pub(super) fn sh<'s>(
 impl CaseRun<'_> {
 
     /// The agent's request for `c`, `${...}` expanded from the layout.
-    fn request(&self, step: &Step, c: &Command) -> Result<RunRequest, String> {
+    fn request(&self, step: &Step, c: &Command) -> Result<RunRequest, GuestError> {
         let expand = |s: &str| template::expand(s, |r| self.layout.lookup(r));
         let Command { argv, stdin, env } = c;
         Ok(RunRequest {
-            argv: argv
-                .iter()
-                .map(|a| expand(a))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
-            stdin: stdin
-                .as_deref()
-                .map(expand)
-                .transpose()
-                .map_err(|e| e.to_string())?,
+            argv: argv.iter().map(|a| expand(a)).collect::<Result<_, _>>()?,
+            stdin: stdin.as_deref().map(expand).transpose()?,
             env: env
                 .iter()
                 .map(|(k, v)| expand(v).map(|v| (k.clone(), v)))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
+                .collect::<Result<_, _>>()?,
             timeout_ms: step.timeout.as_millis() as u64,
             tty: None,
         })
@@ -74,7 +66,11 @@ impl CaseRun<'_> {
         let c = match &step.action {
             crate::case::Action::Run(c) | crate::case::Action::Sh(c) => c,
             // The loader refuses `panic` beside any other kind.
-            _ => return Err(broke("`panic` on a step that runs no command".into())),
+            _ => {
+                return Err(broke(GuestError::Missing(
+                    "`panic` on a step that runs no command".into(),
+                )))
+            }
         };
         let req = self.request(step, c).map_err(&broke)?;
         let mut problems = Vec::new();
@@ -99,7 +95,7 @@ impl CaseRun<'_> {
                     result.status_text()
                 ));
             }
-            Err(e) => return Err(broke(e.to_string())),
+            Err(e) => return Err(broke(e.into())),
         }
         if let Some(w) = &self.poison {
             let consumed = w.take().consumptions;

@@ -19,7 +19,7 @@ pub(super) fn consume<'s>(
     // machine that did not ask for it.
     if r.poison.is_none() {
         let w = start_poison(r.guest, r.case, r.env, &r.layout, r.files)
-            .map_err(|e| broke(format!("the poison model: {e}")))?;
+            .map_err(broke)?;
         r.poison = Some(w);
     }
     let watcher = r.poison.as_ref().expect("started above");
@@ -31,7 +31,7 @@ pub(super) fn consume<'s>(
         watcher,
         step.timeout,
     )
-    .map_err(|e| broke(e.to_string()))?;
+    .map_err(broke)?;
     r.note(step, format!("{}: {:?}", done.note, done.signal));
     let base = r.maps.get(&line.map).ok().map(|m| m.base);
     Ok(Acted {
@@ -54,7 +54,7 @@ pub(super) fn poison<'s>(
     let signal = r
         .guest
         .poison(map, *offset, *cpu)
-        .map_err(|e| broke(e.to_string()))?;
+        .map_err(|e| broke(e.into()))?;
     r.note(step, format!("{signal:?}"));
     let base = r.maps.get(map).ok().map(|m| m.base);
     Ok(Acted {

@@ -5,6 +5,7 @@ use crate::case::step::{CxlPoisonAt, CxlPoisonCheck};
 use crate::case::Step;
 use crate::guest::cxl;
 use crate::run::failure::Failure;
+use crate::guest::GuestError;
 use crate::run::CaseRun;
 use crate::vm::machine;
 use crate::vm::poison::LINE;
@@ -21,7 +22,7 @@ pub(super) fn cxl_inject_poison<'s>(
     r.guest
         .vm()
         .qmp("cxl-inject-poison", Some(args), step.timeout)
-        .map_err(|e| broke(format!("QMP cxl-inject-poison: {e}")))?;
+        .map_err(|e| broke(GuestError::from(e).context("QMP cxl-inject-poison")))?;
     // Where the poisoned lines sit in host physical memory, line by line
     // (an interleave spreads a DPA range).
     let lines: Vec<(u64, u64)> = (at.dpa..at.dpa + at.length)

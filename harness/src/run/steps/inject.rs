@@ -17,11 +17,11 @@ pub(super) fn inject<'s>(
 ) -> Result<Acted<'s>, Failure> {
     let cpus = r.case.machine.cpus;
     let done = inject::inject(r.guest, &r.layout, spec, cpus, step.timeout)
-        .map_err(|e| broke(e.to_string()))?;
+        .map_err(broke)?;
     r.note(step, done.describe());
     if let Some(w) = &r.poison {
         w.poison(vec![(done.resolved.gpa, LINE)])
-            .map_err(|e| broke(format!("the poison model: {e}")))?;
+            .map_err(|e| broke(e.into()))?;
     }
     Ok(Acted::default())
 }

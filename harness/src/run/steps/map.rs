@@ -15,7 +15,7 @@ pub(super) fn map<'s>(
     broke: &Broke,
 ) -> Result<Acted<'s>, Failure> {
     dax::map(r.guest, &r.layout, &mut r.maps, spec)
-        .map_err(|e| broke(e.to_string()))?;
+        .map_err(broke)?;
     Ok(Acted::default())
 }
 
@@ -25,6 +25,6 @@ pub(super) fn unmap<'s>(
     name: &str,
     broke: &Broke,
 ) -> Result<Acted<'s>, Failure> {
-    dax::unmap(r.guest, &mut r.maps, name).map_err(|e| broke(e.to_string()))?;
+    dax::unmap(r.guest, &mut r.maps, name).map_err(broke)?;
     Ok(Acted::default())
 }

@@ -11,12 +11,13 @@ use super::failure::{Failure, StepAt};
 use super::{show, CaseRun};
 use crate::case::step::BadblocksCheck;
 use crate::case::{Action, Step};
+use crate::guest::GuestError;
 use pmem_lab_proto::{RunRequest, RunResult};
 use std::fmt::Write as _;
 
 /// How an executor says the step could not run (a guest or lab error, not
 /// a broken expectation): [`Failure::broke`] at the step.
-type Broke<'a> = dyn Fn(String) -> Failure + 'a;
+type Broke<'a> = dyn Fn(GuestError) -> Failure + 'a;
 
 /// What a step's action leaves for the checks after it.
 #[derive(Default)]
@@ -73,10 +74,7 @@ impl CaseRun<'_> {
         req: RunRequest,
         details: &mut String,
     ) -> Result<RunResult, Failure> {
-        let result = self
-            .guest
-            .run(req.clone())
-            .map_err(|e| broke(e.to_string()))?;
+        let result = self.guest.run(req.clone()).map_err(|e| broke(e.into()))?;
         self.log.step(step, &req, &result);
         let _ = write!(
             details,

@@ -6,6 +6,7 @@ use crate::badblocks;
 use crate::case::{NdctlOp, Step};
 use crate::observe::checks;
 use crate::run::failure::Failure;
+use crate::guest::GuestError;
 use crate::run::CaseRun;
 use pmem_lab_proto::RunRequest;
 
@@ -94,7 +95,7 @@ impl CaseRun<'_> {
     /// An inject_error aimed at a file byte: find the block with FIEMAP. The
     /// extent's physical offset counts from the block device's first byte,
     /// which is the namespace's data start, the frame of ndctl's --block.
-    fn resolve_file_block(&mut self, op: &NdctlOp) -> Result<NdctlOp, String> {
+    fn resolve_file_block(&mut self, op: &NdctlOp) -> Result<NdctlOp, GuestError> {
         let NdctlOp::InjectError {
             file: Some((path, offset)),
             ..
@@ -105,12 +106,14 @@ impl CaseRun<'_> {
         let extents = self
             .guest
             .fiemap(path)
-            .map_err(|e| format!("FIEMAP {path}: {e}"))?;
+            .map_err(|e| GuestError::from(e).context(format!("FIEMAP {path}")))?;
         let e = extents
             .iter()
             .find(|e| e.logical <= *offset && *offset < e.logical + e.length)
             .ok_or_else(|| {
-                format!("byte {offset:#x} of {path} is not allocated (extents {extents:?})")
+                GuestError::Missing(format!(
+                    "byte {offset:#x} of {path} is not allocated (extents {extents:?})"
+                ))
             })?;
         let block = (e.physical + (offset - e.logical)) / badblocks::SECTOR;
         self.log.line(format!(

@@ -14,7 +14,7 @@ pub(super) fn signals<'s>(
     wait: &Duration,
     broke: &Broke,
 ) -> Result<Acted<'s>, Failure> {
-    let got = r.guest.signals(*wait).map_err(|e| broke(e.to_string()))?;
+    let got = r.guest.signals(*wait).map_err(|e| broke(e.into()))?;
     r.note(step, format!("{got:?}"));
     let base = got
         .first()
@@ -38,6 +38,6 @@ pub(super) fn mce_kill<'s>(
 ) -> Result<Acted<'s>, Failure> {
     r.guest
         .mce_kill(policy.name())
-        .map_err(|e| broke(e.to_string()))?;
+        .map_err(|e| broke(e.into()))?;
     Ok(Acted::default())
 }

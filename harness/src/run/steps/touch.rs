@@ -22,7 +22,7 @@ pub(super) fn touch<'s>(
     let (pages, faults) = r
         .guest
         .touch(map, *offset, *length, *cpu)
-        .map_err(|e| broke(e.to_string()))?;
+        .map_err(|e| broke(e.into()))?;
     r.note(step, format!("{pages} pages, {faults} minor faults"));
     let mut acted = Acted::default();
     if let Some(want) = step.faults.filter(|w| *w != faults) {

@@ -29,6 +29,34 @@ pub mod rewind;
 pub mod watcher;
 
 pub use platform_log::{Change, ChangeKind};
+
+/// Why the poison model could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PoisonError {
+    /// gdb's stub (QEMU's), the model's only way into the vCPUs.
+    #[error("gdb stub: {0}")]
+    Gdb(#[from] super::gdb::GdbError),
+    /// A kernel symbol the model needs, from System.map or the guest's
+    /// kallsyms.
+    #[error("{}: {why}", from.display())]
+    Symbols {
+        from: std::path::PathBuf,
+        why: String,
+    },
+    /// The platform's error-list log (the lab's ACPI table writes it).
+    #[error("{}: {source}", path.display())]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    LogLine(#[from] platform_log::BadLine),
+    /// The watcher thread ended (its reason, or QEMU closed the stub).
+    #[error("the poison watcher has stopped: {0}")]
+    Stopped(String),
+    #[error("the poison watcher did not answer in 30 s")]
+    NoAnswer,
+}
 use pmem_lab_spec::machine::ERROR_UNIT;
 use std::collections::BTreeMap;
 

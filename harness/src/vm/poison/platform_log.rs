@@ -34,9 +34,14 @@ fn hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s, 16).ok()
 }
 
+/// A line of the log that is not a change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the platform log line `{0}` is not `+F,E`, `-F,E` or `~F,E`")]
+pub struct BadLine(pub String);
+
 /// One line of the log.
-pub fn parse_line(line: &str) -> Result<Change, String> {
-    let bad = || format!("the platform log line `{line}` is not `+F,E`, `-F,E` or `~F,E`");
+pub fn parse_line(line: &str) -> Result<Change, BadLine> {
+    let bad = || BadLine(line.to_string());
     let mut chars = line.chars();
     let kind = match chars.next() {
         Some('+') => ChangeKind::Injected,
@@ -76,17 +81,19 @@ impl Tail {
 
     /// The changes logged since the last call (a line still being written
     /// waits for its newline).
-    pub fn read_new(&mut self) -> Result<Vec<Change>, String> {
+    pub fn read_new(&mut self) -> Result<Vec<Change>, super::PoisonError> {
+        let log = |source| super::PoisonError::Log {
+            path: self.path.clone(),
+            source,
+        };
         let mut f = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+            Err(e) => return Err(log(e)),
         };
-        f.seek(SeekFrom::Start(self.offset))
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.seek(SeekFrom::Start(self.offset)).map_err(log)?;
         let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        f.read_to_end(&mut bytes).map_err(log)?;
         self.offset += bytes.len() as u64;
         self.partial.push_str(&String::from_utf8_lossy(&bytes));
         let mut out = Vec::new();

@@ -23,8 +23,8 @@
 
 use super::maps::{Hook, UserMap, UserMaps, PT_REGS_DI, PT_REGS_DX, PT_REGS_SI, VMF_ADDRESS};
 use super::platform_log::Tail;
-use super::Lines;
 use super::{kernel, rewind};
+use super::{Lines, PoisonError};
 use crate::mce::{Consumer, Injection};
 use crate::vm::gdb::{reg, Gdb, GdbError, Watch};
 use crate::vm::qmp;
@@ -218,14 +218,18 @@ pub struct Seen {
 
 enum Order {
     /// Read the platform log, re-arm, answer with the armed addresses.
-    Sync(Sender<Result<usize, String>>),
+    Sync(Sender<Result<usize, GdbError>>),
     /// Poison these guest-physical ranges (an `inject` step's machine
     /// check names a line that is bad from then on), and note user mappings
     /// the lab already knows of (`consume`'s reader maps before the model
     /// may have started).
-    Poison(Vec<(u64, u64)>, Vec<UserMap>, Sender<Result<usize, String>>),
+    Poison(
+        Vec<(u64, u64)>,
+        Vec<UserMap>,
+        Sender<Result<usize, GdbError>>,
+    ),
     /// The CXL devices' poisoned lines are now exactly these.
-    Cxl(Vec<u64>, Sender<Result<usize, String>>),
+    Cxl(Vec<u64>, Sender<Result<usize, GdbError>>),
     Quit,
 }
 
@@ -271,7 +275,7 @@ struct SystemMap {
 impl SystemMap {
     /// The parsed map at `path` (parsed now if this process has not yet,
     /// or if the file changed since).
-    fn of(path: &Path) -> Result<Arc<SystemMap>, String> {
+    fn of(path: &Path) -> Result<Arc<SystemMap>, PoisonError> {
         type Cache = Mutex<HashMap<PathBuf, (Option<(u64, SystemTime)>, Arc<SystemMap>)>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
         let stamp = std::fs::metadata(path)
@@ -283,11 +287,11 @@ impl SystemMap {
                 return Ok(Arc::clone(map));
             }
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: {e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)",
-                path.display()
-            )
+        let text = std::fs::read_to_string(path).map_err(|e| PoisonError::Symbols {
+            from: path.to_path_buf(),
+            why: format!(
+                "{e} (the poison model reads kernel symbols there; rebuild the kernel with `cargo xtask kernel`)"
+            ),
         })?;
         let wanted: HashSet<&'static str> = KernelSymbols::names().collect();
         let mut named = HashMap::new();
@@ -323,20 +327,25 @@ impl KernelSymbols {
     /// symbol's. Reading only `_text` matters under TCG: the guest formats
     /// all of /proc/kallsyms (some 100,000 lines) for a whole `grep`,
     /// 0.6 s of every case, where one line near its start costs little.
-    pub fn new(system_map: &Path, kallsyms: Option<&str>) -> Result<KernelSymbols, String> {
+    pub fn new(system_map: &Path, kallsyms: Option<&str>) -> Result<KernelSymbols, PoisonError> {
         let map = SystemMap::of(system_map)?;
         let named = |name: &str| map.named.get(name).copied();
-        let text_map =
-            named("_text").ok_or_else(|| format!("{}: no symbol `_text`", system_map.display()))?;
+        let missing = |why: String| PoisonError::Symbols {
+            from: system_map.to_path_buf(),
+            why,
+        };
+        let text_map = named("_text").ok_or_else(|| missing("no symbol `_text`".into()))?;
         let text_running = match kallsyms {
-            Some(k) => symbol(k, "_text")
-                .ok_or_else(|| format!("no `_text` in the guest's /proc/kallsyms: {k:?}"))?,
+            Some(k) => symbol(k, "_text").ok_or_else(|| PoisonError::Symbols {
+                from: "/proc/kallsyms (the guest's)".into(),
+                why: format!("no `_text` in {k:?}"),
+            })?,
             None => text_map,
         };
         let offset = text_running.wrapping_sub(text_map);
         let running = |name: &str| named(name).map(|a| a.wrapping_add(offset));
         let page_fault_entry = running(PAGE_FAULT_ENTRY)
-            .ok_or_else(|| format!("{}: no symbol `{PAGE_FAULT_ENTRY}`", system_map.display()))?;
+            .ok_or_else(|| missing(format!("no symbol `{PAGE_FAULT_ENTRY}`")))?;
         let mut hooks = Vec::new();
         // Every name of a hook the kernel has: a compiler's clone is
         // called instead of the function (see [`Hook::symbols`]), and a
@@ -344,17 +353,16 @@ impl KernelSymbols {
         for h in Hook::ALL {
             let found: Vec<u64> = h.symbols().iter().filter_map(|s| running(s)).collect();
             if found.is_empty() {
-                return Err(format!(
-                    "{}: the kernel has no `{}`: the poison model cannot see user mappings",
-                    system_map.display(),
+                return Err(missing(format!(
+                    "the kernel has no `{}`: the poison model cannot see user mappings",
                     h.symbols().join("` or `")
-                ));
+                )));
             }
             hooks.extend(found.into_iter().map(|a| (h, a)));
         }
         Ok(KernelSymbols {
             page_offset_base: named("page_offset_base")
-                .ok_or_else(|| format!("{}: no symbol `page_offset_base`", system_map.display()))?,
+                .ok_or_else(|| missing("no symbol `page_offset_base`".into()))?,
             text: map.text.relocated(offset),
             text_map,
             text_running,
@@ -453,16 +461,14 @@ impl Watcher {
         platform_log: &Path,
         lines: Lines,
         cpus: u32,
-    ) -> Result<Watcher, String> {
-        let mut gdb = Gdb::connect(socket, T).map_err(|e| e.to_string())?;
-        gdb.select_cpu(0, T).map_err(|e| e.to_string())?;
-        let direct_map = gdb
-            .read_u64(symbols.runtime(symbols.page_offset_base), T)
-            .map_err(|e| format!("reading page_offset_base: {e}"))?;
+    ) -> Result<Watcher, PoisonError> {
+        let mut gdb = Gdb::connect(socket, T)?;
+        gdb.select_cpu(0, T)?;
+        let direct_map = gdb.read_u64(symbols.runtime(symbols.page_offset_base), T)?;
         let mut hooks = BTreeMap::new();
         for (hook, addr) in &symbols.hooks {
-            gdb.breakpoint(true, *addr, T).map_err(|e| e.to_string())?;
-            let first = gdb.read(*addr, 4, T).map_err(|e| e.to_string())?;
+            gdb.breakpoint(true, *addr, T)?;
+            let first = gdb.read(*addr, 4, T)?;
             hooks.insert(*addr, (*hook, HookEntry::of(&first)));
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -484,8 +490,8 @@ impl Watcher {
             seen: Arc::clone(&seen),
             returns: Vec::new(),
         };
-        state.sync().map_err(|e| e.to_string())?;
-        state.gdb.resume().map_err(|e| e.to_string())?;
+        state.sync()?;
+        state.gdb.resume()?;
         let thread = thread::spawn(move || state.run(rx));
         Ok(Watcher {
             orders,
@@ -496,40 +502,37 @@ impl Watcher {
 
     fn ask(
         &self,
-        order: impl FnOnce(Sender<Result<usize, String>>) -> Order,
-    ) -> Result<usize, String> {
+        order: impl FnOnce(Sender<Result<usize, GdbError>>) -> Order,
+    ) -> Result<usize, PoisonError> {
         let stopped = || {
             let why = self.seen.lock().unwrap().stopped.clone();
-            format!(
-                "the poison watcher has stopped: {}",
-                why.unwrap_or_else(|| "QEMU closed the gdbstub (see console.log)".into())
+            PoisonError::Stopped(
+                why.unwrap_or_else(|| "QEMU closed the gdbstub (see console.log)".into()),
             )
         };
         let (tx, rx) = mpsc::channel();
         self.orders.send(order(tx)).map_err(|_| stopped())?;
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(r) => r,
+            Ok(r) => Ok(r?),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(stopped()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err("the poison watcher did not answer in 30 s".into())
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(PoisonError::NoAnswer),
         }
     }
 
     /// Take in the platform's changes and re-arm; returns how many
     /// addresses are watched.
-    pub fn sync(&self) -> Result<usize, String> {
+    pub fn sync(&self) -> Result<usize, PoisonError> {
         self.ask(Order::Sync)
     }
 
     /// Poison guest-physical `(address, length)` ranges and arm them.
-    pub fn poison(&self, ranges: Vec<(u64, u64)>) -> Result<usize, String> {
+    pub fn poison(&self, ranges: Vec<(u64, u64)>) -> Result<usize, PoisonError> {
         self.ask(|tx| Order::Poison(ranges, Vec::new(), tx))
     }
 
     /// Poison `line` and watch it also at user address `va` (a 4K page the
     /// lab knows maps it).
-    pub fn poison_mapped(&self, line: u64, va: u64) -> Result<usize, String> {
+    pub fn poison_mapped(&self, line: u64, va: u64) -> Result<usize, PoisonError> {
         let page = UserMap {
             va: va & !0xfff,
             pa: line & !0xfff,
@@ -539,7 +542,7 @@ impl Watcher {
     }
 
     /// The CXL devices' poisoned lines, as their lists now say.
-    pub fn cxl_lines(&self, lines: Vec<u64>) -> Result<usize, String> {
+    pub fn cxl_lines(&self, lines: Vec<u64>) -> Result<usize, PoisonError> {
         self.ask(|tx| Order::Cxl(lines, tx))
     }
 
@@ -664,7 +667,7 @@ impl State {
                         s.lines.set_cxl(&lines);
                         Ok(())
                     });
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r);
                     None
                 }
                 // An injection in the middle of a step: arm it now.
@@ -684,7 +687,7 @@ impl State {
                     }
                     Ok(())
                 });
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r);
             }
         }
     }
@@ -1133,9 +1136,11 @@ mod tests {
         let none = dir.path().join("none");
         assert!(KernelSymbols::new(&none, Some(kallsyms))
             .unwrap_err()
+            .to_string()
             .contains("cargo xtask kernel"));
         assert!(KernelSymbols::new(&p, Some("ffffffff8a000000 T _etext\n"))
             .unwrap_err()
+            .to_string()
             .contains("no `_text`"));
         // A kernel without KASLR: System.map's own addresses, no offset.
         let s = KernelSymbols::new(&p, None).unwrap();

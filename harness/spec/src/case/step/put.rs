@@ -91,7 +91,7 @@ impl Check for Put {
         let e = &p.value;
         let source = source(ck.case_dir(), &e.from.value);
         if let Err(why) = &source {
-            ck.error(&e.from.referenced, why.clone());
+            ck.error(&e.from.referenced, why);
         }
         if let Some(why) = pmem_lab_proto::guest_path_problem(&e.to.value) {
             ck.error(&e.to.referenced, why);
@@ -110,9 +110,33 @@ impl Check for Put {
     }
 }
 
+/// Why a `put`'s `from` is refused.
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    #[error("`{0}`: `from` is a path relative to the case file's folder, without `..`")]
+    NotRelative(String),
+    #[error("the case's folder {}: {source}", dir.display())]
+    Folder {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{from}`: {source} (looked for {})", path.display())]
+    Missing {
+        from: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{from}` leads out of the case's folder (to {})", real.display())]
+    Escapes { from: String, real: PathBuf },
+    #[error("`{0}` is not a regular file")]
+    NotAFile(String),
+    #[error("`{from}` has {bytes} bytes; a case brings at most {} MiB", MAX_PUT_BYTES >> 20)]
+    TooBig { from: String, bytes: u64 },
+}
+
 /// `from` resolved in `dir` (the case file's folder), and the folder
 /// resolved, or why not.
-fn source(dir: &Path, from: &str) -> Result<(PathBuf, PathBuf), String> {
+fn source(dir: &Path, from: &str) -> Result<(PathBuf, PathBuf), SourceError> {
     let rel = Path::new(from);
     if from.is_empty()
         || rel.is_absolute()
@@ -120,33 +144,34 @@ fn source(dir: &Path, from: &str) -> Result<(PathBuf, PathBuf), String> {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "`{from}`: `from` is a path relative to the case file's folder, without `..`"
-        ));
+        return Err(SourceError::NotRelative(from.to_string()));
     }
-    let real_dir = dir
-        .canonicalize()
-        .map_err(|e| format!("the case's folder {}: {e}", dir.display()))?;
+    let real_dir = dir.canonicalize().map_err(|source| SourceError::Folder {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join(rel);
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("`{from}`: {e} (looked for {})", path.display()))?;
+    let missing = |source| SourceError::Missing {
+        from: from.to_string(),
+        path: path.clone(),
+        source,
+    };
+    let real = path.canonicalize().map_err(missing)?;
     if !real.starts_with(&real_dir) {
-        return Err(format!(
-            "`{from}` leads out of the case's folder (to {})",
-            real.display()
-        ));
+        return Err(SourceError::Escapes {
+            from: from.to_string(),
+            real,
+        });
     }
-    let meta = std::fs::metadata(&real).map_err(|e| format!("`{from}`: {e}"))?;
+    let meta = std::fs::metadata(&real).map_err(missing)?;
     if !meta.is_file() {
-        return Err(format!("`{from}` is not a regular file"));
+        return Err(SourceError::NotAFile(from.to_string()));
     }
     if meta.len() > MAX_PUT_BYTES {
-        return Err(format!(
-            "`{from}` has {} bytes; a case brings at most {} MiB",
-            meta.len(),
-            MAX_PUT_BYTES >> 20
-        ));
+        return Err(SourceError::TooBig {
+            from: from.to_string(),
+            bytes: meta.len(),
+        });
     }
     Ok((real, real_dir))
 }
