@@ -11,10 +11,10 @@ use pmem_lab_harness::boot::vm_snapshot;
 use pmem_lab_harness::case::{self, Case};
 use pmem_lab_harness::guest::bring;
 use pmem_lab_harness::known::{self, KnownFailure};
-use pmem_lab_harness::observe::oracle;
 use pmem_lab_harness::run;
 use pmem_lab_harness::run::report::{self, CaseRecord, Outcome, Reporter, RunInfo};
-use pmem_lab_harness::vm::lab_env::LabEnv;
+use pmem_lab_harness::run::verdict::{self, Verdict};
+use pmem_lab_harness::vm::lab_env::{EnvError, LabEnv};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,19 +29,68 @@ fn main() {
         .unwrap_or_else(|| manifest.join("../cases"));
     // Absolute paths in messages: clickable, and right whatever the cwd.
     let root = root.canonicalize().unwrap_or(root);
-    let loaded = match case::load_dir(&root) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let loaded = case::load_dir(&root).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
     let ids: Vec<&str> = loaded.iter().map(|l| l.id.as_str()).collect();
     let (known_path, known) = known_failures(manifest, &root, &ids);
     let invalid = loaded.iter().filter(|l| l.case.is_err()).count() + usize::from(known.is_err());
     let default_artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pmem-lab-artifacts");
     let lab = LabEnv::from_env(&default_artifacts);
-    let skip_reason: Option<String> = match (&lab, invalid) {
+    let skip_reason = skip_reason(&lab, invalid);
+    let known_problems = known.as_ref().err().cloned();
+    let known = Arc::new(known.unwrap_or_default());
+    let lab = lab.ok().flatten().map(|mut env| {
+        env.cases_root = Some(root.clone());
+        Arc::new(env)
+    });
+    // Reports only when VMs run: a validation pass has nothing to say.
+    let reporter = lab.as_deref().and_then(reporter);
+    // VMs at a time: `--test-threads` (xtask's `--vms`), else the lab's
+    // measured default rather than libtest's one per core.
+    if lab.is_some() && args.test_threads.is_none() {
+        args.test_threads = Some(pmem_lab_env::parallel::default_vms());
+    }
+    let mut trials = validation_trials(&known_path, known_problems, &loaded);
+    let cold_views = Arc::new(cold_views());
+    for case in in_snapshot_order(&loaded, lab.as_deref(), &args) {
+        trials.push(match (&skip_reason, &lab) {
+            (None, Some(lab)) => vm_trial(
+                case.clone(),
+                Arc::clone(lab),
+                reporter.clone(),
+                known.clone(),
+                Arc::clone(&cold_views),
+            ),
+            // Ignored like #[ignore]: `-- --ignored` runs them, and then
+            // they fail with the reason instead of pretending to pass.
+            (reason, _) => {
+                let reason = reason.clone().unwrap_or_default();
+                Trial::test(case.id.clone(), move || Err(reason.into()))
+                    .with_ignored_flag(true)
+                    .with_kind("vm")
+            }
+        });
+    }
+    if let (Some(lab), None) = (&lab, &skip_reason) {
+        trials.extend(self_tests(lab, &reporter));
+    }
+    // Say once why VM cases do not run, if any of them was selected.
+    let vm_selected = trials
+        .iter()
+        .any(|t| t.kind() == "vm" && t.has_ignored_flag() && !args.is_filtered_out(t));
+    if let (Some(reason), true) = (&skip_reason, vm_selected) {
+        eprintln!("pmem-lab: VM cases are ignored: {reason}");
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    finish(&conclusion, reporter.as_deref(), lab.is_some());
+    conclusion.exit();
+}
+
+/// Why no VM case runs, if none does.
+fn skip_reason(lab: &Result<Option<LabEnv>, EnvError>, invalid: usize) -> Option<String> {
+    match (lab, invalid) {
         (_, n) if n > 0 => Some(format!("not started: {n} case file(s) are invalid (see validate/ trials)")),
         (Err(e), _) => Some(e.to_string()),
         (Ok(None), _) => Some(
@@ -49,46 +98,50 @@ fn main() {
                 .to_string(),
         ),
         (Ok(Some(_)), _) => None,
-    };
-    let known_problems = known.as_ref().err().cloned();
-    let known = Arc::new(known.unwrap_or_default());
-    let mut reporter = None;
-    let lab = lab.ok().flatten().map(|mut env| {
-        // Reports only when VMs run: a validation pass has nothing to say.
-        let dir = pmem_lab_env::vars::REPORT
-            .get()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| env.artifacts.with_file_name("report"));
-        // Under cargo-nextest every trial is its own process: nextest writes
-        // the JUnit report (.config/nextest.toml), ours would be overwritten.
-        if std::env::var_os("NEXTEST").is_none() {
-            let run = RunInfo {
-                kernel: pmem_lab_env::vars::KERNEL_RELEASE
-                    .get_str()
-                    .unwrap_or_default(),
-                qemu: env.qemu_version.clone(),
-                accel: env.accel.name().to_string(),
-            };
-            match Reporter::create(&dir, run) {
-                Ok(r) => reporter = Some(Arc::new(r)),
-                Err(e) => eprintln!("pmem-lab: no report: {e}"),
-            }
-        }
-        env.cases_root = Some(root.clone());
-        Arc::new(env)
-    });
-
-    // VMs at a time: `--test-threads` (xtask's `--vms`), else the lab's
-    // measured default rather than libtest's one per core.
-    if lab.is_some() && args.test_threads.is_none() {
-        args.test_threads = Some(pmem_lab_env::parallel::default_vms());
     }
-    let cold_views = Arc::new(pmem_lab_env::vars::EQUIVALENCE.get().map(|p| {
+}
+
+/// The run's report, beside the artifacts (or PMEM_LAB_REPORT). Under
+/// cargo-nextest every trial is its own process: nextest writes the JUnit
+/// report (.config/nextest.toml), ours would be overwritten.
+fn reporter(env: &LabEnv) -> Option<Arc<Reporter>> {
+    if std::env::var_os("NEXTEST").is_some() {
+        return None;
+    }
+    let dir = pmem_lab_env::vars::REPORT
+        .get()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env.artifacts.with_file_name("report"));
+    let run = RunInfo {
+        kernel: pmem_lab_env::vars::KERNEL_RELEASE
+            .get_str()
+            .unwrap_or_default(),
+        qemu: env.qemu_version.clone(),
+        accel: env.accel.name().to_string(),
+    };
+    Reporter::create(&dir, run)
+        .map_err(|e| eprintln!("pmem-lab: no report: {e}"))
+        .ok()
+        .map(Arc::new)
+}
+
+/// The cold run's first observations (`--equivalence`), by case id.
+fn cold_views() -> Option<HashMap<String, serde_json::Value>> {
+    pmem_lab_env::vars::EQUIVALENCE.get().map(|p| {
         report::setup_views(Path::new(&p)).unwrap_or_else(|e| {
             eprintln!("error: PMEM_LAB_EQUIVALENCE: {e}");
             std::process::exit(2);
         })
-    }));
+    })
+}
+
+/// `validate/` trials: the known-failure list, and each case file (with
+/// the C sources it brings compiled, before any VM boots).
+fn validation_trials(
+    known_path: &Path,
+    known_problems: Option<String>,
+    loaded: &[case::load::Loaded],
+) -> Vec<Trial> {
     let mut trials = vec![Trial::test(
         format!(
             "validate/{}",
@@ -98,7 +151,7 @@ fn main() {
     )
     .with_kind("validate")];
     let compiler = pmem_lab_harness::guest::compile::available();
-    for l in &loaded {
+    for l in loaded {
         let errors = l.case.as_ref().err().cloned();
         let case = l.case.as_ref().ok().cloned();
         let cache = pmem_lab_env::default_cache();
@@ -111,8 +164,7 @@ fn main() {
                             .collect::<Vec<_>>()
                             .join("\n\n"),
                     )),
-                    // C sources a case brings compile here, before any VM boots
-                    // (without gcc on this machine the VM trial reports it).
+                    // Without gcc on this machine the VM trial reports it.
                     (None, Some(case)) if compiler => bring::compile_case(case, &cache)
                         .map_err(|errs| Failed::from(errs.join("\n\n"))),
                     _ => Ok(()),
@@ -121,12 +173,21 @@ fn main() {
             .with_kind("validate"),
         );
     }
-    // The first case of each VM snapshot key runs first: the others restore
-    // its snapshot, and would otherwise wait for it (see vm_snapshot::plan).
+    trials
+}
+
+/// The cases, the first of each VM snapshot key first: the others restore
+/// its snapshot, and would otherwise wait for it (see vm_snapshot::plan).
+fn in_snapshot_order<'a>(
+    loaded: &'a [case::load::Loaded],
+    lab: Option<&LabEnv>,
+    args: &Arguments,
+) -> Vec<&'a Case> {
     let mut seen = std::collections::HashSet::new();
-    let (mut firsts, mut rest): (Vec<&Case>, Vec<&Case>) = (Vec::new(), Vec::new());
-    for case in loaded.iter().filter_map(|l| l.case.as_ref().ok()) {
-        let first = match &lab {
+    let (firsts, rest): (Vec<&Case>, Vec<&Case>) = loaded
+        .iter()
+        .filter_map(|l| l.case.as_ref().ok())
+        .partition(|case| match lab {
             Some(env)
                 if env.snapshots
                     && !args.is_filtered_out(&Trial::test(case.id.clone(), || Ok(()))) =>
@@ -134,47 +195,15 @@ fn main() {
                 seen.insert(vm_snapshot::key(case, env).digest)
             }
             _ => true,
-        };
-        if first {
-            firsts.push(case)
-        } else {
-            rest.push(case)
-        }
-    }
-    for case in firsts.into_iter().chain(rest) {
-        let trial = match (&skip_reason, &lab) {
-            (None, Some(lab)) => vm_trial(
-                case.clone(),
-                Arc::clone(lab),
-                reporter.clone(),
-                known.clone(),
-                Arc::clone(&cold_views),
-            ),
-            (reason, _) => {
-                // Ignored like #[ignore]: `-- --ignored` runs them, and then
-                // they fail with the reason instead of pretending to pass.
-                let reason = reason.clone().unwrap_or_default();
-                Trial::test(case.id.clone(), move || Err(reason.into()))
-                    .with_ignored_flag(true)
-                    .with_kind("vm")
-            }
-        };
-        trials.push(trial);
-    }
-    if let Some(lab) = &lab {
-        if skip_reason.is_none() {
-            trials.extend(self_tests(lab, &reporter));
-        }
-    }
-    // Say once why VM cases do not run, if any of them was selected.
-    let vm_selected = trials
-        .iter()
-        .any(|t| t.kind() == "vm" && t.has_ignored_flag() && !args.is_filtered_out(t));
-    if let (Some(reason), true) = (&skip_reason, vm_selected) {
-        eprintln!("pmem-lab: VM cases are ignored: {reason}");
-    }
-    let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(r) = &reporter {
+        });
+    firsts.into_iter().chain(rest).collect()
+}
+
+/// The report's end, and the summary line. A run without the lab's kernel
+/// (plain `cargo test`, xtask's validation pass) says so: CI counts only
+/// the summaries of runs that boot VMs.
+fn finish(conclusion: &libtest_mimic::Conclusion, reporter: Option<&Reporter>, vms: bool) {
+    if let Some(r) = reporter {
         match r.finish() {
             Ok(path) => eprintln!(
                 "pmem-lab: JUnit report {}, events {}",
@@ -184,13 +213,7 @@ fn main() {
             Err(e) => eprintln!("pmem-lab: cannot write the JUnit report: {e}"),
         }
     }
-    // A run without the lab's kernel (plain `cargo test`, xtask's validation
-    // pass) says so: CI counts only the summaries of runs that boot VMs.
-    let scope = if lab.is_some() {
-        ""
-    } else {
-        " (case files only, no VM)"
-    };
+    let scope = if vms { "" } else { " (case files only, no VM)" };
     eprintln!(
         "pmem-lab{scope}: {} passed, {} failed, {} ignored, {} filtered out",
         conclusion.num_passed,
@@ -198,7 +221,6 @@ fn main() {
         conclusion.num_ignored,
         conclusion.num_filtered_out
     );
-    conclusion.exit();
 }
 
 /// The lab checking itself: cases that must fail, and fail the right way.
@@ -341,79 +363,39 @@ fn vm_trial(
         }
         let result = run::run_case(&case, &lab, reporter.as_deref());
         let class = result.as_ref().err().map(|f| f.failure.class());
-        let result = result.map_err(|f| f.to_string());
         let release = pmem_lab_env::vars::KERNEL_RELEASE
             .get_str()
             .unwrap_or_default();
         let listed = known.iter().find(|k| k.covers(&case.id, &release));
-        let boot = result.as_ref().ok().map(|p| p.boot);
-        let acpi_tables = result.as_ref().ok().and_then(|p| p.acpi_tables);
-        let start_mode = result.as_ref().ok().map(|p| p.start);
-        let setup_view = result.as_ref().ok().map(|p| p.setup_view.clone());
-        // Equivalence: a passed case's first observation against the cold
-        // run's (cargo xtask lab --equivalence).
-        let mut compared_with_cold = false;
-        let result = result.and_then(|passed| {
-            let Some(cold) = cold_views.as_ref().as_ref().and_then(|v| v.get(&case.id)) else {
-                return Ok(passed);
-            };
-            compared_with_cold = true;
-            match oracle::view_difference(cold, &passed.setup_view) {
-                None => Ok(passed),
-                Some(diff) => Err(format!(
-                    "equivalence: after setup, this {} VM's oracle observation differs from the cold run's:\n{diff}",
-                    passed.start
-                )),
-            }
-        });
-        let (outcome, verdict) = match (result, listed) {
-            (Ok(passed), None) => {
-                let tables = passed
-                    .acpi_tables
-                    .map(|t| format!(", ACPI tables {:.3}s", t.as_secs_f64()))
-                    .unwrap_or_default();
-                eprintln!(
-                    "{}: agent ready in {:.2}s ({}), case took {:.2}s ({}, QEMU {}){tables}",
-                    case.id,
-                    passed.boot.as_secs_f64(),
-                    passed.start,
-                    passed.total.as_secs_f64(),
-                    passed.kernel_release,
-                    lab.qemu_version
-                );
-                (Outcome::Passed, Ok(Completion::Completed))
-            }
-            (Ok(_), Some(k)) => {
-                let m = format!(
-                    "unexpected pass: {} is in known-failures.yaml ({}); remove the entry",
-                    case.id, k.reason
-                );
-                (Outcome::Failed(m.clone()), Err(Failed::from(m)))
-            }
-            (Err(m), Some(k)) => {
-                let first = m.lines().next().unwrap_or_default().to_string();
-                let note = format!("known failure: {} (failed as expected: {first})", k.reason);
-                (
-                    Outcome::KnownFailure(note.clone()),
-                    Ok(Completion::ignored_with(note)),
-                )
-            }
-            (Err(m), None) => (Outcome::Failed(m.clone()), Err(Failed::from(m))),
-        };
+        let cold = cold_views.as_ref().as_ref().and_then(|v| v.get(&case.id));
+        let judged = verdict::judge(
+            &case.id,
+            result.as_ref().map_err(|f| f.to_string()),
+            listed,
+            cold,
+        );
+        let passed = result.as_ref().ok();
+        if let (Some(p), Verdict::Pass) = (passed, &judged.verdict) {
+            eprintln!("{}", verdict::passed_line(&case.id, p, &lab.qemu_version));
+        }
         if let Some(r) = &reporter {
             r.case(CaseRecord {
                 id: case.id.clone(),
-                outcome,
+                outcome: judged.outcome,
                 duration: start.elapsed(),
-                boot,
-                acpi_tables,
+                boot: passed.map(|p| p.boot),
+                acpi_tables: passed.and_then(|p| p.acpi_tables),
                 class,
-                start: start_mode,
-                setup_view,
-                compared_with_cold,
+                start: passed.map(|p| p.start),
+                setup_view: passed.map(|p| p.setup_view.clone()),
+                compared_with_cold: judged.compared_with_cold,
             });
         }
-        verdict
+        match judged.verdict {
+            Verdict::Pass => Ok(Completion::Completed),
+            Verdict::Ignore(why) => Ok(Completion::ignored_with(why)),
+            Verdict::Fail(m) => Err(Failed::from(m)),
+        }
     })
     .with_kind("vm")
 }

@@ -191,20 +191,47 @@ fn forget_hint(cache: &Path) -> String {
     format!("rm -r {}", cache.join("accel").display())
 }
 
-fn probe(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> Result<Duration, String> {
+/// Why the probe guest did not reach its panic under KVM.
+enum Unusable {
+    /// The probe could not run at all (its log, QEMU's start or wait).
+    Host(String, std::io::Error),
+    /// It ran and stopped short: why (silence, the time limit).
+    Stopped(String),
+    /// QEMU ended first: the first line of its stderr that is no warning.
+    Qemu(String),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Host(what, e) => write!(f, "{what}: {e}"),
+            Unusable::Stopped(why) | Unusable::Qemu(why) => f.write_str(why),
+        }
+    }
+}
+
+fn probe(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> Result<Duration, Unusable> {
     let start = Instant::now();
+    let host = |what: &str| {
+        let what = what.to_string();
+        move |e| Unusable::Host(what, e)
+    };
     // A file, not a pipe: nobody reads while we wait, and a pipe could fill.
-    let log = std::fs::File::create(console_log)
-        .map_err(|e| format!("{}: {e}", console_log.display()))?;
+    let log =
+        std::fs::File::create(console_log).map_err(host(&console_log.display().to_string()))?;
     let mut child = bare_boot(qemu, "kvm", bzimage, None, "256M")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start QEMU: {e}"))?;
+        .map_err(host("cannot start QEMU"))?;
     let (mut printed, mut last_output) = (0, Instant::now());
     let stopped = loop {
-        if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+        if child
+            .try_wait()
+            .map_err(host("waiting for QEMU"))?
+            .is_some()
+        {
             break None;
         }
         let console = std::fs::read_to_string(console_log).unwrap_or_default();
@@ -239,9 +266,9 @@ fn probe(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> Result<Duration, St
     if let Some(why) = stopped {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(why);
+        return Err(Unusable::Stopped(why));
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(host("waiting for QEMU"))?;
     let console = std::fs::read_to_string(console_log).unwrap_or_default();
     if console.contains("Kernel panic") {
         return Ok(start.elapsed());
@@ -251,7 +278,7 @@ fn probe(qemu: &Qemu, bzimage: &Path, console_log: &Path) -> Result<Duration, St
         .lines()
         .find(|l| !l.contains("warning:"))
         .unwrap_or("no kernel output");
-    Err(first.trim().to_string())
+    Err(Unusable::Qemu(first.trim().to_string()))
 }
 
 #[cfg(test)]

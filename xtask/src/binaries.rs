@@ -26,17 +26,17 @@ pub struct Binaries {
     pub agent: PathBuf,
 }
 
-static BUILT: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+static BUILT: OnceLock<Result<Binaries>> = OnceLock::new();
 
 /// Build (once per process) and return the programs.
 pub fn get(workspace: &Path) -> Result<&'static Binaries> {
     BUILT
         .get_or_init(|| build(workspace))
         .as_ref()
-        .map_err(|e| Error::new(e.clone()))
+        .map_err(Error::clone)
 }
 
-fn build(workspace: &Path) -> std::result::Result<Binaries, String> {
+fn build(workspace: &Path) -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Diagnostics rendered to stderr as a plain build would print them;
     // stdout carries the JSON messages that name the artifacts.
@@ -60,18 +60,18 @@ fn build(workspace: &Path) -> std::result::Result<Binaries, String> {
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| Error::new(format!("cannot run cargo: {e}")))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(Error::new(format!(
             "cargo could not build the lab's programs ({}; its errors are above)",
             out.status
-        ));
+        )));
     }
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The three executables in cargo's `compiler-artifact` messages.
-fn parse(messages: &str) -> std::result::Result<Binaries, String> {
+fn parse(messages: &str) -> Result<Binaries> {
     let (mut lab, mut shell, mut agent) = (None, None, None);
     for line in messages.lines() {
         let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -91,7 +91,8 @@ fn parse(messages: &str) -> std::result::Result<Binaries, String> {
             _ => {}
         }
     }
-    let missing = |what: &str| format!("cargo built no {what} (its messages name none)");
+    let missing =
+        |what: &str| Error::new(format!("cargo built no {what} (its messages name none)"));
     Ok(Binaries {
         lab: lab.ok_or_else(|| missing("`lab` test runner"))?,
         shell: shell.ok_or_else(|| missing("pmem-lab-shell"))?,
@@ -118,7 +119,9 @@ mod tests {
                 agent: "/t/debug/pmem-lab-agent".into(),
             }
         );
-        let err = parse(r#"{"reason":"build-finished","success":true}"#).unwrap_err();
+        let err = parse(r#"{"reason":"build-finished","success":true}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`lab` test runner"), "{err}");
     }
 }

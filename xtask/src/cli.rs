@@ -60,15 +60,15 @@ impl Global {
     /// The kernels to run, in order: `--kernel`s then `--kernel-tree`, the
     /// default when none is named; one named twice is refused (it would
     /// run the whole selection twice under one name).
-    pub fn kernels(&self) -> Result<Vec<KernelSpec>, String> {
+    pub fn kernels(&self) -> Result<Vec<KernelSpec>, crate::util::Error> {
         let mut k = self.kernel.clone();
         k.extend(self.kernel_tree.clone().map(KernelSpec::Tree));
         for (i, a) in k.iter().enumerate() {
             if k[..i].contains(a) {
-                return Err(format!(
+                return Err(crate::util::Error::new(format!(
                     "--kernel {} is named twice: name each kernel once",
                     a.label()
-                ));
+                )));
             }
         }
         if k.is_empty() {
@@ -178,7 +178,7 @@ pub enum LabCommand {
 /// `debian-6.12`, `debian-6.1`, or a kernel tree's directory.
 fn kernel_spec(s: &str) -> Result<KernelSpec, String> {
     if s.starts_with("debian-") {
-        KernelSpec::debian_named(s)
+        KernelSpec::debian_named(s).map_err(|e| e.to_string())
     } else {
         kernel_tree(s).map(KernelSpec::Tree)
     }
@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn a_kernel_named_twice_is_refused() {
         let twice = parse(&["lab", "--kernel", "debian-6.12", "--kernel", "debian-6.12"]).unwrap();
-        let e = twice.global.kernels().unwrap_err();
+        let e = twice.global.kernels().unwrap_err().to_string();
         assert!(e.contains("named twice"), "{e}");
         let one = parse(&["lab"]).unwrap();
         assert_eq!(

@@ -76,7 +76,7 @@ pub enum KernelSpec {
 
 impl KernelSpec {
     /// `debian-6.12` or `debian-6.1`.
-    pub fn debian_named(s: &str) -> std::result::Result<KernelSpec, String> {
+    pub fn debian_named(s: &str) -> Result<KernelSpec> {
         let series = s.strip_prefix("debian-").unwrap_or(s);
         DebianKernel::ALL
             .into_iter()
@@ -87,7 +87,10 @@ impl KernelSpec {
                     .iter()
                     .map(|k| format!("debian-{}", k.series()))
                     .collect();
-                format!("`{s}`: Debian packages the kernels {}", known.join(", "))
+                Error::new(format!(
+                    "`{s}`: Debian packages the kernels {}",
+                    known.join(", ")
+                ))
             })
     }
 

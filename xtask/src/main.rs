@@ -93,7 +93,7 @@ fn run(cli: Cli) -> util::Result<()> {
         .expect("xtask lives in the workspace")
         .to_path_buf();
     let g = cli.global;
-    let kernels = g.kernels().map_err(util::Error::new)?;
+    let kernels = g.kernels()?;
     let opts = Options {
         artifacts: vars::ARTIFACTS
             .get()

@@ -142,7 +142,7 @@ fn differences(
 
 /// The list: `SYMBOL [SYMBOL...]: why`, `#` comments. Returns `symbol ->
 /// line number`; a line without a reason is an error.
-fn parse_list(text: &str) -> std::result::Result<BTreeMap<String, usize>, String> {
+fn parse_list(text: &str) -> Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -152,13 +152,15 @@ fn parse_list(text: &str) -> std::result::Result<BTreeMap<String, usize>, String
         let (syms, _why) = line
             .split_once(':')
             .filter(|(_, why)| !why.trim().is_empty())
-            .ok_or_else(|| format!("line {}: write `SYMBOL [SYMBOL...]: why`", i + 1))?;
+            .ok_or_else(|| {
+                Error::new(format!("line {}: write `SYMBOL [SYMBOL...]: why`", i + 1))
+            })?;
         for s in syms.split_whitespace() {
             if out
                 .insert(s.trim_start_matches("CONFIG_").to_string(), i + 1)
                 .is_some()
             {
-                return Err(format!("line {}: {s} is listed twice", i + 1));
+                return Err(Error::new(format!("line {}: {s} is listed twice", i + 1)));
             }
         }
     }
@@ -291,9 +293,13 @@ mod tests {
             "{}",
             p[1]
         );
-        assert!(parse_list("BLK_WBT\n").unwrap_err().contains("line 1"));
+        assert!(parse_list("BLK_WBT\n")
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
         assert!(parse_list("A: x\nA: y\n")
             .unwrap_err()
+            .to_string()
             .contains("listed twice"));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// An error that tells the user what happened and, where we know, what to do.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error(String);
 
 impl Error {

@@ -12,6 +12,7 @@ pub mod preflight;
 pub mod report;
 pub mod shell;
 mod steps;
+pub mod verdict;
 
 use crate::boot::vm_snapshot::{self, Start};
 use crate::boot::{start_machine, BootError, Started};

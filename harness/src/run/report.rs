@@ -62,17 +62,36 @@ pub struct Reporter {
     run: RunInfo,
 }
 
+/// Why a report could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("JUnit: {0}")]
+    Junit(#[from] quick_junit::SerializeError),
+}
+
+fn file(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
+    move |source| ReportError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 impl Reporter {
     /// Start a report in `dir` (events.jsonl is truncated).
-    pub fn create(dir: &Path, run: RunInfo) -> Result<Reporter, String> {
-        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn create(dir: &Path, run: RunInfo) -> Result<Reporter, ReportError> {
+        fs::create_dir_all(dir).map_err(file(dir))?;
         let path = dir.join("events.jsonl");
         let events = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(file(&path))?;
         let reporter = Reporter {
             dir: dir.to_path_buf(),
             events: Mutex::new(events),
@@ -131,19 +150,19 @@ impl Reporter {
     }
 
     /// Write junit.xml; returns its path.
-    pub fn finish(&self) -> Result<PathBuf, String> {
+    pub fn finish(&self) -> Result<PathBuf, ReportError> {
         let path = self.dir.join("junit.xml");
         let xml = junit(&self.run, &self.cases.lock().unwrap())?;
-        fs::write(&path, xml).map_err(|e| format!("{}: {e}", path.display()))?;
+        fs::write(&path, xml).map_err(file(&path))?;
         Ok(path)
     }
 }
 
 /// The first oracle observations of a run's passed cases, by case id, from
 /// its events.jsonl (see [`Reporter::case`]).
-pub fn setup_views(path: &Path) -> Result<std::collections::HashMap<String, Value>, String> {
+pub fn setup_views(path: &Path) -> Result<std::collections::HashMap<String, Value>, ReportError> {
     if !path.is_file() {
-        return Err(format!("{}: no such file", path.display()));
+        return Err(file(path)(std::io::ErrorKind::NotFound.into()));
     }
     Ok(events::cases(path)
         .into_iter()
@@ -153,7 +172,7 @@ pub fn setup_views(path: &Path) -> Result<std::collections::HashMap<String, Valu
 }
 
 /// The JUnit document for these cases (one suite, `pmem-lab`).
-pub fn junit(run: &RunInfo, cases: &[CaseRecord]) -> Result<String, String> {
+pub fn junit(run: &RunInfo, cases: &[CaseRecord]) -> Result<String, ReportError> {
     let mut suite = TestSuite::new("pmem-lab");
     suite.add_property(("kernel", run.kernel.as_str()));
     suite.add_property(("qemu", run.qemu.as_str()));
@@ -179,7 +198,7 @@ pub fn junit(run: &RunInfo, cases: &[CaseRecord]) -> Result<String, String> {
     }
     let mut report = Report::new("pmem-lab");
     report.add_test_suite(suite);
-    report.to_string().map_err(|e| e.to_string())
+    Ok(report.to_string()?)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! records them for the `signals` op and returns (an AO signal does not
 //! re-fault).
 
+use crate::error::{io, last_os, AgentError};
 use pmem_lab_proto::SignalInfo;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -92,11 +93,11 @@ fn set_handler(handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut li
 }
 
 /// Called once at agent start.
-pub fn init() -> Result<(), String> {
+pub fn init() -> Result<(), AgentError> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
+        return Err(last_os("pipe2"));
     }
     SIG_PIPE_R.store(fds[0], Ordering::Relaxed);
     SIG_PIPE_W.store(fds[1], Ordering::Relaxed);
@@ -134,12 +135,12 @@ pub fn signals(wait: Duration) -> Vec<SignalInfo> {
     }
 }
 
-pub fn map(name: &str, path: &str, offset: u64, length: u64) -> Result<u64, String> {
+pub fn map(name: &str, path: &str, offset: u64, length: u64) -> Result<u64, AgentError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| format!("open {path}: {e}"))?;
+        .map_err(io(format!("open {path}")))?;
     // SAFETY: a fresh shared mapping of the device; the fd may close after.
     let addr = unsafe {
         libc::mmap(
@@ -152,10 +153,10 @@ pub fn map(name: &str, path: &str, offset: u64, length: u64) -> Result<u64, Stri
         )
     };
     if addr == libc::MAP_FAILED {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "mmap {path} offset {offset:#x} length {length:#x}: {}",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     let mut maps = MAPS.lock().unwrap();
     let maps = maps.get_or_insert_with(HashMap::new);
@@ -172,45 +173,45 @@ pub fn map(name: &str, path: &str, offset: u64, length: u64) -> Result<u64, Stri
     Ok(addr as u64)
 }
 
-pub fn unmap(name: &str) -> Result<(), String> {
+pub fn unmap(name: &str) -> Result<(), AgentError> {
     let m = MAPS
         .lock()
         .unwrap()
         .get_or_insert_with(HashMap::new)
         .remove(name)
-        .ok_or_else(|| format!("no mapping named {name}"))?;
+        .ok_or_else(|| AgentError::Refused(format!("no mapping named {name}")))?;
     // SAFETY: unmapping a mapping we made.
     unsafe { libc::munmap(m.addr as *mut libc::c_void, m.len) };
     Ok(())
 }
 
 /// The address of `[offset, offset + len)` in mapping `name`.
-fn locate(name: &str, offset: u64, len: u64) -> Result<usize, String> {
+fn locate(name: &str, offset: u64, len: u64) -> Result<usize, AgentError> {
     let maps = MAPS.lock().unwrap();
     let m = maps
         .as_ref()
         .and_then(|m| m.get(name))
-        .ok_or_else(|| format!("no mapping named {name}"))?;
+        .ok_or_else(|| AgentError::Refused(format!("no mapping named {name}")))?;
     if offset.checked_add(len).is_none_or(|end| end > m.len as u64) {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "{offset:#x}+{len:#x} is outside mapping {name} ({:#x} bytes)",
             m.len
-        ));
+        )));
     }
     Ok(m.addr + offset as usize)
 }
 
-fn pin(cpu: Option<u32>) -> Result<(), String> {
+fn pin(cpu: Option<u32>) -> Result<(), AgentError> {
     let Some(cpu) = cpu else { return Ok(()) };
     // SAFETY: a zeroed cpu_set_t filled with one CPU.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(format!(
+            return Err(AgentError::Refused(format!(
                 "pin to CPU {cpu}: {}",
                 std::io::Error::last_os_error()
-            ));
+            )));
         }
     }
     Ok(())
@@ -232,7 +233,12 @@ fn minor_faults() -> u64 {
 /// (mm/memory.c, mm_account_fault()), but loads no data: a window that
 /// holds a poisoned line is faulted in without consuming it, where a load
 /// of every page would take the machine check as it does on hardware.
-pub fn touch(name: &str, offset: u64, length: u64, cpu: Option<u32>) -> Result<(u64, u64), String> {
+pub fn touch(
+    name: &str,
+    offset: u64,
+    length: u64,
+    cpu: Option<u32>,
+) -> Result<(u64, u64), AgentError> {
     pin(cpu)?;
     let base = locate(name, offset, length)?;
     let pages = length.div_ceil(4096);
@@ -243,10 +249,10 @@ pub fn touch(name: &str, offset: u64, length: u64, cpu: Option<u32>) -> Result<(
     // SAFETY: inside our mapping (checked by locate); populating changes
     // no memory.
     if unsafe { libc::madvise(start as *mut libc::c_void, len, MADV_POPULATE_READ) } != 0 {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "madvise(MADV_POPULATE_READ) of {len:#x} bytes at {start:#x}: {} (the kernel needs 5.14 or later)",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     Ok((pages, minor_faults() - before))
 }
@@ -271,7 +277,7 @@ pub fn in_child(
     cpu: Option<u32>,
     timeout: Duration,
     started: impl FnOnce(),
-) -> Result<(Option<SignalInfo>, Duration), String> {
+) -> Result<(Option<SignalInfo>, Duration), AgentError> {
     let mut report = [0i32; 2];
     let mut ready = [0i32; 2];
     // SAFETY: pipe2 fills the arrays.
@@ -279,7 +285,7 @@ pub fn in_child(
         if libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) != 0
             || libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) != 0
         {
-            return Err(format!("pipe2: {}", std::io::Error::last_os_error()));
+            return Err(last_os("pipe2"));
         }
     }
     let start = Instant::now();
@@ -287,7 +293,7 @@ pub fn in_child(
     // reads, then _exits: nothing of the parent's threads is needed.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        return Err(last_os("fork"));
     }
     if pid == 0 {
         child(action, cpu, report[1], ready[1]);
@@ -333,10 +339,10 @@ pub fn in_child(
         libc::close(ready[0]);
     }
     if signal.is_none() && libc::WIFSIGNALED(status) && libc::WTERMSIG(status) != libc::SIGKILL {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "the child died of signal {} without a report",
             libc::WTERMSIG(status)
-        ));
+        )));
     }
     Ok((signal, start.elapsed()))
 }
@@ -373,33 +379,33 @@ fn child(action: ChildAction, cpu: Option<u32>, report: i32, ready: i32) -> ! {
     }
 }
 
-pub fn child_action_read(name: &str, offset: u64) -> Result<ChildAction, String> {
+pub fn child_action_read(name: &str, offset: u64) -> Result<ChildAction, AgentError> {
     Ok(ChildAction::Read(locate(name, offset, 8)?))
 }
 
-pub fn child_action_poison(name: &str, offset: u64) -> Result<ChildAction, String> {
+pub fn child_action_poison(name: &str, offset: u64) -> Result<ChildAction, AgentError> {
     Ok(ChildAction::Poison(locate(name, offset, 1)?))
 }
 
 /// prctl(PR_MCE_KILL) for the calling thread.
-pub fn mce_kill(policy: &str) -> Result<(), String> {
+pub fn mce_kill(policy: &str) -> Result<(), AgentError> {
     let (op, arg) = match policy {
         "early" => (libc::PR_MCE_KILL_SET, libc::PR_MCE_KILL_EARLY),
         "late" => (libc::PR_MCE_KILL_SET, libc::PR_MCE_KILL_LATE),
         "default" => (libc::PR_MCE_KILL_CLEAR, 0),
         other => {
-            return Err(format!(
+            return Err(AgentError::Refused(format!(
                 "unknown PR_MCE_KILL policy {other}: early, late or default"
-            ))
+            )))
         }
     };
     // SAFETY: plain prctl.
     let r = unsafe { libc::prctl(libc::PR_MCE_KILL, op, arg, 0, 0) };
     if r != 0 {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "prctl(PR_MCE_KILL): {}",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     Ok(())
 }

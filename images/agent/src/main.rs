@@ -9,6 +9,9 @@ use pmem_lab_proto::{
     PROTOCOL_VERSION,
 };
 mod dax;
+mod error;
+
+use error::{io, AgentError};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,15 +35,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve() -> Result<(), String> {
+fn serve() -> Result<(), AgentError> {
     dax::init()?;
     let dev = find_port()?;
     let port = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&dev)
-        .map_err(|e| format!("open {}: {e}", dev.display()))?;
-    let reader = port.try_clone().map_err(|e| e.to_string())?;
+        .map_err(io(format!("open {}", dev.display())))?;
+    let reader = port.try_clone().map_err(io("dup the port"))?;
     let out: Out = Arc::new(Mutex::new(port));
     send(
         &out,
@@ -62,7 +65,7 @@ fn serve() -> Result<(), String> {
             // the lab may reconnect, so wait rather than exit.
             Ok(0) => thread::sleep(Duration::from_millis(50)),
             Ok(_) => handle_line(&out, line.trim()),
-            Err(e) => return Err(format!("read {}: {e}", dev.display())),
+            Err(e) => return Err(io(format!("read {}", dev.display()))(e)),
         }
     }
 }
@@ -83,18 +86,23 @@ fn handle_line(out: &Out, line: &str) {
     if let Op::MceKill { policy } = &req.op {
         let reply = match dax::mce_kill(policy) {
             Ok(()) => Reply::Done,
-            Err(message) => Reply::Error { message },
+            Err(e) => Reply::Error {
+                message: e.to_string(),
+            },
         };
         return send(out, &GuestMessage::Response { id: req.id, reply });
     }
     let out = Arc::clone(out);
     thread::spawn(move || {
-        let reply = serve_op(req.op).unwrap_or_else(|message| Reply::Error { message });
+        // The one place an agent error becomes the protocol's text.
+        let reply = serve_op(req.op).unwrap_or_else(|e| Reply::Error {
+            message: e.to_string(),
+        });
         send(&out, &GuestMessage::Response { id: req.id, reply });
     });
 }
 
-fn serve_op(op: Op) -> Result<Reply, String> {
+fn serve_op(op: Op) -> Result<Reply, AgentError> {
     Ok(match op {
         Op::Run(run_req) => Reply::Run(run(&run_req)?),
         Op::ReadFiles { paths } => Reply::Files {
@@ -102,14 +110,14 @@ fn serve_op(op: Op) -> Result<Reply, String> {
         },
         Op::PageFlags { pfns } => {
             use std::os::unix::fs::FileExt;
-            let f = File::open("/proc/kpageflags").map_err(|e| format!("/proc/kpageflags: {e}"))?;
+            let f = File::open("/proc/kpageflags").map_err(io("/proc/kpageflags"))?;
             let mut flags = Vec::with_capacity(pfns.len());
             for pfn in pfns {
                 let mut b = [0u8; 8];
                 match f.read_exact_at(&mut b, pfn * 8) {
                     Ok(()) => flags.push(Some(u64::from_le_bytes(b))),
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => flags.push(None),
-                    Err(e) => return Err(format!("/proc/kpageflags at pfn {pfn:#x}: {e}")),
+                    Err(e) => return Err(io(format!("/proc/kpageflags at pfn {pfn:#x}"))(e)),
                 }
             }
             Reply::PageFlags { flags }
@@ -119,7 +127,7 @@ fn serve_op(op: Op) -> Result<Reply, String> {
                 .write(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(contents.as_bytes()))
-                .map_err(|e| format!("write {path}: {e}"))?;
+                .map_err(io(format!("write {path}")))?;
             Reply::Done
         }
         Op::PutFile {
@@ -130,16 +138,16 @@ fn serve_op(op: Op) -> Result<Reply, String> {
             // The loader and the shell check the same rule; a host that
             // skipped them still cannot replace the agent or write sysfs.
             if let Some(why) = pmem_lab_proto::guest_path_problem(&path) {
-                return Err(format!("put: {why}"));
+                return Err(AgentError::Refused(format!("put: {why}")));
             }
             if contents.len() as u64 > pmem_lab_proto::MAX_PUT_BYTES {
-                return Err(format!(
+                return Err(AgentError::Refused(format!(
                     "put {path}: {} bytes; at most {}",
                     contents.len(),
                     pmem_lab_proto::MAX_PUT_BYTES
-                ));
+                )));
             }
-            put_file(&path, &contents, executable).map_err(|e| format!("put {path}: {e}"))?;
+            put_file(&path, &contents, executable).map_err(io(format!("put {path}")))?;
             Reply::Done
         }
         Op::Kmsg { after } => Reply::Kmsg {
@@ -209,7 +217,7 @@ fn send(out: &Out, msg: &GuestMessage) {
 
 /// The port's /dev node, found by name: without udev there are no
 /// /dev/virtio-ports/NAME symlinks.
-fn find_port() -> Result<PathBuf, String> {
+fn find_port() -> Result<PathBuf, AgentError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(entries) = fs::read_dir("/sys/class/virtio-ports") {
@@ -221,9 +229,9 @@ fn find_port() -> Result<PathBuf, String> {
             }
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(AgentError::Refused(format!(
                 "no virtio-serial port named {PORT_NAME} (is virtio_console built in?)"
-            ));
+            )));
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -239,19 +247,19 @@ fn uptime_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-fn run(req: &RunRequest) -> Result<RunResult, String> {
+fn run(req: &RunRequest) -> Result<RunResult, AgentError> {
     let (program, args) = req
         .argv
         .split_first()
-        .ok_or_else(|| "empty argv".to_string())?;
+        .ok_or_else(|| AgentError::Refused("empty argv".into()))?;
     let start = Instant::now();
     let mut cmd = Command::new(program);
     cmd.args(args).envs(&req.env);
     if let Some(tty) = &req.tty {
         let open = || OpenOptions::new().read(true).write(true).open(tty);
-        let t = open().map_err(|e| format!("open {tty}: {e}"))?;
-        cmd.stdin(t.try_clone().map_err(|e| e.to_string())?)
-            .stdout(t.try_clone().map_err(|e| e.to_string())?)
+        let t = open().map_err(io(format!("open {tty}")))?;
+        cmd.stdin(t.try_clone().map_err(io(format!("dup {tty}")))?)
+            .stdout(t.try_clone().map_err(io(format!("dup {tty}")))?)
             .stderr(t);
         // SAFETY: setsid and ioctl are async-signal-safe.
         unsafe {
@@ -273,7 +281,7 @@ fn run(req: &RunRequest) -> Result<RunResult, String> {
         // Its own process group, so a timeout kills the program's children too.
         .process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {program}: {e}"))?;
+    let mut child = cmd.spawn().map_err(io(format!("spawn {program}")))?;
     if let (Some(input), Some(mut stdin)) = (req.stdin.clone(), child.stdin.take()) {
         thread::spawn(move || {
             let _ = stdin.write_all(input.as_bytes());
@@ -293,10 +301,11 @@ fn run(req: &RunRequest) -> Result<RunResult, String> {
             timed_out = true;
             // SAFETY: plain syscall on the process group we created.
             unsafe { libc::killpg(pid, libc::SIGKILL) };
-            rx.recv().map_err(|e| e.to_string())?
+            rx.recv()
+                .map_err(|_| AgentError::Refused(format!("{program}: its waiter is gone")))?
         }
     }
-    .map_err(|e| format!("wait {program}: {e}"))?;
+    .map_err(io(format!("wait {program}")))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(RunResult {
         exit_code: status.code(),
@@ -324,13 +333,13 @@ fn read_file(path: &str) -> FileRead {
 /// past the last one fails with EAGAIN, and EPIPE means records were
 /// overwritten before we read them (we skip ahead, the lab sees the gap in
 /// the sequence numbers).
-fn kmsg(after: Option<u64>) -> Result<Vec<KmsgRecord>, String> {
+fn kmsg(after: Option<u64>) -> Result<Vec<KmsgRecord>, AgentError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")
-        .map_err(|e| format!("open /dev/kmsg: {e}"))?;
+        .map_err(io("open /dev/kmsg"))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -346,14 +355,14 @@ fn kmsg(after: Option<u64>) -> Result<Vec<KmsgRecord>, String> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-            Err(e) => return Err(format!("read /dev/kmsg: {e}")),
+            Err(e) => return Err(io("read /dev/kmsg")(e)),
         }
     }
     Ok(out)
 }
 
 /// FS_IOC_FIEMAP with room for 64 extents; the lab's test files are small.
-fn fiemap(path: &str) -> Result<Vec<pmem_lab_proto::Extent>, String> {
+fn fiemap(path: &str) -> Result<Vec<pmem_lab_proto::Extent>, AgentError> {
     use std::os::fd::AsRawFd;
     const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
     const FIEMAP_FLAG_SYNC: u64 = 1;
@@ -365,13 +374,13 @@ fn fiemap(path: &str) -> Result<Vec<pmem_lab_proto::Extent>, String> {
     buf[1] = u64::MAX;
     buf[2] = FIEMAP_FLAG_SYNC;
     buf[3] = EXTENTS as u64;
-    let f = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    let f = File::open(path).map_err(io(format!("open {path}")))?;
     // SAFETY: the ioctl fills the buffer sized for EXTENTS extents.
     if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) } != 0 {
-        return Err(format!(
+        return Err(AgentError::Refused(format!(
             "FIEMAP {path}: {}",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     let mapped = ((buf[2] >> 32) as usize).min(EXTENTS);
     Ok((0..mapped)

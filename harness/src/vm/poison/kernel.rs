@@ -114,12 +114,10 @@ mod tests {
     struct Fake(HashMap<u64, [u64; 512]>);
 
     impl Tables for Fake {
-        type Error = String;
-        fn table(&mut self, pa: u64) -> Result<[u64; 512], String> {
-            self.0
-                .get(&pa)
-                .copied()
-                .ok_or(format!("no table at {pa:#x}"))
+        /// The physical address with no table.
+        type Error = u64;
+        fn table(&mut self, pa: u64) -> Result<[u64; 512], u64> {
+            self.0.get(&pa).copied().ok_or(pa)
         }
     }
 

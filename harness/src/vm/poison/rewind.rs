@@ -342,9 +342,46 @@ fn in_line(line: u64, a: u64, len: u64) -> bool {
     a < line + super::LINE && a.wrapping_add(len) > line
 }
 
+/// Why a stop is left as QEMU made it (shown in steps.log: the model's
+/// accuracy, docs/poison.md).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotRewound {
+    #[error("a string instruction counting down (EFLAGS.DF) is not rewound")]
+    CountingDown,
+    #[error("no instruction that reads memory ends at RIP")]
+    NoInstruction,
+    #[error("`{0}` is not a plain load")]
+    NotPlainLoad(String),
+    #[error("`{0}` has no memory operand")]
+    NoMemoryOperand(String),
+    #[error("`{0}` does not read memory")]
+    NoRead(String),
+    #[error("`{0}` wrote a register of its own address")]
+    OwnAddressRegister(String),
+    #[error("`{instruction}` overwrote its base register and {candidates} addresses of the line hold the loaded value")]
+    Ambiguous {
+        instruction: String,
+        candidates: usize,
+    },
+    #[error("`{0}`: cannot compute its address")]
+    NoAddress(String),
+    #[error("`{instruction}` read {read:#x}, not the watched line {line:#x}")]
+    OtherAddress {
+        instruction: String,
+        read: u64,
+        line: u64,
+    },
+    #[error("`{0}` stopped before the watched line")]
+    BeforeLine(String),
+    #[error("cannot read the line")]
+    LineUnreadable,
+    #[error("no source value")]
+    NoSource,
+}
+
 /// Work out how to put the vCPU back before the load of the watched line.
 /// `Err` says why it cannot (the stop is then left as QEMU made it).
-pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
+pub fn plan(stop: Stop<'_>) -> Result<Rewind, NotRewound> {
     let Stop {
         regs,
         line_va,
@@ -356,7 +393,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
     if regs.rflags & DIRECTION_FLAG != 0 {
         // Counting down: no kernel copy does, and the lab does not model it.
         if at.as_ref().or(before.as_ref()).is_some_and(is_string_read) {
-            return Err("a string instruction counting down (EFLAGS.DF) is not rewound".into());
+            return Err(NotRewound::CountingDown);
         }
     }
     // QEMU 7.2: stopped on a rep string instruction after one element.
@@ -376,9 +413,9 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             });
         }
     }
-    let i = before.ok_or("no instruction that reads memory ends at RIP")?;
+    let i = before.ok_or(NotRewound::NoInstruction)?;
     if i.flow_control() != FlowControl::Next && !is_string_read(&i) {
-        return Err(format!("`{}` is not a plain load", text(&i)));
+        return Err(NotRewound::NotPlainLoad(text(&i)));
     }
     let mut back = regs;
     back.rip = i.ip();
@@ -387,7 +424,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
     }
     let mem_op = (0..i.op_count())
         .find(|o| i.op_kind(*o) == OpKind::Memory)
-        .ok_or_else(|| format!("`{}` has no memory operand", text(&i)))?;
+        .ok_or_else(|| NotRewound::NoMemoryOperand(text(&i)))?;
     let size = i.memory_size().size() as u64;
     let info = InstructionInfoFactory::new().info(&i).clone();
     let reads = info.used_memory().iter().any(|m| {
@@ -397,7 +434,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
         )
     });
     if !reads {
-        return Err(format!("`{}` does not read memory", text(&i)));
+        return Err(NotRewound::NoRead(text(&i)));
     }
     let written: Vec<Register> = info
         .used_registers()
@@ -438,10 +475,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             || dest.full_register() != base.full_register()
             || i.op_kind(0) != OpKind::Register
         {
-            return Err(format!(
-                "`{}` wrote a register of its own address",
-                text(&i)
-            ));
+            return Err(NotRewound::OwnAddressRegister(text(&i)));
         }
         let loaded = regs.get(dest).unwrap_or(0);
         let signed = matches!(i.mnemonic(), Mnemonic::Movsx | Mnemonic::Movsxd);
@@ -455,7 +489,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             Some(w) => (wide, w),
             None => (
                 line_va,
-                mem(line_va, super::LINE as usize).ok_or("cannot read the line")?,
+                mem(line_va, super::LINE as usize).ok_or(NotRewound::LineUnreadable)?,
             ),
         };
         let candidates: Vec<u64> = (from..line_va + super::LINE)
@@ -473,11 +507,10 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             })
             .collect();
         let [ea] = candidates[..] else {
-            return Err(format!(
-                "`{}` overwrote its base register and {} addresses of the line hold the loaded value",
-                text(&i),
-                candidates.len()
-            ));
+            return Err(NotRewound::Ambiguous {
+                instruction: text(&i),
+                candidates: candidates.len(),
+            });
         };
         // Solve base = ea - disp - index * scale (as the instruction's
         // address arithmetic, in 64 bits).
@@ -510,13 +543,14 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
         back.set_full(base, prior);
         ea
     } else {
-        address(&regs).ok_or_else(|| format!("`{}`: cannot compute its address", text(&i)))?
+        address(&regs).ok_or_else(|| NotRewound::NoAddress(text(&i)))?
     };
     if !in_line(line_va, ea, size.max(1)) {
-        return Err(format!(
-            "`{}` read {ea:#x}, not the watched line {line_va:#x}",
-            text(&i)
-        ));
+        return Err(NotRewound::OtherAddress {
+            instruction: text(&i),
+            read: ea,
+            line: line_va,
+        });
     }
     let m = mem(ea, size as usize).map(|b| le(&b));
     let bits = 8 * size as u32;
@@ -531,7 +565,10 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
         // bytes (unchanged in memory).
         (Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor, OpKind::Register) => {
             let d = i.op0_register();
-            let (now, v) = (regs.get(d).unwrap_or(0), m.ok_or("cannot read the line")?);
+            let (now, v) = (
+                regs.get(d).unwrap_or(0),
+                m.ok_or(NotRewound::LineUnreadable)?,
+            );
             let v = if d.size() as u64 > size {
                 sign_extend(v, bits)
             } else {
@@ -561,9 +598,9 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             | Mnemonic::Not,
             OpKind::Memory,
         ) => {
-            let now = m.ok_or("cannot read the line")?;
+            let now = m.ok_or(NotRewound::LineUnreadable)?;
             let src = if matches!(i.mnemonic(), Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor) {
-                op1_value(&regs).ok_or("no source value")?
+                op1_value(&regs).ok_or(NotRewound::NoSource)?
             } else {
                 0
             };
@@ -589,7 +626,7 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
             } else {
                 i.op1_register()
             };
-            let now = m.ok_or("cannot read the line")?;
+            let now = m.ok_or(NotRewound::LineUnreadable)?;
             writes.push((
                 ea,
                 regs.get(r).unwrap_or(0).to_le_bytes()[..size as usize].to_vec(),
@@ -599,7 +636,10 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, String> {
         // xadd: line = old + reg, reg = old line.
         (Mnemonic::Xadd, OpKind::Memory) => {
             let r = i.op1_register();
-            let (now, got) = (m.ok_or("cannot read the line")?, regs.get(r).unwrap_or(0));
+            let (now, got) = (
+                m.ok_or(NotRewound::LineUnreadable)?,
+                regs.get(r).unwrap_or(0),
+            );
             writes.push((ea, got.to_le_bytes()[..size as usize].to_vec()));
             back.put(r, now.wrapping_sub(got));
         }
@@ -678,17 +718,17 @@ fn string_whole(
     mut back: Regs,
     line_va: u64,
     rep_count: Option<u64>,
-) -> Result<Rewind, String> {
+) -> Result<Rewind, NotRewound> {
     let rep = has_rep(i);
     let w = element(i);
     let src = string_source(i, &back);
     if !rep {
         if !in_line(line_va, src.wrapping_sub(w), w) {
-            return Err(format!(
-                "`{}` read {:#x}, not the watched line",
-                text(i),
-                src.wrapping_sub(w)
-            ));
+            return Err(NotRewound::OtherAddress {
+                instruction: text(i),
+                read: src.wrapping_sub(w),
+                line: line_va,
+            });
         }
         string_back(i, &mut back, 1);
         return Ok(Rewind {
@@ -711,7 +751,7 @@ fn string_whole(
         ),
     };
     if src <= first {
-        return Err(format!("`{}` stopped before the watched line", text(i)));
+        return Err(NotRewound::BeforeLine(text(i)));
     }
     let n = (src - first) / w;
     string_back(i, &mut back, n);

@@ -930,7 +930,7 @@ impl State {
         });
         let plan = match planned {
             Ok(p) => p,
-            Err(why) => return Ok(Rewound::Not(why)),
+            Err(why) => return Ok(Rewound::Not(why.to_string())),
         };
         for (n, v) in plan.regs.changed(&regs) {
             self.gdb.set_register(n, v, T)?;

@@ -40,7 +40,7 @@ fn regs(set: &[(Register, u64)], rip: u64) -> Regs {
 
 /// Decode `code` at CODE from its start (as from a symbol), stopped at
 /// `rip_offset`, and plan.
-fn plan_at(code: &[u8], rip_offset: u64, r: Regs) -> Result<Rewind, String> {
+fn plan_at(code: &[u8], rip_offset: u64, r: Regs) -> Result<Rewind, NotRewound> {
     plan_counted(code, rip_offset, r, None)
 }
 
@@ -50,7 +50,7 @@ fn plan_counted(
     rip_offset: u64,
     r: Regs,
     rep_count: Option<u64>,
-) -> Result<Rewind, String> {
+) -> Result<Rewind, NotRewound> {
     let mem = Mem::new(code);
     let (before, at) = decode_from(code, CODE, CODE + rip_offset);
     let mut read = |a: u64, n: usize| mem.read(a, n);
@@ -102,7 +102,10 @@ fn a_load_that_overwrote_its_base_register_gets_it_back_from_the_line() {
         mem: &mut read,
     })
     .unwrap_err();
-    assert!(e.contains("2 addresses"), "{e}");
+    assert!(
+        matches!(e, NotRewound::Ambiguous { candidates: 2, .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -263,11 +266,17 @@ fn a_load_of_another_address_is_not_rewound() {
     // mov (%rsi),%al with RSI elsewhere: not the watched line.
     let code = [0x8a, 0x06];
     let e = plan_at(&code, 2, regs(&[(Register::RSI, 0x1000)], 0)).unwrap_err();
-    assert!(e.contains("not the watched line"), "{e}");
+    assert!(
+        matches!(e, NotRewound::OtherAddress { read: 0x1000, .. }),
+        "{e}"
+    );
     // RIP after a jump: nothing ends there that reads.
     let e = plan_at(&[0xc3], 1, regs(&[], 0)).unwrap_err();
     assert!(
-        e.contains("not a plain load") || e.contains("no memory"),
+        matches!(
+            e,
+            NotRewound::NotPlainLoad(_) | NotRewound::NoMemoryOperand(_)
+        ),
         "{e}"
     );
 }
