@@ -148,7 +148,7 @@ fn run(cli: Cli) -> util::Result<()> {
             // For running the harness by hand or under cargo-nextest:
             // eval "$(cargo xtask env)"
             for (k, v) in lab::vm_env(&opts)? {
-                println!("export {k}='{}'", v.replace('\'', r"'\''"));
+                println!("export {k}={}", pmem_lab_env::shell_quote(&v));
             }
             Ok(())
         }

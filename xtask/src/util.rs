@@ -3,7 +3,7 @@
 use fs_err as fs;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// An error that tells the user what happened and, where we know, what to do.
@@ -45,13 +45,7 @@ pub fn render(cmd: &Command) -> String {
         .join(" ")
 }
 
-pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+pub use pmem_lab_env::program as find_in_path;
 
 /// Incremental SHA-256 over labelled parts, for content-addressed cache keys.
 pub struct Key(Sha256);
@@ -194,7 +188,7 @@ pub fn sweep_staging(dir: &Path, prefix: &str) {
 /// An empty folder of the tests' own, `<tmp>/xtask-NAME-PID` (xtask has no
 /// tempfile dependency); the test removes it when done.
 #[cfg(test)]
-pub fn test_dir(name: &str) -> PathBuf {
+pub fn test_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();

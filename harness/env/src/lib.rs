@@ -18,11 +18,28 @@ pub mod vars;
 
 use std::path::PathBuf;
 
-/// Where `name` is on PATH, if it is: the one PATH lookup of the lab.
+/// Where `name` is on PATH, if it is: the one PATH lookup of the lab
+/// (xtask's and the harness's). The system folders come last, for a PATH
+/// without them (a user's shell may lack /usr/sbin, where apt-get's
+/// helpers and iasl's kin live).
 pub fn program(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// `s` as one word of a POSIX shell command line: as it is when it is
+/// plain, else in single quotes. The one quoting of the lab (QEMU command
+/// lines, reproducers, `cargo xtask env`).
+pub fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// The lab's build cache: `PMEM_LAB_CACHE`, else `$XDG_CACHE_HOME/pmem-lab`,

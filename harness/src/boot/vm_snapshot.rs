@@ -402,12 +402,10 @@ impl launch::Restore for Saved {
 /// platform's error-list log (the poison model reads it from the start).
 fn backing_files(files: &VmFiles) -> Vec<(&Path, String)> {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    files
-        .nvdimm_backing
-        .iter()
-        .chain(files.cxl_backing.iter().flat_map(|(m, l)| [m, l]))
-        .chain([&files.platform_log])
-        .filter_map(|p| Some((p.as_path(), name(p)?)))
+    launch::device_files(files)
+        .into_iter()
+        .chain([files.platform_log.as_path()])
+        .filter_map(|p| Some((p, name(p)?)))
         .collect()
 }
 

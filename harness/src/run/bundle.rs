@@ -20,7 +20,7 @@ pub fn write_bundle_extras(case: &Case, env: &LabEnv, dir: &Path) {
 /// A shell script that reruns exactly this case (matrix cell included) with
 /// the same kernel, initramfs and accelerator, from the workspace.
 pub fn reproducer(case: &Case, env: &LabEnv) -> String {
-    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let q = |p: &Path| pmem_lab_env::shell_quote(&p.display().to_string());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."));
@@ -94,14 +94,15 @@ mod tests {
         let script = reproducer(&case, &env);
         assert!(script.starts_with("#!/bin/sh\n"), "{script}");
         for line in [
-            "PMEM_LAB_KERNEL='/cache/kernel/k1/bzImage'",
+            // Plain paths as they are, the others quoted.
+            "PMEM_LAB_KERNEL=/cache/kernel/k1/bzImage",
             r"PMEM_LAB_INITRD='/cache/it'\''s/initrd.cpio'",
             "PMEM_LAB_ACCEL=tcg",
-            "PMEM_LAB_QEMU='/usr/bin/qemu-system-x86_64'",
+            "PMEM_LAB_QEMU=/usr/bin/qemu-system-x86_64",
             "PMEM_LAB_ARTIFACTS='/w/target/pmem-lab/artifacts/devdax/s3-consume[2M]/replay'",
             "PMEM_LAB_KEEP=1",
-            "PMEM_LAB_CASES='/w/cases'",
-            "PMEM_LAB_KERNEL_CONFIG='/cache/kernel/k1/config'",
+            "PMEM_LAB_CASES=/w/cases",
+            "PMEM_LAB_KERNEL_CONFIG=/cache/kernel/k1/config",
             "--exact 'devdax/s3-consume[2M]'",
         ] {
             assert!(script.contains(line), "{line} not in:\n{script}");

@@ -300,14 +300,7 @@ pub fn shell_quote_command(program: &str, args: &[OsString]) -> String {
         .join(" ")
 }
 
-pub fn shell_quote(s: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c);
-    if !s.is_empty() && s.chars().all(plain) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+pub use pmem_lab_env::shell_quote;
 
 #[cfg(test)]
 mod tests {
