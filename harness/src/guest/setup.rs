@@ -84,6 +84,19 @@ pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, Gue
     Ok(parsed.into_iter().map(|(_, n)| n).collect())
 }
 
+/// Run `ndctl create-namespace` (a new one or `--reconfig`): its JSON.
+fn create_namespace(guest: &mut Guest, argv: &[String]) -> Result<Value, GuestError> {
+    let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
+    serde_json::from_str(&out.stdout).map_err(|e| {
+        Unreadable::new(
+            "create-namespace's output",
+            format!("not JSON ({e})"),
+            &out.stdout,
+        )
+        .into()
+    })
+}
+
 /// What `ndctl create-namespace` printed, reduced to the names steps use.
 pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, GuestError> {
     let dev = created.get("dev").and_then(Value::as_str).ok_or_else(|| {
@@ -222,14 +235,7 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Guest
         } else {
             create_namespace_argv(ns, &region)
         };
-        let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-            Unreadable::new(
-                "create-namespace's output",
-                format!("not JSON ({e})"),
-                &out.stdout,
-            )
-        })?;
+        let created = create_namespace(guest, &argv)?;
         layout
             .namespaces
             .insert(ns.name.clone(), namespace_info(&created, &region)?);
@@ -404,14 +410,7 @@ pub fn reconfigure(
         .cloned()
         .ok_or_else(|| GuestError::Missing(format!("no namespace `{name}` in this VM")))?;
     let argv = reconfig_argv(&old.dev, mode, align);
-    let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        Unreadable::new(
-            "create-namespace's output",
-            format!("not JSON ({e})"),
-            &out.stdout,
-        )
-    })?;
+    let created = create_namespace(guest, &argv)?;
     let info = namespace_info(&created, &old.region)?;
     layout.namespaces.insert(name.to_string(), info.clone());
     layout.geometry = read_geometry(guest, case, layout)?;

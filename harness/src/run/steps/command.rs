@@ -25,14 +25,7 @@ pub(super) fn run<'s>(
 }
 
 /// `sh` is `run` of `sh -c SCRIPT` (the loader built the argv).
-pub(super) fn sh<'s>(
-    r: &mut CaseRun<'_>,
-    step: &'s Step,
-    c: &Command,
-    broke: &Broke,
-) -> Result<Acted<'s>, Failure> {
-    run(r, step, c, broke)
-}
+pub(super) use self::run as sh;
 
 impl CaseRun<'_> {
 

@@ -10,25 +10,14 @@ use crate::guest::GuestError;
 use crate::run::CaseRun;
 use pmem_lab_proto::RunRequest;
 
-pub(super) fn inject_error<'s>(
-    r: &mut CaseRun<'_>,
-    step: &'s Step,
-    op: &NdctlOp,
-    broke: &Broke,
-) -> Result<Acted<'s>, Failure> {
-    r.ndctl(step, op, broke)
-}
+// The three kinds share one executor.
+pub(super) use self::ndctl as clear;
+pub(super) use self::ndctl as inject_error;
+pub(super) use self::ndctl as scrub;
 
-pub(super) fn scrub<'s>(
-    r: &mut CaseRun<'_>,
-    step: &'s Step,
-    op: &NdctlOp,
-    broke: &Broke,
-) -> Result<Acted<'s>, Failure> {
-    r.ndctl(step, op, broke)
-}
-
-pub(super) fn clear<'s>(
+/// An argv from the op (a scrub started first), the result checked, a
+/// clear's "nothing left" asked of the state after it.
+pub(super) fn ndctl<'s>(
     r: &mut CaseRun<'_>,
     step: &'s Step,
     op: &NdctlOp,
@@ -38,9 +27,6 @@ pub(super) fn clear<'s>(
 }
 
 impl CaseRun<'_> {
-    /// The three share one shape: an argv from the op (a scrub started
-    /// first), the result checked, a clear's "nothing left" asked of the
-    /// state after it.
     fn ndctl<'s>(
         &mut self,
         step: &'s Step,
