@@ -108,10 +108,7 @@ fn reporter(env: &LabEnv) -> Option<Arc<Reporter>> {
     if std::env::var_os("NEXTEST").is_some() {
         return None;
     }
-    let dir = pmem_lab_env::vars::REPORT
-        .get()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env.artifacts.with_file_name("report"));
+    let dir = pmem_lab_env::report_dir(&env.artifacts);
     let run = RunInfo {
         kernel: pmem_lab_env::vars::KERNEL_RELEASE
             .get_str()

@@ -18,7 +18,7 @@ pub fn run(opts: &Options, filter: Option<&str>, runner_args: &[String]) -> Resu
         ));
     }
     let args = checked_args(opts, filter, runner_args)?;
-    let reports = opts.workspace.join("target/pmem-lab/report/equivalence");
+    let reports = pmem_lab_env::report_dir(&opts.artifacts).join("equivalence");
     let _ = std::fs::remove_dir_all(&reports);
     let mut passes = Vec::new();
     for (name, cold) in [("cold", true), ("snapshots", false)] {

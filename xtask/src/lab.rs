@@ -161,7 +161,7 @@ pub fn checked_args(
 /// The selection on each kernel in turn (its artifacts and report in
 /// folders of its own), then one report with a column per kernel.
 fn run_kernels(opts: &Options, args: &[String]) -> Result<()> {
-    let reports = opts.workspace.join("target/pmem-lab/report");
+    let reports = pmem_lab_env::report_dir(&opts.artifacts);
     let mut columns = Vec::new();
     let mut failed = Vec::new();
     for k in &opts.kernels {

@@ -30,6 +30,17 @@ pub fn program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A run's report folder: PMEM_LAB_REPORT, else `report/` beside the
+/// artifacts root (`target/pmem-lab/report` by default). The harness
+/// writes events.jsonl and junit.xml there; xtask puts its reports across
+/// kernels and passes beside them.
+pub fn report_dir(artifacts: &std::path::Path) -> PathBuf {
+    vars::REPORT
+        .get()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| artifacts.with_file_name("report"))
+}
+
 /// `s` as one word of a POSIX shell command line: as it is when it is
 /// plain, else in single quotes. The one quoting of the lab (QEMU command
 /// lines, reproducers, `cargo xtask env`).

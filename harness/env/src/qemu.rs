@@ -281,7 +281,8 @@ pub fn short_version(line: &str) -> String {
 
 /// `(major, minor)` from a version line, `QEMU emulator version 10.0.2 (...)`.
 pub fn parse_version(line: &str) -> Option<(u32, u32)> {
-    let v = line.split("version ").nth(1)?.split_whitespace().next()?;
+    line.contains("version ").then_some(())?;
+    let v = short_version(line);
     let mut parts = v.split('.');
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }

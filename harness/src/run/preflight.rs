@@ -34,14 +34,15 @@ pub enum Unmet {
 
 pub use pmem_lab_env::program;
 
-/// Options tools/testing/nvdimm/config_check.c insists on.
+/// Options tools/testing/nvdimm/config_check.c insists on, as modules
+/// (nfit_test replaces them).
 const NFIT_TEST_CONFIG: [&str; 6] = [
-    "CONFIG_LIBNVDIMM=m",
-    "CONFIG_BLK_DEV_PMEM=m",
-    "CONFIG_ND_BTT=m",
-    "CONFIG_ND_PFN=m",
-    "CONFIG_DEV_DAX=m",
-    "CONFIG_DEV_DAX_PMEM=m",
+    "CONFIG_LIBNVDIMM",
+    "CONFIG_BLK_DEV_PMEM",
+    "CONFIG_ND_BTT",
+    "CONFIG_ND_PFN",
+    "CONFIG_DEV_DAX",
+    "CONFIG_DEV_DAX_PMEM",
 ];
 
 /// A case that needs nfit_test on a kernel without it fails here, before
@@ -57,12 +58,7 @@ pub fn nfit_test(env: &LabEnv) -> Result<(), Unmet> {
         return Err(Unmet::NfitTestModules { module });
     }
     if let Some(config) = &env.kernel_config {
-        let text = fs::read_to_string(config).map_err(unreadable(config))?;
-        let missing: Vec<&str> = NFIT_TEST_CONFIG
-            .iter()
-            .copied()
-            .filter(|o| !text.lines().any(|l| l == *o))
-            .collect();
+        let missing = unset(config, &NFIT_TEST_CONFIG, &["m"])?;
         if !missing.is_empty() {
             return Err(Unmet::Config {
                 needs: "needs nfit_test",
@@ -151,15 +147,23 @@ pub fn cxl(env: &LabEnv) -> Result<(), Unmet> {
 
 /// The `options` a kernel config does not build (neither `=y` nor `=m`).
 pub(crate) fn unbuilt(config: &Path, options: &[&'static str]) -> Result<Vec<&'static str>, Unmet> {
+    unset(config, options, &["y", "m"])
+}
+
+/// The `options` a kernel config sets to none of `values`: the one reading
+/// of a config's lines before boot.
+fn unset(
+    config: &Path,
+    options: &[&'static str],
+    values: &[&str],
+) -> Result<Vec<&'static str>, Unmet> {
     let text = fs::read_to_string(config).map_err(unreadable(config))?;
+    let set: std::collections::HashSet<(&str, &str)> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
     Ok(options
         .iter()
         .copied()
-        .filter(|o| {
-            !text
-                .lines()
-                .any(|l| l == format!("{o}=y") || l == format!("{o}=m"))
-        })
+        .filter(|o| !values.iter().any(|v| set.contains(&(*o, *v))))
         .collect())
 }
 
@@ -197,11 +201,12 @@ mod tests {
         .unwrap();
         let e = nfit_test(&env).unwrap_err().to_string();
         assert!(
-            e.contains("CONFIG_LIBNVDIMM=m") && e.contains("CONFIG_DEV_DAX_PMEM=m"),
+            e.contains("needs CONFIG_LIBNVDIMM, ") && e.contains("CONFIG_DEV_DAX_PMEM (=m)"),
             "{e}"
         );
-        assert!(!e.contains("CONFIG_BLK_DEV_PMEM=m"), "{e}");
-        fs::write(dir.path().join("config"), NFIT_TEST_CONFIG.join("\n")).unwrap();
+        assert!(!e.contains("CONFIG_BLK_DEV_PMEM"), "{e}");
+        let all: Vec<String> = NFIT_TEST_CONFIG.iter().map(|o| format!("{o}=m")).collect();
+        fs::write(dir.path().join("config"), all.join("\n")).unwrap();
         assert!(nfit_test(&env).is_ok());
     }
 
