@@ -9,7 +9,6 @@ pub mod vm_snapshot;
 pub use error::BootError;
 
 use crate::boot::vm_snapshot::Saved;
-use crate::case::Case;
 use crate::guest::Guest;
 use crate::vm;
 use crate::vm::lab_env::LabEnv;
@@ -58,16 +57,6 @@ impl Started {
         }
         Ok(ready)
     }
-}
-
-/// Start the case's VM (see [`start_machine`]).
-pub fn start_vm(
-    case: &Case,
-    env: &LabEnv,
-    dir: &Path,
-    interactive: bool,
-) -> Result<Started, BootError> {
-    start_machine(&case.machine, env, dir, interactive, None)
 }
 
 /// Start a VM of `machine`: its private directory (sockets need short paths;

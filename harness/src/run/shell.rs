@@ -77,7 +77,7 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
     };
     std::fs::create_dir_all(&dir).map_err(host(&dir))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
-    let mut started = boot::start_vm(case, env, &dir, true)?;
+    let mut started = boot::start_machine(&case.machine, env, &dir, true, None)?;
     let hmp = started.files.hmp_socket.clone();
     started.wait_ready(case.boot_timeout)?;
     let boot::Started {
