@@ -127,7 +127,11 @@ pub fn setup(
         let name = created["region"]
             .as_str()
             .ok_or_else(|| {
-                GuestError::Missing(format!("cxl create-region printed no region: {created}"))
+                Unreadable::new(
+                    "cxl create-region's output",
+                    "no region",
+                    created.to_string(),
+                )
             })?
             .to_string();
         let maps = region_maps(guest, &name, &layout)?;

@@ -97,7 +97,9 @@ impl GuestError {
             GuestError::File { action, .. } => format!("cannot {action} a guest file"),
             GuestError::Unreadable(u) => format!("unreadable {}", u.what),
             GuestError::Unplaced(_) => "a location outside the layout".into(),
-            GuestError::Missing(what) => what.clone(),
+            // The words up to the first colon: what is missing, not the
+            // listing that shows it.
+            GuestError::Missing(what) => what.split(':').next().unwrap_or_default().to_string(),
             GuestError::Host { .. } => "a host file".into(),
             GuestError::Poison(_) => "the poison model".into(),
             GuestError::Compile(_) => "a case's C source".into(),

@@ -75,9 +75,7 @@ pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, Gue
             let t = res.trim().trim_start_matches("0x");
             u64::from_str_radix(t, 16)
                 .map(|addr| (addr, name.clone()))
-                .map_err(|_| {
-                    GuestError::Missing(format!("{name}/resource is not an address: {res:?}"))
-                })
+                .map_err(|_| Unreadable::new(format!("{name}/resource"), "not an address", res))
         })
         .collect::<Result<Vec<_>, _>>()?;
     parsed.sort();
@@ -99,9 +97,12 @@ fn create_namespace(guest: &mut Guest, argv: &[String]) -> Result<Value, GuestEr
 
 /// What `ndctl create-namespace` printed, reduced to the names steps use.
 pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, GuestError> {
-    let dev = created.get("dev").and_then(Value::as_str).ok_or_else(|| {
-        GuestError::Missing(format!("create-namespace output has no dev: {created}"))
-    })?;
+    let unreadable =
+        |why: String| Unreadable::new("create-namespace's output", why, created.to_string());
+    let dev = created
+        .get("dev")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unreadable("no dev".into()))?;
     let chardev = created
         .pointer("/daxregion/devices/0/chardev")
         .and_then(Value::as_str)
@@ -115,11 +116,7 @@ pub fn namespace_info(created: &Value, region: &str) -> Result<NamespaceInfo, Gu
         Some("fsdax") => NamespaceMode::Fsdax,
         Some("devdax") => NamespaceMode::Devdax,
         Some("sector") => NamespaceMode::Sector,
-        other => {
-            return Err(GuestError::Missing(format!(
-                "create-namespace output has mode {other:?}: {created}"
-            )))
-        }
+        other => return Err(unreadable(format!("mode {other:?}")).into()),
     };
     Ok(NamespaceInfo {
         mode,

@@ -172,8 +172,8 @@ impl Failure {
         match self {
             Failure::Preflight(_) => "preflight".into(),
             Failure::Artifacts { .. } => "artifacts".into(),
-            Failure::Boot(e) => format!("boot: {}", mask(&e.class())),
-            Failure::Setup(e) => format!("setup: {}", mask(&e.class())),
+            Failure::Boot(e) => format!("boot: {}", first(&e.class())),
+            Failure::Setup(e) => format!("setup: {}", first(&e.class())),
             Failure::Restored { .. } => "restore".into(),
             Failure::Baseline(v) => format!(
                 "after setup: {}",
