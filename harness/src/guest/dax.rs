@@ -7,7 +7,6 @@ use crate::guest::error::GuestError;
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
 use crate::vm::poison::watcher::Watcher;
-use crate::vm::VmError;
 use pmem_lab_proto::{Op, Reply, SignalInfo};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,7 +139,6 @@ pub fn consume(
             ),
             signal,
         }),
-        Reply::Error { message } => Err(VmError::Protocol(message).into()),
-        other => Err(VmError::Protocol(format!("unexpected reply {other:?}")).into()),
+        other => Err(super::unexpected(other).into()),
     }
 }

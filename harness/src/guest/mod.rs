@@ -299,6 +299,8 @@ impl Guest {
     }
 }
 
+/// The protocol error for a reply that is not the one asked for (an
+/// agent `Error` reply gives its own words).
 fn unexpected(reply: Reply) -> VmError {
     match reply {
         Reply::Error { message } => VmError::Protocol(message),

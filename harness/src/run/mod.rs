@@ -255,9 +255,8 @@ fn arm_poison(
         return Ok(None);
     }
     let began = Instant::now();
-    let setup = |e: GuestError| Failure::setup(e);
-    let w = start_poison(guest, case, env, layout, files).map_err(setup)?;
-    let armed = w.sync().map_err(|e| setup(e.into()))?;
+    let w = start_poison(guest, case, env, layout, files).map_err(Failure::setup)?;
+    let armed = w.sync().map_err(|e| Failure::setup(GuestError::from(e)))?;
     log.line(format!(
         "poison model armed: {armed} lines, in {} ms",
         began.elapsed().as_millis()

@@ -34,14 +34,7 @@ pub(super) fn consume<'s>(
     .map_err(broke)?;
     r.note(step, format!("{}: {:?}", done.note, done.signal));
     let base = r.maps.get(&line.map).ok().map(|m| m.base);
-    Ok(Acted {
-        problems: step
-            .signal
-            .as_ref()
-            .map(|e| e.check(done.signal.as_slice(), base))
-            .unwrap_or_default(),
-        ..Acted::default()
-    })
+    Ok(Acted::signals(step, done.signal.as_slice(), base))
 }
 
 pub(super) fn poison<'s>(
@@ -57,12 +50,5 @@ pub(super) fn poison<'s>(
         .map_err(|e| broke(e.into()))?;
     r.note(step, format!("{signal:?}"));
     let base = r.maps.get(map).ok().map(|m| m.base);
-    Ok(Acted {
-        problems: step
-            .signal
-            .as_ref()
-            .map(|e| e.check(signal.as_slice(), base))
-            .unwrap_or_default(),
-        ..Acted::default()
-    })
+    Ok(Acted::signals(step, signal.as_slice(), base))
 }

@@ -12,7 +12,7 @@ use super::{show, CaseRun};
 use crate::case::step::BadblocksCheck;
 use crate::case::{Action, Step};
 use crate::guest::GuestError;
-use pmem_lab_proto::{RunRequest, RunResult};
+use pmem_lab_proto::{RunRequest, RunResult, SignalInfo};
 use std::fmt::Write as _;
 
 /// How an executor says the step could not run (a guest or lab error, not
@@ -28,6 +28,21 @@ pub(super) struct Acted<'s> {
     pub details: String,
     /// Checks on the error state the oracle takes after the action.
     pub on_state: Vec<OnState<'s>>,
+}
+
+impl Acted<'_> {
+    /// The step's `expect.signal` checked on the signals it got (`base`:
+    /// the mapping's start, for a mapping-relative address).
+    fn signals(step: &Step, got: &[SignalInfo], base: Option<u64>) -> Self {
+        Acted {
+            problems: step
+                .signal
+                .as_ref()
+                .map(|e| e.check(got, base))
+                .unwrap_or_default(),
+            ..Acted::default()
+        }
+    }
 }
 
 /// A check a step asks of the error state after it.

@@ -20,14 +20,7 @@ pub(super) fn signals<'s>(
         .first()
         .and_then(|s| r.maps.containing(s.addr))
         .map(|m| m.base);
-    Ok(Acted {
-        problems: step
-            .signal
-            .as_ref()
-            .map(|e| e.check(&got, base))
-            .unwrap_or_default(),
-        ..Acted::default()
-    })
+    Ok(Acted::signals(step, &got, base))
 }
 
 pub(super) fn mce_kill<'s>(
