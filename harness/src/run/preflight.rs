@@ -95,7 +95,12 @@ pub fn e820(env: &LabEnv) -> Result<(), Unmet> {
 /// release it needs and how to get one. (The lab's runner lists such cases
 /// as ignored with the same reason; this is for a case run anyway.)
 pub fn qemu(case: &crate::case::Case, env: &LabEnv) -> Result<(), Unmet> {
-    match case.needs_qemu().and_then(|n| n.unmet(&env.qemu_version)) {
+    let have = pmem_lab_env::qemu::parse_version(&env.qemu_version)
+        .map(|(major, minor)| pmem_lab_spec::machine::QemuVersion::new(major, minor));
+    match case
+        .needs_qemu()
+        .and_then(|n| n.unmet(have, &env.qemu_version))
+    {
         Some(why) => Err(Unmet::Qemu(why)),
         None => Ok(()),
     }
