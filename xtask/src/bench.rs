@@ -49,41 +49,87 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
     }
     let built = lab::build(opts)?;
     let qemu = lab::qemu(opts)?;
-    let mut rows: Vec<(String, String)> = Vec::new();
-
-    let cold = std::fs::read_to_string(opts.cache.join("kernel/cold-build.txt")).ok();
+    let mut rows: Rows = vec![kernel_row(opts)];
+    rows.extend(boot_rows(opts, &qemu, &built, b.runs)?);
+    // Cold: every VM boots (the figures of earlier benches); restored: the
+    // same case from its VM snapshot (the first run below saves it).
+    let cold_opts = Options {
+        cold: true,
+        ..opts.clone()
+    };
+    let snap_opts = Options {
+        cold: false,
+        ..opts.clone()
+    };
+    rows.extend(case_rows(&cold_opts, &snap_opts, b.runs)?);
+    rows.extend(poison_costs(opts, b.runs)?);
+    let warm = warm_command(opts, TYPICAL_CASE, b.runs)?;
     rows.push((
-        "kernel build, cold (last recorded)".into(),
-        match cold
-            .as_deref()
-            .map(str::split_whitespace)
-            .map(|mut w| (w.next(), w.next()))
-        {
-            Some((Some(secs), Some(objs))) => {
-                format!(
-                    "{} ({objs} objects)",
-                    fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0)))
-                )
-            }
-            _ => "not recorded yet: run `cargo xtask bench --cold`".into(),
-        },
+        format!("warm one-case command (cargo xtask lab {TYPICAL_CASE})"),
+        stats(&warm),
+    ));
+    if b.suite_runs > 0 {
+        rows.extend(suite_rows(&cold_opts, &snap_opts, b.suite_runs)?);
+    }
+    if b.poison_suite_runs > 0 {
+        rows.extend(poison_suite(&snap_opts, b.poison_suite_runs)?);
+    }
+    rows.push((
+        "VM snapshots in the cache".into(),
+        snapshot_sizes(&opts.cache),
     ));
 
+    println!("\npmem-lab bench ({} runs each; median, min..max)", b.runs);
+    for (what, figure) in rows {
+        println!("  {what:<48} {figure}");
+    }
+    Ok(())
+}
+
+/// The bench's table: what was measured, and its figure.
+type Rows = Vec<(String, String)>;
+
+/// The last cold kernel build the kernel step recorded.
+fn kernel_row(opts: &Options) -> (String, String) {
+    let cold = std::fs::read_to_string(opts.cache.join("kernel/cold-build.txt")).ok();
+    let figure = match cold
+        .as_deref()
+        .map(str::split_whitespace)
+        .map(|mut w| (w.next(), w.next()))
+    {
+        Some((Some(secs), Some(objs))) => format!(
+            "{} ({objs} objects)",
+            fmt_duration(Duration::from_secs(secs.parse().unwrap_or(0)))
+        ),
+        _ => "not recorded yet: run `cargo xtask bench --cold`".into(),
+    };
+    ("kernel build, cold (last recorded)".into(), figure)
+}
+
+/// The initramfs build, and boots to /init of the lab's kernel and of
+/// Debian's (where it is installed), with their ratio.
+fn boot_rows(
+    opts: &Options,
+    qemu: &pmem_lab_env::qemu::Qemu,
+    built: &lab::Built,
+    runs: usize,
+) -> Result<Rows> {
+    let mut rows = Rows::new();
     let tmp = std::env::temp_dir().join(format!("pmem-lab-bench-{}.cpio", std::process::id()));
-    let images = timed(b.runs, || {
+    let images = timed(runs, || {
         image::build_to(&opts.workspace, &opts.cache, &built.kernel, &tmp)
     })?;
     let _ = std::fs::remove_file(&tmp);
     rows.push(("initramfs build".into(), stats(&images)));
 
-    let ours = timed(b.runs, || {
-        boot_to_init(&qemu, &built.kernel.bzimage, &built.initrd).map(|_| ())
+    let ours = timed(runs, || {
+        boot_to_init(qemu, &built.kernel.bzimage, &built.initrd).map(|_| ())
     })?;
     rows.push(("boot to /init, lab kernel".into(), stats(&ours)));
     match debian_kernel(&opts.cache) {
         Ok(stock) => {
-            let theirs = timed(b.runs, || {
-                boot_to_init(&qemu, &stock, &built.initrd).map(|_| ())
+            let theirs = timed(runs, || {
+                boot_to_init(qemu, &stock, &built.initrd).map(|_| ())
             })?;
             rows.push((
                 format!("boot to /init, Debian {}", stock.display()),
@@ -102,18 +148,14 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             format!("not measured: {e}"),
         )),
     }
+    Ok(rows)
+}
 
-    // Cold: every VM boots (the figures of earlier benches); restored: the
-    // same case from its VM snapshot (the first run below saves it).
-    let cold_opts = Options {
-        cold: true,
-        ..opts.clone()
-    };
-    let snap_opts = Options {
-        cold: false,
-        ..opts.clone()
-    };
-    let typical = case_timings(&cold_opts, TYPICAL_CASE, b.runs)?;
+/// The typical case cold and restored (start and whole case, and their
+/// ratios), and a boot with QEMU's own ACPI table against the lab's.
+fn case_rows(cold_opts: &Options, snap_opts: &Options, runs: usize) -> Result<Rows> {
+    let mut rows = Rows::new();
+    let typical = case_timings(cold_opts, TYPICAL_CASE, runs)?;
     rows.push((
         "case start, cold (QEMU start -> agent ready)".into(),
         stats(&typical.boots),
@@ -122,8 +164,8 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
         format!("typical case, cold ({TYPICAL_CASE})"),
         stats(&typical.cases),
     ));
-    case_timings(&snap_opts, TYPICAL_CASE, 1)?;
-    let restored = case_timings(&snap_opts, TYPICAL_CASE, b.runs)?;
+    case_timings(snap_opts, TYPICAL_CASE, 1)?;
+    let restored = case_timings(snap_opts, TYPICAL_CASE, runs)?;
     if let Some(other) = restored.starts.iter().find(|s| **s != Start::Restored) {
         return Err(Error::new(format!(
             "{TYPICAL_CASE} started `{other}` where a VM snapshot should have been restored"
@@ -151,7 +193,7 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             stats(&typical.tables),
         ));
     }
-    let stock = case_timings(&cold_opts, STOCK_TABLE_CASE, b.runs)?;
+    let stock = case_timings(cold_opts, STOCK_TABLE_CASE, runs)?;
     rows.push((
         "boot to agent ready, QEMU's own ACPI table".into(),
         stats(&stock.boots),
@@ -163,71 +205,53 @@ pub fn run(opts: &Options, b: &BenchOptions) -> Result<()> {
             median(&typical.boots).as_secs_f64() / median(&stock.boots).as_secs_f64()
         ),
     ));
+    Ok(rows)
+}
 
-    rows.extend(poison_costs(opts, b.runs)?);
-
-    let warm = warm_command(opts, TYPICAL_CASE, b.runs)?;
-    rows.push((
-        format!("warm one-case command (cargo xtask lab {TYPICAL_CASE})"),
-        stats(&warm),
-    ));
-
-    if b.suite_runs > 0 {
-        // Cold once (every VM boots: a figure for CI's first run, too slow
-        // to repeat); then with snapshots: the first run saves what the
-        // cache lacks, the next `suite_runs` restore every case they can, at
-        // the run's VMs at a time (the default unless `--vms`); then
-        // restored at one VM per core, to compare.
-        let cores = util::nproc();
-        let vms = match opts.vms {
-            Some(n) => format!("--vms {n}"),
-            None => format!("default {} VMs", pmem_lab_env::parallel::default_vms()),
-        };
-        let per_core = Options {
-            vms: Some(cores),
-            ..snap_opts.clone()
-        };
-        for (what, o, runs) in [
-            ("whole suite, cold (one run)".to_string(), &cold_opts, 1),
-            (
-                "whole suite, snapshots (first run)".to_string(),
-                &snap_opts,
-                1,
-            ),
-            (
-                format!("whole suite, restored, {vms}"),
-                &snap_opts,
-                b.suite_runs,
-            ),
-            (
-                format!("whole suite, restored, --vms {cores} (cores)"),
-                &per_core,
-                b.suite_runs,
-            ),
-        ] {
-            let mut times = Vec::new();
-            let mut events = Vec::new();
-            for _ in 0..runs {
-                let t = Instant::now();
-                events = suite(o)?;
-                times.push(t.elapsed());
-            }
-            rows.push((what, format!("{} [{}]", stats(&times), starts(&events))));
+/// The whole suite: cold once (every VM boots: a figure for CI's first
+/// run, too slow to repeat); then with snapshots: the first run saves what
+/// the cache lacks, the next `suite_runs` restore every case they can, at
+/// the run's VMs at a time (the default unless `--vms`); then restored at
+/// one VM per core, to compare.
+fn suite_rows(cold_opts: &Options, snap_opts: &Options, suite_runs: usize) -> Result<Rows> {
+    let cores = util::nproc();
+    let vms = match snap_opts.vms {
+        Some(n) => format!("--vms {n}"),
+        None => format!("default {} VMs", pmem_lab_env::parallel::default_vms()),
+    };
+    let per_core = Options {
+        vms: Some(cores),
+        ..snap_opts.clone()
+    };
+    let mut rows = Rows::new();
+    for (what, o, runs) in [
+        ("whole suite, cold (one run)".to_string(), cold_opts, 1),
+        (
+            "whole suite, snapshots (first run)".to_string(),
+            snap_opts,
+            1,
+        ),
+        (
+            format!("whole suite, restored, {vms}"),
+            snap_opts,
+            suite_runs,
+        ),
+        (
+            format!("whole suite, restored, --vms {cores} (cores)"),
+            &per_core,
+            suite_runs,
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut events = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            events = suite(o)?;
+            times.push(t.elapsed());
         }
+        rows.push((what, format!("{} [{}]", stats(&times), starts(&events))));
     }
-    if b.poison_suite_runs > 0 {
-        rows.extend(poison_suite(&snap_opts, b.poison_suite_runs)?);
-    }
-    rows.push((
-        "VM snapshots in the cache".into(),
-        snapshot_sizes(&opts.cache),
-    ));
-
-    println!("\npmem-lab bench ({} runs each; median, min..max)", b.runs);
-    for (what, figure) in rows {
-        println!("  {what:<48} {figure}");
-    }
-    Ok(())
+    Ok(rows)
 }
 
 fn timed(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
@@ -404,7 +428,7 @@ fn parse_poison_log(text: &str) -> Option<PoisonFigures> {
 }
 
 /// Run [`POISON_CASE`] `n` times, keeping its artifacts, and read them.
-fn poison_costs(opts: &Options, n: usize) -> Result<Vec<(String, String)>> {
+fn poison_costs(opts: &Options, n: usize) -> Result<Rows> {
     let artifacts = opts
         .cache
         .join(format!("bench-artifacts-{}", std::process::id()));
@@ -583,7 +607,7 @@ fn snapshot_sizes(cache: &Path) -> String {
 /// The suite (VM snapshots restored) with the poison model on by default
 /// and with PMEM_LAB_POISON_DEFAULT=off (only the cases that set
 /// `machine.poison: true` keep it), alternating, and the ratio of medians.
-fn poison_suite(opts: &Options, runs: usize) -> Result<Vec<(String, String)>> {
+fn poison_suite(opts: &Options, runs: usize) -> Result<Rows> {
     let (mut on, mut off) = (Vec::new(), Vec::new());
     // One run first, unmeasured: it saves the snapshots the cache lacks.
     suite(opts)?;

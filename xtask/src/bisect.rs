@@ -201,20 +201,7 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
         .map_err(|e| Error::new(format!("bisect: the case `{}`: {e}", b.case)))?;
     // One clone (and so one build folder, incremental from bisection to
     // bisection) per tree; a folder of runs and a report per bisection.
-    let home = opts.cache.join("bisect").join(
-        Key::new("bisect-tree")
-            .str("tree", &tree.display().to_string())
-            .finish(),
-    );
-    std::fs::create_dir_all(&home)?;
-    let lock = std::fs::File::create(home.join("lock"))?;
-    if lock.try_lock().is_err() {
-        return Err(Error::new(format!(
-            "another bisection of {} is running (lock {})",
-            tree.display(),
-            home.join("lock").display()
-        )));
-    }
+    let (home, lock) = tree_home(opts, &tree)?;
     let dir = home.join(
         Key::new("bisect")
             .str("case", &b.case)
@@ -225,32 +212,7 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    // A clone made earlier is reused unless it cannot see GOOD and BAD (the
-    // tree was remade and its objects went with it): then it is made again.
-    // The build folder goes by the clone's path, so builds stay incremental.
-    let clone = home.join("linux");
-    let has = |sha: &str| {
-        let spec = format!("{sha}^{{commit}}");
-        cmd!(sh, "git -C {clone} cat-file -e {spec}")
-            .quiet()
-            .ignore_stderr()
-            .run()
-            .is_ok()
-    };
-    if !(clone.join(".git").is_dir() && has(&good) && has(&bad)) {
-        let _ = std::fs::remove_dir_all(&clone);
-        eprintln!(
-            "[bisect] cloning {} (shared objects) into {}",
-            tree.display(),
-            clone.display()
-        );
-        cmd!(
-            sh,
-            "git clone --quiet --shared --no-checkout {tree} {clone}"
-        )
-        .quiet()
-        .run()?;
-    }
+    let clone = clone_seeing(&sh, &tree, &home, &[&good, &bad])?;
     let _ = cmd!(sh, "git -C {clone} bisect reset")
         .quiet()
         .ignore_status()
@@ -262,34 +224,12 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
         short(&bad),
         dir.display()
     );
+    let tester = |sha: &str, class: Option<&str>| test(opts, b, &sh, &clone, &dir, sha, class);
 
     // BAD: the failure to look for, and how often it shows.
-    let at_bad = test(opts, b, &sh, &clone, &dir, &bad, None)?;
-    let failures: Vec<&String> = at_bad
-        .runs
-        .iter()
-        .filter_map(|r| match r {
-            Run::Failed { class, .. } => Some(class),
-            _ => None,
-        })
-        .collect();
-    let Some(bad_class) = failures.first().map(|c| c.to_string()) else {
-        return Err(Error::new(format!(
-            "{} does not fail at BAD {} in {} run(s) ({}): nothing to bisect",
-            b.case,
-            short(&bad),
-            at_bad.runs.len(),
-            show_runs(&at_bad.runs)
-        )));
-    };
-    let rate =
-        failures.iter().filter(|c| ***c == bad_class).count() as f64 / at_bad.runs.len() as f64;
-    eprintln!(
-        "[bisect] at BAD the case fails with `{bad_class}` in {:.0}% of {} run(s)",
-        rate * 100.0,
-        at_bad.runs.len()
-    );
-    let at_good = test(opts, b, &sh, &clone, &dir, &good, Some(&bad_class))?;
+    let at_bad = tester(&bad, None)?;
+    let (bad_class, rate) = failure_at_bad(&b.case, &bad, &at_bad)?;
+    let at_good = tester(&good, Some(&bad_class))?;
     if at_good.verdict != Verdict::Good {
         return Err(Error::new(format!(
             "{} is not good at GOOD {}: {} ({})",
@@ -310,7 +250,7 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
             .read()?
             .trim()
             .to_string();
-        let t = test(opts, b, &sh, &clone, &dir, &head, Some(&bad_class))?;
+        let t = tester(&head, Some(&bad_class))?;
         let word = t.verdict.git_word();
         // `git bisect skip` ends with status 2 when only skipped commits
         // are left: its words say what happened, not its status.
@@ -330,20 +270,107 @@ pub fn run(opts: &Options, b: &BisectOptions) -> Result<Bisected> {
     std::fs::write(&path, &report)?;
     eprintln!("{report}\n[bisect] this report: {}", path.display());
     drop(lock);
-    Ok(Bisected {
-        first: match said {
-            GitSaid::Found(sha) => Some(sha),
+    Ok(Bisected::of(said, &log))
+}
+
+/// The cache folder of bisections of `tree`, locked against a second
+/// bisection of the same tree (the lock holds while the file is open).
+fn tree_home(opts: &Options, tree: &Path) -> Result<(PathBuf, std::fs::File)> {
+    let home = opts.cache.join("bisect").join(
+        Key::new("bisect-tree")
+            .str("tree", &tree.display().to_string())
+            .finish(),
+    );
+    std::fs::create_dir_all(&home)?;
+    let lock = std::fs::File::create(home.join("lock"))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::new(format!(
+            "another bisection of {} is running (lock {})",
+            tree.display(),
+            home.join("lock").display()
+        )));
+    }
+    Ok((home, lock))
+}
+
+/// The tree's clone under `home`: a clone made earlier is reused unless it
+/// cannot see every one of `shas` (the tree was remade and its objects went
+/// with it): then it is made again. The build folder goes by the clone's
+/// path, so builds stay incremental.
+fn clone_seeing(sh: &Shell, tree: &Path, home: &Path, shas: &[&str]) -> Result<PathBuf> {
+    let clone = home.join("linux");
+    let has = |sha: &str| {
+        let spec = format!("{sha}^{{commit}}");
+        cmd!(sh, "git -C {clone} cat-file -e {spec}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+    };
+    if !(clone.join(".git").is_dir() && shas.iter().all(|s| has(s))) {
+        let _ = std::fs::remove_dir_all(&clone);
+        eprintln!(
+            "[bisect] cloning {} (shared objects) into {}",
+            tree.display(),
+            clone.display()
+        );
+        cmd!(
+            sh,
+            "git clone --quiet --shared --no-checkout {tree} {clone}"
+        )
+        .quiet()
+        .run()?;
+    }
+    Ok(clone)
+}
+
+/// The failure class to look for (the first seen at BAD) and the share of
+/// BAD's runs that show it; an error when BAD does not fail at all.
+fn failure_at_bad(case: &str, bad: &str, at_bad: &Tested) -> Result<(String, f64)> {
+    let failures: Vec<&String> = at_bad
+        .runs
+        .iter()
+        .filter_map(|r| match r {
+            Run::Failed { class, .. } => Some(class),
             _ => None,
-        },
-        skipped: log
-            .iter()
-            .filter_map(|t| match &t.verdict {
-                Verdict::Skip(why) if why != "BAD" => Some((t.sha.clone(), why.clone())),
+        })
+        .collect();
+    let Some(bad_class) = failures.first().map(|c| c.to_string()) else {
+        return Err(Error::new(format!(
+            "{case} does not fail at BAD {} in {} run(s) ({}): nothing to bisect",
+            short(bad),
+            at_bad.runs.len(),
+            show_runs(&at_bad.runs)
+        )));
+    };
+    let rate =
+        failures.iter().filter(|c| ***c == bad_class).count() as f64 / at_bad.runs.len() as f64;
+    eprintln!(
+        "[bisect] at BAD the case fails with `{bad_class}` in {:.0}% of {} run(s)",
+        rate * 100.0,
+        at_bad.runs.len()
+    );
+    Ok((bad_class, rate))
+}
+
+impl Bisected {
+    /// What git said at the end, and the commits tested on the way.
+    fn of(said: GitSaid, log: &[Tested]) -> Bisected {
+        Bisected {
+            first: match said {
+                GitSaid::Found(sha) => Some(sha),
                 _ => None,
-            })
-            .collect(),
-        tested: log.len(),
-    })
+            },
+            skipped: log
+                .iter()
+                .filter_map(|t| match &t.verdict {
+                    Verdict::Skip(why) if why != "BAD" => Some((t.sha.clone(), why.clone())),
+                    _ => None,
+                })
+                .collect(),
+            tested: log.len(),
+        }
+    }
 }
 
 /// Build `sha` and run the case on it (up to `repeat` times; with a
@@ -395,26 +422,7 @@ fn test(
         env.retain(|(k, _)| *k != vars::COLD.name);
         env.push((vars::COLD.name, "1".to_string()));
         let r = lab::harness_run_env(&o, env, &["--exact".to_string(), b.case.clone()])?;
-        let run = match r.cases.iter().find(|c| c.case == b.case) {
-            Some(c) if c.status == Status::Passed => Run::Passed,
-            Some(c) if c.status == Status::Failed => Run::Failed {
-                class: c.class.clone().unwrap_or_else(|| "?".to_string()),
-                first: c
-                    .message
-                    .as_deref()
-                    .unwrap_or_default()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            },
-            Some(c) => Run::Other(format!(
-                "{}: {}",
-                c.status,
-                c.message.as_deref().unwrap_or_default()
-            )),
-            None => Run::Other(format!("the case did not run:\n{}", r.output)),
-        };
+        let run = Run::of(&r, &b.case);
         let shows_bad =
             matches!((&run, bad_class), (Run::Failed { class, .. }, Some(b)) if class == b);
         runs.push(run);
@@ -437,6 +445,26 @@ fn test(
         runs,
         artifacts: artifacts.join(&b.case),
     })
+}
+
+impl Run {
+    /// What one harness run said of `case`.
+    fn of(r: &lab::HarnessRun, case: &str) -> Run {
+        let Some(c) = r.cases.iter().find(|c| c.case == case) else {
+            return Run::Other(format!("the case did not run:\n{}", r.output));
+        };
+        let message = c.message.as_deref().unwrap_or_default();
+        match c.status {
+            Status::Passed => Run::Passed,
+            Status::Failed => Run::Failed {
+                class: c.class.clone().unwrap_or_else(|| "?".to_string()),
+                first: message.lines().next().unwrap_or_default().to_string(),
+            },
+            Status::Ignored | Status::KnownFailure => {
+                Run::Other(format!("{}: {message}", c.status))
+            }
+        }
+    }
 }
 
 /// Copy the commit's kernel, config and initramfs out of the build cache
@@ -539,35 +567,48 @@ fn report(
         );
     }
     if let GitSaid::Found(first) = said {
-        let first_bad = log.iter().find(|t| t.sha == *first);
-        let parent = cmd!(sh, "git -C {clone} rev-parse {first}^")
-            .quiet()
-            .read()?
-            .trim()
-            .to_string();
-        let last_good = log
-            .iter()
-            .find(|t| t.sha == parent && t.verdict == Verdict::Good);
-        for (what, t) in [
-            ("last good (the parent)", last_good),
-            ("first bad", first_bad),
-        ] {
-            let Some(t) = t else {
-                let _ = writeln!(out, "\n## {what}: not tested directly\n");
-                continue;
-            };
-            let steps = std::fs::read_to_string(t.artifacts.join("steps.log")).unwrap_or_default();
-            let tail: Vec<&str> = steps.lines().rev().take(15).collect();
-            let _ = writeln!(
-                out,
-                "\n## {what}: {}\n\nreproducer: {}\n\n```\n{}\n```",
-                short(&t.sha),
-                t.artifacts.join("reproduce.sh").display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        either_side(sh, clone, first, log, &mut out)?;
     }
     Ok(out)
+}
+
+/// The last good commit (the first bad's parent) and the first bad one,
+/// each with its reproducer and the end of its steps.log.
+fn either_side(
+    sh: &Shell,
+    clone: &Path,
+    first: &str,
+    log: &[Tested],
+    out: &mut String,
+) -> Result<()> {
+    let first_bad = log.iter().find(|t| t.sha == *first);
+    let parent = cmd!(sh, "git -C {clone} rev-parse {first}^")
+        .quiet()
+        .read()?
+        .trim()
+        .to_string();
+    let last_good = log
+        .iter()
+        .find(|t| t.sha == parent && t.verdict == Verdict::Good);
+    for (what, t) in [
+        ("last good (the parent)", last_good),
+        ("first bad", first_bad),
+    ] {
+        let Some(t) = t else {
+            let _ = writeln!(out, "\n## {what}: not tested directly\n");
+            continue;
+        };
+        let steps = std::fs::read_to_string(t.artifacts.join("steps.log")).unwrap_or_default();
+        let tail: Vec<&str> = steps.lines().rev().take(15).collect();
+        let _ = writeln!(
+            out,
+            "\n## {what}: {}\n\nreproducer: {}\n\n```\n{}\n```",
+            short(&t.sha),
+            t.artifacts.join("reproduce.sh").display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

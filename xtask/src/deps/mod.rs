@@ -18,10 +18,47 @@ use std::path::{Path, PathBuf};
 use xshell::{cmd, Shell};
 
 /// Something the lab needs on the host and the Debian package providing it.
+#[derive(Clone, Copy)]
 pub struct Need {
     pub what: &'static str,
     pub package: &'static str,
-    present: fn(&Host) -> bool,
+    present: Present,
+}
+
+/// How the lab tells that a need is met.
+#[derive(Clone, Copy)]
+enum Present {
+    /// A program on PATH.
+    Tool(&'static str),
+    /// The package is installed (the guest's userspace copies from it).
+    Installed,
+    /// A file (headers, a source tarball).
+    File(&'static str),
+    /// A statically linked program.
+    Static(&'static str),
+    /// A QEMU the lab can run: the user's choice, the system's or the
+    /// cache's private copy.
+    Qemu,
+}
+
+impl Need {
+    const fn new(what: &'static str, package: &'static str, present: Present) -> Need {
+        Need {
+            what,
+            package,
+            present,
+        }
+    }
+
+    fn met(&self, h: &Host) -> bool {
+        match self.present {
+            Present::Tool(t) => tool(t),
+            Present::Installed => installed(self.package),
+            Present::File(f) => Path::new(f).exists(),
+            Present::Static(p) => is_static(p),
+            Present::Qemu => Qemu::find(h.qemu.clone(), &h.cache).is_ok(),
+        }
+    }
 }
 
 /// What the needs are checked against: the user's choice of QEMU and the
@@ -72,156 +109,71 @@ impl DebianKernel {
     }
 
     fn need(self) -> Need {
-        // `present` is a plain fn: one closure per source.
-        let present: fn(&Host) -> bool = match self {
-            DebianKernel::V6_12 => |_| Path::new(DebianKernel::V6_12.tarball()).exists(),
-            DebianKernel::V6_1 => |_| Path::new(DebianKernel::V6_1.tarball()).exists(),
+        let what = match self {
+            DebianKernel::V6_12 => "kernel source tarball (6.12)",
+            DebianKernel::V6_1 => "kernel source tarball (6.1)",
         };
-        Need {
-            what: match self {
-                DebianKernel::V6_12 => "kernel source tarball (6.12)",
-                DebianKernel::V6_1 => "kernel source tarball (6.1)",
-            },
-            package: self.package(),
-            present,
-        }
+        Need::new(what, self.package(), Present::File(self.tarball()))
     }
 }
+
+/// What the lab needs on the host, whatever kernel it builds.
+const NEEDS: &[Need] = &[
+    Need::new("qemu-system-x86_64", QEMU_PACKAGE, Present::Qemu),
+    Need::new("ndctl", "ndctl", Present::Tool("ndctl")),
+    Need::new("daxctl", "daxctl", Present::Tool("daxctl")),
+    Need::new(
+        "busybox (static)",
+        "busybox-static",
+        Present::Static("/bin/busybox"),
+    ),
+    Need::new(
+        "iasl (compiles the lab's ACPI table)",
+        "acpica-tools",
+        Present::Tool("iasl"),
+    ),
+    Need::new("mkfs.ext4", "e2fsprogs", Present::Tool("mke2fs")),
+    Need::new("make", "make", Present::Tool("make")),
+    Need::new("gcc", "gcc", Present::Tool("gcc")),
+    Need::new(
+        "bwrap (the sandbox a case's C sources compile in)",
+        "bubblewrap",
+        Present::Tool("bwrap"),
+    ),
+    Need::new("flex", "flex", Present::Tool("flex")),
+    Need::new("bison", "bison", Present::Tool("bison")),
+    Need::new("bc", "bc", Present::Tool("bc")),
+    Need::new("depmod", "kmod", Present::Tool("depmod")),
+    // The guest's userspace (images/initramfs/files.txt): the
+    // distribution's tools where they can change an outcome.
+    Need::new("jq (guest)", "jq", Present::Installed),
+    Need::new("xfsprogs (guest)", "xfsprogs", Present::Installed),
+    Need::new("bash (guest)", "bash", Present::Installed),
+    Need::new("dash (guest)", "dash", Present::Installed),
+    Need::new("util-linux (guest)", "util-linux", Present::Installed),
+    Need::new("mount (guest)", "mount", Present::Installed),
+    Need::new("xz", "xz-utils", Present::Tool("xz")),
+    // CONFIG_KERNEL_LZ4 compresses the bzImage with it.
+    Need::new("lz4", "lz4", Present::Tool("lz4")),
+    // `cargo xtask bisect` and its test drive git.
+    Need::new("git", "git", Present::Tool("git")),
+    Need::new("perl", "perl", Present::Tool("perl")),
+    Need::new(
+        "libelf headers",
+        "libelf-dev",
+        Present::File("/usr/include/libelf.h"),
+    ),
+    Need::new(
+        "OpenSSL headers",
+        "libssl-dev",
+        Present::File("/usr/include/openssl/ssl.h"),
+    ),
+];
 
 /// What the lab needs on the host, with the Debian kernel sources the run
 /// builds.
 pub fn needs(sources: &[DebianKernel]) -> Vec<Need> {
-    let mut v = vec![
-        Need {
-            what: "qemu-system-x86_64",
-            package: QEMU_PACKAGE,
-            present: |h| Qemu::find(h.qemu.clone(), &h.cache).is_ok(),
-        },
-        Need {
-            what: "ndctl",
-            package: "ndctl",
-            present: |_| tool("ndctl"),
-        },
-        Need {
-            what: "daxctl",
-            package: "daxctl",
-            present: |_| tool("daxctl"),
-        },
-        Need {
-            what: "busybox (static)",
-            package: "busybox-static",
-            present: |_| is_static("/bin/busybox"),
-        },
-        Need {
-            what: "iasl (compiles the lab's ACPI table)",
-            package: "acpica-tools",
-            present: |_| tool("iasl"),
-        },
-        Need {
-            what: "mkfs.ext4",
-            package: "e2fsprogs",
-            present: |_| tool("mke2fs"),
-        },
-        Need {
-            what: "make",
-            package: "make",
-            present: |_| tool("make"),
-        },
-        Need {
-            what: "gcc",
-            package: "gcc",
-            present: |_| tool("gcc"),
-        },
-        Need {
-            what: "bwrap (the sandbox a case's C sources compile in)",
-            package: "bubblewrap",
-            present: |_| tool("bwrap"),
-        },
-        Need {
-            what: "flex",
-            package: "flex",
-            present: |_| tool("flex"),
-        },
-        Need {
-            what: "bison",
-            package: "bison",
-            present: |_| tool("bison"),
-        },
-        Need {
-            what: "bc",
-            package: "bc",
-            present: |_| tool("bc"),
-        },
-        Need {
-            what: "depmod",
-            package: "kmod",
-            present: |_| tool("depmod"),
-        },
-        // The guest's userspace (images/initramfs/files.txt): the
-        // distribution's tools where they can change an outcome.
-        Need {
-            what: "jq (guest)",
-            package: "jq",
-            present: |_| installed("jq"),
-        },
-        Need {
-            what: "xfsprogs (guest)",
-            package: "xfsprogs",
-            present: |_| installed("xfsprogs"),
-        },
-        Need {
-            what: "bash (guest)",
-            package: "bash",
-            present: |_| installed("bash"),
-        },
-        Need {
-            what: "dash (guest)",
-            package: "dash",
-            present: |_| installed("dash"),
-        },
-        Need {
-            what: "util-linux (guest)",
-            package: "util-linux",
-            present: |_| installed("util-linux"),
-        },
-        Need {
-            what: "mount (guest)",
-            package: "mount",
-            present: |_| installed("mount"),
-        },
-        Need {
-            what: "xz",
-            package: "xz-utils",
-            present: |_| tool("xz"),
-        },
-        Need {
-            // CONFIG_KERNEL_LZ4 compresses the bzImage with it.
-            what: "lz4",
-            package: "lz4",
-            present: |_| tool("lz4"),
-        },
-        Need {
-            // `cargo xtask bisect` and its test drive git.
-            what: "git",
-            package: "git",
-            present: |_| tool("git"),
-        },
-        Need {
-            what: "perl",
-            package: "perl",
-            present: |_| tool("perl"),
-        },
-        Need {
-            what: "libelf headers",
-            package: "libelf-dev",
-            present: |_| Path::new("/usr/include/libelf.h").exists(),
-        },
-        Need {
-            what: "OpenSSL headers",
-            package: "libssl-dev",
-            present: |_| Path::new("/usr/include/openssl/ssl.h").exists(),
-        },
-    ];
+    let mut v = NEEDS.to_vec();
     v.extend(sources.iter().map(|k| k.need()));
     v
 }
@@ -264,7 +216,7 @@ fn is_static(path: &str) -> bool {
 fn missing(host: &Host, sources: &[DebianKernel]) -> Vec<Need> {
     needs(sources)
         .into_iter()
-        .filter(|n| !(n.present)(host))
+        .filter(|n| !n.met(host))
         .collect()
 }
 

@@ -29,7 +29,7 @@
 //! by one); QEMU 10.0.2 runs the whole `rep movsb` before it stops.
 
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction,
+    Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction, InstructionInfo,
     InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
@@ -390,28 +390,14 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, NotRewound> {
         rep_count,
         mem,
     } = stop;
-    if regs.rflags & DIRECTION_FLAG != 0 {
-        // Counting down: no kernel copy does, and the lab does not model it.
-        if at.as_ref().or(before.as_ref()).is_some_and(is_string_read) {
-            return Err(NotRewound::CountingDown);
-        }
+    // Counting down: no kernel copy does, and the lab does not model it.
+    if regs.rflags & DIRECTION_FLAG != 0
+        && at.as_ref().or(before.as_ref()).is_some_and(is_string_read)
+    {
+        return Err(NotRewound::CountingDown);
     }
-    // QEMU 7.2: stopped on a rep string instruction after one element.
-    if let Some(i) = at.filter(|i| is_string_read(i) && has_rep(i)) {
-        if in_line(
-            line_va,
-            string_source(&i, &regs).wrapping_sub(element(&i)),
-            element(&i),
-        ) {
-            let mut back = regs;
-            string_back(&i, &mut back, 1);
-            return Ok(Rewind {
-                regs: back,
-                writes: Vec::new(),
-                instruction: text(&i),
-                note: string_store_note(&i, 1),
-            });
-        }
+    if let Some(r) = at.and_then(|i| rep_after_one(&i, regs, line_va)) {
+        return Ok(r);
     }
     let i = before.ok_or(NotRewound::NoInstruction)?;
     if i.flow_control() != FlowControl::Next && !is_string_read(&i) {
@@ -422,68 +408,205 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, NotRewound> {
     if is_string_read(&i) {
         return string_whole(&i, back, line_va, rep_count);
     }
-    let mem_op = (0..i.op_count())
-        .find(|o| i.op_kind(*o) == OpKind::Memory)
-        .ok_or_else(|| NotRewound::NoMemoryOperand(text(&i)))?;
-    let size = i.memory_size().size() as u64;
-    let info = InstructionInfoFactory::new().info(&i).clone();
-    let reads = info.used_memory().iter().any(|m| {
-        matches!(
-            m.access(),
-            OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
-        )
-    });
-    if !reads {
-        return Err(NotRewound::NoRead(text(&i)));
+    let load = Load::of(i)?;
+    let (ea, solved) = load.address(&regs, &mut back, line_va, mem)?;
+    if !in_line(line_va, ea, load.size.max(1)) {
+        return Err(NotRewound::OtherAddress {
+            instruction: text(&i),
+            read: ea,
+            line: line_va,
+        });
     }
-    let written: Vec<Register> = info
-        .used_registers()
-        .iter()
-        .filter(|u| {
-            u.register().is_gpr()
-                && matches!(
-                    u.access(),
-                    OpAccess::Write
-                        | OpAccess::CondWrite
-                        | OpAccess::ReadWrite
-                        | OpAccess::ReadCondWrite
-                )
+    let now = mem(ea, load.size as usize).map(|b| le(&b));
+    let undone = load.undo(&regs, &mut back, ea, now)?;
+    Ok(Rewind {
+        regs: back,
+        writes: undone.writes,
+        instruction: text(&i),
+        note: undone.note.or(solved),
+    })
+}
+
+/// QEMU 7.2 stopped on a rep string instruction after one element of the
+/// line: one element back.
+fn rep_after_one(i: &Instruction, regs: Regs, line_va: u64) -> Option<Rewind> {
+    let w = element(i);
+    let read = string_source(i, &regs).wrapping_sub(w);
+    if !(is_string_read(i) && has_rep(i) && in_line(line_va, read, w)) {
+        return None;
+    }
+    let mut back = regs;
+    string_back(i, &mut back, 1);
+    Some(Rewind {
+        regs: back,
+        writes: Vec::new(),
+        instruction: text(i),
+        note: string_store_note(i, 1),
+    })
+}
+
+/// `v`'s low `size` bytes, as memory holds them.
+fn bytes(v: u64, size: u64) -> Vec<u8> {
+    v.to_le_bytes()[..size as usize].to_vec()
+}
+
+/// What undoing an instruction's effects stores back, and what it leaves.
+#[derive(Default)]
+struct Undone {
+    writes: Vec<(u64, Vec<u8>)>,
+    note: Option<String>,
+}
+
+impl Undone {
+    fn write(ea: u64, v: u64, size: u64) -> Undone {
+        Undone {
+            writes: vec![(ea, bytes(v, size))],
+            note: None,
+        }
+    }
+
+    fn note(note: String) -> Undone {
+        Undone {
+            writes: Vec::new(),
+            note: Some(note),
+        }
+    }
+}
+
+/// A plain (not string) instruction that read memory, as undoing it needs.
+struct Load {
+    i: Instruction,
+    /// Its memory operand.
+    mem_op: u32,
+    /// The bytes it reads.
+    size: u64,
+    info: InstructionInfo,
+    /// The general registers it writes.
+    written: Vec<Register>,
+}
+
+impl Load {
+    fn of(i: Instruction) -> Result<Load, NotRewound> {
+        let mem_op = (0..i.op_count())
+            .find(|o| i.op_kind(*o) == OpKind::Memory)
+            .ok_or_else(|| NotRewound::NoMemoryOperand(text(&i)))?;
+        let info = InstructionInfoFactory::new().info(&i).clone();
+        let reads = info.used_memory().iter().any(|m| {
+            matches!(
+                m.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+            )
+        });
+        if !reads {
+            return Err(NotRewound::NoRead(text(&i)));
+        }
+        let written = info
+            .used_registers()
+            .iter()
+            .filter(|u| {
+                u.register().is_gpr()
+                    && matches!(
+                        u.access(),
+                        OpAccess::Write
+                            | OpAccess::CondWrite
+                            | OpAccess::ReadWrite
+                            | OpAccess::ReadCondWrite
+                    )
+            })
+            .map(|u| u.register())
+            .collect();
+        Ok(Load {
+            i,
+            mem_op,
+            size: i.memory_size().size() as u64,
+            info,
+            written,
         })
-        .map(|u| u.register())
-        .collect();
-    let (base, index) = (i.memory_base(), i.memory_index());
-    let clobbered = |r: Register| {
+    }
+
+    fn clobbered(&self, r: Register) -> bool {
         r != Register::None
-            && written
+            && self
+                .written
                 .iter()
                 .any(|w| w.full_register() == r.full_register())
-    };
-    let address = |regs: &Regs| {
-        i.virtual_address(mem_op, 0, |r, _, _| match r {
-            Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
-            Register::FS | Register::GS => None,
-            r => regs.get(r),
-        })
-    };
-    let mut note = None;
-    // The effective address: from the registers now, or, when the load
-    // wrote its own base register (`mov (%rax),%rax`), solved from the
-    // line's bytes.
-    let ea = if clobbered(base) || clobbered(index) {
+    }
+
+    /// The effective address: from the registers now, or, when the load
+    /// wrote its own base register (`mov (%rax),%rax`), solved from the
+    /// line's bytes (putting the base back in `back`; the note says when a
+    /// 32-bit destination left the solved base's upper half a guess).
+    fn address(
+        &self,
+        regs: &Regs,
+        back: &mut Regs,
+        line_va: u64,
+        mem: &mut ReadMem<'_>,
+    ) -> Result<(u64, Option<String>), NotRewound> {
+        let (i, base, index) = (&self.i, self.i.memory_base(), self.i.memory_index());
+        if !self.clobbered(base) && !self.clobbered(index) {
+            let ea = i.virtual_address(self.mem_op, 0, |r, _, _| match r {
+                Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+                Register::FS | Register::GS => None,
+                r => regs.get(r),
+            });
+            return Ok((ea.ok_or_else(|| NotRewound::NoAddress(text(i)))?, None));
+        }
         let dest = i.op0_register();
-        if clobbered(index)
+        if self.clobbered(index)
             || dest.full_register() != base.full_register()
             || i.op_kind(0) != OpKind::Register
         {
-            return Err(NotRewound::OwnAddressRegister(text(&i)));
+            return Err(NotRewound::OwnAddressRegister(text(i)));
         }
-        let loaded = regs.get(dest).unwrap_or(0);
-        let signed = matches!(i.mnemonic(), Mnemonic::Movsx | Mnemonic::Movsxd);
+        let ea = self.loaded_from(regs.get(dest).unwrap_or(0), dest, line_va, mem)?;
+        // Solve base = ea - disp - index * scale (as the instruction's
+        // address arithmetic, in 64 bits).
+        let idx = if index == Register::None {
+            0
+        } else {
+            regs.full(index)
+        };
+        let disp = if i.is_ip_rel_memory_operand() {
+            0
+        } else {
+            i.memory_displacement64()
+        };
+        let old = ea
+            .wrapping_sub(disp)
+            .wrapping_sub(idx.wrapping_mul(i.memory_index_scale() as u64));
+        // Where the load's destination is narrower than its base, the
+        // base's other bits are as they were.
+        let dbits = 8 * dest.size() as u32;
+        let prior = match dest.size() {
+            8 | 4 => old,
+            _ => (regs.full(base) & !mask(dbits)) | (old & mask(dbits)),
+        };
+        back.set_full(base, prior);
+        let note = (dest.size() == 4).then(|| {
+            format!(
+                "{} was solved from the line's bytes",
+                base.full_register().name()
+            )
+        });
+        Ok((ea, note))
+    }
+
+    /// The one address of the line from which the load can have read
+    /// `loaded` (into `dest`); ambiguous when several hold that value.
+    fn loaded_from(
+        &self,
+        loaded: u64,
+        dest: Register,
+        line_va: u64,
+        mem: &mut ReadMem<'_>,
+    ) -> Result<u64, NotRewound> {
+        let size = self.size;
+        let signed = matches!(self.i.mnemonic(), Mnemonic::Movsx | Mnemonic::Movsxd);
         let dbits = 8 * dest.size() as u32;
         // One read of every byte a load of the line can touch (one gdbstub
-        // round trip, not one per candidate).
-        // The bytes around the line may be on another page, not mapped:
-        // then the line's own.
+        // round trip, not one per candidate). The bytes around the line may
+        // be on another page, not mapped: then the line's own.
         let wide = line_va.saturating_sub(size - 1);
         let (from, window) = match mem(wide, (line_va + super::LINE + size - 1 - wide) as usize) {
             Some(w) => (wide, w),
@@ -506,208 +629,171 @@ pub fn plan(stop: Stop<'_>) -> Result<Rewind, NotRewound> {
                 })
             })
             .collect();
-        let [ea] = candidates[..] else {
-            return Err(NotRewound::Ambiguous {
-                instruction: text(&i),
+        match candidates[..] {
+            [ea] => Ok(ea),
+            _ => Err(NotRewound::Ambiguous {
+                instruction: text(&self.i),
                 candidates: candidates.len(),
-            });
-        };
-        // Solve base = ea - disp - index * scale (as the instruction's
-        // address arithmetic, in 64 bits).
-        let idx = if index == Register::None {
-            0
-        } else {
-            regs.full(index)
-        };
-        let disp = if i.is_ip_rel_memory_operand() {
-            0
-        } else {
-            i.memory_displacement64()
-        };
-        let old = ea
-            .wrapping_sub(disp)
-            .wrapping_sub(idx.wrapping_mul(i.memory_index_scale() as u64));
-        // Where the load's destination is narrower than its base, the
-        // base's other bits are as they were.
-        let prior = match dest.size() {
-            8 => old,
-            4 => old,
-            _ => (regs.full(base) & !mask(dbits)) | (old & mask(dbits)),
-        };
-        if dest.size() == 4 {
-            note = Some(format!(
-                "{} was solved from the line's bytes",
-                base.full_register().name()
-            ));
-        }
-        back.set_full(base, prior);
-        ea
-    } else {
-        address(&regs).ok_or_else(|| NotRewound::NoAddress(text(&i)))?
-    };
-    if !in_line(line_va, ea, size.max(1)) {
-        return Err(NotRewound::OtherAddress {
-            instruction: text(&i),
-            read: ea,
-            line: line_va,
-        });
-    }
-    let m = mem(ea, size as usize).map(|b| le(&b));
-    let bits = 8 * size as u32;
-    let mut writes = Vec::new();
-    let op1_value = |regs: &Regs| match i.op_kind(1) {
-        OpKind::Register => regs.get(i.op1_register()),
-        OpKind::Memory => None,
-        _ => Some(i.immediate(1)),
-    };
-    match (i.mnemonic(), i.op_kind(0)) {
-        // A read-modify-write of a register: invert it with the line's
-        // bytes (unchanged in memory).
-        (Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor, OpKind::Register) => {
-            let d = i.op0_register();
-            let (now, v) = (
-                regs.get(d).unwrap_or(0),
-                m.ok_or(NotRewound::LineUnreadable)?,
-            );
-            let v = if d.size() as u64 > size {
-                sign_extend(v, bits)
-            } else {
-                v
-            };
-            let old = match i.mnemonic() {
-                Mnemonic::Add => now.wrapping_sub(v),
-                Mnemonic::Sub => now.wrapping_add(v),
-                _ => now ^ v,
-            };
-            back.put(d, old);
-            if d.size() == 4 {
-                note = Some(format!(
-                    "the upper half of {} is lost (a 32-bit result clears it)",
-                    d.full_register().name()
-                ));
-            }
-        }
-        // A read-modify-write of the line: put its old bytes back.
-        (
-            Mnemonic::Add
-            | Mnemonic::Sub
-            | Mnemonic::Xor
-            | Mnemonic::Inc
-            | Mnemonic::Dec
-            | Mnemonic::Neg
-            | Mnemonic::Not,
-            OpKind::Memory,
-        ) => {
-            let now = m.ok_or(NotRewound::LineUnreadable)?;
-            let src = if matches!(i.mnemonic(), Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor) {
-                op1_value(&regs).ok_or(NotRewound::NoSource)?
-            } else {
-                0
-            };
-            let old = match i.mnemonic() {
-                Mnemonic::Add => now.wrapping_sub(src),
-                Mnemonic::Sub => now.wrapping_add(src),
-                Mnemonic::Xor => now ^ src,
-                Mnemonic::Inc => now.wrapping_sub(1),
-                Mnemonic::Dec => now.wrapping_add(1),
-                Mnemonic::Neg => now.wrapping_neg(),
-                _ => !now,
-            };
-            writes.push((
-                ea,
-                (old & mask(bits)).to_le_bytes()[..size as usize].to_vec(),
-            ));
-        }
-        // xchg: the register holds the line's old bytes, the line the
-        // register's.
-        (Mnemonic::Xchg, _) => {
-            let r = if i.op_kind(0) == OpKind::Register {
-                i.op0_register()
-            } else {
-                i.op1_register()
-            };
-            let now = m.ok_or(NotRewound::LineUnreadable)?;
-            writes.push((
-                ea,
-                regs.get(r).unwrap_or(0).to_le_bytes()[..size as usize].to_vec(),
-            ));
-            back.put(r, now);
-        }
-        // xadd: line = old + reg, reg = old line.
-        (Mnemonic::Xadd, OpKind::Memory) => {
-            let r = i.op1_register();
-            let (now, got) = (
-                m.ok_or(NotRewound::LineUnreadable)?,
-                regs.get(r).unwrap_or(0),
-            );
-            writes.push((ea, got.to_le_bytes()[..size as usize].to_vec()));
-            back.put(r, now.wrapping_sub(got));
-        }
-        // cmpxchg: equal (ZF) -> the line took the source and the
-        // accumulator is unchanged; not equal -> the accumulator took the
-        // line, its old value is lost.
-        (Mnemonic::Cmpxchg, OpKind::Memory) => {
-            let acc = match size {
-                1 => Register::AL,
-                2 => Register::AX,
-                4 => Register::EAX,
-                _ => Register::RAX,
-            };
-            if regs.rflags & ZERO_FLAG != 0 {
-                writes.push((
-                    ea,
-                    regs.get(acc).unwrap_or(0).to_le_bytes()[..size as usize].to_vec(),
-                ));
-            } else {
-                note = Some(
-                    "cmpxchg found the line different: the accumulator's old value is lost".into(),
-                );
-            }
-        }
-        (Mnemonic::Push, _) => {
-            let v = regs.full(Register::RSP).wrapping_add(size);
-            back.set_full(Register::RSP, v);
-        }
-        (Mnemonic::Pop, _) => {
-            let v = regs.full(Register::RSP).wrapping_sub(size);
-            back.set_full(Register::RSP, v);
-        }
-        (m, _) => {
-            // Anything else: every register it writes must be its
-            // destination only (loads of every width and extension,
-            // compares, tests, vector loads), which the fixup or the load
-            // run again overwrites.
-            let dest = (i.op_kind(0) == OpKind::Register).then(|| i.op0_register().full_register());
-            let other: Vec<String> = written
-                .iter()
-                .filter(|w| Some(w.full_register()) != dest)
-                .map(|w| w.name())
-                .collect();
-            let rmw = info.used_registers().iter().any(|u| {
-                Some(u.register().full_register()) == dest
-                    && matches!(u.access(), OpAccess::ReadWrite | OpAccess::ReadCondWrite)
-            }) && !matches!(
-                m,
-                Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
-            );
-            if !other.is_empty() || rmw {
-                note = Some(format!(
-                    "`{m:?}` changed {} from the line's bytes; not put back",
-                    if other.is_empty() {
-                        "its destination".to_string()
-                    } else {
-                        other.join(", ")
-                    }
-                ));
-            }
+            }),
         }
     }
-    Ok(Rewind {
-        regs: back,
-        writes,
-        instruction: text(&i),
-        note,
-    })
+
+    /// Undo what the instruction did beyond reading (`now`: the bytes at
+    /// `ea`, which QEMU did not corrupt): registers into `back`, stores
+    /// as writes.
+    fn undo(
+        &self,
+        regs: &Regs,
+        back: &mut Regs,
+        ea: u64,
+        now: Option<u64>,
+    ) -> Result<Undone, NotRewound> {
+        let (i, size) = (&self.i, self.size);
+        let now = || now.ok_or(NotRewound::LineUnreadable);
+        Ok(match (i.mnemonic(), i.op_kind(0)) {
+            (Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor, OpKind::Register) => {
+                self.undo_register_rmw(regs, back, now()?)
+            }
+            (
+                Mnemonic::Add
+                | Mnemonic::Sub
+                | Mnemonic::Xor
+                | Mnemonic::Inc
+                | Mnemonic::Dec
+                | Mnemonic::Neg
+                | Mnemonic::Not,
+                OpKind::Memory,
+            ) => self.undo_memory_rmw(regs, ea, now()?)?,
+            // xchg: the register holds the line's old bytes, the line the
+            // register's.
+            (Mnemonic::Xchg, _) => {
+                let r = if i.op_kind(0) == OpKind::Register {
+                    i.op0_register()
+                } else {
+                    i.op1_register()
+                };
+                let line = now()?;
+                back.put(r, line);
+                Undone::write(ea, regs.get(r).unwrap_or(0), size)
+            }
+            // xadd: line = old + reg, reg = old line.
+            (Mnemonic::Xadd, OpKind::Memory) => {
+                let r = i.op1_register();
+                let got = regs.get(r).unwrap_or(0);
+                back.put(r, now()?.wrapping_sub(got));
+                Undone::write(ea, got, size)
+            }
+            (Mnemonic::Cmpxchg, OpKind::Memory) => self.undo_cmpxchg(regs, ea),
+            (Mnemonic::Push, _) => {
+                back.set_full(Register::RSP, regs.full(Register::RSP).wrapping_add(size));
+                Undone::default()
+            }
+            (Mnemonic::Pop, _) => {
+                back.set_full(Register::RSP, regs.full(Register::RSP).wrapping_sub(size));
+                Undone::default()
+            }
+            (m, _) => self.destination_only(m),
+        })
+    }
+
+    /// A read-modify-write of a register: inverted with the line's bytes
+    /// (unchanged in memory).
+    fn undo_register_rmw(&self, regs: &Regs, back: &mut Regs, line: u64) -> Undone {
+        let d = self.i.op0_register();
+        let now = regs.get(d).unwrap_or(0);
+        let v = if d.size() as u64 > self.size {
+            sign_extend(line, 8 * self.size as u32)
+        } else {
+            line
+        };
+        let old = match self.i.mnemonic() {
+            Mnemonic::Add => now.wrapping_sub(v),
+            Mnemonic::Sub => now.wrapping_add(v),
+            _ => now ^ v,
+        };
+        back.put(d, old);
+        if d.size() == 4 {
+            return Undone::note(format!(
+                "the upper half of {} is lost (a 32-bit result clears it)",
+                d.full_register().name()
+            ));
+        }
+        Undone::default()
+    }
+
+    /// A read-modify-write of the line: its old bytes put back.
+    fn undo_memory_rmw(&self, regs: &Regs, ea: u64, now: u64) -> Result<Undone, NotRewound> {
+        let i = &self.i;
+        let src = if matches!(i.mnemonic(), Mnemonic::Add | Mnemonic::Sub | Mnemonic::Xor) {
+            match i.op_kind(1) {
+                OpKind::Register => regs.get(i.op1_register()),
+                OpKind::Memory => None,
+                _ => Some(i.immediate(1)),
+            }
+            .ok_or(NotRewound::NoSource)?
+        } else {
+            0
+        };
+        let old = match i.mnemonic() {
+            Mnemonic::Add => now.wrapping_sub(src),
+            Mnemonic::Sub => now.wrapping_add(src),
+            Mnemonic::Xor => now ^ src,
+            Mnemonic::Inc => now.wrapping_sub(1),
+            Mnemonic::Dec => now.wrapping_add(1),
+            Mnemonic::Neg => now.wrapping_neg(),
+            _ => !now,
+        };
+        Ok(Undone::write(ea, old, self.size))
+    }
+
+    /// cmpxchg: equal (ZF) -> the line took the source and the
+    /// accumulator is unchanged; not equal -> the accumulator took the
+    /// line, its old value is lost.
+    fn undo_cmpxchg(&self, regs: &Regs, ea: u64) -> Undone {
+        let acc = match self.size {
+            1 => Register::AL,
+            2 => Register::AX,
+            4 => Register::EAX,
+            _ => Register::RAX,
+        };
+        if regs.rflags & ZERO_FLAG != 0 {
+            return Undone::write(ea, regs.get(acc).unwrap_or(0), self.size);
+        }
+        Undone::note("cmpxchg found the line different: the accumulator's old value is lost".into())
+    }
+
+    /// Anything else: every register it writes must be its destination
+    /// only (loads of every width and extension, compares, tests, vector
+    /// loads), which the fixup or the load run again overwrites; the note
+    /// names what it changed otherwise.
+    fn destination_only(&self, m: Mnemonic) -> Undone {
+        let i = &self.i;
+        let dest = (i.op_kind(0) == OpKind::Register).then(|| i.op0_register().full_register());
+        let other: Vec<String> = self
+            .written
+            .iter()
+            .filter(|w| Some(w.full_register()) != dest)
+            .map(|w| w.name())
+            .collect();
+        let rmw = self.info.used_registers().iter().any(|u| {
+            Some(u.register().full_register()) == dest
+                && matches!(u.access(), OpAccess::ReadWrite | OpAccess::ReadCondWrite)
+        }) && !matches!(
+            m,
+            Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
+        );
+        if other.is_empty() && !rmw {
+            return Undone::default();
+        }
+        Undone::note(format!(
+            "`{m:?}` changed {} from the line's bytes; not put back",
+            if other.is_empty() {
+                "its destination".to_string()
+            } else {
+                other.join(", ")
+            }
+        ))
+    }
 }
 
 /// A string instruction QEMU ran to its end before it stopped (QEMU 10's
