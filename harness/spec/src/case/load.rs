@@ -872,28 +872,12 @@ impl Checker<'_> {
         cxl_regions: &[super::CxlRegionSpec],
     ) -> Vec<NamespaceSpec> {
         let mut out: Vec<NamespaceSpec> = Vec::new();
-        // Bytes asked of each CXL region so far.
-        let mut cxl_used = vec![0u64; cxl_regions.len()];
+        // Bytes asked of each NVDIMM and of each CXL region so far.
         let mut used = vec![0u64; machine.nvdimms.len()];
+        let mut cxl_used = vec![0u64; cxl_regions.len()];
         for entry in &setup.namespaces {
             let ns = &entry.value;
-            let name = ns.name.value.clone();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
-            {
-                self.error(
-                    &ns.name.referenced,
-                    "namespace names use letters, digits, `_` and `-`",
-                );
-            }
-            if out.iter().any(|o| o.name == name) {
-                self.error(
-                    &ns.name.referenced,
-                    format!("namespace `{name}` is defined twice"),
-                );
-            }
+            let name = self.namespace_name(ns, &out);
             let bus = self.namespace_bus(ns, machine, cxl_regions.len());
             let nvdimm = match (&bus, &ns.region) {
                 (Some(_), Some(r)) => r.value,
@@ -915,119 +899,177 @@ impl Checker<'_> {
                 );
             }
             let align = self.namespace_align(ns);
-            let whole_region = ns.size.is_none();
-            let (size, size_at) = match &ns.size {
-                Some(s) => (s.value, s.referenced),
-                None => {
-                    if bus.is_none() {
-                        self.error(
-                            &ns.name.referenced,
-                            format!("namespace `{name}` needs a `size`"),
-                        );
-                    }
-                    (UNKNOWN_SIZE, ns.name.referenced)
-                }
-            };
-            let granule = align
-                .map(|a| a.bytes())
-                .unwrap_or(4 * KIB)
-                .max(NvdimmSpec::REGION_ALIGN);
-            if !whole_region && !size.is_multiple_of(ByteSize(granule)) {
-                self.error(
-                    &size_at,
-                    format!(
-                        "size {size} is not a multiple of {} (the namespace align and the 16M region align)",
-                        ByteSize(granule)
-                    ),
-                );
-            }
-            if let Some(nv) = machine
-                .nvdimms
-                .get(nvdimm)
-                .filter(|_| bus.is_none() && !whole_region)
-            {
-                used[nvdimm] = used[nvdimm].saturating_add(size.bytes());
-                if used[nvdimm] > nv.usable() {
-                    self.error(
-                        &size_at,
-                        format!(
-                            "NVDIMM {nvdimm} ({}, {} label area) is too small: its namespaces need {}, it has {} usable",
-                            nv.size,
-                            nv.label_size,
-                            ByteSize(used[nvdimm]),
-                            ByteSize(nv.usable())
-                        ),
-                    );
-                }
-            }
-            if ns.mode != NamespaceMode::Raw && bus.is_none() {
-                if let Some(offset) = machine
-                    .region_offsets()
-                    .get(nvdimm)
-                    .filter(|o| !o.is_multiple_of(NvdimmSpec::REGION_ALIGN))
-                {
-                    self.error(
-                        &nvdimm_at,
-                        format!(
-                            "NVDIMM {nvdimm} will start {} after the first (QEMU packs each NVDIMM right after the \
-                             previous one's region), not on a 16M boundary, and ndctl refuses {} namespaces \
-                             there: give the NVDIMMs before it `align: 16M` (or a larger power of two)",
-                            ByteSize(*offset),
-                            ns.mode.ndctl_name()
-                        ),
-                    );
-                }
-            }
-            if let (None, false, Some(a)) = (&bus, whole_region, align) {
-                if matches!(ns.mode, NamespaceMode::Fsdax | NamespaceMode::Devdax) {
-                    if let Some(why) =
-                        crate::namespace::pfn_align_problem(None, size.bytes(), a.bytes())
-                    {
-                        self.error(&size_at, why);
-                    }
-                }
-            }
-            match bus.as_deref() {
-                Some(b) if b == model::Bus::E820.name() => {
-                    self.e820_namespace(ns, nvdimm, &out, machine, align);
-                }
-                Some(b) if b == model::Bus::Cxl.name() && !whole_region => {
-                    if let (Some(region), Some(used)) =
-                        (cxl_regions.get(nvdimm), cxl_used.get_mut(nvdimm))
-                    {
-                        let capacity: u64 = region
-                            .devices
-                            .iter()
-                            .filter_map(|&d| machine.cxl.get(d))
-                            .map(|c| c.size.bytes())
-                            .sum();
-                        *used = used.saturating_add(size.bytes());
-                        if *used > capacity {
-                            self.error(
-                                &size_at,
-                                format!(
-                                    "CXL region {nvdimm} ({} of {} device(s)) is too small: its namespaces need {}",
-                                    ByteSize(capacity),
-                                    region.devices.len(),
-                                    ByteSize(*used)
-                                ),
-                            );
-                        }
-                    }
-                }
-                _ => {}
-            }
-            out.push(NamespaceSpec {
+            let (size, size_at) = self.namespace_size(ns, &name, bus.is_none(), align);
+            let spec = NamespaceSpec {
                 name,
                 nvdimm,
                 bus,
-                whole_region,
+                whole_region: ns.size.is_none(),
                 mode: ns.mode,
                 size,
                 align,
-            });
+            };
+            match spec.bus.as_deref() {
+                None => self.on_nvdimm(&spec, machine, &mut used, (nvdimm_at, size_at)),
+                Some(b) if b == model::Bus::E820.name() => {
+                    self.e820_namespace(ns, nvdimm, &out, machine, align);
+                }
+                Some(b) if b == model::Bus::Cxl.name() && !spec.whole_region => {
+                    self.cxl_room(&spec, machine, cxl_regions, &mut cxl_used, size_at);
+                }
+                _ => {}
+            }
+            out.push(spec);
         }
         out
+    }
+
+    /// A namespace's name: letters, digits, `_` and `-`, once per case.
+    fn namespace_name(&mut self, ns: &model::NamespaceEntry, before: &[NamespaceSpec]) -> String {
+        let name = ns.name.value.clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
+            self.error(
+                &ns.name.referenced,
+                "namespace names use letters, digits, `_` and `-`",
+            );
+        }
+        if before.iter().any(|o| o.name == name) {
+            self.error(
+                &ns.name.referenced,
+                format!("namespace `{name}` is defined twice"),
+            );
+        }
+        name
+    }
+
+    /// A namespace's size and where it is written (its name's place when
+    /// it has none: the whole region of a bus that has regions of its
+    /// own, an error on NVDIMMs), a multiple of its align and the region
+    /// align.
+    fn namespace_size(
+        &mut self,
+        ns: &model::NamespaceEntry,
+        name: &str,
+        on_nvdimm: bool,
+        align: Option<ByteSize>,
+    ) -> (ByteSize, Location) {
+        let Some(s) = &ns.size else {
+            if on_nvdimm {
+                self.error(
+                    &ns.name.referenced,
+                    format!("namespace `{name}` needs a `size`"),
+                );
+            }
+            return (UNKNOWN_SIZE, ns.name.referenced);
+        };
+        let granule = align
+            .map(|a| a.bytes())
+            .unwrap_or(4 * KIB)
+            .max(NvdimmSpec::REGION_ALIGN);
+        if !s.value.is_multiple_of(ByteSize(granule)) {
+            self.error(
+                &s.referenced,
+                format!(
+                    "size {} is not a multiple of {} (the namespace align and the 16M region align)",
+                    s.value,
+                    ByteSize(granule)
+                ),
+            );
+        }
+        (s.value, s.referenced)
+    }
+
+    /// A namespace on a QEMU NVDIMM: it fits beside the NVDIMM's other
+    /// namespaces, the NVDIMM's region starts where ndctl takes its mode,
+    /// and its align leaves data (`at`: where the NVDIMM and the size are
+    /// written).
+    fn on_nvdimm(
+        &mut self,
+        spec: &NamespaceSpec,
+        machine: &MachineSpec,
+        used: &mut [u64],
+        (nvdimm_at, size_at): (Location, Location),
+    ) {
+        let nvdimm = spec.nvdimm;
+        if let Some(nv) = machine.nvdimms.get(nvdimm).filter(|_| !spec.whole_region) {
+            used[nvdimm] = used[nvdimm].saturating_add(spec.size.bytes());
+            if used[nvdimm] > nv.usable() {
+                self.error(
+                    &size_at,
+                    format!(
+                        "NVDIMM {nvdimm} ({}, {} label area) is too small: its namespaces need {}, it has {} usable",
+                        nv.size,
+                        nv.label_size,
+                        ByteSize(used[nvdimm]),
+                        ByteSize(nv.usable())
+                    ),
+                );
+            }
+        }
+        if spec.mode != NamespaceMode::Raw {
+            if let Some(offset) = machine
+                .region_offsets()
+                .get(nvdimm)
+                .filter(|o| !o.is_multiple_of(NvdimmSpec::REGION_ALIGN))
+            {
+                self.error(
+                    &nvdimm_at,
+                    format!(
+                        "NVDIMM {nvdimm} will start {} after the first (QEMU packs each NVDIMM right after the \
+                         previous one's region), not on a 16M boundary, and ndctl refuses {} namespaces \
+                         there: give the NVDIMMs before it `align: 16M` (or a larger power of two)",
+                        ByteSize(*offset),
+                        spec.mode.ndctl_name()
+                    ),
+                );
+            }
+        }
+        if let (false, Some(a)) = (spec.whole_region, spec.align) {
+            if matches!(spec.mode, NamespaceMode::Fsdax | NamespaceMode::Devdax) {
+                if let Some(why) =
+                    crate::namespace::pfn_align_problem(None, spec.size.bytes(), a.bytes())
+                {
+                    self.error(&size_at, why);
+                }
+            }
+        }
+    }
+
+    /// A namespace on a CXL region fits beside the region's others.
+    fn cxl_room(
+        &mut self,
+        spec: &NamespaceSpec,
+        machine: &MachineSpec,
+        cxl_regions: &[super::CxlRegionSpec],
+        cxl_used: &mut [u64],
+        size_at: Location,
+    ) {
+        let index = spec.nvdimm;
+        let (Some(region), Some(used)) = (cxl_regions.get(index), cxl_used.get_mut(index)) else {
+            return;
+        };
+        let capacity: u64 = region
+            .devices
+            .iter()
+            .filter_map(|&d| machine.cxl.get(d))
+            .map(|c| c.size.bytes())
+            .sum();
+        *used = used.saturating_add(spec.size.bytes());
+        if *used > capacity {
+            self.error(
+                &size_at,
+                format!(
+                    "CXL region {index} ({} of {} device(s)) is too small: its namespaces need {}",
+                    ByteSize(capacity),
+                    region.devices.len(),
+                    ByteSize(*used)
+                ),
+            );
+        }
     }
 
     /// A namespace on an e820 range: the range is a label-less region, so it
@@ -1230,6 +1272,41 @@ impl Checker<'_> {
         if !action.runs_command() {
             self.refuse_command_fields(s, key, &at);
         }
+        self.expect_applies(s, &action);
+        self.panic_alone(s);
+        let repeat = match &s.repeat {
+            Some(r) if r.value == 0 || r.value > MAX_REPEAT => {
+                self.error(&r.referenced, format!("repeat is from 1 to {MAX_REPEAT}"));
+                1
+            }
+            Some(r) => r.value,
+            None => 1,
+        };
+        Some(Step {
+            number,
+            name: s.name.clone().unwrap_or(name),
+            line: at.line() as u32,
+            action,
+            timeout: s.timeout.map(|t| t.0).unwrap_or(DEFAULT_STEP_TIMEOUT),
+            expect: self.expect(&s.expect),
+            dmesg: self.regexes(&s.expect.dmesg),
+            dmesg_not: self.regexes(&s.expect.dmesg_not),
+            faults: s.expect.faults.as_ref().map(|f| f.value),
+            machine_checks: s.expect.machine_checks.as_ref().map(|m| m.value),
+            panic: s
+                .expect
+                .panic
+                .as_ref()
+                .and_then(|p| self.regex(&p.value, &p.referenced)),
+            signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
+            repeat,
+        })
+    }
+
+    /// Each `expect` field the step's action can report: faults of a
+    /// touch, a signal of a consume, poison or signals, a panic of a
+    /// command.
+    fn expect_applies(&mut self, s: &StepEntry, action: &super::Action) {
         if let Some(f) = s.expect.faults.as_ref().filter(|_| !action.counts_faults()) {
             self.error(&f.referenced, "`expect.faults` applies to `touch` steps");
         }
@@ -1255,6 +1332,11 @@ impl Checker<'_> {
                 "`expect.panic` applies to `run` and `sh` steps",
             );
         }
+    }
+
+    /// A step that expects a panic expects nothing else of the guest (it
+    /// is gone when the step ends) and runs once.
+    fn panic_alone(&mut self, s: &StepEntry) {
         if let Some(p) = &s.expect.panic {
             // The guest is gone when the step ends: nothing it would report
             // can be read (the host's count of machine checks still can).
@@ -1284,33 +1366,6 @@ impl Checker<'_> {
         if let Some(p) = s.expect.panic.as_ref().filter(|_| s.repeat.is_some()) {
             self.error(&p.referenced, "a step that expects a panic cannot repeat");
         }
-        let repeat = match &s.repeat {
-            Some(r) if r.value == 0 || r.value > MAX_REPEAT => {
-                self.error(&r.referenced, format!("repeat is from 1 to {MAX_REPEAT}"));
-                1
-            }
-            Some(r) => r.value,
-            None => 1,
-        };
-        Some(Step {
-            number,
-            name: s.name.clone().unwrap_or(name),
-            line: at.line() as u32,
-            action,
-            timeout: s.timeout.map(|t| t.0).unwrap_or(DEFAULT_STEP_TIMEOUT),
-            expect: self.expect(&s.expect),
-            dmesg: self.regexes(&s.expect.dmesg),
-            dmesg_not: self.regexes(&s.expect.dmesg_not),
-            faults: s.expect.faults.as_ref().map(|f| f.value),
-            machine_checks: s.expect.machine_checks.as_ref().map(|m| m.value),
-            panic: s
-                .expect
-                .panic
-                .as_ref()
-                .and_then(|p| self.regex(&p.value, &p.referenced)),
-            signal: s.expect.signal.as_ref().and_then(|e| self.signal_expect(e)),
-            repeat,
-        })
     }
 
     fn signal_expect(&mut self, e: &Spanned<model::SignalExpectEntry>) -> Option<SignalExpect> {

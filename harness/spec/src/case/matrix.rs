@@ -86,73 +86,104 @@ pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
         return Ok(None);
     };
     let at = (m.referenced.line() as u32, m.referenced.column() as u32);
-    let bad = |msg: &str| (at.0, at.1, msg.to_string());
-    let scalars = |key: &str, v: &Value| {
-        scalar(v).ok_or_else(|| bad(&format!("matrix `{key}`: values must be scalars")))
-    };
-    let rows: Vec<BTreeMap<String, String>> = match m.value {
-        Value::Object(axes) => {
-            let mut total: usize = 1;
-            for (key, values) in &axes {
-                let Value::Array(values) = values else {
-                    return Err(bad(&format!(
-                        "matrix `{key}`: write a list of values, e.g. `{key}: [4K, 2M]`"
-                    )));
-                };
-                if values.is_empty() {
-                    return Err(bad(&format!("matrix key `{key}` has no values")));
-                }
-                total = total.saturating_mul(values.len());
-            }
-            if total > MAX_CELLS {
-                return Err(bad(&format!(
-                    "the matrix makes {total} cells; the limit is {MAX_CELLS} (each cell boots a VM)"
-                )));
-            }
-            let mut rows = vec![BTreeMap::new()];
-            for (key, values) in &axes {
-                let values = values.as_array().expect("checked above");
-                let mut next = Vec::new();
-                for row in &rows {
-                    for v in values {
-                        let mut r = row.clone();
-                        r.insert(key.clone(), scalars(key, v)?);
-                        next.push(r);
-                    }
-                }
-                rows = next;
-            }
-            rows
-        }
-        Value::Array(cells) => {
-            if cells.len() > MAX_CELLS {
-                return Err(bad(&format!(
-                    "the matrix lists {} cells; the limit is {MAX_CELLS} (each cell boots a VM)",
-                    cells.len()
-                )));
-            }
-            cells
-                .iter()
-                .map(|c| match c {
-                    Value::Object(c) => c
-                        .iter()
-                        .map(|(k, v)| Ok((k.clone(), scalars(k, v)?)))
-                        .collect(),
-                    _ => Err(bad(
-                        "a matrix cell is a map of values, e.g. `- {align: 4K, size: 512M}`",
-                    )),
-                })
-                .collect::<Result<_, _>>()?
-        }
+    let rows = match m.value {
+        Value::Object(axes) => product(&axes, at)?,
+        Value::Array(cells) => listed(&cells, at)?,
         _ => {
-            return Err(bad(
+            return Err(problem(
+                at,
                 "matrix is a map of lists (every combination) or a list of maps (one per cell)",
             ))
         }
     };
     if rows.is_empty() || rows.iter().all(|r| r.is_empty()) {
-        return Err(bad("the matrix has no cells"));
+        return Err(problem(at, "the matrix has no cells"));
     }
+    labelled(rows, at).map(Some)
+}
+
+/// A problem at the matrix's `at`.
+fn problem(at: (u32, u32), msg: impl Into<String>) -> Problem {
+    (at.0, at.1, msg.into())
+}
+
+/// One cell's values, by key.
+type Row = BTreeMap<String, String>;
+
+/// A value of axis `key` as text (a scalar).
+fn value_of(key: &str, v: &Value, at: (u32, u32)) -> Result<String, Problem> {
+    scalar(v).ok_or_else(|| problem(at, format!("matrix `{key}`: values must be scalars")))
+}
+
+/// A map of lists: every combination of the axes' values, bounded before
+/// any is made.
+fn product(axes: &serde_json::Map<String, Value>, at: (u32, u32)) -> Result<Vec<Row>, Problem> {
+    let mut total: usize = 1;
+    for (key, values) in axes {
+        let Value::Array(values) = values else {
+            return Err(problem(
+                at,
+                format!("matrix `{key}`: write a list of values, e.g. `{key}: [4K, 2M]`"),
+            ));
+        };
+        if values.is_empty() {
+            return Err(problem(at, format!("matrix key `{key}` has no values")));
+        }
+        total = total.saturating_mul(values.len());
+    }
+    if total > MAX_CELLS {
+        return Err(problem(
+            at,
+            format!(
+                "the matrix makes {total} cells; the limit is {MAX_CELLS} (each cell boots a VM)"
+            ),
+        ));
+    }
+    let mut rows = vec![Row::new()];
+    for (key, values) in axes {
+        let values = values.as_array().expect("checked above");
+        let mut next = Vec::new();
+        for row in &rows {
+            for v in values {
+                let mut r = row.clone();
+                r.insert(key.clone(), value_of(key, v, at)?);
+                next.push(r);
+            }
+        }
+        rows = next;
+    }
+    Ok(rows)
+}
+
+/// A list of maps: one cell each.
+fn listed(cells: &[Value], at: (u32, u32)) -> Result<Vec<Row>, Problem> {
+    if cells.len() > MAX_CELLS {
+        return Err(problem(
+            at,
+            format!(
+                "the matrix lists {} cells; the limit is {MAX_CELLS} (each cell boots a VM)",
+                cells.len()
+            ),
+        ));
+    }
+    cells
+        .iter()
+        .map(|c| match c {
+            Value::Object(c) => c
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), value_of(k, v, at)?)))
+                .collect(),
+            _ => Err(problem(
+                at,
+                "a matrix cell is a map of values, e.g. `- {align: 4K, size: 512M}`",
+            )),
+        })
+        .collect()
+}
+
+/// The cells of `rows`, each named by its `name` or its key=value pairs:
+/// a safe folder name, once per file.
+fn labelled(rows: Vec<Row>, at: (u32, u32)) -> Result<Vec<Cell>, Problem> {
     let cells: Vec<Cell> = rows
         .into_iter()
         .map(|values| {
@@ -169,20 +200,23 @@ pub fn cells(text: &str) -> Result<Option<Vec<Cell>>, Problem> {
         .collect();
     for (i, c) in cells.iter().enumerate() {
         if !safe_label(&c.label) {
-            return Err(bad(&format!(
-                "matrix cell `{}`: a cell's name (its `name`, else key=value pairs) uses letters, digits and `._=,+-` only, \
-                 without `..`, at most 100 characters: it names the cell's artifacts folder",
-                c.label
-            )));
+            return Err(problem(
+                at,
+                format!(
+                    "matrix cell `{}`: a cell's name (its `name`, else key=value pairs) uses letters, digits and `._=,+-` only, \
+                     without `..`, at most 100 characters: it names the cell's artifacts folder",
+                    c.label
+                ),
+            ));
         }
         if cells[..i].iter().any(|o| o.label == c.label) {
-            return Err(bad(&format!(
-                "two matrix cells are both named `{}`",
-                c.label
-            )));
+            return Err(problem(
+                at,
+                format!("two matrix cells are both named `{}`", c.label),
+            ));
         }
     }
-    Ok(Some(cells))
+    Ok(cells)
 }
 
 /// The file's text with this cell's values in place.
