@@ -88,25 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> util::Result<()> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf();
-    let g = cli.global;
-    let kernels = g.kernels()?;
-    let opts = Options {
-        artifacts: vars::ARTIFACTS
-            .get()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace.join("target/pmem-lab/artifacts")),
-        workspace,
-        cache: g.cache.unwrap_or_else(pmem_lab_env::default_cache),
-        kernels,
-        jobs: g.jobs.map_or_else(util::nproc, usize::from),
-        cold: g.cold || vars::COLD.is_on(),
-        vms: g.vms.map(usize::from),
-        qemu: g.qemu.or_else(|| vars::QEMU.get().map(PathBuf::from)),
-    };
+    let opts = options(cli.global)?;
     match cli.command {
         Command::Lab {
             shell: Some(LabCommand::Shell { case, put }),
@@ -157,27 +139,7 @@ fn run(cli: Cli) -> util::Result<()> {
             good,
             bad,
             repeat,
-        } => {
-            let tree = match opts.kernels.as_slice() {
-                [kernel::KernelSpec::Tree(t)] => t.clone(),
-                _ => {
-                    return Err(util::Error::new(
-                        "bisect needs the git tree to bisect: --kernel-tree DIR",
-                    ))
-                }
-            };
-            let b = bisect::BisectOptions {
-                case,
-                tree,
-                good,
-                bad,
-                repeat,
-            };
-            match bisect::run(&opts, &b)?.first {
-                Some(_) => Ok(()),
-                None => Err(util::Error::new("no single first bad commit (above)")),
-            }
-        }
+        } => run_bisect(&opts, case, good, bad, repeat),
         Command::BisectTest { repeat } => bisect_test::run(&opts, repeat),
         Command::Bench {
             runs,
@@ -193,5 +155,57 @@ fn run(cli: Cli) -> util::Result<()> {
                 cold,
             },
         ),
+    }
+}
+
+/// The run's options from the command line and the environment.
+fn options(g: cli::Global) -> util::Result<Options> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf();
+    let kernels = g.kernels()?;
+    Ok(Options {
+        artifacts: vars::ARTIFACTS
+            .get()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target/pmem-lab/artifacts")),
+        workspace,
+        cache: g.cache.unwrap_or_else(pmem_lab_env::default_cache),
+        kernels,
+        jobs: g.jobs.map_or_else(util::nproc, usize::from),
+        cold: g.cold || vars::COLD.is_on(),
+        vms: g.vms.map(usize::from),
+        qemu: g.qemu.or_else(|| vars::QEMU.get().map(PathBuf::from)),
+    })
+}
+
+/// `bisect`: the one kernel tree given, bisected; an error unless git
+/// named a single first bad commit.
+fn run_bisect(
+    opts: &Options,
+    case: String,
+    good: String,
+    bad: String,
+    repeat: u32,
+) -> util::Result<()> {
+    let tree = match opts.kernels.as_slice() {
+        [kernel::KernelSpec::Tree(t)] => t.clone(),
+        _ => {
+            return Err(util::Error::new(
+                "bisect needs the git tree to bisect: --kernel-tree DIR",
+            ))
+        }
+    };
+    let b = bisect::BisectOptions {
+        case,
+        tree,
+        good,
+        bad,
+        repeat,
+    };
+    match bisect::run(opts, &b)?.first {
+        Some(_) => Ok(()),
+        None => Err(util::Error::new("no single first bad commit (above)")),
     }
 }

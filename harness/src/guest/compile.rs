@@ -181,7 +181,15 @@ pub fn compile(
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)
         .map_err(|e| CompileError::Cache(format!("{}: {e}", work.display())))?;
-    let result = run_sandboxed(&bwrap, &prlimit, dir, name, &work, bounds);
+    let result = Sandbox {
+        bwrap: &bwrap,
+        prlimit: &prlimit,
+        dir,
+        name,
+        work: &work,
+        bounds,
+    }
+    .run();
     let published = result.and_then(|()| {
         let program = work.join("program");
         let bytes = fs::metadata(&program)
@@ -202,62 +210,114 @@ pub fn compile(
     published.map(|()| out)
 }
 
-/// gcc in bwrap under prlimit's bounds; the program at `work/program`.
-fn run_sandboxed(
-    bwrap: &Path,
-    prlimit: &Path,
-    dir: &Path,
-    name: &std::ffi::OsStr,
-    work: &Path,
+/// One compile: gcc in bwrap under prlimit's bounds, of the source `name`
+/// in the case folder `dir`; the program at `work/program`.
+struct Sandbox<'a> {
+    bwrap: &'a Path,
+    prlimit: &'a Path,
+    dir: &'a Path,
+    name: &'a std::ffi::OsStr,
+    work: &'a Path,
     bounds: Bounds,
-) -> Result<(), CompileError> {
-    let mut cmd = Command::new(prlimit);
-    cmd.arg(format!("--as={}", bounds.memory))
-        .arg(format!("--fsize={}", bounds.file))
-        .arg("--")
-        .arg(bwrap)
-        .args(["--unshare-all", "--die-with-parent", "--new-session"])
-        .args(["--cap-drop", "ALL", "--clearenv"])
-        .args(["--setenv", "PATH", "/usr/bin"])
-        .args(["--setenv", "LC_ALL", "C"])
-        .args(["--setenv", "TMPDIR", "/tmp"]);
-    for sys in SYSTEM.iter().filter(|d| Path::new(d).is_dir()) {
-        cmd.args(["--ro-bind", sys, sys]);
+}
+
+impl Sandbox<'_> {
+    fn run(&self) -> Result<(), CompileError> {
+        let (prlimit, name, bounds) = (self.prlimit, self.name, self.bounds);
+        let mut child = self.command().spawn().map_err(|e| {
+            CompileError::Sandbox(format!("cannot start {}: {e}", prlimit.display()))
+        })?;
+        let reader = bounded_reader(child.stderr.take().expect("piped"), bounds.message);
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > bounds.time => {
+                    // bwrap's pid 1 takes the whole namespace with it.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = reader.join();
+                    return Err(CompileError::Time(bounds.time));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    return Err(CompileError::Sandbox(format!(
+                        "waiting for the compile: {e}"
+                    )))
+                }
+            }
+        };
+        let (kept, more) = reader.join().unwrap_or_default();
+        if status.success() {
+            return Ok(());
+        }
+        Err(why_failed(status, &kept, more, name, bounds))
     }
-    // Merged /usr (Debian 12): the loader's path is /lib64/ld-linux...
-    for (link, target) in [
-        ("/bin", "usr/bin"),
-        ("/lib", "usr/lib"),
-        ("/lib64", "usr/lib64"),
-    ] {
-        cmd.args(["--symlink", target, link]);
+
+    /// The compile's command: prlimit's bounds around bwrap (no namespace
+    /// shared, no capability, a clean environment; the system's compiler,
+    /// headers and libraries and the case folder read-only, `work` at /out)
+    /// around gcc.
+    fn command(&self) -> Command {
+        let Sandbox {
+            bwrap,
+            prlimit,
+            dir,
+            name,
+            work,
+            bounds,
+        } = *self;
+        let mut cmd = Command::new(prlimit);
+        cmd.arg(format!("--as={}", bounds.memory))
+            .arg(format!("--fsize={}", bounds.file))
+            .arg("--")
+            .arg(bwrap)
+            .args(["--unshare-all", "--die-with-parent", "--new-session"])
+            .args(["--cap-drop", "ALL", "--clearenv"])
+            .args(["--setenv", "PATH", "/usr/bin"])
+            .args(["--setenv", "LC_ALL", "C"])
+            .args(["--setenv", "TMPDIR", "/tmp"]);
+        for sys in SYSTEM.iter().filter(|d| Path::new(d).is_dir()) {
+            cmd.args(["--ro-bind", sys, sys]);
+        }
+        // Merged /usr (Debian 12): the loader's path is /lib64/ld-linux...
+        for (link, target) in [
+            ("/bin", "usr/bin"),
+            ("/lib", "usr/lib"),
+            ("/lib64", "usr/lib64"),
+        ] {
+            cmd.args(["--symlink", target, link]);
+        }
+        if Path::new("/etc/ld.so.cache").is_file() {
+            cmd.args(["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]);
+        }
+        cmd.args(["--tmpfs", "/tmp", "--dev", "/dev"])
+            .arg("--ro-bind")
+            .arg(dir)
+            .arg("/case")
+            .arg("--bind")
+            .arg(work)
+            .arg("/out")
+            .args(["--chdir", "/case", "--", "gcc"])
+            .args(FLAGS)
+            .args(["-o", "/out/program"])
+            // Under /case, so no name can read as an option.
+            .arg(Path::new("/case").join(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
     }
-    if Path::new("/etc/ld.so.cache").is_file() {
-        cmd.args(["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]);
-    }
-    cmd.args(["--tmpfs", "/tmp", "--dev", "/dev"])
-        .arg("--ro-bind")
-        .arg(dir)
-        .arg("/case")
-        .arg("--bind")
-        .arg(work)
-        .arg("/out")
-        .args(["--chdir", "/case", "--", "gcc"])
-        .args(FLAGS)
-        .args(["-o", "/out/program"])
-        // Under /case, so no name can read as an option.
-        .arg(Path::new("/case").join(name))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CompileError::Sandbox(format!("cannot start {}: {e}", prlimit.display())))?;
-    // Read gcc's messages beside the wait: a flood of them must neither fill
-    // the pipe (and stall gcc) nor the lab's memory.
-    let mut stderr = child.stderr.take().expect("piped");
-    let keep = bounds.message;
-    let reader = std::thread::spawn(move || {
+}
+
+/// Read gcc's messages beside the wait: a flood of them must neither fill
+/// the pipe (and stall gcc) nor the lab's memory. The thread gives the
+/// first `keep` bytes and how many more there were.
+fn bounded_reader(
+    mut stderr: std::process::ChildStderr,
+    keep: usize,
+) -> std::thread::JoinHandle<(Vec<u8>, usize)> {
+    std::thread::spawn(move || {
         let (mut kept, mut more, mut buf) = (Vec::new(), 0usize, [0u8; 8192]);
         while let Ok(n) = stderr.read(&mut buf) {
             if n == 0 {
@@ -268,56 +328,44 @@ fn run_sandboxed(
             more += n - room;
         }
         (kept, more)
-    });
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if start.elapsed() > bounds.time => {
-                // bwrap's pid 1 takes the whole namespace with it.
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = reader.join();
-                return Err(CompileError::Time(bounds.time));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => {
-                return Err(CompileError::Sandbox(format!(
-                    "waiting for the compile: {e}"
-                )))
-            }
-        }
-    };
-    let (kept, more) = reader.join().unwrap_or_default();
-    if status.success() {
-        return Ok(());
-    }
-    let mut messages = String::from_utf8_lossy(&kept).trim_end().to_string();
+    })
+}
+
+/// Why a compile that ended with `status` failed: the sandbox, a bound, or
+/// gcc's own messages (cut to what was kept).
+fn why_failed(
+    status: std::process::ExitStatus,
+    kept: &[u8],
+    more: usize,
+    name: &std::ffi::OsStr,
+    bounds: Bounds,
+) -> CompileError {
+    let mut messages = String::from_utf8_lossy(kept).trim_end().to_string();
     if messages.starts_with("bwrap:") {
-        return Err(CompileError::Sandbox(messages));
+        return CompileError::Sandbox(messages);
     }
     if messages.contains("memory exhausted")
         || messages.contains("out of memory")
         || messages.contains("Cannot allocate memory")
     {
-        return Err(CompileError::Memory(bounds.memory));
+        return CompileError::Memory(bounds.memory);
     }
     use std::os::unix::process::ExitStatusExt;
     if status.signal() == Some(libc::SIGXFSZ)
         || messages.contains("File too large")
         || messages.contains("signal 25")
     {
-        return Err(CompileError::File(bounds.file));
+        return CompileError::File(bounds.file);
     }
     if more > 0 {
         messages.push_str(&format!(
             "\n... ({more} more bytes of gcc's messages not shown)"
         ));
     }
-    Err(CompileError::Refused {
+    CompileError::Refused {
         source: name.to_string_lossy().into_owned(),
         messages,
-    })
+    }
 }
 
 /// The cache key: every input the sandbox lets the compile read. The

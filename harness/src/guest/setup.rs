@@ -136,109 +136,116 @@ pub fn create_namespaces(guest: &mut Guest, case: &Case) -> Result<Layout, Guest
     if !case.machine.cxl.is_empty() {
         layout.cxl = crate::guest::cxl::setup(guest, case.machine.cxl.len(), &case.cxl_regions)?;
     }
-    let qemu_namespaces = case.namespaces.iter().any(|n| n.bus.is_none());
-    if qemu_namespaces {
-        // A fresh label area holds no index block: initialise it so
-        // namespaces can be sized and named (the region must be disabled
-        // meanwhile).
-        for cmd in [
-            &["ndctl", "disable-region", "--bus=ACPI.NFIT", "all"][..],
-            &["ndctl", "init-labels", "--force", "--bus=ACPI.NFIT", "all"][..],
-            &["ndctl", "enable-region", "--bus=ACPI.NFIT", "all"][..],
-        ] {
-            guest.ok(cmd)?;
-        }
+    // A fresh label area holds no index block: initialise it so
+    // namespaces can be sized and named.
+    if case.namespaces.iter().any(|n| n.bus.is_none()) {
+        init_labels(guest, "ACPI.NFIT")?;
     }
     // nfit_test buses come up label-less, a raw namespace filling each
     // region, and label-less regions cannot be divided: a bus with a sized
     // namespace gets labels on all its DIMMs first (which empties it).
-    let labeled: Vec<String> = case
+    let labeled: std::collections::BTreeSet<&str> = case
         .namespaces
         .iter()
         .filter(|n| !n.whole_region)
-        .filter_map(|n| n.bus.clone())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
+        .filter_map(|n| n.bus.as_deref())
         .collect();
     for bus in &labeled {
-        let b = format!("--bus={bus}");
-        for cmd in [
-            &["ndctl", "disable-region", b.as_str(), "all"][..],
-            &["ndctl", "init-labels", "--force", b.as_str(), "all"][..],
-            &["ndctl", "enable-region", b.as_str(), "all"][..],
-        ] {
-            guest.ok(cmd)?;
-        }
+        init_labels(guest, bus)?;
     }
     let mut bus_regions: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ns in &case.namespaces {
-        let region = match &ns.bus {
-            None => layout.regions[ns.nvdimm].clone(),
-            // The loader checked the index against setup.cxl_regions.
-            Some(bus) if bus == Bus::Cxl.name() => {
-                let region = layout.cxl.regions[ns.nvdimm].nd_region.clone();
-                if !layout.regions.contains(&region) {
-                    layout.regions.push(region.clone());
-                }
-                region
-            }
-            Some(bus) => {
-                if !bus_regions.contains_key(bus) {
-                    bus_regions.insert(bus.clone(), pmem_regions(guest, bus)?);
-                }
-                let regions = &bus_regions[bus];
-                let region = regions.get(ns.nvdimm).cloned().ok_or_else(|| {
-                    GuestError::Missing(format!(
-                        "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
-                        regions.len(),
-                        regions.join(", "),
-                        ns.name,
-                        ns.nvdimm
-                    ))
-                })?;
-                if !layout.regions.contains(&region) {
-                    layout.regions.push(region.clone());
-                }
-                region
-            }
-        };
-        let on_labeled_bus = ns.bus.as_ref().is_some_and(|b| labeled.contains(b));
-        let argv = if ns.whole_region && !on_labeled_bus {
-            let listed = guest.ok(&[
-                "ndctl",
-                "list",
-                "--namespaces",
-                &format!("--region={region}"),
-            ])?;
-            let existing = json_list(&listed.stdout)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    GuestError::Missing(format!(
-                        "{region} has no namespace to reconfigure for `{}`",
-                        ns.name
-                    ))
-                })?;
-            // Already what the case wants (nfit_test.1's read-only raw
-            // namespace cannot be reconfigured at all): take it as it is.
-            if existing["mode"] == ns.mode.ndctl_name() && ns.align.is_none() {
-                layout
-                    .namespaces
-                    .insert(ns.name.clone(), namespace_info(&existing, &region)?);
-                continue;
-            }
-            let dev = existing["dev"].as_str().unwrap_or_default();
-            reconfigure_namespace_argv(ns, dev)
+        let region = region_of(guest, ns, &mut layout, &mut bus_regions)?;
+        let on_labeled_bus = ns.bus.as_deref().is_some_and(|b| labeled.contains(b));
+        let info = if ns.whole_region && !on_labeled_bus {
+            reconfigure_whole(guest, ns, &region)?
         } else {
-            create_namespace_argv(ns, &region)
+            let created = create_namespace(guest, &create_namespace_argv(ns, &region))?;
+            namespace_info(&created, &region)?
         };
-        let created = create_namespace(guest, &argv)?;
-        layout
-            .namespaces
-            .insert(ns.name.clone(), namespace_info(&created, &region)?);
+        layout.namespaces.insert(ns.name.clone(), info);
     }
     layout.geometry = read_geometry(guest, case, &layout)?;
     Ok(layout)
+}
+
+/// Initialise the label areas of every DIMM on `bus` (its regions disabled
+/// meanwhile).
+fn init_labels(guest: &mut Guest, bus: &str) -> Result<(), GuestError> {
+    let b = format!("--bus={bus}");
+    for cmd in [
+        &["ndctl", "disable-region", b.as_str(), "all"][..],
+        &["ndctl", "init-labels", "--force", b.as_str(), "all"][..],
+        &["ndctl", "enable-region", b.as_str(), "all"][..],
+    ] {
+        guest.ok(cmd)?;
+    }
+    Ok(())
+}
+
+/// The region a namespace goes on (its NVDIMM's, its CXL region's, or its
+/// bus's by address order), added to the layout's regions.
+fn region_of(
+    guest: &mut Guest,
+    ns: &NamespaceSpec,
+    layout: &mut Layout,
+    bus_regions: &mut BTreeMap<String, Vec<String>>,
+) -> Result<String, GuestError> {
+    let region = match &ns.bus {
+        None => return Ok(layout.regions[ns.nvdimm].clone()),
+        // The loader checked the index against setup.cxl_regions.
+        Some(bus) if bus == Bus::Cxl.name() => layout.cxl.regions[ns.nvdimm].nd_region.clone(),
+        Some(bus) => {
+            if !bus_regions.contains_key(bus) {
+                bus_regions.insert(bus.clone(), pmem_regions(guest, bus)?);
+            }
+            let regions = &bus_regions[bus];
+            regions.get(ns.nvdimm).cloned().ok_or_else(|| {
+                GuestError::Missing(format!(
+                    "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
+                    regions.len(),
+                    regions.join(", "),
+                    ns.name,
+                    ns.nvdimm
+                ))
+            })?
+        }
+    };
+    if !layout.regions.contains(&region) {
+        layout.regions.push(region.clone());
+    }
+    Ok(region)
+}
+
+/// A label-less region's one namespace, made what the case asks; already
+/// what it asks (nfit_test.1's read-only raw namespace cannot be
+/// reconfigured at all), taken as it is.
+fn reconfigure_whole(
+    guest: &mut Guest,
+    ns: &NamespaceSpec,
+    region: &str,
+) -> Result<NamespaceInfo, GuestError> {
+    let listed = guest.ok(&[
+        "ndctl",
+        "list",
+        "--namespaces",
+        &format!("--region={region}"),
+    ])?;
+    let existing = json_list(&listed.stdout)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            GuestError::Missing(format!(
+                "{region} has no namespace to reconfigure for `{}`",
+                ns.name
+            ))
+        })?;
+    if existing["mode"] == ns.mode.ndctl_name() && ns.align.is_none() {
+        return namespace_info(&existing, region);
+    }
+    let dev = existing["dev"].as_str().unwrap_or_default();
+    let created = create_namespace(guest, &reconfigure_namespace_argv(ns, dev))?;
+    namespace_info(&created, region)
 }
 
 /// QEMU's regions in NVDIMM order, with their alignment fixed up.

@@ -9,8 +9,8 @@
 use crate::boot;
 use crate::case::step::PutSpec;
 use crate::case::Case;
-use crate::guest::bring;
 use crate::guest::setup;
+use crate::guest::{bring, Guest};
 use crate::vm::lab_env::LabEnv;
 use pmem_lab_env::put::PutArg;
 use pmem_lab_proto::RunRequest;
@@ -97,18 +97,7 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
         eprintln!("  {name}: {} in {}{dev}", ns.dev, ns.region);
     }
     for extra in extras {
-        let source = extra.host.canonicalize().map_err(host(&extra.host))?;
-        let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let spec = PutSpec {
-            folder,
-            compile: extra.host.extension().is_some_and(|e| e == "c"),
-            executable: std::fs::metadata(&extra.host)
-                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0),
-            source,
-            to: extra.guest.clone(),
-        };
-        bring::put(&mut guest, &spec, &env.cache, Duration::from_secs(60))?;
-        eprintln!("  put {} -> {}", extra.host.display(), extra.guest);
+        put_extra(&mut guest, extra, env)?;
     }
     eprintln!(
         "pmem-lab shell: QEMU monitor: socat - UNIX-CONNECT:{} (e.g. `mce ...`, `info registers`)",
@@ -119,7 +108,7 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
         dir.display()
     );
 
-    let mut console = guest.vm().console_input().ok_or(ShellError::NoConsole)?;
+    let console = guest.vm().console_input().ok_or(ShellError::NoConsole)?;
     let shell = guest.vm().send(pmem_lab_proto::Op::Run(RunRequest {
         argv: vec!["bash".into(), "-l".into()],
         env: [("PS1".to_string(), "pmem-lab# ".to_string())].into(),
@@ -128,7 +117,44 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
         ..Default::default()
     }))?;
     let raw = RawMode::enter();
-    let interactive = raw.0.is_some();
+    forward_stdin(console, raw.0.is_some());
+    let ended = guest
+        .vm()
+        .wait_reply(shell, Duration::from_secs(u64::MAX / 4));
+    drop(raw);
+    guest.kill();
+    eprintln!("\npmem-lab shell: the guest shell ended; VM stopped");
+    Ok(ended.map(|_| ())?)
+}
+
+/// Put one `--put` file into the guest as a case's `put` step would (a C
+/// source compiled in the sandbox first).
+fn put_extra(guest: &mut Guest, extra: &PutArg, env: &LabEnv) -> Result<(), ShellError> {
+    let source = extra
+        .host
+        .canonicalize()
+        .map_err(|source| ShellError::Host {
+            path: extra.host.clone(),
+            source,
+        })?;
+    let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let spec = PutSpec {
+        folder,
+        compile: extra.host.extension().is_some_and(|e| e == "c"),
+        executable: std::fs::metadata(&extra.host)
+            .is_ok_and(|m| m.permissions().mode() & 0o111 != 0),
+        source,
+        to: extra.guest.clone(),
+    };
+    bring::put(guest, &spec, &env.cache, Duration::from_secs(60))?;
+    eprintln!("  put {} -> {}", extra.host.display(), extra.guest);
+    Ok(())
+}
+
+/// Our stdin to the guest's console, on a thread of its own until either
+/// ends; at the end of a script's input (not a terminal), Ctrl-D ends the
+/// shell.
+fn forward_stdin(mut console: impl Write + Send + 'static, interactive: bool) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 1024];
         let mut stdin = std::io::stdin().lock();
@@ -136,7 +162,6 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => {
                     if !interactive {
-                        // End of a script's input: Ctrl-D ends the shell.
                         let _ = console.write_all(b"\x04");
                     }
                     break;
@@ -153,11 +178,4 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
             }
         }
     });
-    let ended = guest
-        .vm()
-        .wait_reply(shell, Duration::from_secs(u64::MAX / 4));
-    drop(raw);
-    guest.kill();
-    eprintln!("\npmem-lab shell: the guest shell ended; VM stopped");
-    Ok(ended.map(|_| ())?)
 }

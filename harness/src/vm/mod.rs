@@ -32,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -200,6 +200,57 @@ pub struct Vm {
     panicked: Option<String>,
 }
 
+/// What QEMU's child process does between fork and exec: take the
+/// snapshot's state at INCOMING_FD (a restore) and die with the lab.
+fn in_child(cmd: &mut Command, incoming_fd: Option<std::os::fd::RawFd>) {
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // After stdio is set up (std's order), so fd 3 is free to
+            // take; dup2 leaves the copy without close-on-exec.
+            if let Some(fd) = incoming_fd {
+                let r = if fd == INCOMING_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, INCOMING_FD)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// QEMU's stderr, read whole into `into` (its error when it exits early).
+fn collect(mut pipe: std::process::ChildStderr, into: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = pipe.read_to_string(&mut buf);
+        into.lock().unwrap().push_str(&buf);
+    });
+}
+
+/// Wait for QEMU to exit: set `exited` and send its status.
+fn watch_exit(mut child: std::process::Child, exited: Arc<AtomicBool>, tx: Sender<Event>) {
+    thread::spawn(move || {
+        let status = child.wait();
+        exited.store(true, Ordering::SeqCst);
+        if let Ok(status) = status {
+            let _ = tx.send(Event::QemuExited(status));
+        }
+    });
+}
+
 impl Vm {
     /// Start QEMU. `run_dir` receives console.log, agent.jsonl and qmp.log.
     /// With `interactive`, the serial console is also echoed to our stdout
@@ -221,39 +272,13 @@ impl Vm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let parent = std::process::id() as i32;
         // A restore reads the snapshot's state from INCOMING_FD.
         let incoming = files
             .incoming
             .as_ref()
             .map(|p| File::open(p).map_err(VmError::file(p)))
             .transpose()?;
-        let incoming_fd = incoming.as_ref().map(|f| f.as_raw_fd());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // After stdio is set up (std's order), so fd 3 is free to
-                // take; dup2 leaves the copy without close-on-exec.
-                if let Some(fd) = incoming_fd {
-                    let r = if fd == INCOMING_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, INCOMING_FD)
-                    };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl took effect.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        in_child(&mut cmd, incoming.as_ref().map(|f| f.as_raw_fd()));
         let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
             binary: qemu.binary.clone(),
             source,
@@ -270,22 +295,8 @@ impl Vm {
         let stdout = child.stdout.take().expect("piped");
         spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone(), interactive);
         let console_in = child.stdin.take();
-        let mut err_pipe = child.stderr.take().expect("piped");
-        let err_buf = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = String::new();
-            let _ = err_pipe.read_to_string(&mut buf);
-            err_buf.lock().unwrap().push_str(&buf);
-        });
-        let exit_tx = tx.clone();
-        let exit_flag = Arc::clone(&exited);
-        thread::spawn(move || {
-            let status = child.wait();
-            exit_flag.store(true, Ordering::SeqCst);
-            if let Ok(status) = status {
-                let _ = exit_tx.send(Event::QemuExited(status));
-            }
-        });
+        collect(child.stderr.take().expect("piped"), Arc::clone(&stderr));
+        watch_exit(child, Arc::clone(&exited), tx.clone());
         let transcript = File::create(run_dir.join("agent.jsonl"))
             .map_err(VmError::file(run_dir.join("agent.jsonl")))?;
         Ok(Vm {

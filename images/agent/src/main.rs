@@ -108,20 +108,9 @@ fn serve_op(op: Op) -> Result<Reply, AgentError> {
         Op::ReadFiles { paths } => Reply::Files {
             files: paths.iter().map(|p| read_file(p)).collect(),
         },
-        Op::PageFlags { pfns } => {
-            use std::os::unix::fs::FileExt;
-            let f = File::open("/proc/kpageflags").map_err(io("/proc/kpageflags"))?;
-            let mut flags = Vec::with_capacity(pfns.len());
-            for pfn in pfns {
-                let mut b = [0u8; 8];
-                match f.read_exact_at(&mut b, pfn * 8) {
-                    Ok(()) => flags.push(Some(u64::from_le_bytes(b))),
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => flags.push(None),
-                    Err(e) => return Err(io(format!("/proc/kpageflags at pfn {pfn:#x}"))(e)),
-                }
-            }
-            Reply::PageFlags { flags }
-        }
+        Op::PageFlags { pfns } => Reply::PageFlags {
+            flags: page_flags(&pfns)?,
+        },
         Op::WriteFile { path, contents } => {
             OpenOptions::new()
                 .write(true)
@@ -135,19 +124,7 @@ fn serve_op(op: Op) -> Result<Reply, AgentError> {
             contents,
             executable,
         } => {
-            // The loader and the shell check the same rule; a host that
-            // skipped them still cannot replace the agent or write sysfs.
-            if let Some(why) = pmem_lab_proto::guest_path_problem(&path) {
-                return Err(AgentError::Refused(format!("put: {why}")));
-            }
-            if contents.len() as u64 > pmem_lab_proto::MAX_PUT_BYTES {
-                return Err(AgentError::Refused(format!(
-                    "put {path}: {} bytes; at most {}",
-                    contents.len(),
-                    pmem_lab_proto::MAX_PUT_BYTES
-                )));
-            }
-            put_file(&path, &contents, executable).map_err(io(format!("put {path}")))?;
+            put_checked(&path, &contents, executable)?;
             Reply::Done
         }
         Op::Kmsg { after } => Reply::Kmsg {
@@ -181,20 +158,16 @@ fn serve_op(op: Op) -> Result<Reply, AgentError> {
             timeout_ms,
         } => {
             let action = dax::child_action_read(&name, offset)?;
-            let (signal, took) =
-                dax::in_child(action, cpu, Duration::from_millis(timeout_ms), || {})?;
-            Reply::Consumed {
-                signal,
-                duration_ms: took.as_millis() as u64,
-            }
+            consumed(dax::in_child(
+                action,
+                cpu,
+                Duration::from_millis(timeout_ms),
+                || {},
+            )?)
         }
         Op::Poison { name, offset, cpu } => {
             let action = dax::child_action_poison(&name, offset)?;
-            let (signal, took) = dax::in_child(action, cpu, Duration::from_secs(30), || {})?;
-            Reply::Consumed {
-                signal,
-                duration_ms: took.as_millis() as u64,
-            }
+            consumed(dax::in_child(action, cpu, Duration::from_secs(30), || {})?)
         }
         Op::Signals { wait_ms } => Reply::Signals {
             signals: dax::signals(Duration::from_millis(wait_ms)),
@@ -204,6 +177,47 @@ fn serve_op(op: Op) -> Result<Reply, AgentError> {
             extents: fiemap(&path)?,
         },
     })
+}
+
+/// The kernel's flags of each page frame (None past the last).
+fn page_flags(pfns: &[u64]) -> Result<Vec<Option<u64>>, AgentError> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open("/proc/kpageflags").map_err(io("/proc/kpageflags"))?;
+    let mut flags = Vec::with_capacity(pfns.len());
+    for &pfn in pfns {
+        let mut b = [0u8; 8];
+        match f.read_exact_at(&mut b, pfn * 8) {
+            Ok(()) => flags.push(Some(u64::from_le_bytes(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => flags.push(None),
+            Err(e) => return Err(io(format!("/proc/kpageflags at pfn {pfn:#x}"))(e)),
+        }
+    }
+    Ok(flags)
+}
+
+/// Put a file the host sends. The loader and the shell check the same
+/// rule; a host that skipped them still cannot replace the agent or write
+/// sysfs.
+fn put_checked(path: &str, contents: &[u8], executable: bool) -> Result<(), AgentError> {
+    if let Some(why) = pmem_lab_proto::guest_path_problem(path) {
+        return Err(AgentError::Refused(format!("put: {why}")));
+    }
+    if contents.len() as u64 > pmem_lab_proto::MAX_PUT_BYTES {
+        return Err(AgentError::Refused(format!(
+            "put {path}: {} bytes; at most {}",
+            contents.len(),
+            pmem_lab_proto::MAX_PUT_BYTES
+        )));
+    }
+    put_file(path, contents, executable).map_err(io(format!("put {path}")))
+}
+
+/// A consuming child's end: its signal, if any, and how long it ran.
+fn consumed((signal, took): (Option<pmem_lab_proto::SignalInfo>, Duration)) -> Reply {
+    Reply::Consumed {
+        signal,
+        duration_ms: took.as_millis() as u64,
+    }
 }
 
 fn send(out: &Out, msg: &GuestMessage) {
