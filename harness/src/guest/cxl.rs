@@ -6,7 +6,7 @@
 
 use crate::case::step::{CxlPoisonCheck, ExpectedRecord};
 use crate::case::CxlRegionSpec;
-use crate::guest::error::GuestError;
+use crate::guest::error::{Absent, GuestError};
 use crate::guest::ndctl::{json_list, sysfs_number};
 use crate::guest::Guest;
 use crate::template::CxlField;
@@ -60,10 +60,10 @@ impl CxlLayout {
                 .map(|r| r.name.clone()),
         };
         found.ok_or_else(|| {
-            GuestError::Missing(format!(
-                "CXL device {device} has no {} in the guest",
-                field.name()
-            ))
+            GuestError::Missing(
+                Absent::CxlDevice,
+                format!("CXL device {device} has no {} in the guest", field.name()),
+            )
         })
     }
 
@@ -98,9 +98,10 @@ pub fn setup(
         .find(|d| d["pmem_capable"] == Value::Bool(true))
         .and_then(|d| d["decoder"].as_str())
         .ok_or_else(|| {
-            GuestError::Missing(format!(
-                "no root decoder takes pmem: `cxl list -D -d root` gave {decoders:?}"
-            ))
+            GuestError::Missing(
+                Absent::CxlDecoder,
+                format!("no root decoder takes pmem: `cxl list -D -d root` gave {decoders:?}"),
+            )
         })?
         .to_string();
     for spec in regions {
@@ -156,10 +157,13 @@ fn memdevs_by_serial(listed: &[Value], devices: usize) -> Result<Vec<String>, Gu
                 .and_then(|m| m["memdev"].as_str())
                 .map(str::to_string)
                 .ok_or_else(|| {
-                    GuestError::Missing(format!(
+                    GuestError::Missing(
+                        Absent::CxlDevice,
+                        format!(
                         "CXL device {i} (serial {}) is not among the guest's memdevs: {listed:?}",
                         i + 1
-                    ))
+                    ),
+                    )
                 })
         })
         .collect()
@@ -209,9 +213,10 @@ fn region_maps(
             .unwrap_or_default()
             .to_string();
         let device = layout.device_of(&memdev).ok_or_else(|| {
-            GuestError::Missing(format!(
-                "{region} target{position} {decoder} is on {memdev}, not a lab device"
-            ))
+            GuestError::Missing(
+                Absent::CxlDevice,
+                format!("{region} target{position} {decoder} is on {memdev}, not a lab device"),
+            )
         })?;
         maps.push((
             device,
@@ -245,10 +250,13 @@ fn nd_region_at(guest: &mut Guest, start: u64) -> Result<String, GuestError> {
             return Ok(name.clone());
         }
     }
-    Err(GuestError::Missing(format!(
-        "no libnvdimm region on the CXL bus starts at {start:#x} (found: {})",
-        names.join(", ")
-    )))
+    Err(GuestError::Missing(
+        Absent::Region,
+        format!(
+            "no libnvdimm region on the CXL bus starts at {start:#x} (found: {})",
+            names.join(", ")
+        ),
+    ))
 }
 
 /// Sysfs numbers, in one round trip.
@@ -282,9 +290,10 @@ pub fn poison_list(guest: &mut Guest, memdev: &str) -> Result<Vec<PoisonEvent>, 
     )?;
     let text = guest.read_all(&[format!("{INSTANCE}/trace")])?.remove(0);
     let after = after_marker(&text, &marker).ok_or_else(|| {
-        GuestError::Missing(format!(
-            "the trace of {INSTANCE} lost the lab's marker `{marker}` (buffer overrun?)"
-        ))
+        GuestError::Missing(
+            Absent::TraceMarker,
+            format!("the trace of {INSTANCE} lost the lab's marker `{marker}` (buffer overrun?)"),
+        )
     })?;
     Ok(parse_trace(after)?
         .into_iter()

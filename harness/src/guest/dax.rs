@@ -3,7 +3,7 @@
 
 use crate::address::{Base, Location, Target};
 use crate::case::step::{LineSpec, MapSpec, Mapped};
-use crate::guest::error::GuestError;
+use crate::guest::error::{Absent, GuestError};
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
 use crate::vm::poison::watcher::Watcher;
@@ -31,7 +31,7 @@ impl Maps {
     pub fn get(&self, name: &str) -> Result<&MapState, GuestError> {
         self.0
             .get(name)
-            .ok_or_else(|| GuestError::Missing(format!("no mapping `{name}`")))
+            .ok_or_else(|| GuestError::Missing(Absent::Mapping, format!("no mapping `{name}`")))
     }
 
     /// The mapping holding a virtual address (to express si_addr as an offset).
@@ -55,7 +55,10 @@ pub fn map(
                 .get(ns)
                 .and_then(|n| n.chardev.clone())
                 .ok_or_else(|| {
-                    GuestError::Missing(format!("namespace `{ns}` has no dax device"))
+                    GuestError::Missing(
+                        Absent::DaxDevice,
+                        format!("namespace `{ns}` has no dax device"),
+                    )
                 })?;
             (format!("/dev/{dev}"), Some(ns.clone()))
         }
@@ -108,9 +111,10 @@ pub fn consume(
     let (offset, cpu) = (*offset, *cpu);
     let m = maps.get(name)?;
     let namespace = m.namespace.clone().ok_or_else(|| {
-        GuestError::Missing(format!(
-            "mapping `{name}` maps a file: consume needs a device-dax mapping"
-        ))
+        GuestError::Missing(
+            Absent::Mapping,
+            format!("mapping `{name}` maps a file: consume needs a device-dax mapping"),
+        )
     })?;
     let at = Location {
         target: Target::Namespace(namespace),

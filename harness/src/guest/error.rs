@@ -34,11 +34,11 @@ pub enum GuestError {
     /// A case location has no place in the guest's layout.
     #[error(transparent)]
     Unplaced(#[from] Unplaced),
-    /// What the case or the lab counts on is not in the guest (a region,
-    /// a namespace, a memdev, a mapping): what is missing, in the case's
-    /// words.
-    #[error("{0}")]
-    Missing(String),
+    /// What the case or the lab counts on is not in the guest: its kind
+    /// (the failure's class) and, in the case's words, which one and what
+    /// the guest showed instead.
+    #[error("{1}")]
+    Missing(Absent, String),
     /// Host-side work for the guest (a file a case brings).
     #[error("{}: {source}", path.display())]
     Host {
@@ -97,9 +97,7 @@ impl GuestError {
             GuestError::File { action, .. } => format!("cannot {action} a guest file"),
             GuestError::Unreadable(u) => format!("unreadable {}", u.what),
             GuestError::Unplaced(_) => "a location outside the layout".into(),
-            // The words up to the first colon: what is missing, not the
-            // listing that shows it.
-            GuestError::Missing(what) => what.split(':').next().unwrap_or_default().to_string(),
+            GuestError::Missing(absent, _) => absent.class().into(),
             GuestError::Host { .. } => "a host file".into(),
             GuestError::Poison(_) => "the poison model".into(),
             GuestError::Compile(_) => "a case's C source".into(),
@@ -114,6 +112,51 @@ impl GuestError {
         match self.root() {
             GuestError::Vm(VmError::Panic { console }) => Some(console),
             _ => None,
+        }
+    }
+}
+
+/// The kinds of thing a case or the lab counts on in the guest: what a
+/// [`GuestError::Missing`] is a class of, whatever its words say (a
+/// bisection compares classes, so they must not depend on names or
+/// listings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {
+    /// A namespace of the case, or one of its devices or fields.
+    Namespace,
+    /// A libnvdimm region where the machine should have one.
+    Region,
+    /// A namespace's device-dax device.
+    DaxDevice,
+    /// A mapping a step names, or one of the kind it needs.
+    Mapping,
+    /// A CXL memdev of the machine, or one of its fields.
+    CxlDevice,
+    /// A CXL root decoder that takes persistent memory.
+    CxlDecoder,
+    /// The badblock an injection should have recorded.
+    Badblock,
+    /// A file's extent at a byte.
+    Extent,
+    /// The lab's marker in a trace buffer.
+    TraceMarker,
+    /// A command where a step expects one.
+    Command,
+}
+
+impl Absent {
+    pub fn class(self) -> &'static str {
+        match self {
+            Absent::Namespace => "no such namespace",
+            Absent::Region => "no such region",
+            Absent::DaxDevice => "no dax device",
+            Absent::Mapping => "no such mapping",
+            Absent::CxlDevice => "no such CXL device",
+            Absent::CxlDecoder => "no CXL root decoder for pmem",
+            Absent::Badblock => "no badblock where injected",
+            Absent::Extent => "no extent at the byte",
+            Absent::TraceMarker => "no trace marker",
+            Absent::Command => "no command",
         }
     }
 }
@@ -134,6 +177,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_is_missing_is_classed_by_its_kind_not_its_words() {
+        let one = GuestError::Missing(
+            Absent::Region,
+            "the machine has 2 NVDIMM(s) but the ACPI.NFIT bus shows 1 pmem region(s): region0"
+                .into(),
+        )
+        .context("setup");
+        let other = GuestError::Missing(Absent::Region, "ndbus0 has 0 pmem region(s)".into());
+        assert_eq!(one.class(), "no such region");
+        assert_eq!(one.class(), other.class());
+        assert_ne!(
+            GuestError::Missing(Absent::Namespace, "x".into()).class(),
+            GuestError::Missing(Absent::Mapping, "x".into()).class()
+        );
+        assert!(one
+            .to_string()
+            .ends_with("bus shows 1 pmem region(s): region0"));
+    }
+
+    #[test]
     fn a_panic_under_contexts_is_still_a_panic() {
         let e = GuestError::from(VmError::Panic {
             console: "Kernel panic - not syncing: Fatal machine check".into(),
@@ -147,7 +210,8 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("setup: reading region0/badblocks: "));
-        let e = GuestError::Missing("no region for NVDIMM 1".into()).context("setup");
+        let e =
+            GuestError::Missing(Absent::Region, "no region for NVDIMM 1".into()).context("setup");
         assert_eq!(e.panic(), None);
     }
 }

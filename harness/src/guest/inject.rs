@@ -4,7 +4,7 @@
 use crate::address::Resolved;
 use crate::badblocks::{self, Range};
 use crate::case::step::InjectAt;
-use crate::guest::error::{Context as _, GuestError};
+use crate::guest::error::{Absent, Context as _, GuestError};
 use crate::guest::setup::Layout;
 use crate::guest::Guest;
 use crate::mce::Injection;
@@ -92,7 +92,7 @@ pub fn inject(
             break;
         }
         if Instant::now() > deadline {
-            return Err(GuestError::Missing(format!(
+            return Err(GuestError::Missing(Absent::Badblock, format!(
                 "`{command}` was delivered (QEMU reported {MEMORY_FAILURE}) but after {} s {region} lists \
                  badblocks {}, not sector {}: did the kernel's nfit MCE handler see it? (CONFIG_X86_MCE, \
                  ACPI_NFIT; see dmesg.txt)",

@@ -9,7 +9,7 @@ pub mod inject;
 pub mod ndctl;
 pub mod setup;
 
-pub use error::{Context, GuestError};
+pub use error::{Absent, Context, GuestError};
 
 use crate::vm::{Ready, Vm, VmError};
 use pmem_lab_proto::{Extent, FileRead, KmsgRecord, Op, Reply, RunRequest, RunResult, SignalInfo};

@@ -3,7 +3,7 @@
 
 use crate::address::{Geometry, NamespaceGeometry, RegionGeometry};
 use crate::case::{Case, NamespaceMode, NamespaceSpec};
-use crate::guest::error::GuestError;
+use crate::guest::error::{Absent, GuestError};
 use crate::guest::ndctl::{json_list, sysfs_number as number};
 use crate::guest::Guest;
 use crate::namespace::Bus;
@@ -45,10 +45,12 @@ impl Layout {
     }
 
     fn namespace_field(&self, name: &str, field: NsField) -> Result<String, GuestError> {
-        let ns = self
-            .namespaces
-            .get(name)
-            .ok_or_else(|| GuestError::Missing(format!("namespace `{name}` was not created")))?;
+        let ns = self.namespaces.get(name).ok_or_else(|| {
+            GuestError::Missing(
+                Absent::Namespace,
+                format!("namespace `{name}` was not created"),
+            )
+        })?;
         let v = match field {
             NsField::Dev => Some(&ns.dev),
             NsField::Region => Some(&ns.region),
@@ -56,11 +58,10 @@ impl Layout {
             NsField::Blockdev => ns.blockdev.as_ref(),
         };
         v.cloned().ok_or_else(|| {
-            GuestError::Missing(format!(
-                "namespace `{name}` ({}) has no {}",
-                ns.dev,
-                field.name()
-            ))
+            GuestError::Missing(
+                Absent::Namespace,
+                format!("namespace `{name}` ({}) has no {}", ns.dev, field.name()),
+            )
         })
     }
 }
@@ -201,13 +202,16 @@ fn region_of(
             }
             let regions = &bus_regions[bus];
             regions.get(ns.nvdimm).cloned().ok_or_else(|| {
-                GuestError::Missing(format!(
-                    "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
-                    regions.len(),
-                    regions.join(", "),
-                    ns.name,
-                    ns.nvdimm
-                ))
+                GuestError::Missing(
+                    Absent::Region,
+                    format!(
+                        "{bus} has {} pmem region(s) ({}); namespace `{}` asks for region {}",
+                        regions.len(),
+                        regions.join(", "),
+                        ns.name,
+                        ns.nvdimm
+                    ),
+                )
             })?
         }
     };
@@ -235,10 +239,10 @@ fn reconfigure_whole(
         .into_iter()
         .next()
         .ok_or_else(|| {
-            GuestError::Missing(format!(
-                "{region} has no namespace to reconfigure for `{}`",
-                ns.name
-            ))
+            GuestError::Missing(
+                Absent::Namespace,
+                format!("{region} has no namespace to reconfigure for `{}`", ns.name),
+            )
         })?;
     if existing["mode"] == ns.mode.ndctl_name() && ns.align.is_none() {
         return namespace_info(&existing, region);
@@ -252,12 +256,15 @@ fn reconfigure_whole(
 fn qemu_regions(guest: &mut Guest, case: &Case) -> Result<Vec<String>, GuestError> {
     let names = pmem_regions(guest, "ACPI.NFIT")?;
     if names.len() != case.machine.nvdimms.len() {
-        return Err(GuestError::Missing(format!(
-            "the machine has {} NVDIMM(s) but the ACPI.NFIT bus shows {} pmem region(s): {}",
-            case.machine.nvdimms.len(),
-            names.len(),
-            names.join(", ")
-        )));
+        return Err(GuestError::Missing(
+            Absent::Region,
+            format!(
+                "the machine has {} NVDIMM(s) but the ACPI.NFIT bus shows {} pmem region(s): {}",
+                case.machine.nvdimms.len(),
+                names.len(),
+                names.join(", ")
+            ),
+        ));
     }
     for name in &names {
         let resource = guest
@@ -350,10 +357,10 @@ fn read_geometry(guest: &mut Guest, case: &Case, layout: &Layout) -> Result<Geom
             // it is the BTT map's business.
             (NamespaceMode::Raw | NamespaceMode::Sector, _, Some(_)) => (start, size),
             _ => {
-                return Err(GuestError::Missing(format!(
-                    "namespace `{}` ({}) lacks its device",
-                    spec.name, info.dev
-                )))
+                return Err(GuestError::Missing(
+                    Absent::Namespace,
+                    format!("namespace `{}` ({}) lacks its device", spec.name, info.dev),
+                ))
             }
         };
         let region = layout
@@ -408,11 +415,12 @@ pub fn reconfigure(
     mode: NamespaceMode,
     align: Option<ByteSize>,
 ) -> Result<NamespaceInfo, GuestError> {
-    let old = layout
-        .namespaces
-        .get(name)
-        .cloned()
-        .ok_or_else(|| GuestError::Missing(format!("no namespace `{name}` in this VM")))?;
+    let old = layout.namespaces.get(name).cloned().ok_or_else(|| {
+        GuestError::Missing(
+            Absent::Namespace,
+            format!("no namespace `{name}` in this VM"),
+        )
+    })?;
     let argv = reconfig_argv(&old.dev, mode, align);
     let created = create_namespace(guest, &argv)?;
     let info = namespace_info(&created, &old.region)?;

@@ -357,7 +357,10 @@ mod tests {
             "step 2 `prints` (cases/t.yaml:4) failed:\n  - expected exit 0, got exit 3\n  - stdout does not match /^bye$/\n  \
              stdout:\n    hello\n\nartifacts: /a/t"
         );
-        let broke = Failure::broke(&at(Some((3, 5))))(GuestError::Missing("QEMU exited".into()));
+        let broke = Failure::broke(&at(Some((3, 5))))(GuestError::Missing(
+            crate::guest::Absent::Command,
+            "QEMU exited".into(),
+        ));
         assert_eq!(
             broke.to_string(),
             "step 2 `prints` (round 3 of 5) (cases/t.yaml:4): QEMU exited"

@@ -7,7 +7,7 @@ use crate::case::Step;
 use crate::run::failure::{Failure, StepAt};
 use crate::run::{show, CaseRun};
 use crate::template;
-use crate::guest::GuestError;
+use crate::guest::{Absent, GuestError};
 use crate::vm::VmError;
 use pmem_lab_proto::RunRequest;
 
@@ -61,6 +61,7 @@ impl CaseRun<'_> {
             // The loader refuses `panic` beside any other kind.
             _ => {
                 return Err(broke(GuestError::Missing(
+                    Absent::Command,
                     "`panic` on a step that runs no command".into(),
                 )))
             }

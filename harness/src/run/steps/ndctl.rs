@@ -6,7 +6,7 @@ use crate::badblocks;
 use crate::case::{NdctlOp, Step};
 use crate::observe::checks;
 use crate::run::failure::Failure;
-use crate::guest::GuestError;
+use crate::guest::{Absent, GuestError};
 use crate::run::CaseRun;
 use pmem_lab_proto::RunRequest;
 
@@ -97,7 +97,7 @@ impl CaseRun<'_> {
             .iter()
             .find(|e| e.logical <= *offset && *offset < e.logical + e.length)
             .ok_or_else(|| {
-                GuestError::Missing(format!(
+                GuestError::Missing(Absent::Extent, format!(
                     "byte {offset:#x} of {path} is not allocated (extents {extents:?})"
                 ))
             })?;
