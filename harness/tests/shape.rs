@@ -4,9 +4,8 @@
 //! - errors are types until the one place that renders them: a function
 //!   returns `Result<_, String>` only where [`STRING_ERRORS`] says why;
 //! - functions a reader can hold in their head: none over [`FN_LINES`]
-//!   lines anywhere, and the run layer (harness/src/run/ and the runner,
-//!   tests/lab.rs), where features meet, is phases of at most
-//!   [`RUN_FN_LINES`].
+//!   lines anywhere, the run layer (harness/src/run/ and the runner,
+//!   tests/lab.rs), where features meet, included.
 //!
 //! Each rule's checker is tested on sources that break it.
 
@@ -46,12 +45,10 @@ const STRING_ERRORS: &[(&str, &str, &str)] = &[
 /// The issue's bound on the list above.
 const MAX_STRING_ERRORS: usize = 10;
 
-/// The longest function the run layer may have, in source lines.
-const RUN_FN_LINES: usize = 80;
-
 /// The longest function anywhere in the workspace, in source lines (tests
-/// included; a long table is a `const`, not a function).
-const FN_LINES: usize = 100;
+/// included; a long table is a `const`, not a function). Issue 25 asked
+/// for at most 100 in the run layer; the workspace holds to 80.
+const FN_LINES: usize = 80;
 
 /// The workspace's Rust source folders, from the workspace root.
 const SOURCES: &[&str] = &[
@@ -236,33 +233,25 @@ fn string_errors_are_only_where_the_list_says_why() {
     assert!(STRING_ERRORS.len() <= MAX_STRING_ERRORS);
 }
 
-/// No function in `folders` (at least `files` source files) is over `max`
-/// lines.
-fn none_over(folders: &[&str], files: usize, max: usize, what: &str) {
-    let found = read(&workspace(), folders);
-    assert!(found.len() > files, "found only {} files", found.len());
-    let long = too_long(&found, max);
+#[test]
+fn no_function_anywhere_is_over_the_bound() {
+    let files = read(&workspace(), SOURCES);
+    assert!(files.len() > 100, "found only {} files", files.len());
+    assert!(
+        files.iter().any(|(f, _)| f.starts_with("harness/src/run/")),
+        "the run layer is among the sources"
+    );
+    let long = too_long(&files, FN_LINES);
     assert!(
         long.is_empty(),
-        "split these into {what} of at most {max} lines:\n{}",
+        "split these into functions of at most {FN_LINES} lines:\n{}",
         long.join("\n")
     );
 }
 
 #[test]
-fn the_run_layer_has_no_function_over_the_bound() {
-    let run_layer = &["harness/src/run", "harness/tests/lab.rs"];
-    none_over(run_layer, 10, RUN_FN_LINES, "phases");
-}
-
-#[test]
-fn no_function_anywhere_is_over_the_bound() {
-    none_over(SOURCES, 100, FN_LINES, "functions");
-}
-
-#[test]
 fn the_checks_see_what_breaks_them() {
-    let body = "    let x = 1;\n".repeat(RUN_FN_LINES);
+    let body = "    let x = 1;\n".repeat(FN_LINES);
     let text = format!(
         "fn parse(s: &str) -> Result<u32, String> {{ s.parse().map_err(|_| s.into()) }}\n\
          fn typed(s: &str) -> Result<u32, std::num::ParseIntError> {{ s.parse() }}\n\
@@ -276,7 +265,7 @@ fn the_checks_see_what_breaks_them() {
     let names: Vec<String> = string_errors(&files).into_iter().map(|(_, n)| n).collect();
     assert_eq!(names, ["m", "parse", "t"]);
     assert_eq!(
-        too_long(&files, RUN_FN_LINES),
-        [format!("x.rs: long ({} lines)", RUN_FN_LINES + 2)]
+        too_long(&files, FN_LINES),
+        [format!("x.rs: long ({} lines)", FN_LINES + 2)]
     );
 }

@@ -123,8 +123,41 @@ fn collect(
     add_file(&mut tree, "etc/fstab", &recipe.join("fstab"), 0o644);
     add_program(&mut tree, agent, AGENT_GUEST_PATH, memo, &ldd)?;
 
-    let list = workspace.join("images/initramfs/files.txt");
-    let text = fs::read_to_string(&list)?;
+    add_listed(
+        &mut tree,
+        &workspace.join("images/initramfs/files.txt"),
+        memo,
+        &ldd,
+    )?;
+
+    // busybox last: its applets fill only the names nothing else took.
+    add_file(&mut tree, "bin/busybox", Path::new(BUSYBOX), 0o755);
+    let applets = memo.get("applets", Path::new(BUSYBOX), "", || {
+        let sh = Shell::new()?;
+        Ok(cmd!(sh, "{BUSYBOX} --list-full").read()?)
+    })?;
+    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        if !tree.contains_key(applet) {
+            let depth = applet.matches('/').count();
+            let target = format!("{}bin/busybox", "../".repeat(depth));
+            add_parents(&mut tree, applet);
+            tree.insert(applet.to_string(), Node::Symlink(target));
+        }
+    }
+
+    add_modules(&mut tree, kernel)?;
+    Ok(tree)
+}
+
+/// What images/initramfs/files.txt (`list`) names: `package NAME [except
+/// PROGRAM...]` lines and `HOST [GUEST]` programs, each with its libraries.
+fn add_listed(
+    tree: &mut BTreeMap<String, Node>,
+    list: &Path,
+    memo: &mut Memo,
+    ldd: &str,
+) -> Result<()> {
+    let text = fs::read_to_string(list)?;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -144,7 +177,7 @@ fn collect(
                     )))
                 }
             };
-            add_package(&mut tree, package, &except, memo, &ldd)
+            add_package(tree, package, &except, memo, ldd)
                 .map_err(|e| Error::new(format!("{}:{}: {e}", list.display(), i + 1)))?;
             continue;
         }
@@ -163,26 +196,9 @@ fn collect(
                 host.display()
             )));
         }
-        add_program(&mut tree, &host, &guest, memo, &ldd)?;
+        add_program(tree, &host, &guest, memo, ldd)?;
     }
-
-    // busybox last: its applets fill only the names nothing else took.
-    add_file(&mut tree, "bin/busybox", Path::new(BUSYBOX), 0o755);
-    let applets = memo.get("applets", Path::new(BUSYBOX), "", || {
-        let sh = Shell::new()?;
-        Ok(cmd!(sh, "{BUSYBOX} --list-full").read()?)
-    })?;
-    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
-        if !tree.contains_key(applet) {
-            let depth = applet.matches('/').count();
-            let target = format!("{}bin/busybox", "../".repeat(depth));
-            add_parents(&mut tree, applet);
-            tree.insert(applet.to_string(), Node::Symlink(target));
-        }
-    }
-
-    add_modules(&mut tree, kernel)?;
-    Ok(tree)
+    Ok(())
 }
 
 fn add_modules(tree: &mut BTreeMap<String, Node>, kernel: &Kernel) -> Result<()> {

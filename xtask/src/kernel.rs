@@ -192,15 +192,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     if !src.user_tree && Kernel::complete(&out) {
         return Kernel::at(&out);
     }
-    let lock_path = root.join("build.lock");
-    let lock = fs::File::create(&lock_path)?;
-    if lock.try_lock().is_err() {
-        eprintln!(
-            "[kernel] another kernel build is running; waiting for it ({})",
-            lock_path.display()
-        );
-        lock.lock()?;
-    }
+    let lock = build_lock(&root)?;
     // The other build may have produced exactly what we need.
     if !src.user_tree && Kernel::complete(&out) {
         return Kernel::at(&out);
@@ -225,30 +217,7 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     // Only a cold build tells how many objects a full build compiles.
     let cold = !build.join("vmlinux").exists();
     let lacks = configure(src, fragments, &build, &mut log)?;
-    let count_file = root.join("objects.count");
-    let estimate = fs::read_to_string(&count_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    let compile_start = std::time::Instant::now();
-    let objects = make(
-        Command::new("make")
-            .arg("-C")
-            .arg(&build)
-            .arg(format!("-j{jobs}"))
-            .args(["bzImage", "modules"]),
-        "compiling",
-        // Measured: 1517 objects for the default fragment on 6.12.
-        estimate.unwrap_or(1517),
-        &mut log,
-    )?;
-    if cold {
-        let _ = fs::write(&count_file, objects.to_string());
-        // For `cargo xtask bench`: what a cold build costs on this machine.
-        let _ = fs::write(
-            root.join("cold-build.txt"),
-            format!("{} {objects}\n", compile_start.elapsed().as_secs()),
-        );
-    }
+    compile(&build, &root, jobs, cold, &mut log)?;
     let nfit_dir = nfit_test_mirror(src, &build)?;
     make(
         Command::new("make")
@@ -264,6 +233,52 @@ pub fn ensure(src: &Source, fragments: &[PathBuf], cache: &Path, jobs: usize) ->
     stage(&build, &nfit_dir, &out, &lacks, &mut log)?;
     drop(lock);
     Kernel::at(&out)
+}
+
+/// The lock that keeps two kernel builds from running at once (held while
+/// the file is open); waits, saying so, while another build holds it.
+fn build_lock(root: &Path) -> Result<fs::File> {
+    let lock_path = root.join("build.lock");
+    let lock = fs::File::create(&lock_path)?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "[kernel] another kernel build is running; waiting for it ({})",
+            lock_path.display()
+        );
+        lock.lock()?;
+    }
+    Ok(lock)
+}
+
+/// `make bzImage modules` in `build`, its progress estimated from the last
+/// cold build's object count; a `cold` build records its count and time
+/// (for `cargo xtask bench`) under `root`.
+fn compile(build: &Path, root: &Path, jobs: usize, cold: bool, log: &mut Log) -> Result<()> {
+    let count_file = root.join("objects.count");
+    let estimate = fs::read_to_string(&count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let compile_start = std::time::Instant::now();
+    let objects = make(
+        Command::new("make")
+            .arg("-C")
+            .arg(build)
+            .arg(format!("-j{jobs}"))
+            .args(["bzImage", "modules"]),
+        "compiling",
+        // Measured: 1517 objects for the default fragment on 6.12.
+        estimate.unwrap_or(1517),
+        log,
+    )?;
+    if cold {
+        let _ = fs::write(&count_file, objects.to_string());
+        // For `cargo xtask bench`: what a cold build costs on this machine.
+        let _ = fs::write(
+            root.join("cold-build.txt"),
+            format!("{} {objects}\n", compile_start.elapsed().as_secs()),
+        );
+    }
+    Ok(())
 }
 
 /// allnoconfig + fragments + olddefconfig, then check every request. The

@@ -242,6 +242,34 @@ impl KernelRange {
     }
 }
 
+/// Why an entry's `case` names no case of the tree (`ids`), if it does not:
+/// an id or a prefix ending in `*`, never every case.
+fn case_problem(case: &str, ids: &[&str]) -> Option<String> {
+    if case.trim().is_empty() || case == "*" {
+        return Some(
+            "`case` names a case id (`clear/fsdax-s7`) or a prefix ending in `*` (`poison/fsdax-file*`), not every case".into(),
+        );
+    }
+    if ids.iter().any(|id| pattern_covers(case, id)) {
+        return None;
+    }
+    let folder = case.split('/').next().unwrap_or("");
+    let near: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| id.starts_with(folder))
+        .take(3)
+        .collect();
+    let near = if near.is_empty() {
+        String::new()
+    } else {
+        format!(" (in that folder: {})", near.join(", "))
+    };
+    Some(format!(
+        "`{case}` names no case of the tree{near}; `cargo xtask lab -- --list` lists them"
+    ))
+}
+
 /// Load and check the list against the case ids of the tree (`ids`: every
 /// case and matrix cell). A missing file is an empty list.
 pub fn load(path: &Path, ids: &[&str]) -> Result<Vec<KnownFailure>, Vec<CaseError>> {
@@ -273,34 +301,8 @@ pub fn load(path: &Path, ids: &[&str]) -> Result<Vec<KnownFailure>, Vec<CaseErro
     let mut seen = std::collections::BTreeMap::new();
     for e in entries {
         let case = &e.case.value;
-        if case.trim().is_empty() || case == "*" {
-            error(
-                &e.case.referenced,
-                "`case` names a case id (`clear/fsdax-s7`) or a prefix ending in `*` (`poison/fsdax-file*`), not every case".into(),
-            );
-        } else if !ids.iter().any(|id| pattern_covers(case, id)) {
-            let near: Vec<&&str> = ids
-                .iter()
-                .filter(|id| id.starts_with(case.split('/').next().unwrap_or("")))
-                .take(3)
-                .collect();
-            error(
-                &e.case.referenced,
-                format!(
-                    "`{case}` names no case of the tree{}; `cargo xtask lab -- --list` lists them",
-                    if near.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " (in that folder: {})",
-                            near.iter()
-                                .map(|s| s.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                ),
-            );
+        if let Some(why) = case_problem(case, ids) {
+            error(&e.case.referenced, why);
         }
         if let Some(first) = seen.insert(case.clone(), e.case.referenced.line()) {
             error(

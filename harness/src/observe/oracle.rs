@@ -226,15 +226,7 @@ pub fn take(
         kmsg: guest.kmsg(after_seq)?,
         ..Default::default()
     };
-    for (device, memdev) in layout.cxl.memdevs.iter().enumerate() {
-        let list = crate::guest::cxl::poison_list(guest, memdev)?;
-        snap.cxl_hpa.extend(crate::guest::cxl::hpa_violations(
-            device,
-            &list,
-            &layout.cxl,
-        ));
-        snap.cxl.push(list);
-    }
+    cxl_state(guest, layout, &mut snap)?;
     if layout.regions.is_empty() {
         return Ok(snap);
     }
@@ -280,6 +272,37 @@ pub fn take(
                 .unwrap_or_default(),
         });
     }
+    let block_files = files.get(layout.regions.len()..).unwrap_or_default();
+    snap.namespaces = namespace_states(layout, &regions_json, &blocks, block_files)?;
+    poison_flags(guest, layout, &mut snap)?;
+    Ok(snap)
+}
+
+/// Each CXL device's poison list, and where its HPAs disagree with the
+/// region's decoders.
+fn cxl_state(guest: &mut Guest, layout: &Layout, snap: &mut ErrorState) -> Result<(), GuestError> {
+    for (device, memdev) in layout.cxl.memdevs.iter().enumerate() {
+        let list = crate::guest::cxl::poison_list(guest, memdev)?;
+        snap.cxl_hpa.extend(crate::guest::cxl::hpa_violations(
+            device,
+            &list,
+            &layout.cxl,
+        ));
+        snap.cxl.push(list);
+    }
+    Ok(())
+}
+
+/// Each namespace's media errors as ndctl lists them (in `regions_json`)
+/// and, for those with a block device (`blocks`: name and device, whose
+/// badblocks files are `block_files` in that order), as sysfs does.
+fn namespace_states(
+    layout: &Layout,
+    regions_json: &[Value],
+    blocks: &[(String, String)],
+    block_files: &[String],
+) -> Result<Vec<NamespaceState>, GuestError> {
+    let mut out = Vec::new();
     for (name, info) in &layout.namespaces {
         let obj = regions_json
             .iter()
@@ -287,10 +310,17 @@ pub fn take(
             .flatten()
             .find(|n| n["dev"] == info.dev.as_str());
         let sysfs = match blocks.iter().position(|(n, _)| n == name) {
-            Some(i) => Some(badblocks::parse_sysfs(&files[layout.regions.len() + i])?),
+            Some(i) => {
+                let text = block_files.get(i).ok_or_else(|| GuestError::File {
+                    action: "read",
+                    path: format!("/sys/block/{}/badblocks", blocks[i].1),
+                    message: "the agent sent fewer files than asked".into(),
+                })?;
+                Some(badblocks::parse_sysfs(text)?)
+            }
             None => None,
         };
-        snap.namespaces.push(NamespaceState {
+        out.push(NamespaceState {
             name: name.clone(),
             dev: info.dev.clone(),
             ndctl: obj
@@ -300,8 +330,7 @@ pub fn take(
             sysfs,
         });
     }
-    poison_flags(guest, layout, &mut snap)?;
-    Ok(snap)
+    Ok(out)
 }
 
 const MEMINFO: &str = "/proc/meminfo";

@@ -79,6 +79,50 @@ The bit encodings are in `harness/spec/src/mce.rs`, each bit documented.
 "#;
 }
 
+/// An injection's offset names a whole cache line, inside what the raw
+/// sizes say of the target.
+fn offset_fits(
+    ck: &mut Checker<'_>,
+    scope: &Scope<'_>,
+    at: &Spanned<ByteSize>,
+    target: Option<&Target>,
+) {
+    let offset = at.value.bytes();
+    if !offset.is_multiple_of(mce::GRANULE) {
+        ck.error(
+            &at.referenced,
+            format!(
+                "offset {:#x} is not a multiple of {} bytes: a machine check names a whole cache line",
+                offset,
+                mce::GRANULE
+            ),
+        );
+    }
+    // The exact bound (the data size) is only known in the VM; what the
+    // raw sizes already rule out is an error now.
+    let limit = match target {
+        Some(Target::Namespace(n)) => scope
+            .namespaces
+            .iter()
+            .find(|x| &x.name == n)
+            .map(|x| x.size.bytes()),
+        Some(Target::Region(i)) => scope.machine.nvdimms.get(*i).map(|nv| nv.region_size()),
+        None => None,
+    };
+    if let Some(limit) = limit {
+        if offset >= limit {
+            ck.error(
+                &at.referenced,
+                format!(
+                    "offset {} is beyond the target's {} bytes",
+                    at.value,
+                    ByteSize(limit)
+                ),
+            );
+        }
+    }
+}
+
 impl Check for Inject {
     fn check(
         ck: &mut Checker<'_>,
@@ -114,39 +158,7 @@ impl Check for Inject {
             }
         };
         let offset = e.offset.value.bytes();
-        if !offset.is_multiple_of(mce::GRANULE) {
-            ck.error(
-                &e.offset.referenced,
-                format!(
-                    "offset {:#x} is not a multiple of {} bytes: a machine check names a whole cache line",
-                    offset,
-                    mce::GRANULE
-                ),
-            );
-        }
-        // The exact bound (the data size) is only known in the VM; what the
-        // raw sizes already rule out is an error now.
-        let limit = match &target {
-            Some(Target::Namespace(n)) => scope
-                .namespaces
-                .iter()
-                .find(|x| &x.name == n)
-                .map(|x| x.size.bytes()),
-            Some(Target::Region(i)) => scope.machine.nvdimms.get(*i).map(|nv| nv.region_size()),
-            None => None,
-        };
-        if let Some(limit) = limit {
-            if offset >= limit {
-                ck.error(
-                    &e.offset.referenced,
-                    format!(
-                        "offset {} is beyond the target's {} bytes",
-                        e.offset.value,
-                        ByteSize(limit)
-                    ),
-                );
-            }
-        }
+        offset_fits(ck, scope, &e.offset, target.as_ref());
         let cpu = ck.cpu(&e.cpu, scope.machine);
         Some((
             format!("inject {}", e.kind.value.name()),

@@ -74,6 +74,42 @@ address); `touch`, `poison` and `signals` work on both.
 "#;
 }
 
+/// What a `map` maps (a device-dax namespace or a file), the size its
+/// offset and length go by, and the namespace that bounds it.
+fn mapped<'s>(
+    ck: &mut Checker<'_>,
+    scope: &Scope<'s>,
+    m: &Spanned<MapEntry>,
+) -> Option<(Mapped, ByteSize, Option<&'s crate::case::NamespaceSpec>)> {
+    Some(match (&m.value.namespace, &m.value.file) {
+        (Some(n), None) => {
+            let ns = ck.namespace(&n.value, &n.referenced, scope.namespaces)?;
+            if ns.mode != NamespaceMode::Devdax {
+                ck.error(
+                    &n.referenced,
+                    format!(
+                        "namespace `{}` is {}: `map` maps device-dax (for fsdax, map a file on its mount)",
+                        ns.name,
+                        ns.mode.ndctl_name()
+                    ),
+                );
+            }
+            let align = ns.align.unwrap_or(ByteSize(2 * MIB));
+            (Mapped::Namespace(ns.name.clone()), align, Some(ns))
+        }
+        (None, Some(f)) => {
+            if !f.value.starts_with('/') {
+                ck.error(&f.referenced, "`file` is an absolute guest path");
+            }
+            (Mapped::File(f.value.clone()), ByteSize(4 * KIB), None)
+        }
+        _ => {
+            ck.error(&m.referenced, "name exactly one of `namespace` or `file`");
+            return None;
+        }
+    })
+}
+
 impl Check for Map {
     fn check(
         ck: &mut Checker<'_>,
@@ -81,33 +117,7 @@ impl Check for Map {
         m: &Spanned<MapEntry>,
     ) -> Option<(String, MapSpec)> {
         let name = m.value.name.value.clone();
-        let (what, align, limit) = match (&m.value.namespace, &m.value.file) {
-            (Some(n), None) => {
-                let ns = ck.namespace(&n.value, &n.referenced, scope.namespaces)?;
-                if ns.mode != NamespaceMode::Devdax {
-                    ck.error(
-                        &n.referenced,
-                        format!(
-                            "namespace `{}` is {}: `map` maps device-dax (for fsdax, map a file on its mount)",
-                            ns.name,
-                            ns.mode.ndctl_name()
-                        ),
-                    );
-                }
-                let align = ns.align.unwrap_or(ByteSize(2 * MIB));
-                (Mapped::Namespace(ns.name.clone()), align, Some(ns))
-            }
-            (None, Some(f)) => {
-                if !f.value.starts_with('/') {
-                    ck.error(&f.referenced, "`file` is an absolute guest path");
-                }
-                (Mapped::File(f.value.clone()), ByteSize(4 * KIB), None)
-            }
-            _ => {
-                ck.error(&m.referenced, "name exactly one of `namespace` or `file`");
-                return None;
-            }
-        };
+        let (what, align, limit) = mapped(ck, scope, m)?;
         let offset = m.value.offset.as_ref().map(|o| o.value).unwrap_or_default();
         let length = m.value.length.value;
         for (what, v, at) in [
