@@ -237,8 +237,10 @@ impl Guest {
         let op = Op::ReadFiles {
             paths: paths.to_vec(),
         };
+        // One answer per path, in order: callers index the answers by their
+        // paths, so a reply of another length is the agent's error.
         self.call(op, timeout, |r| match r {
-            Reply::Files { files } => Ok(files
+            Reply::Files { files } if files.len() == paths.len() => Ok(files
                 .into_iter()
                 .map(|f| match f {
                     FileRead::Text { text } => Ok(text),

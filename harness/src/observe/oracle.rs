@@ -272,7 +272,8 @@ pub fn take(
                 .unwrap_or_default(),
         });
     }
-    let block_files = files.get(layout.regions.len()..).unwrap_or_default();
+    // One file per path asked (Guest::read_files checks the count).
+    let block_files = &files[layout.regions.len()..];
     snap.namespaces = namespace_states(layout, &regions_json, &blocks, block_files)?;
     poison_flags(guest, layout, &mut snap)?;
     Ok(snap)
@@ -310,14 +311,7 @@ fn namespace_states(
             .flatten()
             .find(|n| n["dev"] == info.dev.as_str());
         let sysfs = match blocks.iter().position(|(n, _)| n == name) {
-            Some(i) => {
-                let text = block_files.get(i).ok_or_else(|| GuestError::File {
-                    action: "read",
-                    path: format!("/sys/block/{}/badblocks", blocks[i].1),
-                    message: "the agent sent fewer files than asked".into(),
-                })?;
-                Some(badblocks::parse_sysfs(text)?)
-            }
+            Some(i) => Some(badblocks::parse_sysfs(&block_files[i])?),
             None => None,
         };
         out.push(NamespaceState {
