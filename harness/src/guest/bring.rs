@@ -46,10 +46,7 @@ pub fn put(
 ) -> Result<Vec<(GuestFile, usize)>, GuestError> {
     let mut sent = Vec::new();
     for f in prepare(spec, cache)? {
-        let contents = fs::read(&f.host).map_err(|source| GuestError::Host {
-            path: f.host.clone(),
-            source,
-        })?;
+        let contents = fs::read(&f.host).map_err(GuestError::host(&f.host))?;
         let bytes = contents.len();
         guest.put_file(&f.guest, contents, f.executable, timeout)?;
         sent.push((f, bytes));
@@ -93,10 +90,7 @@ fn libraries(program: &Path) -> Result<Vec<GuestFile>, GuestError> {
     pmem_lab_env::ldd::closure(program)?
         .into_iter()
         .map(|lib| {
-            let host = fs::canonicalize(&lib).map_err(|source| GuestError::Host {
-                path: lib.clone(),
-                source,
-            })?;
+            let host = fs::canonicalize(&lib).map_err(GuestError::host(&lib))?;
             Ok(GuestFile {
                 guest: lib.to_string_lossy().into_owned(),
                 host,

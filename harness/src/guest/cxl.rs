@@ -117,14 +117,7 @@ pub fn setup(
         argv.push(root.clone());
         argv.push(format!("--ways={}", spec.devices.len()));
         argv.extend(spec.devices.iter().map(|d| layout.memdevs[*d].clone()));
-        let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let created: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-            Unreadable::new(
-                "cxl create-region's output",
-                format!("not JSON ({e})"),
-                &out.stdout,
-            )
-        })?;
+        let created = guest.ok_json(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
         let name = created["region"]
             .as_str()
             .ok_or_else(|| {

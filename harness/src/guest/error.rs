@@ -66,6 +66,12 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// A host file's error, for `map_err` (as `BootError::host`).
+    pub fn host(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> GuestError {
+        let path = path.into();
+        move |source| GuestError::Host { path, source }
+    }
+
     /// This error, said to have happened while `doing`.
     pub fn context(self, doing: impl Into<String>) -> GuestError {
         GuestError::Context {

@@ -222,6 +222,16 @@ impl Guest {
         }
     }
 
+    /// [`Guest::ok`] of a command that prints one JSON value (ndctl's and
+    /// cxl's create commands): the value, or its output as unreadable.
+    pub fn ok_json(&mut self, argv: &[&str]) -> Result<serde_json::Value, GuestError> {
+        let out = self.ok(argv)?;
+        serde_json::from_str(&out.stdout).map_err(|e| {
+            let what = format!("`{}`'s output", argv[..2.min(argv.len())].join(" "));
+            crate::unreadable::Unreadable::new(what, format!("not JSON ({e})"), &out.stdout).into()
+        })
+    }
+
     /// Read files (sysfs attributes) in one round trip; per file, its text
     /// or why it could not be read.
     pub fn read_files(&mut self, paths: &[String]) -> Result<Vec<Result<String, String>>, VmError> {

@@ -85,15 +85,7 @@ pub fn regions_by_address(found: &[(String, String)]) -> Result<Vec<String>, Gue
 
 /// Run `ndctl create-namespace` (a new one or `--reconfig`): its JSON.
 fn create_namespace(guest: &mut Guest, argv: &[String]) -> Result<Value, GuestError> {
-    let out = guest.ok(&argv.iter().map(String::as_str).collect::<Vec<_>>())?;
-    serde_json::from_str(&out.stdout).map_err(|e| {
-        Unreadable::new(
-            "create-namespace's output",
-            format!("not JSON ({e})"),
-            &out.stdout,
-        )
-        .into()
-    })
+    guest.ok_json(&argv.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// What `ndctl create-namespace` printed, reduced to the names steps use.

@@ -71,10 +71,6 @@ pub enum ShellError {
 pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellError> {
     let dir = env.artifacts.join(&case.id).join("shell");
     let _ = std::fs::remove_dir_all(&dir);
-    let host = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ShellError::Host { path, source }
-    };
     std::fs::create_dir_all(&dir).map_err(host(&dir))?;
     eprintln!("pmem-lab shell: booting {} ({})", case.id, env.accel.name());
     let mut started = boot::start_machine(&case.machine, env, &dir, true, None)?;
@@ -127,16 +123,16 @@ pub fn run(case: &Case, env: &LabEnv, extras: &[PutArg]) -> Result<(), ShellErro
     Ok(ended.map(|_| ())?)
 }
 
+/// A host file's error, for `map_err`.
+fn host(path: &Path) -> impl FnOnce(std::io::Error) -> ShellError {
+    let path = path.to_path_buf();
+    move |source| ShellError::Host { path, source }
+}
+
 /// Put one `--put` file into the guest as a case's `put` step would (a C
 /// source compiled in the sandbox first).
 fn put_extra(guest: &mut Guest, extra: &PutArg, env: &LabEnv) -> Result<(), ShellError> {
-    let source = extra
-        .host
-        .canonicalize()
-        .map_err(|source| ShellError::Host {
-            path: extra.host.clone(),
-            source,
-        })?;
+    let source = extra.host.canonicalize().map_err(host(&extra.host))?;
     let folder = source.parent().unwrap_or(Path::new("/")).to_path_buf();
     let spec = PutSpec {
         folder,

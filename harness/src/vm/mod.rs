@@ -290,15 +290,17 @@ impl Vm {
         let stderr = Arc::new(Mutex::new(String::new()));
         let exited = Arc::new(AtomicBool::new(false));
 
-        let log = File::create(run_dir.join("console.log"))
-            .map_err(VmError::file(run_dir.join("console.log")))?;
+        let create = |name: &str| {
+            let path = run_dir.join(name);
+            File::create(&path).map_err(VmError::file(path))
+        };
+        let log = create("console.log")?;
         let stdout = child.stdout.take().expect("piped");
         spawn_console_reader(stdout, log, Arc::clone(&console), tx.clone(), interactive);
         let console_in = child.stdin.take();
         collect(child.stderr.take().expect("piped"), Arc::clone(&stderr));
         watch_exit(child, Arc::clone(&exited), tx.clone());
-        let transcript = File::create(run_dir.join("agent.jsonl"))
-            .map_err(VmError::file(run_dir.join("agent.jsonl")))?;
+        let transcript = create("agent.jsonl")?;
         Ok(Vm {
             pid,
             exited,
@@ -312,8 +314,7 @@ impl Vm {
             qmp_events: Vec::new(),
             console_in,
             unclaimed: Vec::new(),
-            qmp_log: File::create(run_dir.join("qmp.log"))
-                .map_err(VmError::file(run_dir.join("qmp.log")))?,
+            qmp_log: create("qmp.log")?,
             started,
             next_id: 1,
             transcript,

@@ -23,61 +23,52 @@ pub(super) fn ndctl<'s>(
     op: &NdctlOp,
     broke: &Broke,
 ) -> Result<Acted<'s>, Failure> {
-    r.ndctl(step, op, broke)
-}
-
-impl CaseRun<'_> {
-    fn ndctl<'s>(
-        &mut self,
-        step: &'s Step,
-        op: &NdctlOp,
-        broke: &Broke,
-    ) -> Result<Acted<'s>, Failure> {
-        let mut acted = Acted::default();
-        if let NdctlOp::Scrub { bus } = op {
-            let start = RunRequest {
-                argv: vec!["ndctl".into(), "start-scrub".into(), bus.clone()],
-                timeout_ms: step.timeout.as_millis() as u64,
-                ..Default::default()
-            };
-            let started = self.command(step, broke, start, &mut acted.details)?;
-            if started.exit_code != Some(0) {
-                acted.problems.push(format!(
-                    "`ndctl start-scrub {bus}` failed ({})",
-                    started.status_text()
-                ));
-            }
-        }
-        let op = &self.resolve_file_block(op).map_err(broke)?;
-        let layout = &self.layout;
-        let argv = op.argv(|ns| {
-            layout
-                .namespaces
-                .get(ns)
-                .map(|n| n.dev.clone())
-                .unwrap_or_default()
-        });
-        let req = RunRequest {
-            argv,
+    let mut acted = Acted::default();
+    if let NdctlOp::Scrub { bus } = op {
+        let start = RunRequest {
+            argv: vec!["ndctl".into(), "start-scrub".into(), bus.clone()],
             timeout_ms: step.timeout.as_millis() as u64,
             ..Default::default()
         };
-        let result = self.command(step, broke, req, &mut acted.details)?;
-        acted.problems.extend(step.expect.check(&result));
-        match (op, result.exit_code) {
-            (NdctlOp::Scrub { bus }, Some(0)) => {
-                acted
-                    .problems
-                    .extend(checks::scrub_not_idle(bus, &result.stdout));
-            }
-            (NdctlOp::Clear { namespace, .. }, Some(0)) => {
-                acted.on_state.push(OnState::Cleared(namespace.clone()));
-            }
-            _ => {}
+        let started = r.command(step, broke, start, &mut acted.details)?;
+        if started.exit_code != Some(0) {
+            acted.problems.push(format!(
+                "`ndctl start-scrub {bus}` failed ({})",
+                started.status_text()
+            ));
         }
-        Ok(acted)
     }
+    let op = &r.resolve_file_block(op).map_err(broke)?;
+    let layout = &r.layout;
+    let argv = op.argv(|ns| {
+        layout
+            .namespaces
+            .get(ns)
+            .map(|n| n.dev.clone())
+            .unwrap_or_default()
+    });
+    let req = RunRequest {
+        argv,
+        timeout_ms: step.timeout.as_millis() as u64,
+        ..Default::default()
+    };
+    let result = r.command(step, broke, req, &mut acted.details)?;
+    acted.problems.extend(step.expect.check(&result));
+    match (op, result.exit_code) {
+        (NdctlOp::Scrub { bus }, Some(0)) => {
+            acted
+                .problems
+                .extend(checks::scrub_not_idle(bus, &result.stdout));
+        }
+        (NdctlOp::Clear { namespace, .. }, Some(0)) => {
+            acted.on_state.push(OnState::Cleared(namespace.clone()));
+        }
+        _ => {}
+    }
+    Ok(acted)
+}
 
+impl CaseRun<'_> {
     /// An inject_error aimed at a file byte: find the block with FIEMAP. The
     /// extent's physical offset counts from the block device's first byte,
     /// which is the namespace's data start, the frame of ndctl's --block.
